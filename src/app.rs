@@ -1,0 +1,150 @@
+//! Command line and server wiring: one Pingora proxy service per listener,
+//! plus the background health checker, all reading the live snapshot.
+
+use crate::access_log::AccessLog;
+use crate::live::{self, Live};
+use crate::proxy::Gateway;
+use crate::upstream::{health, state::StateRegistry};
+use async_trait::async_trait;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use std::sync::Arc;
+
+pub const USAGE: &str = "usage: portico [-c FILE] [-t] [-u] [-d] [--demo]
+  -c, --conf FILE   configuration file (default conf/portico.yaml)
+  -t, --test        check the configuration and exit
+  -u, --upgrade     take over listening sockets from a running portico (graceful upgrade)
+  -d, --daemon      run in the background
+      --demo        also start two demo backends on 127.0.0.1:9001 and :9002";
+
+#[derive(Debug, Default)]
+pub struct Args {
+    pub conf: String,
+    pub test: bool,
+    pub upgrade: bool,
+    pub daemon: bool,
+    pub demo: bool,
+}
+
+impl Args {
+    pub fn parse(args: &[String]) -> Result<Args, String> {
+        let mut a = Args {
+            conf: "conf/portico.yaml".into(),
+            ..Default::default()
+        };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "-c" | "--conf" => a.conf = it.next().ok_or("-c needs a file")?.clone(),
+                "-t" | "--test" => a.test = true,
+                "-u" | "--upgrade" => a.upgrade = true,
+                "-d" | "--daemon" => a.daemon = true,
+                "--demo" => a.demo = true,
+                "-h" | "--help" => return Err("portico: HTTP gateway and load balancer".into()),
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        Ok(a)
+    }
+}
+
+struct HealthChecks(Arc<Live>);
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let live = self.0.clone();
+        health::run(
+            move || live.snapshot().pools.values().cloned().collect(),
+            shutdown,
+        )
+        .await;
+    }
+}
+
+/// Run the gateway (or just check the config with `-t`); returns the exit code.
+pub fn run(args: Args) -> i32 {
+    let states = Arc::new(StateRegistry::default());
+    let snap = match live::load_file(&args.conf, &states) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("portico: {e}");
+            eprintln!("portico: configuration file {} test failed", args.conf);
+            return 1;
+        }
+    };
+    if args.test {
+        println!("portico: configuration file {} syntax is ok", args.conf);
+        println!("configuration OK");
+        return 0;
+    }
+    if args.demo {
+        crate::demo::spawn();
+    }
+    let cfg = snap.cfg.clone();
+    let access_log = match AccessLog::open(&cfg.access_log) {
+        Ok(l) => l.map(Arc::new),
+        Err(e) => {
+            eprintln!("portico: access_log {}: {e}", cfg.access_log);
+            return 1;
+        }
+    };
+    let live = Arc::new(Live::new(snap, states));
+
+    let s = &cfg.server;
+    let mut conf = ServerConf {
+        threads: s.threads,
+        grace_period_seconds: Some(s.grace_period.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.0.as_secs()),
+        daemon: args.daemon || s.daemon,
+        // Attempts are bounded by our retry policy; this is only Pingora's fail-safe.
+        max_retries: 64,
+        upstream_keepalive_pool_size: cfg
+            .upstreams
+            .values()
+            .map(|u| u.keepalive)
+            .sum::<usize>()
+            .max(16),
+        ..ServerConf::default()
+    };
+    if let Some(p) = &s.pid_file {
+        conf.pid_file = p.clone();
+    }
+    if let Some(p) = &s.upgrade_sock {
+        conf.upgrade_sock = p.clone();
+    }
+    conf.error_log = s.error_log.clone();
+    let opt = Opt {
+        upgrade: args.upgrade,
+        daemon: conf.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let gw = Gateway {
+            live: live.clone(),
+            listener: i,
+            scheme: "http",
+            access_log: access_log.clone(),
+        };
+        let mut svc = pingora_proxy::http_proxy_service_with_name(
+            &server.configuration,
+            gw,
+            &format!("listener {}", l.listen),
+        );
+        svc.add_tcp(&l.listen);
+        server.add_service(svc);
+    }
+    server.add_service(background_service(
+        "health checks",
+        HealthChecks(live.clone()),
+    ));
+    log::info!(
+        "portico listening on {:?}",
+        cfg.listeners.iter().map(|l| &l.listen).collect::<Vec<_>>()
+    );
+    server.run_forever()
+}

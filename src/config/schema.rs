@@ -1,0 +1,267 @@
+//! The YAML schema, exactly as users write it. Every struct rejects unknown
+//! keys so that a typo is an error, not a silently ignored setting.
+//! Semantic checks live in `validate.rs`; runtime structures are built from
+//! these in `crate::live`.
+
+use super::units::{Dur, Size};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Upstream>,
+    #[serde(default)]
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// CIDRs whose X-Forwarded-*/X-Real-IP headers are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub health_endpoint: HealthEndpoint,
+    /// `stdout` (default), `off`, or a file path.
+    #[serde(default = "default_access_log")]
+    pub access_log: String,
+}
+
+fn default_access_log() -> String {
+    "stdout".into()
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Worker threads per listener.
+    pub threads: usize,
+    /// How long SIGTERM / a binary upgrade lets in-flight requests finish.
+    pub grace_period: Dur,
+    pub graceful_shutdown_timeout: Dur,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub error_log: Option<String>,
+    pub daemon: bool,
+    /// Downstream keep-alive idle timeout.
+    pub keepalive_timeout: Option<Dur>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            threads: 1,
+            grace_period: Dur(std::time::Duration::from_secs(30)),
+            graceful_shutdown_timeout: Dur(std::time::Duration::from_secs(5)),
+            pid_file: None,
+            upgrade_sock: None,
+            error_log: None,
+            daemon: false,
+            keepalive_timeout: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `ip:port` to bind.
+    pub listen: String,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthEndpoint {
+    pub enabled: bool,
+    pub path: String,
+}
+
+impl Default for HealthEndpoint {
+    fn default() -> Self {
+        HealthEndpoint {
+            enabled: true,
+            path: "/nginx/health".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    Random,
+    RandomTwoLeastConn,
+    IpHash,
+    Hash,
+    LeastTime,
+    Sticky,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// For `hash`: `$remote_addr`, `$uri`, `$http_<name>`, `$cookie_<name>`, `$arg_<name>`.
+    pub hash_key: Option<String>,
+    /// For `hash`/`ip_hash`: ketama consistent hashing.
+    #[serde(default)]
+    pub consistent: bool,
+    pub sticky: Option<Sticky>,
+    /// Idle upstream connections kept per pool.
+    #[serde(default = "default_keepalive")]
+    pub keepalive: usize,
+    pub keepalive_timeout: Option<Dur>,
+    pub connect_timeout: Option<Dur>,
+    pub read_timeout: Option<Dur>,
+    pub write_timeout: Option<Dur>,
+    /// nginx `proxy_next_upstream` conditions.
+    pub next_upstream: Option<Vec<String>>,
+    pub next_upstream_tries: Option<usize>,
+    pub next_upstream_timeout: Option<Dur>,
+    pub health_check: Option<HealthCheck>,
+    pub servers: Vec<Server>,
+}
+
+fn default_keepalive() -> usize {
+    64
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub address: String,
+    #[serde(default = "one")]
+    pub weight: usize,
+    #[serde(default = "one")]
+    pub max_fails: usize,
+    pub fail_timeout: Option<Dur>,
+    #[serde(default)]
+    pub backup: bool,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Sticky {
+    /// `insert` (the gateway issues a signed cookie) or `hash` (hash an app cookie).
+    #[serde(default = "default_sticky_mode")]
+    pub mode: String,
+    #[serde(default = "default_sticky_cookie")]
+    pub cookie: String,
+    /// HMAC secret shared by every gateway instance (insert mode).
+    pub secret: Option<String>,
+    pub path: Option<String>,
+    pub domain: Option<String>,
+    pub max_age: Option<Dur>,
+    #[serde(default = "yes")]
+    pub http_only: bool,
+    pub same_site: Option<String>,
+}
+
+fn default_sticky_mode() -> String {
+    "insert".into()
+}
+fn default_sticky_cookie() -> String {
+    "portico_sticky".into()
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// `http` or `tcp`.
+    #[serde(rename = "type", default = "default_hc_type")]
+    pub kind: String,
+    #[serde(default = "default_hc_path")]
+    pub path: String,
+    pub host: Option<String>,
+    #[serde(default = "default_hc_method")]
+    pub method: String,
+    /// Expected statuses: `200`, `200-399`, `"200,204"`.
+    #[serde(default = "default_hc_status")]
+    pub expect_status: String,
+    pub expect_body: Option<String>,
+    pub interval: Option<Dur>,
+    pub timeout: Option<Dur>,
+    #[serde(default = "two")]
+    pub healthy_threshold: usize,
+    #[serde(default = "two")]
+    pub unhealthy_threshold: usize,
+    /// Route to servers only after their first passing check (ELB behaviour).
+    #[serde(default)]
+    pub wait_for_first_pass: bool,
+}
+
+fn default_hc_type() -> String {
+    "http".into()
+}
+fn default_hc_path() -> String {
+    "/".into()
+}
+fn default_hc_method() -> String {
+    "GET".into()
+}
+fn default_hc_status() -> String {
+    "200-399".into()
+}
+fn two() -> usize {
+    2
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHost {
+    /// Exact names, `*.example.com` wildcards; empty with `default: true` catches all.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    #[serde(default)]
+    pub default: bool,
+    /// Listener addresses this host answers on; all listeners when empty.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    pub locations: Vec<Location>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Location {
+    /// nginx syntax: `/prefix`, `^~ /prefix`, `= /exact`, `~ regex`, `~* regex`.
+    pub path: String,
+    pub proxy_pass: Option<String>,
+    #[serde(rename = "return")]
+    pub ret: Option<Return>,
+    pub client_max_body_size: Option<Size>,
+    pub connect_timeout: Option<Dur>,
+    pub read_timeout: Option<Dur>,
+    pub write_timeout: Option<Dur>,
+    /// nginx `proxy_next_upstream` conditions.
+    pub next_upstream: Option<Vec<String>>,
+    pub next_upstream_tries: Option<usize>,
+    pub next_upstream_timeout: Option<Dur>,
+    /// Request headers to set on the way upstream (`$host`, `$remote_addr`, `$scheme` expand).
+    #[serde(default)]
+    pub proxy_set_header: BTreeMap<String, String>,
+    /// Request headers removed on the way upstream.
+    #[serde(default)]
+    pub proxy_remove_header: Vec<String>,
+    /// `websocket` (default), `any`, or `off`.
+    pub upgrade: Option<String>,
+    /// Idle timeout of an upgraded (WebSocket) connection; default 1h.
+    pub websocket_idle_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Return {
+    pub status: u16,
+    pub location: Option<String>,
+    pub body: Option<String>,
+}

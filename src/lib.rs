@@ -1,0 +1,23 @@
+//! Portico: a programmable HTTP gateway and load balancer on Pingora.
+//!
+//! Where things live:
+//! - `config`: the YAML schema, units, and file:line:column errors
+//! - `live`: validation and compilation into the running `Snapshot`, hot-swappable
+//! - `routing`: host and path matching (nginx precedence)
+//! - `upstream`: pools, selectors, server state, sticky cookies, active health checks
+//! - `retry`: nginx `proxy_next_upstream` rules
+//! - `proxy`: the Pingora `ProxyHttp` lifecycle, delegating to the above
+//! - `access_log`, `template`: small helpers
+//! - `app`: wiring everything into a Pingora server
+//! - `demo`: the two demo backends of the quick start
+
+pub mod access_log;
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod live;
+pub mod proxy;
+pub mod retry;
+pub mod routing;
+pub mod template;
+pub mod upstream;

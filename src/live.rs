@@ -1,0 +1,576 @@
+//! The running configuration: a `Snapshot` compiled from a validated YAML
+//! file, held behind an atomic pointer so that a reload swaps everything at
+//! once. A request takes the snapshot once at its start and uses only that,
+//! so it never sees a mix of old and new.
+
+use crate::config::{self, ConfigError, Loaded};
+use crate::retry::RetryPolicy;
+use crate::routing::{HostTable, PathMatch, PathTable};
+use crate::template::Template;
+use crate::upstream::health::{self, CheckSpec, Probe};
+use crate::upstream::state::StateRegistry;
+use crate::upstream::{sticky, HashKey, Pool, PoolServer, PoolSpec, Timeouts};
+use arc_swap::ArcSwap;
+use http::header::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+use pingora_load_balancing::Backend;
+use std::collections::{BTreeMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What to do with a request that matched a location.
+pub enum Action {
+    Proxy(Arc<Pool>),
+    Return {
+        status: u16,
+        location: Option<Template>,
+        body: Option<Template>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Upgrade {
+    WebSocket,
+    Any,
+    Off,
+}
+
+pub struct Location {
+    /// `host path`, for logs and metrics.
+    pub name: Arc<str>,
+    pub action: Action,
+    pub max_body: Option<u64>,
+    pub timeouts: Timeouts,
+    pub retry: RetryPolicy,
+    pub set_headers: Vec<(HeaderName, Template)>,
+    pub remove_headers: Vec<HeaderName>,
+    pub upgrade: Upgrade,
+    pub ws_idle: Duration,
+}
+
+pub struct VHost {
+    pub paths: PathTable<Arc<Location>>,
+}
+
+pub struct ListenerRt {
+    pub addr: String,
+    pub hosts: HostTable<Arc<VHost>>,
+}
+
+pub struct Snapshot {
+    pub listeners: Vec<ListenerRt>,
+    pub pools: BTreeMap<String, Arc<Pool>>,
+    pub trusted: Vec<IpNet>,
+    pub health_path: Option<String>,
+    pub cfg: config::Config,
+    pub file: String,
+}
+
+impl Snapshot {
+    pub fn is_trusted(&self, ip: &std::net::IpAddr) -> bool {
+        !self.trusted.is_empty() && self.trusted.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// The live configuration plus state that outlives configurations.
+pub struct Live {
+    pub current: ArcSwap<Snapshot>,
+    pub states: Arc<StateRegistry>,
+}
+
+impl Live {
+    pub fn new(s: Snapshot, states: Arc<StateRegistry>) -> Self {
+        Live {
+            current: ArcSwap::from_pointee(s),
+            states,
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+}
+
+fn dur(d: &Option<config::units::Dur>) -> Option<Duration> {
+    d.map(|d| d.0)
+}
+
+fn retry_policy(
+    l: &Loaded,
+    path: &str,
+    conds: &Option<Vec<String>>,
+    tries: Option<usize>,
+    timeout: Option<Duration>,
+    base: &RetryPolicy,
+) -> Result<RetryPolicy, ConfigError> {
+    let conditions = match conds {
+        Some(c) => RetryPolicy::parse(c).map_err(|e| l.err(&format!("{path}.next_upstream"), e))?,
+        None => base.conditions,
+    };
+    Ok(RetryPolicy {
+        conditions,
+        tries: tries.unwrap_or(base.tries),
+        timeout: timeout.or(base.timeout),
+    })
+}
+
+/// Resolve `host:port` or `ip:port` to one socket address.
+pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse() {
+        return Ok(a);
+    }
+    if !addr.contains(':') {
+        return Err(format!("invalid address {addr:?}: expected host:port"));
+    }
+    addr.to_socket_addrs()
+        .map_err(|e| format!("invalid address {addr:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("address {addr:?} resolves to nothing"))
+}
+
+fn build_pool(
+    l: &Loaded,
+    name: &str,
+    u: &config::Upstream,
+    states: &StateRegistry,
+) -> Result<Pool, ConfigError> {
+    let p = format!("upstreams.{name}");
+    if u.servers.is_empty() {
+        return Err(l.err(&format!("{p}.servers"), "upstream has no servers"));
+    }
+    let health = match &u.health_check {
+        None => None,
+        Some(h) => {
+            let hp = format!("{p}.health_check");
+            let probe = match h.kind.as_str() {
+                "tcp" => Probe::Tcp,
+                "http" => Probe::Http {
+                    method: h.method.clone(),
+                    path: h.path.clone(),
+                    host: h.host.clone(),
+                    statuses: health::parse_statuses(&h.expect_status)
+                        .map_err(|e| l.err(&format!("{hp}.expect_status"), e))?,
+                    body: h.expect_body.clone(),
+                },
+                other => {
+                    return Err(l.err(
+                        &format!("{hp}.type"),
+                        format!("unknown check type {other:?} (http or tcp)"),
+                    ))
+                }
+            };
+            if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
+                return Err(l.err(&hp, "thresholds must be at least 1"));
+            }
+            Some(CheckSpec {
+                probe,
+                interval: dur(&h.interval).unwrap_or(Duration::from_secs(5)),
+                timeout: dur(&h.timeout).unwrap_or(Duration::from_secs(2)),
+                healthy_threshold: h.healthy_threshold,
+                unhealthy_threshold: h.unhealthy_threshold,
+                wait_for_first_pass: h.wait_for_first_pass,
+            })
+        }
+    };
+    let start_healthy = !health.as_ref().is_some_and(|h| h.wait_for_first_pass);
+    let mut seen = HashSet::new();
+    let mut servers = Vec::new();
+    for (i, s) in u.servers.iter().enumerate() {
+        let sp = format!("{p}.servers[{i}]");
+        let addr = resolve(&s.address).map_err(|e| l.err(&format!("{sp}.address"), e))?;
+        if !seen.insert(addr) {
+            return Err(l.err(&format!("{sp}.address"), format!("duplicate server {addr}")));
+        }
+        if s.weight == 0 {
+            return Err(l.err(&format!("{sp}.weight"), "weight must be at least 1"));
+        }
+        let addr_s = addr.to_string();
+        let backend = Backend::new_with_weight(&addr_s, s.weight)
+            .map_err(|e| l.err(&format!("{sp}.address"), e.to_string()))?;
+        servers.push(PoolServer {
+            state: states.get(name, &addr_s, start_healthy),
+            addr: addr_s,
+            backend,
+            weight: s.weight,
+            max_fails: s.max_fails,
+            fail_timeout: dur(&s.fail_timeout).unwrap_or(Duration::from_secs(10)),
+            backup: s.backup,
+        });
+    }
+    if servers.iter().all(|s| s.backup) {
+        return Err(l.err(
+            &format!("{p}.servers"),
+            "upstream needs at least one non-backup server",
+        ));
+    }
+    use config::Algorithm as A;
+    let hash_key = match (u.algorithm, &u.hash_key) {
+        (A::Hash, None) => {
+            return Err(l.err(
+                &format!("{p}.hash_key"),
+                "algorithm `hash` needs a hash_key",
+            ))
+        }
+        (A::Hash, Some(k)) => {
+            Some(HashKey::parse(k).map_err(|e| l.err(&format!("{p}.hash_key"), e))?)
+        }
+        (A::IpHash, _) => Some(HashKey::ClientIp),
+        (_, Some(_)) => {
+            return Err(l.err(
+                &format!("{p}.hash_key"),
+                "hash_key is only used with algorithm `hash`",
+            ))
+        }
+        _ => None,
+    };
+    let sticky = match (u.algorithm, &u.sticky) {
+        (A::Sticky, None) => {
+            return Err(l.err(
+                &format!("{p}.sticky"),
+                "algorithm `sticky` needs a sticky section",
+            ))
+        }
+        (A::Sticky, Some(s)) => {
+            let sp = format!("{p}.sticky");
+            let mode = match s.mode.as_str() {
+                "insert" => sticky::Mode::Insert,
+                "hash" => sticky::Mode::Hash,
+                m => {
+                    return Err(l.err(
+                        &format!("{sp}.mode"),
+                        format!("unknown sticky mode {m:?} (insert or hash)"),
+                    ))
+                }
+            };
+            let secret = match (&s.secret, mode) {
+                (Some(k), _) if k.len() >= 16 => k.as_bytes().to_vec(),
+                (Some(_), _) => {
+                    return Err(l.err(
+                        &format!("{sp}.secret"),
+                        "secret must be at least 16 characters",
+                    ))
+                }
+                (None, sticky::Mode::Insert) => {
+                    return Err(l.err(&format!("{sp}.secret"), "insert mode needs a secret"))
+                }
+                (None, sticky::Mode::Hash) => Vec::new(),
+            };
+            if let Some(ss) = &s.same_site {
+                if !["Strict", "Lax", "None"].contains(&ss.as_str()) {
+                    return Err(l.err(
+                        &format!("{sp}.same_site"),
+                        "same_site must be Strict, Lax or None",
+                    ));
+                }
+            }
+            Some(sticky::Sticky::new(
+                mode,
+                s.cookie.clone(),
+                secret,
+                s.path.clone(),
+                s.domain.clone(),
+                dur(&s.max_age),
+                s.http_only,
+                s.same_site.clone(),
+            ))
+        }
+        (_, Some(_)) => {
+            return Err(l.err(
+                &format!("{p}.sticky"),
+                "sticky settings need algorithm `sticky`",
+            ))
+        }
+        _ => None,
+    };
+    let retry = retry_policy(
+        l,
+        &p,
+        &u.next_upstream,
+        u.next_upstream_tries,
+        dur(&u.next_upstream_timeout),
+        &RetryPolicy::default(),
+    )?;
+    Ok(Pool::new(PoolSpec {
+        name: name.to_string(),
+        algorithm: u.algorithm,
+        consistent: u.consistent || (u.algorithm == A::Sticky),
+        servers,
+        hash_key,
+        sticky,
+        timeouts: Timeouts {
+            connect: dur(&u.connect_timeout).or(Some(Duration::from_secs(5))),
+            read: dur(&u.read_timeout).or(Some(Duration::from_secs(60))),
+            write: dur(&u.write_timeout).or(Some(Duration::from_secs(60))),
+        },
+        keepalive: u.keepalive,
+        keepalive_timeout: dur(&u.keepalive_timeout).or(Some(Duration::from_secs(60))),
+        retry,
+        health,
+    }))
+}
+
+fn template(l: &Loaded, path: &str, s: &str) -> Result<Template, ConfigError> {
+    Template::parse(s).map_err(|e| l.err(path, e))
+}
+
+fn build_location(
+    l: &Loaded,
+    path: &str,
+    host_label: &str,
+    loc: &config::Location,
+    pools: &BTreeMap<String, Arc<Pool>>,
+) -> Result<(PathMatch, Arc<Location>), ConfigError> {
+    let m = PathMatch::parse(&loc.path).map_err(|e| l.err(&format!("{path}.path"), e))?;
+    let (action, pool) = match (&loc.proxy_pass, &loc.ret) {
+        (Some(_), Some(_)) => {
+            return Err(l.err(path, "a location has either proxy_pass or return, not both"))
+        }
+        (None, None) => return Err(l.err(path, "a location needs proxy_pass or return")),
+        (Some(name), None) => {
+            let pool = pools.get(name).ok_or_else(|| {
+                l.err(
+                    &format!("{path}.proxy_pass"),
+                    format!("unknown upstream {name:?}"),
+                )
+            })?;
+            (Action::Proxy(pool.clone()), Some(pool))
+        }
+        (None, Some(r)) => {
+            if !(100..=599).contains(&r.status) {
+                return Err(l.err(&format!("{path}.return.status"), "status must be 100..599"));
+            }
+            if matches!(r.status, 301 | 302 | 303 | 307 | 308) && r.location.is_none() {
+                return Err(l.err(
+                    &format!("{path}.return.location"),
+                    "a redirect needs a location",
+                ));
+            }
+            let location = match &r.location {
+                Some(s) => Some(template(l, &format!("{path}.return.location"), s)?),
+                None => None,
+            };
+            let body = match &r.body {
+                Some(s) => Some(template(l, &format!("{path}.return.body"), s)?),
+                None => None,
+            };
+            (
+                Action::Return {
+                    status: r.status,
+                    location,
+                    body,
+                },
+                None,
+            )
+        }
+    };
+    let mut set_headers = Vec::new();
+    for (k, v) in &loc.proxy_set_header {
+        let hp = format!("{path}.proxy_set_header.{k}");
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| l.err(&hp, format!("invalid header name {k:?}")))?;
+        HeaderValue::from_str(v).map_err(|_| l.err(&hp, "invalid header value"))?;
+        set_headers.push((name, template(l, &hp, v)?));
+    }
+    let mut remove_headers = Vec::new();
+    for (i, k) in loc.proxy_remove_header.iter().enumerate() {
+        remove_headers.push(HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+            l.err(
+                &format!("{path}.proxy_remove_header[{i}]"),
+                format!("invalid header name {k:?}"),
+            )
+        })?);
+    }
+    let upgrade = match loc.upgrade.as_deref() {
+        None | Some("websocket") => Upgrade::WebSocket,
+        Some("any") => Upgrade::Any,
+        Some("off") => Upgrade::Off,
+        Some(o) => {
+            return Err(l.err(
+                &format!("{path}.upgrade"),
+                format!("unknown upgrade mode {o:?} (websocket, any, off)"),
+            ))
+        }
+    };
+    let own = Timeouts {
+        connect: dur(&loc.connect_timeout),
+        read: dur(&loc.read_timeout),
+        write: dur(&loc.write_timeout),
+    };
+    let (timeouts, base_retry) = match pool {
+        Some(p) => (own.or(&p.timeouts), p.retry.clone()),
+        None => (own, RetryPolicy::default()),
+    };
+    let retry = retry_policy(
+        l,
+        path,
+        &loc.next_upstream,
+        loc.next_upstream_tries,
+        dur(&loc.next_upstream_timeout),
+        &base_retry,
+    )?;
+    Ok((
+        m,
+        Arc::new(Location {
+            name: format!("{host_label} {}", loc.path).into(),
+            action,
+            max_body: loc.client_max_body_size.map(|s| s.0),
+            timeouts,
+            retry,
+            set_headers,
+            remove_headers,
+            upgrade,
+            ws_idle: dur(&loc.websocket_idle_timeout).unwrap_or(Duration::from_secs(3600)),
+        }),
+    ))
+}
+
+/// Validate a parsed configuration and compile it into a runnable snapshot.
+/// Server state for (pool, address) pairs already known is reused.
+pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError> {
+    let c = &l.cfg;
+    if c.listeners.is_empty() {
+        return Err(l.err("listeners", "at least one listener is needed"));
+    }
+    let mut seen = HashSet::new();
+    for (i, li) in c.listeners.iter().enumerate() {
+        let a: SocketAddr = li.listen.parse().map_err(|_| {
+            l.err(
+                &format!("listeners[{i}].listen"),
+                format!("invalid listen address {:?} (expected ip:port)", li.listen),
+            )
+        })?;
+        if !seen.insert(a) {
+            return Err(l.err(
+                &format!("listeners[{i}].listen"),
+                format!("duplicate listener {a}"),
+            ));
+        }
+    }
+    if c.server.threads == 0 {
+        return Err(l.err("server.threads", "threads must be at least 1"));
+    }
+    let mut trusted = Vec::new();
+    for (i, t) in c.trusted_proxies.iter().enumerate() {
+        let net = t
+            .parse::<IpNet>()
+            .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                l.err(
+                    &format!("trusted_proxies[{i}]"),
+                    format!("invalid CIDR {t:?}"),
+                )
+            })?;
+        trusted.push(net);
+    }
+    let health_path = if c.health_endpoint.enabled {
+        if !c.health_endpoint.path.starts_with('/') {
+            return Err(l.err("health_endpoint.path", "path must start with '/'"));
+        }
+        Some(c.health_endpoint.path.clone())
+    } else {
+        None
+    };
+    let mut pools = BTreeMap::new();
+    for (name, u) in &c.upstreams {
+        pools.insert(name.clone(), Arc::new(build_pool(l, name, u, states)?));
+    }
+    let mut listeners: Vec<ListenerRt> = c
+        .listeners
+        .iter()
+        .map(|li| ListenerRt {
+            addr: li.listen.clone(),
+            hosts: HostTable::new(),
+        })
+        .collect();
+    for (vi, vh) in c.virtual_hosts.iter().enumerate() {
+        let vp = format!("virtual_hosts[{vi}]");
+        let label = vh
+            .server_names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "_".into());
+        let mut entries = Vec::new();
+        for (li, loc) in vh.locations.iter().enumerate() {
+            entries.push(build_location(
+                l,
+                &format!("{vp}.locations[{li}]"),
+                &label,
+                loc,
+                &pools,
+            )?);
+        }
+        let host = Arc::new(VHost {
+            paths: PathTable::new(entries),
+        });
+        for (i, a) in vh.listen.iter().enumerate() {
+            if !listeners.iter().any(|x| &x.addr == a) {
+                return Err(l.err(&format!("{vp}.listen[{i}]"), format!("no listener {a:?}")));
+            }
+        }
+        if vh.server_names.is_empty() && !vh.default {
+            return Err(l.err(
+                &format!("{vp}.server_names"),
+                "a virtual host needs server_names or default: true",
+            ));
+        }
+        for lis in listeners.iter_mut() {
+            if !vh.listen.is_empty() && !vh.listen.contains(&lis.addr) {
+                continue;
+            }
+            for (ni, n) in vh.server_names.iter().enumerate() {
+                let np = format!("{vp}.server_names[{ni}]");
+                if n.is_empty() || (n.contains('*') && !n.starts_with("*.")) || n[1..].contains('*')
+                {
+                    return Err(l.err(
+                        &np,
+                        format!("invalid server name {n:?} (exact or *.suffix)"),
+                    ));
+                }
+                if !lis.hosts.add_name(n, host.clone()) {
+                    return Err(l.err(&np, format!("duplicate server name {n:?} on {}", lis.addr)));
+                }
+            }
+            if vh.default && !lis.hosts.set_default(host.clone()) {
+                return Err(l.err(
+                    &format!("{vp}.default"),
+                    format!("two default virtual hosts on {}", lis.addr),
+                ));
+            }
+        }
+    }
+    // As in nginx, the first virtual host of a listener is its default unless one is marked.
+    for lis in listeners.iter_mut() {
+        if lis.hosts.has_default() {
+            continue;
+        }
+        if let Some(vi) = c
+            .virtual_hosts
+            .iter()
+            .position(|vh| vh.listen.is_empty() || vh.listen.contains(&lis.addr))
+        {
+            let name = &c.virtual_hosts[vi].server_names[0];
+            let h = lis.hosts.lookup(&name.replace('*', "x")).cloned();
+            if let Some(h) = h {
+                lis.hosts.set_default(h);
+            }
+        }
+    }
+    if c.access_log.is_empty() {
+        return Err(l.err("access_log", "use stdout, off, or a file path"));
+    }
+    Ok(Snapshot {
+        listeners,
+        pools,
+        trusted,
+        health_path,
+        cfg: c.clone(),
+        file: l.file.clone(),
+    })
+}
+
+/// Parse + validate a file: what `portico -t` and a reload do.
+pub fn load_file(path: &str, states: &StateRegistry) -> Result<Snapshot, ConfigError> {
+    let loaded = config::load(path)?;
+    build(&loaded, states)
+}

@@ -1,0 +1,16 @@
+use mimalloc::MiMalloc;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match portico::app::Args::parse(&args) {
+        Ok(a) => std::process::exit(portico::app::run(a)),
+        Err(msg) => {
+            eprintln!("{msg}\n\n{}", portico::app::USAGE);
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The Pingora `ProxyHttp` implementation. Each hook is one step of a
+//! request's life and delegates the real work to a module:
+//!
+//! | hook                      | step                                           | module            |
+//! |---------------------------|------------------------------------------------|-------------------|
+//! | `request_filter`          | health endpoint, route lookup, body limit, `return` | `respond`, `routing` |
+//! | `upstream_peer`           | choose a server (sticky, hash, skip failed)    | `pick`, `upstream`|
+//! | `fail_to_connect`         | passive failure + retry decision               | `retry`           |
+//! | `upstream_request_filter` | forwarding headers, header rules, upgrades     | `forwarded`       |
+//! | `request_body_filter`     | `client_max_body_size` on streamed bodies      |                   |
+//! | `upstream_response_filter`| status-code retry, sticky cookie, latency      | `retry`           |
+//! | `error_while_proxy`       | passive failure + retry decision               | `retry`           |
+//! | `fail_to_proxy`           | error page (502/503/504/4xx)                   | `respond`         |
+//! | `logging`                 | access log; in-flight slot released on drop    | `access_log`      |
+
+pub mod ctx;
+pub mod forwarded;
+pub mod pick;
+pub mod respond;
+
+use crate::access_log::{self, AccessLog};
+use crate::live::{Action, Live, Upgrade};
+use crate::retry::Failure;
+use crate::template::Vars;
+use crate::upstream::state::InflightGuard;
+use async_trait::async_trait;
+use bytes::Bytes;
+use ctx::{Attempt, Ctx};
+use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpPeer, HttpUpstreamRequestPolicy};
+use pingora_core::{Error, ErrorSource, ErrorType, Result, RetryType};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One listener's proxy logic.
+pub struct Gateway {
+    pub live: Arc<Live>,
+    /// Index of this listener in the configuration.
+    pub listener: usize,
+    pub scheme: &'static str,
+    pub access_log: Option<Arc<AccessLog>>,
+}
+
+fn host_of(s: &Session) -> &str {
+    let req = s.req_header();
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
+        .unwrap_or("")
+}
+
+fn request_uri(req: &RequestHeader) -> &str {
+    req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+}
+
+fn classify(e: &Error) -> Failure {
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout => Failure::Connect { timeout: true },
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
+        | BindError => Failure::Connect { timeout: false },
+        ReadTimedout | WriteTimedout => Failure::NoResponse { timeout: true },
+        InvalidHTTPHeader | H1Error | H2Error | InvalidH2 => Failure::InvalidHeader,
+        _ => Failure::NoResponse { timeout: false },
+    }
+}
+
+impl Gateway {
+    /// Record a failed attempt against its server (nginx `max_fails`) and
+    /// decide whether the request may move on to another server. The attempt
+    /// ends if it moves on or if `end_attempt` (nothing usable came back).
+    fn on_failure(
+        &self,
+        s: &Session,
+        ctx: &mut Ctx,
+        f: Failure,
+        why: &str,
+        end_attempt: bool,
+    ) -> bool {
+        let (Some(pool), Some(loc)) = (ctx.pool.clone(), ctx.loc.clone()) else {
+            return false;
+        };
+        let cur = ctx.current.as_ref().map(|a| a.server);
+        if let Some(i) = cur {
+            if f.is_server_failure(&loc.retry) {
+                pool.servers[i].record_failure(&pool.name, why);
+            }
+        }
+        let idempotent = s.req_header().method.is_idempotent();
+        let tried = &ctx.tried;
+        let retry = s.response_written().is_none()
+            && loc.retry.may_retry(
+                f,
+                idempotent,
+                ctx.attempts,
+                ctx.elapsed_since_first_attempt(),
+            )
+            && pool.any_usable(&|i| tried.contains(&i) || Some(i) == cur);
+        if retry || end_attempt {
+            ctx.fail_current(f);
+        } else {
+            ctx.last_failure = Some(f);
+        }
+        retry
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    /// Built-in endpoints, then routing: find the location for Host + path.
+    async fn request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snap = self.live.snapshot();
+        ctx.client_ip = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let req = s.req_header();
+        if let Some(hp) = &snap.health_path {
+            if req.uri.path() == hp && matches!(req.method, http::Method::GET | http::Method::HEAD)
+            {
+                respond::send(s, 200, "text/plain", Bytes::from_static(b"ok"), None).await?;
+                return Ok(true);
+            }
+        }
+        let loc = snap
+            .listeners
+            .get(self.listener)
+            .and_then(|l| l.hosts.lookup(host_of(s)))
+            .and_then(|h| h.paths.lookup(s.req_header().uri.path()))
+            .cloned();
+        let Some(loc) = loc else {
+            respond::send(s, 404, "text/plain", respond::error_body(404), None).await?;
+            return Ok(true);
+        };
+        if let Some(max) = loc.max_body {
+            let len = s
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if len.is_some_and(|n| n > max) {
+                s.set_keepalive(None);
+                respond::send(s, 413, "text/plain", respond::error_body(413), None).await?;
+                return Ok(true);
+            }
+        }
+        match &loc.action {
+            Action::Return {
+                status,
+                location,
+                body,
+            } => {
+                let req = s.req_header();
+                let ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
+                let vars = Vars {
+                    scheme: self.scheme,
+                    host: crate::routing::strip_port(host_of(s)),
+                    request_uri: request_uri(req),
+                    uri: req.uri.path(),
+                    remote_addr: &ip,
+                };
+                let location = location.as_ref().map(|t| t.expand(&vars));
+                let body = body
+                    .as_ref()
+                    .map(|t| Bytes::from(t.expand(&vars)))
+                    .unwrap_or_default();
+                respond::send(s, *status, "text/plain", body, location).await?;
+                Ok(true)
+            }
+            Action::Proxy(pool) => {
+                ctx.pool = Some(pool.clone());
+                ctx.loc = Some(loc);
+                ctx.snap = Some(snap);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Choose the server for this attempt (called again on every retry).
+    async fn upstream_peer(&self, s: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let pool = ctx.pool.clone().expect("routed in request_filter");
+        let loc = ctx.loc.clone().expect("routed in request_filter");
+        let Some(i) = pick::choose(&pool, s, ctx, self.scheme == "https") else {
+            // Nothing usable left: report what the last attempt saw, as nginx does.
+            let (code, msg) = match ctx.last_failure {
+                Some(Failure::Connect { timeout: true })
+                | Some(Failure::NoResponse { timeout: true }) => (504, "upstream timed out"),
+                Some(_) => (502, "no upstream server left to try"),
+                None => (503, "no usable upstream server"),
+            };
+            return Error::e_explain(ErrorType::HTTPStatus(code), msg);
+        };
+        let server = &pool.servers[i];
+        ctx.attempts += 1;
+        let now = Instant::now();
+        ctx.first_attempt.get_or_insert(now);
+        ctx.current = Some(Attempt {
+            server: i,
+            started: now,
+            header_time: None,
+            guard: InflightGuard::new(server.state.clone()),
+        });
+        let mut peer = HttpPeer::new(server.backend.addr.clone(), false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = loc.timeouts.connect;
+        o.write_timeout = loc.timeouts.write;
+        o.idle_timeout = pool.keepalive_timeout;
+        o.read_timeout = if s.is_upgrade_req() {
+            Some(loc.ws_idle)
+        } else {
+            loc.timeouts.read
+        };
+        o.http_upstream_request_policy = match loc.upgrade {
+            Upgrade::WebSocket => HttpUpstreamRequestPolicy::standard(),
+            Upgrade::Any => HttpUpstreamRequestPolicy {
+                h1_upgrade: H1UpgradePolicy::Preserve,
+                ..HttpUpstreamRequestPolicy::standard()
+            },
+            Upgrade::Off => HttpUpstreamRequestPolicy::deny_upgrades(),
+        };
+        Ok(Box::new(peer))
+    }
+
+    /// Connect failed: nothing was sent, so any method may move on.
+    fn fail_to_connect(
+        &self,
+        s: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let why = e.to_string();
+        let retry = self.on_failure(s, ctx, classify(&e), &why, true);
+        e.set_retry(retry);
+        e
+    }
+
+    /// Forwarding headers and the location's header rules.
+    async fn upstream_request_filter(
+        &self,
+        s: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let snap = ctx.snap.as_ref().expect("routed");
+        let trusted = ctx.client_ip.is_some_and(|ip| snap.is_trusted(&ip));
+        let host = host_of(s);
+        let host = (!host.is_empty()).then_some(host);
+        forwarded::apply(up, ctx.client_ip, trusted, self.scheme, host)?;
+        let loc = ctx.loc.as_ref().expect("routed");
+        for h in &loc.remove_headers {
+            up.remove_header(h);
+        }
+        if !loc.set_headers.is_empty() {
+            let req = s.req_header();
+            let ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
+            let vars = Vars {
+                scheme: self.scheme,
+                host: crate::routing::strip_port(host.unwrap_or("")),
+                request_uri: request_uri(req),
+                uri: req.uri.path(),
+                remote_addr: &ip,
+            };
+            for (name, t) in &loc.set_headers {
+                up.insert_header(name.clone(), t.expand(&vars))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `client_max_body_size` for bodies without Content-Length.
+    async fn request_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<Bytes>,
+        _eos: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(b), Some(max)) = (body, ctx.loc.as_ref().and_then(|l| l.max_body)) {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > max {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body exceeds client_max_body_size",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The response header arrived: retry on a configured status if another
+    /// server can still take the request, else pass the real response on.
+    async fn upstream_response_filter(
+        &self,
+        s: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let code = resp.status.as_u16();
+        if code < 200 && code != 101 {
+            return Ok(());
+        }
+        let (Some(pool), Some(loc)) = (ctx.pool.clone(), ctx.loc.clone()) else {
+            return Ok(());
+        };
+        if let Some(a) = ctx.current.as_mut() {
+            let t = a.started.elapsed();
+            a.header_time = Some(t);
+            pool.servers[a.server].state.observe_latency(t);
+        }
+        if loc.retry.wants_status(code) {
+            let why = format!("status {code}");
+            if self.on_failure(s, ctx, Failure::Status(code), &why, false) {
+                ctx.status_retry = true;
+                let mut e = Error::explain(ErrorType::HTTPStatus(code), "next upstream on status");
+                e.set_retry(true);
+                return Err(e);
+            }
+            // Attempts are used up: the client gets this real response, as in nginx.
+        } else if let Some(a) = &ctx.current {
+            pool.servers[a.server].state.record_success();
+        }
+        if code == 101 {
+            ctx.upgraded = true;
+        }
+        if let Some(c) = ctx.sticky_cookie.take() {
+            resp.append_header(http::header::SET_COOKIE, c)?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<Bytes>,
+        _eos: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(b) = body {
+            ctx.sent_bytes += b.len() as u64;
+        }
+        Ok(None)
+    }
+
+    /// An error after connecting (send failure, reset, timeout, bad header,
+    /// or our own status-code retry).
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        s: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.status_retry) {
+            return e; // decided in upstream_response_filter
+        }
+        if ctx
+            .current
+            .as_ref()
+            .is_some_and(|a| a.header_time.is_some())
+        {
+            // The response had begun: never retried.
+            e.set_retry(false);
+            return e;
+        }
+        // A stale pooled connection closed under us: the server never saw the request.
+        if matches!(e.retry, RetryType::ReusedOnly)
+            && client_reused
+            && s.response_written().is_none()
+        {
+            e.set_retry(true);
+            if let Some(a) = ctx.current.take() {
+                ctx.upstream_log.push((a.server, a.started.elapsed()));
+            }
+            return e;
+        }
+        let why = e.to_string();
+        let retry = self.on_failure(s, ctx, classify(&e), &why, true)
+            && !s.as_ref().retry_buffer_truncated();
+        e.set_retry(retry);
+        e
+    }
+
+    /// The final error: map it to a status and write a short page.
+    async fn fail_to_proxy(&self, s: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        use ErrorType::*;
+        let code = match e.etype() {
+            HTTPStatus(c) => *c,
+            ConnectTimedout | ReadTimedout | WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => 0,
+                    ReadTimedout => 408,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && s.response_written().is_none() {
+            s.set_keepalive(None);
+            let _ = respond::send(s, code, "text/plain", respond::error_body(code), None).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// One access-log line; the in-flight slot is released when `ctx` drops.
+    async fn logging(&self, s: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let Some(log) = &self.access_log else { return };
+        let status = s.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let req = s.req_header();
+        let ua = req
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let referer = req
+            .headers
+            .get(http::header::REFERER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let mut up_addr = String::new();
+        let mut up_time = String::new();
+        let pool = ctx.pool.as_ref();
+        let cur = ctx
+            .current
+            .as_ref()
+            .map(|a| (a.server, a.started.elapsed()));
+        for (i, (srv, t)) in ctx.upstream_log.iter().copied().chain(cur).enumerate() {
+            if i > 0 {
+                up_addr.push_str(", ");
+                up_time.push_str(", ");
+            }
+            up_addr.push_str(pool.map(|p| p.servers[srv].addr.as_str()).unwrap_or("-"));
+            up_time.push_str(&format!("{:.3}", t.as_secs_f64()));
+        }
+        if up_addr.is_empty() {
+            up_addr.push('-');
+            up_time.push('-');
+        }
+        let line = format!(
+            "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" {} {} {:.3}{}\n",
+            ctx.client_ip
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into()),
+            access_log::time_local(),
+            req.method,
+            request_uri(req),
+            req.version,
+            status,
+            ctx.sent_bytes,
+            referer,
+            ua,
+            up_addr,
+            up_time,
+            ctx.start.elapsed().as_secs_f64(),
+            if ctx.upgraded { " upgraded" } else { "" },
+        );
+        log.write(line);
+    }
+}

@@ -1,0 +1,80 @@
+//! Choosing the upstream server for one attempt: builds the selection key the
+//! pool's algorithm wants from the request, honours sticky cookies, and skips
+//! servers this request already failed on.
+
+use super::ctx::Ctx;
+use crate::upstream::sticky::{cookie_value, Mode};
+use crate::upstream::{HashKey, Pool};
+use pingora_proxy::Session;
+use std::borrow::Cow;
+
+fn cookie<'a>(s: &'a Session, name: &str) -> Option<&'a str> {
+    s.req_header()
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| cookie_value(v, name))
+}
+
+fn key<'a>(pool: &Pool, s: &'a Session, ctx: &Ctx) -> Cow<'a, [u8]> {
+    let Some(k) = &pool.hash_key else {
+        return Cow::Borrowed(&[]);
+    };
+    let req = s.req_header();
+    match k {
+        HashKey::ClientIp => match ctx.client_ip {
+            Some(std::net::IpAddr::V4(ip)) => Cow::Owned(ip.octets().to_vec()),
+            Some(std::net::IpAddr::V6(ip)) => Cow::Owned(ip.octets().to_vec()),
+            None => Cow::Borrowed(&[]),
+        },
+        HashKey::Uri => Cow::Borrowed(req.uri.path().as_bytes()),
+        HashKey::Header(h) => Cow::Borrowed(
+            req.headers
+                .get(h.as_str())
+                .map(|v| v.as_bytes())
+                .unwrap_or(&[]),
+        ),
+        HashKey::Cookie(c) => Cow::Borrowed(cookie(s, c).unwrap_or("").as_bytes()),
+        HashKey::Arg(a) => Cow::Borrowed(
+            req.uri
+                .query()
+                .and_then(|q| {
+                    q.split('&').find_map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                        (k == a).then_some(v)
+                    })
+                })
+                .unwrap_or("")
+                .as_bytes(),
+        ),
+    }
+}
+
+/// Pick a server index for the next attempt, or `None` if none is usable.
+pub fn choose(pool: &Pool, s: &Session, ctx: &mut Ctx, https: bool) -> Option<usize> {
+    let tried = &ctx.tried;
+    let skip = |i: usize| tried.contains(&i);
+    if let Some(st) = &pool.sticky {
+        match st.mode {
+            Mode::Insert => {
+                let pinned = cookie(s, &st.cookie)
+                    .and_then(|v| st.decode(v))
+                    .and_then(|id| pool.server_by_sticky_id(id))
+                    .filter(|&i| !skip(i) && pool.servers[i].state.usable());
+                if pinned.is_some() {
+                    return pinned;
+                }
+                let i = pool.select(&[], &skip)?;
+                ctx.sticky_cookie = Some(st.set_cookie(&st.encode(&pool.sticky_ids[i]), https));
+                return Some(i);
+            }
+            Mode::Hash => {
+                let v = cookie(s, &st.cookie).unwrap_or("");
+                return pool.select(v.as_bytes(), &skip);
+            }
+        }
+    }
+    let k = key(pool, s, ctx);
+    pool.select(&k, &skip)
+}

@@ -1,0 +1,40 @@
+//! Responses the gateway writes itself: the health endpoint, `return`
+//! locations and error pages. Every one carries a Content-Length so
+//! keep-alive clients never hang waiting for the end of a body.
+
+use bytes::Bytes;
+use pingora_core::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+pub async fn send(
+    s: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+    location: Option<String>,
+) -> Result<()> {
+    let mut r = ResponseHeader::build(status, Some(4))?;
+    r.insert_header("content-type", content_type)?;
+    r.insert_header("content-length", body.len().to_string())?;
+    r.insert_header("server", "portico")?;
+    if let Some(l) = location {
+        r.insert_header("location", l)?;
+    }
+    let head_only = s.req_header().method == http::Method::HEAD;
+    s.write_response_header(Box::new(r), head_only || body.is_empty())
+        .await?;
+    if !head_only && !body.is_empty() {
+        s.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// A short plain-text error page such as `502 Bad Gateway`.
+pub fn error_body(status: u16) -> Bytes {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|c| c.canonical_reason())
+        .unwrap_or("Error");
+    Bytes::from(format!("{status} {reason}\n"))
+}

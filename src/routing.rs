@@ -1,0 +1,232 @@
+//! Host and path matching, compiled once per configuration.
+//!
+//! Hosts: exact names, then the longest matching `*.suffix` wildcard, then
+//! the listener's default host. Paths follow nginx precedence: an exact
+//! `= /path` wins at once; otherwise the longest prefix is remembered, and
+//! used directly if marked `^~`; otherwise regexes are tried in file order
+//! and the first match wins; otherwise the longest prefix is used.
+
+use regex::Regex;
+use std::collections::HashMap;
+
+pub enum PathMatch {
+    Exact(String),
+    Prefix { prefix: String, no_regex: bool },
+    Regex(Regex),
+}
+
+impl PathMatch {
+    /// Parse nginx location syntax: `/p`, `^~ /p`, `= /p`, `~ re`, `~* re`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (modifier, rest) = match s.split_once(char::is_whitespace) {
+            Some((m @ ("=" | "^~" | "~" | "~*"), rest)) => (m, rest.trim()),
+            _ => ("", s),
+        };
+        let regex = |pat: &str| Regex::new(pat).map_err(|e| format!("invalid regex: {e}"));
+        Ok(match modifier {
+            "=" => PathMatch::Exact(rest.to_string()),
+            "~" => PathMatch::Regex(regex(rest)?),
+            "~*" => PathMatch::Regex(regex(&format!("(?i){rest}"))?),
+            _ => {
+                if !rest.starts_with('/') {
+                    return Err(format!(
+                        "location {rest:?} must start with '/' (or use =, ^~, ~, ~*)"
+                    ));
+                }
+                PathMatch::Prefix {
+                    prefix: rest.to_string(),
+                    no_regex: modifier == "^~",
+                }
+            }
+        })
+    }
+}
+
+/// The locations of one virtual host.
+pub struct PathTable<T> {
+    exact: HashMap<String, T>,
+    /// Longest first.
+    prefixes: Vec<(String, bool, T)>,
+    regexes: Vec<(Regex, T)>,
+}
+
+impl<T: Clone> PathTable<T> {
+    pub fn new(entries: Vec<(PathMatch, T)>) -> Self {
+        let mut t = PathTable {
+            exact: HashMap::new(),
+            prefixes: Vec::new(),
+            regexes: Vec::new(),
+        };
+        for (m, v) in entries {
+            match m {
+                PathMatch::Exact(p) => {
+                    t.exact.insert(p, v);
+                }
+                PathMatch::Prefix { prefix, no_regex } => t.prefixes.push((prefix, no_regex, v)),
+                PathMatch::Regex(r) => t.regexes.push((r, v)),
+            }
+        }
+        // Stable sort keeps file order between equal lengths.
+        t.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        t
+    }
+
+    pub fn lookup(&self, path: &str) -> Option<&T> {
+        if !self.exact.is_empty() {
+            if let Some(v) = self.exact.get(path) {
+                return Some(v);
+            }
+        }
+        let prefix = self
+            .prefixes
+            .iter()
+            .find(|(p, _, _)| path.starts_with(p.as_str()));
+        if let Some((_, true, v)) = prefix {
+            return Some(v);
+        }
+        for (r, v) in &self.regexes {
+            if r.is_match(path) {
+                return Some(v);
+            }
+        }
+        prefix.map(|(_, _, v)| v)
+    }
+}
+
+/// Virtual hosts of one listener.
+pub struct HostTable<H> {
+    exact: HashMap<String, H>,
+    /// (".example.com", host) longest first.
+    wildcards: Vec<(String, H)>,
+    default: Option<H>,
+}
+
+impl<H: Clone> HostTable<H> {
+    pub fn new() -> Self {
+        HostTable {
+            exact: HashMap::new(),
+            wildcards: Vec::new(),
+            default: None,
+        }
+    }
+
+    /// Returns false if the name is already taken.
+    pub fn add_name(&mut self, name: &str, h: H) -> bool {
+        let name = name.to_ascii_lowercase();
+        if let Some(suffix) = name.strip_prefix('*') {
+            if self.wildcards.iter().any(|(s, _)| s == suffix) {
+                return false;
+            }
+            self.wildcards.push((suffix.to_string(), h));
+            self.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            true
+        } else {
+            self.exact.insert(name, h).is_none()
+        }
+    }
+
+    /// Returns false if a default is already set.
+    pub fn set_default(&mut self, h: H) -> bool {
+        self.default.replace(h).is_none()
+    }
+
+    pub fn has_default(&self) -> bool {
+        self.default.is_some()
+    }
+
+    /// `host` is the Host header value, possibly with a port and any case.
+    pub fn lookup(&self, host: &str) -> Option<&H> {
+        let host = strip_port(host);
+        let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.find(&host.to_ascii_lowercase())
+        } else {
+            self.find(host)
+        };
+        found.or(self.default.as_ref())
+    }
+
+    fn find(&self, host: &str) -> Option<&H> {
+        if let Some(h) = self.exact.get(host) {
+            return Some(h);
+        }
+        self.wildcards
+            .iter()
+            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+            .map(|(_, h)| h)
+    }
+}
+
+impl<H: Clone> Default for HostTable<H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map(|(h, _)| &host[..h.len() + 1])
+            .unwrap_or(host);
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(locs: &[&str]) -> PathTable<usize> {
+        PathTable::new(
+            locs.iter()
+                .enumerate()
+                .map(|(i, l)| (PathMatch::parse(l).unwrap(), i))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn nginx_precedence() {
+        let t = table(&[
+            "/",
+            "= /exact",
+            "/api/",
+            "/api/v1/",
+            "~ \\.php$",
+            "^~ /static/",
+            "~* \\.PNG$",
+        ]);
+        assert_eq!(t.lookup("/exact"), Some(&1));
+        assert_eq!(t.lookup("/exact/more"), Some(&0));
+        assert_eq!(t.lookup("/api/v1/x"), Some(&3));
+        assert_eq!(
+            t.lookup("/api/x.php"),
+            Some(&4),
+            "regex beats a plain prefix"
+        );
+        assert_eq!(t.lookup("/static/x.php"), Some(&5), "^~ stops regex search");
+        assert_eq!(t.lookup("/img/a.png"), Some(&6), "~* is case-insensitive");
+        assert_eq!(t.lookup("/other"), Some(&0));
+        assert_eq!(table(&["/api"]).lookup("/x"), None);
+        assert!(PathMatch::parse("~ (").is_err());
+        assert!(PathMatch::parse("api").is_err());
+    }
+
+    #[test]
+    fn hosts() {
+        let mut h = HostTable::new();
+        h.add_name("example.com", 1);
+        h.add_name("*.example.com", 2);
+        h.add_name("*.api.example.com", 3);
+        assert!(!h.add_name("example.com", 9));
+        assert_eq!(h.lookup("Example.COM:8080"), Some(&1));
+        assert_eq!(h.lookup("www.example.com"), Some(&2));
+        assert_eq!(h.lookup("v1.api.example.com"), Some(&3));
+        assert_eq!(h.lookup("other.org"), None);
+        h.set_default(0);
+        assert_eq!(h.lookup("other.org"), Some(&0));
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+}

@@ -1,0 +1,210 @@
+//! Active health checks (ELB target-group style): HTTP or TCP probes per
+//! server at an interval, with healthy/unhealthy thresholds. Verdicts go to
+//! the shared `ServerState`, so they survive reloads like everything else.
+
+use super::Pool;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe {
+    Tcp,
+    Http {
+        method: String,
+        path: String,
+        host: Option<String>,
+        /// Inclusive ranges of accepted statuses.
+        statuses: Vec<(u16, u16)>,
+        body: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckSpec {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: usize,
+    pub unhealthy_threshold: usize,
+    pub wait_for_first_pass: bool,
+}
+
+/// Parse `200`, `200-399`, `200,204,300-399`.
+pub fn parse_statuses(s: &str) -> Result<Vec<(u16, u16)>, String> {
+    s.split(',')
+        .map(|part| {
+            let part = part.trim();
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let a: u16 = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad status {part:?}"))?;
+            let b: u16 = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad status {part:?}"))?;
+            if !(100..=599).contains(&a) || !(100..=599).contains(&b) || a > b {
+                return Err(format!("bad status range {part:?}"));
+            }
+            Ok((a, b))
+        })
+        .collect()
+}
+
+/// Run one probe; `Err` carries the reason shown in logs and the admin API.
+pub async fn probe(addr: &str, spec: &CheckSpec) -> Result<(), String> {
+    let work = async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let Probe::Http {
+            method,
+            path,
+            host,
+            statuses,
+            body,
+        } = &spec.probe
+        else {
+            return Ok(());
+        };
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portico-health-check\r\nConnection: close\r\n\r\n",
+            host.as_deref().unwrap_or(addr)
+        );
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+            if n == 0 || buf.len() > 64 * 1024 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            // Without a body check, the status line is enough.
+            if body.is_none() && buf.windows(2).any(|w| w == b"\r\n") {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let code: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| "no HTTP status in response".to_string())?;
+        if !statuses.iter().any(|(a, b)| (*a..=*b).contains(&code)) {
+            return Err(format!("status {code}"));
+        }
+        if let Some(want) = body {
+            if !text.contains(want.as_str()) {
+                return Err(format!("status {code} but body lacks {want:?}"));
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(spec.timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timeout after {:?}", spec.timeout)),
+    }
+}
+
+#[derive(Default)]
+struct Streak {
+    next_due: Option<Instant>,
+    ok: usize,
+    fail: usize,
+}
+
+/// Checks every pool with a `health_check`, forever. `pools` returns the
+/// pools of the configuration running now, so reloads are followed.
+pub async fn run(
+    pools: impl Fn() -> Vec<Arc<Pool>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut streaks: HashMap<(String, String), Streak> = HashMap::new();
+    let tick = Duration::from_millis(50);
+    loop {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for pool in pools() {
+            let Some(spec) = pool.health.clone() else {
+                continue;
+            };
+            for (i, s) in pool.servers.iter().enumerate() {
+                let st = streaks
+                    .entry((pool.name.to_string(), s.addr.clone()))
+                    .or_default();
+                if st.next_due.is_none_or(|t| t <= now) {
+                    st.next_due = Some(now + spec.interval);
+                    due.push((pool.clone(), i, spec.clone()));
+                }
+            }
+        }
+        let results = futures::future::join_all(due.iter().map(|(pool, i, spec)| {
+            let addr = pool.servers[*i].addr.clone();
+            async move { probe(&addr, spec).await }
+        }))
+        .await;
+        for ((pool, i, spec), res) in due.into_iter().zip(results) {
+            let server = &pool.servers[i];
+            let st = streaks
+                .entry((pool.name.to_string(), server.addr.clone()))
+                .or_default();
+            let state = &server.state;
+            *state.last_check.lock().unwrap() = Some(match &res {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e.clone(),
+            });
+            match res {
+                Ok(()) => {
+                    st.ok += 1;
+                    st.fail = 0;
+                    if st.ok >= spec.healthy_threshold && !state.healthy.swap(true, Relaxed) {
+                        log::warn!(
+                            "upstream {} server {} is healthy again",
+                            pool.name,
+                            server.addr
+                        );
+                    }
+                }
+                Err(why) => {
+                    st.fail += 1;
+                    st.ok = 0;
+                    if st.fail >= spec.unhealthy_threshold && state.healthy.swap(false, Relaxed) {
+                        log::warn!(
+                            "upstream {} server {} is unhealthy: {why}",
+                            pool.name,
+                            server.addr
+                        );
+                        *state.last_failure.lock().unwrap() = Some(format!("health check: {why}"));
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_ranges() {
+        assert_eq!(parse_statuses("200").unwrap(), vec![(200, 200)]);
+        assert_eq!(
+            parse_statuses("200-299, 404").unwrap(),
+            vec![(200, 299), (404, 404)]
+        );
+        assert!(parse_statuses("abc").is_err());
+        assert!(parse_statuses("300-200").is_err());
+    }
+}

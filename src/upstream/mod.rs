@@ -1,0 +1,292 @@
+//! Upstream pools: a named set of servers, the `pingora-load-balancing`
+//! selector that picks among them, and the per-server state that decides
+//! whether a server may take a request (health, passive failures, draining).
+
+pub mod health;
+pub mod selectors;
+pub mod state;
+pub mod sticky;
+
+use crate::config::schema::Algorithm;
+use crate::retry::RetryPolicy;
+use futures::FutureExt;
+use pingora_load_balancing::discovery::Static;
+use pingora_load_balancing::selection::consistent::{KetamaConfig, KetamaHashing};
+use pingora_load_balancing::selection::{BackendIter, BackendSelection, FNVHash};
+use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use selectors::{LeastConn, LeastTime, Plain, RandomPick, SmoothWrr, StateTable, TwoLeastConn};
+use state::ServerState;
+use std::cell::Cell;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A selector behind a uniform, object-safe interface.
+pub trait Select: Send + Sync {
+    /// Walk the selector's preference order until `accept` takes a backend.
+    fn pick(&self, key: &[u8], max_steps: usize, accept: &dyn Fn(&Backend, bool) -> bool) -> bool;
+}
+
+impl<S> Select for LoadBalancer<S>
+where
+    S: BackendSelection + Send + Sync + 'static,
+    S::Iter: BackendIter,
+    S::Config: Send + Sync,
+{
+    fn pick(&self, key: &[u8], max_steps: usize, accept: &dyn Fn(&Backend, bool) -> bool) -> bool {
+        self.select_with(key, max_steps, accept).is_some()
+    }
+}
+
+fn lb<S>(set: BTreeSet<Backend>, config: S::Config) -> Box<dyn Select>
+where
+    S: BackendSelection + Send + Sync + 'static,
+    S::Iter: BackendIter,
+    S::Config: Send + Sync + 'static,
+{
+    let lb =
+        LoadBalancer::<S>::from_backends_with_config(Backends::new(Static::new(set)), Some(config));
+    // Static discovery resolves immediately; this fills the selector.
+    lb.update()
+        .now_or_never()
+        .expect("static discovery never blocks")
+        .expect("static discovery never fails");
+    Box::new(lb)
+}
+
+fn build_selector(
+    alg: Algorithm,
+    consistent: bool,
+    set: BTreeSet<Backend>,
+    t: StateTable,
+) -> Box<dyn Select> {
+    match alg {
+        Algorithm::RoundRobin | Algorithm::Sticky => lb::<SmoothWrr>(set, t),
+        Algorithm::LeastConn => lb::<LeastConn>(set, t),
+        Algorithm::Random => lb::<RandomPick<Plain>>(set, t),
+        Algorithm::RandomTwoLeastConn => lb::<RandomPick<TwoLeastConn>>(set, t),
+        Algorithm::LeastTime => lb::<RandomPick<LeastTime>>(set, t),
+        Algorithm::IpHash | Algorithm::Hash if consistent => lb::<KetamaHashing>(
+            set,
+            KetamaConfig {
+                point_multiple: None,
+            },
+        ),
+        Algorithm::IpHash | Algorithm::Hash => lb::<FNVHash>(set, ()),
+    }
+}
+
+/// One server of a pool as configured, with its shared state.
+pub struct PoolServer {
+    pub addr: String,
+    pub backend: Backend,
+    pub state: Arc<ServerState>,
+    pub weight: usize,
+    pub max_fails: usize,
+    pub fail_timeout: Duration,
+    pub backup: bool,
+}
+
+impl PoolServer {
+    pub fn record_failure(&self, pool: &str, why: &str) {
+        if self
+            .state
+            .record_failure(self.max_fails, self.fail_timeout, why)
+        {
+            log::warn!(
+                "upstream {pool} server {} marked down for {:?} after {} failure(s): {why}",
+                self.addr,
+                self.fail_timeout,
+                self.max_fails
+            );
+        }
+    }
+}
+
+/// What a request's hash key is made of.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HashKey {
+    ClientIp,
+    Uri,
+    Header(String),
+    Cookie(String),
+    Arg(String),
+}
+
+impl HashKey {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let v = s.trim();
+        Ok(match v {
+            "$remote_addr" | "$binary_remote_addr" => HashKey::ClientIp,
+            "$uri" | "$request_uri" => HashKey::Uri,
+            _ if v.starts_with("$http_") => HashKey::Header(v[6..].replace('_', "-")),
+            _ if v.starts_with("$cookie_") => HashKey::Cookie(v[8..].to_string()),
+            _ if v.starts_with("$arg_") => HashKey::Arg(v[5..].to_string()),
+            _ => {
+                return Err(format!(
+                    "unsupported hash key {v:?} (use $remote_addr, $uri, $http_NAME, $cookie_NAME or $arg_NAME)"
+                ))
+            }
+        })
+    }
+}
+
+/// Connection-level settings for a pool (a location may override timeouts).
+#[derive(Debug, Clone, Default)]
+pub struct Timeouts {
+    pub connect: Option<Duration>,
+    pub read: Option<Duration>,
+    pub write: Option<Duration>,
+}
+
+impl Timeouts {
+    /// `self` where set, otherwise `base`.
+    pub fn or(&self, base: &Timeouts) -> Timeouts {
+        Timeouts {
+            connect: self.connect.or(base.connect),
+            read: self.read.or(base.read),
+            write: self.write.or(base.write),
+        }
+    }
+}
+
+pub struct Pool {
+    pub name: Arc<str>,
+    pub algorithm: Algorithm,
+    pub servers: Vec<PoolServer>,
+    index: HashMap<pingora_core::protocols::l4::socket::SocketAddr, usize>,
+    primary: Box<dyn Select>,
+    backup: Option<Box<dyn Select>>,
+    max_steps: usize,
+    /// Sticky cookie id of each server, and the reverse map.
+    pub sticky_ids: Vec<String>,
+    sticky_index: HashMap<String, usize>,
+    pub hash_key: Option<HashKey>,
+    pub sticky: Option<sticky::Sticky>,
+    pub timeouts: Timeouts,
+    pub keepalive: usize,
+    pub keepalive_timeout: Option<Duration>,
+    pub retry: RetryPolicy,
+    pub health: Option<health::CheckSpec>,
+}
+
+/// Everything needed to build a pool; produced by `crate::live` from the config.
+pub struct PoolSpec {
+    pub name: String,
+    pub algorithm: Algorithm,
+    pub consistent: bool,
+    pub servers: Vec<PoolServer>,
+    pub hash_key: Option<HashKey>,
+    pub sticky: Option<sticky::Sticky>,
+    pub timeouts: Timeouts,
+    pub keepalive: usize,
+    pub keepalive_timeout: Option<Duration>,
+    pub retry: RetryPolicy,
+    pub health: Option<health::CheckSpec>,
+}
+
+impl Pool {
+    pub fn new(spec: PoolSpec) -> Pool {
+        let table: StateTable = Arc::new(
+            spec.servers
+                .iter()
+                .map(|s| (s.backend.addr.to_string(), s.state.clone()))
+                .collect(),
+        );
+        let set = |backup: bool| -> BTreeSet<Backend> {
+            spec.servers
+                .iter()
+                .filter(|s| s.backup == backup)
+                .map(|s| s.backend.clone())
+                .collect()
+        };
+        // Sticky `hash` mode hashes the application cookie on a consistent ring.
+        let (alg, consistent) = match &spec.sticky {
+            Some(st) if st.mode == sticky::Mode::Hash => (Algorithm::Hash, true),
+            _ => (spec.algorithm, spec.consistent),
+        };
+        let primary = build_selector(alg, consistent, set(false), table.clone());
+        let backups = set(true);
+        let backup = (!backups.is_empty())
+            .then(|| build_selector(Algorithm::RoundRobin, false, backups, table));
+        let index = spec
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.backend.addr.clone(), i))
+            .collect();
+        let consistent = consistent && matches!(alg, Algorithm::Hash | Algorithm::IpHash);
+        let sticky_ids: Vec<String> = match &spec.sticky {
+            Some(st) => spec.servers.iter().map(|s| st.server_id(&s.addr)).collect(),
+            None => Vec::new(),
+        };
+        Pool {
+            name: spec.name.into(),
+            algorithm: spec.algorithm,
+            // Ketama walks ring points (160 per server), the others one step per server.
+            max_steps: if consistent {
+                spec.servers.len() * 160 + 16
+            } else {
+                spec.servers.len() * 2 + 8
+            },
+            servers: spec.servers,
+            sticky_index: sticky_ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.clone(), i))
+                .collect(),
+            sticky_ids,
+            index,
+            primary,
+            backup,
+            hash_key: spec.hash_key,
+            sticky: spec.sticky,
+            timeouts: spec.timeouts,
+            keepalive: spec.keepalive,
+            keepalive_timeout: spec.keepalive_timeout,
+            retry: spec.retry,
+            health: spec.health,
+        }
+    }
+
+    /// Choose a usable server for `key` that `skip` does not exclude:
+    /// primaries first, backups only when no primary can take it.
+    pub fn select(&self, key: &[u8], skip: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let chosen = Cell::new(usize::MAX);
+        let accept = |b: &Backend, ready: bool| -> bool {
+            if !ready {
+                return false;
+            }
+            match self.index.get(&b.addr) {
+                Some(&i) if !skip(i) && self.servers[i].state.usable() => {
+                    chosen.set(i);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if self.primary.pick(key, self.max_steps, &accept) {
+            return Some(chosen.get());
+        }
+        match &self.backup {
+            Some(b) if b.pick(key, self.max_steps, &accept) => Some(chosen.get()),
+            _ => None,
+        }
+    }
+
+    /// Is any server other than those `skip` excludes usable right now?
+    pub fn any_usable(&self, skip: &dyn Fn(usize) -> bool) -> bool {
+        self.servers
+            .iter()
+            .enumerate()
+            .any(|(i, s)| !skip(i) && s.state.usable())
+    }
+
+    pub fn server_by_sticky_id(&self, id: &str) -> Option<usize> {
+        self.sticky_index.get(id).copied()
+    }
+
+    pub fn index_of_addr(&self, addr: &str) -> Option<usize> {
+        self.servers.iter().position(|s| s.addr == addr)
+    }
+}

@@ -1,0 +1,360 @@
+//! Custom `BackendSelection` implementations for `pingora-load-balancing`.
+//! Selectors know nothing about HTTP: they get a key and the backend set, and
+//! read in-flight counts and latencies from the shared `ServerState`s handed
+//! in as their `Config`, so those survive every selector rebuild.
+//!
+//! Each `iter` yields the first choice first, then the remaining servers as
+//! fallbacks (the caller skips unusable or already-tried ones).
+
+use super::state::ServerState;
+use pingora_load_balancing::selection::{BackendIter, BackendSelection};
+use pingora_load_balancing::Backend;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Shared server state by backend address, the `Config` of stateful selectors.
+pub type StateTable = Arc<HashMap<String, Arc<ServerState>>>;
+
+fn states_for(backends: &[Backend], table: &StateTable) -> Vec<Arc<ServerState>> {
+    backends
+        .iter()
+        .map(|b| {
+            table
+                .get(&b.addr.to_string())
+                .cloned()
+                .unwrap_or_else(|| Arc::new(ServerState::new(true)))
+        })
+        .collect()
+}
+
+/// Yields `first`, then every other index in rotation order.
+pub struct RotIter<S> {
+    sel: Arc<S>,
+    first: usize,
+    step: usize,
+    n: usize,
+}
+
+pub trait HasBackends {
+    fn backend(&self, i: usize) -> &Backend;
+}
+
+impl<S: HasBackends> BackendIter for RotIter<S> {
+    fn next(&mut self) -> Option<&Backend> {
+        if self.step >= self.n {
+            return None;
+        }
+        let i = (self.first + self.step) % self.n;
+        self.step += 1;
+        Some(self.sel.backend(i))
+    }
+}
+
+fn rot<S>(sel: &Arc<S>, first: usize, n: usize) -> RotIter<S> {
+    RotIter {
+        sel: sel.clone(),
+        first,
+        step: 0,
+        n,
+    }
+}
+
+// ---------------------------------------------------------------- smooth WRR
+
+/// nginx's smooth weighted round robin, precomputed into one cycle at build
+/// time so a pick is a single atomic increment: weights 5/1/1 give
+/// `a a b a c a a`, never a burst of five to one server.
+pub struct SmoothWrr {
+    backends: Vec<Backend>,
+    cycle: Vec<u32>,
+    next: AtomicUsize,
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The nginx smooth weighted round-robin order for one full cycle.
+pub fn smooth_cycle(weights: &[usize]) -> Vec<u32> {
+    if weights.is_empty() {
+        return Vec::new();
+    }
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    let w: Vec<i64> = weights.iter().map(|x| (x / g).max(1) as i64).collect();
+    let total: i64 = w.iter().sum();
+    // Very large weight sums are rare; cap the cycle and keep proportions.
+    let len = total.min(1 << 16) as usize;
+    let mut current = vec![0i64; w.len()];
+    let mut out = Vec::with_capacity(len);
+    for _ in 0..len {
+        let mut best = 0;
+        for i in 0..w.len() {
+            current[i] += w[i];
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        out.push(best as u32);
+    }
+    out
+}
+
+impl HasBackends for SmoothWrr {
+    fn backend(&self, i: usize) -> &Backend {
+        &self.backends[i]
+    }
+}
+
+impl BackendSelection for SmoothWrr {
+    type Iter = RotIter<SmoothWrr>;
+    type Config = StateTable;
+
+    fn build(backends: &BTreeSet<Backend>) -> Self {
+        let backends: Vec<Backend> = backends.iter().cloned().collect();
+        let weights: Vec<usize> = backends.iter().map(|b| b.weight).collect();
+        SmoothWrr {
+            cycle: smooth_cycle(&weights),
+            backends,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn iter(self: &Arc<Self>, _key: &[u8]) -> Self::Iter {
+        let n = self.backends.len();
+        if n == 0 {
+            return rot(self, 0, 0);
+        }
+        let i = self.next.fetch_add(1, Relaxed) % self.cycle.len();
+        rot(self, self.cycle[i] as usize, n)
+    }
+}
+
+// ---------------------------------------------------------------- least_conn
+
+/// Fewest in-flight requests relative to weight; ties rotate.
+pub struct LeastConn {
+    backends: Vec<Backend>,
+    states: Vec<Arc<ServerState>>,
+    weights: Vec<u64>,
+    uniform: bool,
+    rr: AtomicUsize,
+}
+
+impl HasBackends for LeastConn {
+    fn backend(&self, i: usize) -> &Backend {
+        &self.backends[i]
+    }
+}
+
+impl LeastConn {
+    fn new(backends: &BTreeSet<Backend>, table: &StateTable) -> Self {
+        let backends: Vec<Backend> = backends.iter().cloned().collect();
+        let weights: Vec<u64> = backends.iter().map(|b| b.weight.max(1) as u64).collect();
+        LeastConn {
+            states: states_for(&backends, table),
+            uniform: weights.windows(2).all(|w| w[0] == w[1]),
+            weights,
+            backends,
+            rr: AtomicUsize::new(0),
+        }
+    }
+
+    /// Index with the least load, starting the scan at a rotating offset so
+    /// that equal loads share the traffic.
+    fn least(&self) -> usize {
+        let n = self.states.len();
+        let start = self.rr.fetch_add(1, Relaxed) % n;
+        let mut best = start;
+        let mut best_load = self.states[start].inflight.load(Relaxed) as u64;
+        if self.uniform {
+            for i in (start + 1..n).chain(0..start) {
+                let l = self.states[i].inflight.load(Relaxed) as u64;
+                if l < best_load {
+                    best = i;
+                    best_load = l;
+                    if l == 0 {
+                        break;
+                    }
+                }
+            }
+        } else {
+            for i in (start + 1..n).chain(0..start) {
+                let l = self.states[i].inflight.load(Relaxed) as u64;
+                // l / w[i] < best_load / w[best], without division
+                if l * self.weights[best] < best_load * self.weights[i] {
+                    best = i;
+                    best_load = l;
+                }
+            }
+        }
+        best
+    }
+}
+
+impl BackendSelection for LeastConn {
+    type Iter = RotIter<LeastConn>;
+    type Config = StateTable;
+
+    fn build(backends: &BTreeSet<Backend>) -> Self {
+        Self::new(backends, &Arc::default())
+    }
+    fn build_with_config(backends: &BTreeSet<Backend>, table: &StateTable) -> Self {
+        Self::new(backends, table)
+    }
+    fn iter(self: &Arc<Self>, _key: &[u8]) -> Self::Iter {
+        let n = self.backends.len();
+        let first = if n == 0 { 0 } else { self.least() };
+        rot(self, first, n)
+    }
+}
+
+// ------------------------------------------------- random / two choices / least_time
+
+/// Weighted random choice; with `Mode::TwoLeastConn` or `Mode::LeastTime`
+/// two weighted random candidates are drawn and the less loaded one wins
+/// (power of two choices).
+pub struct RandomPick<M> {
+    backends: Vec<Backend>,
+    states: Vec<Arc<ServerState>>,
+    cumulative: Vec<u64>,
+    _mode: std::marker::PhantomData<M>,
+}
+
+pub struct Plain;
+pub struct TwoLeastConn;
+pub struct LeastTime;
+
+pub trait Mode: Send + Sync + 'static {
+    const TWO: bool;
+    /// Lower is better.
+    fn score(s: &ServerState, weight: u64) -> u64;
+}
+
+impl Mode for Plain {
+    const TWO: bool = false;
+    fn score(_: &ServerState, _: u64) -> u64 {
+        0
+    }
+}
+
+impl Mode for TwoLeastConn {
+    const TWO: bool = true;
+    fn score(s: &ServerState, weight: u64) -> u64 {
+        (s.inflight.load(Relaxed) as u64 * 1024) / weight
+    }
+}
+
+impl Mode for LeastTime {
+    const TWO: bool = true;
+    fn score(s: &ServerState, weight: u64) -> u64 {
+        // A server without samples yet looks as fast as 1 ms.
+        let t = match s.ewma_us.load(Relaxed) {
+            0 => 1000,
+            t => t,
+        };
+        t * (s.inflight.load(Relaxed) as u64 + 1) / weight
+    }
+}
+
+impl<M> HasBackends for RandomPick<M> {
+    fn backend(&self, i: usize) -> &Backend {
+        &self.backends[i]
+    }
+}
+
+impl<M: Mode> RandomPick<M> {
+    fn new(backends: &BTreeSet<Backend>, table: &StateTable) -> Self {
+        let backends: Vec<Backend> = backends.iter().cloned().collect();
+        let mut acc = 0;
+        let cumulative = backends
+            .iter()
+            .map(|b| {
+                acc += b.weight.max(1) as u64;
+                acc
+            })
+            .collect();
+        RandomPick {
+            states: states_for(&backends, table),
+            backends,
+            cumulative,
+            _mode: std::marker::PhantomData,
+        }
+    }
+
+    fn draw(&self) -> usize {
+        let total = *self.cumulative.last().unwrap();
+        let r = fastrand_u64() % total;
+        self.cumulative.partition_point(|&c| c <= r)
+    }
+}
+
+/// A cheap thread-local xorshift generator; selection needs speed, not crypto.
+fn fastrand_u64() -> u64 {
+    use std::cell::Cell;
+    static SEED: std::sync::atomic::AtomicU64 =
+        std::sync::atomic::AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    thread_local! {
+        static S: Cell<u64> = Cell::new(
+            SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Relaxed)
+                ^ std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+                | 1,
+        );
+    }
+    S.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
+}
+
+impl<M: Mode> BackendSelection for RandomPick<M> {
+    type Iter = RotIter<RandomPick<M>>;
+    type Config = StateTable;
+
+    fn build(backends: &BTreeSet<Backend>) -> Self {
+        Self::new(backends, &Arc::default())
+    }
+    fn build_with_config(backends: &BTreeSet<Backend>, table: &StateTable) -> Self {
+        Self::new(backends, table)
+    }
+    fn iter(self: &Arc<Self>, _key: &[u8]) -> Self::Iter {
+        let n = self.backends.len();
+        if n == 0 {
+            return rot(self, 0, 0);
+        }
+        let mut first = self.draw();
+        if M::TWO && n > 1 {
+            let second = self.draw();
+            let w = |i: usize| self.backends[i].weight.max(1) as u64;
+            if M::score(&self.states[second], w(second)) < M::score(&self.states[first], w(first)) {
+                first = second;
+            }
+        }
+        rot(self, first, n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_cycle_interleaves() {
+        let c = smooth_cycle(&[5, 1, 1]);
+        assert_eq!(c, vec![0, 0, 1, 0, 2, 0, 0]);
+        let c = smooth_cycle(&[2, 2]);
+        assert_eq!(c, vec![0, 1]);
+    }
+}

@@ -1,0 +1,156 @@
+//! Per-server runtime state that outlives any one configuration: in-flight
+//! counts, passive (`max_fails`/`fail_timeout`) and active health, draining,
+//! response-time EWMA and counters. A `StateRegistry` hands out the same
+//! `Arc<ServerState>` for the same (pool, address) across hot reloads, so
+//! nothing resets when the config is swapped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Milliseconds on a process-wide monotonic clock.
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+#[derive(Default)]
+struct FailWindow {
+    fails: usize,
+    since_ms: u64,
+}
+
+pub struct ServerState {
+    /// Requests (and upgraded connections) currently being served.
+    pub inflight: AtomicUsize,
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+    /// Passive health: skipped until this instant (ms on `now_ms`).
+    down_until_ms: AtomicU64,
+    window: Mutex<FailWindow>,
+    /// Active health-check verdict.
+    pub healthy: AtomicBool,
+    /// Draining: no new requests or sticky pins.
+    pub draining: AtomicBool,
+    /// EWMA of the response-header time in microseconds (0 = no sample yet).
+    pub ewma_us: AtomicU64,
+    pub last_failure: Mutex<Option<String>>,
+    /// Result of the last active health check, if any.
+    pub last_check: Mutex<Option<String>>,
+}
+
+impl ServerState {
+    pub fn new(healthy: bool) -> Self {
+        ServerState {
+            inflight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            down_until_ms: AtomicU64::new(0),
+            window: Mutex::new(FailWindow::default()),
+            healthy: AtomicBool::new(healthy),
+            draining: AtomicBool::new(false),
+            ewma_us: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
+            last_check: Mutex::new(None),
+        }
+    }
+
+    /// Usable for a new request: healthy, not draining, not passively marked down.
+    #[inline]
+    pub fn usable(&self) -> bool {
+        self.healthy.load(Relaxed)
+            && !self.draining.load(Relaxed)
+            && self.down_until_ms.load(Relaxed) <= now_ms()
+    }
+
+    /// Record a failed attempt (nginx semantics: `max_fails` failures within
+    /// `fail_timeout` make the server unavailable for `fail_timeout`).
+    /// Returns true when this failure marked the server down.
+    pub fn record_failure(&self, max_fails: usize, fail_timeout: Duration, why: &str) -> bool {
+        self.failures.fetch_add(1, Relaxed);
+        *self.last_failure.lock().unwrap() = Some(why.to_string());
+        if max_fails == 0 {
+            return false;
+        }
+        let now = now_ms();
+        let ft = fail_timeout.as_millis() as u64;
+        let mut w = self.window.lock().unwrap();
+        if now.saturating_sub(w.since_ms) > ft {
+            w.fails = 0;
+            w.since_ms = now;
+        }
+        w.fails += 1;
+        if w.fails >= max_fails {
+            w.fails = 0;
+            self.down_until_ms.store(now + ft, Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// A success ends the failure window (nginx resets `fails` on success).
+    #[inline]
+    pub fn record_success(&self) {
+        if self.failures.load(Relaxed) != 0 {
+            if let Ok(mut w) = self.window.try_lock() {
+                w.fails = 0;
+            }
+        }
+    }
+
+    pub fn passive_down(&self) -> bool {
+        self.down_until_ms.load(Relaxed) > now_ms()
+    }
+
+    /// Fold a response-header time into the EWMA (alpha = 1/8).
+    pub fn observe_latency(&self, d: Duration) {
+        let us = d.as_micros().max(1) as u64;
+        let old = self.ewma_us.load(Relaxed);
+        let new = if old == 0 { us } else { old - old / 8 + us / 8 };
+        self.ewma_us.store(new.max(1), Relaxed);
+    }
+}
+
+/// Holds one in-flight slot on a server; released on drop, however the
+/// request ends (success, error, abort, retry elsewhere, WebSocket close).
+pub struct InflightGuard(Arc<ServerState>);
+
+impl InflightGuard {
+    pub fn new(s: Arc<ServerState>) -> Self {
+        s.inflight.fetch_add(1, Relaxed);
+        s.requests.fetch_add(1, Relaxed);
+        InflightGuard(s)
+    }
+    pub fn state(&self) -> &Arc<ServerState> {
+        &self.0
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Same (pool, address) → same state, across reloads.
+#[derive(Default)]
+pub struct StateRegistry {
+    map: Mutex<HashMap<(String, String), Arc<ServerState>>>,
+}
+
+impl StateRegistry {
+    pub fn get(&self, pool: &str, addr: &str, start_healthy: bool) -> Arc<ServerState> {
+        self.map
+            .lock()
+            .unwrap()
+            .entry((pool.to_string(), addr.to_string()))
+            .or_insert_with(|| Arc::new(ServerState::new(start_healthy)))
+            .clone()
+    }
+
+    /// Forget servers that are no longer in any pool (after a reload).
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        self.map.lock().unwrap().retain(|(p, a), _| keep(p, a));
+    }
+}
