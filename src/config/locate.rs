@@ -10,6 +10,8 @@ use yaml_rust2::scanner::Marker;
 #[derive(Default, Debug)]
 pub struct Positions {
     map: HashMap<String, (usize, usize)>,
+    /// Keys that appear twice in the same mapping: (path, position of the second).
+    pub duplicates: Vec<(String, (usize, usize))>,
 }
 
 impl Positions {
@@ -18,7 +20,10 @@ impl Positions {
         // A syntax error is reported by serde_yaml with its own position; here
         // we simply keep whatever was indexed before it.
         let _ = Parser::new_from_str(src).load(&mut rx, false);
-        Positions { map: rx.map }
+        Positions {
+            map: rx.map,
+            duplicates: rx.dups,
+        }
     }
 
     /// The position of `path`, or of its closest indexed ancestor.
@@ -50,6 +55,7 @@ enum Frame {
 struct Indexer {
     stack: Vec<(String, Frame)>,
     map: HashMap<String, (usize, usize)>,
+    dups: Vec<(String, (usize, usize))>,
 }
 
 impl Indexer {
@@ -91,7 +97,9 @@ impl MarkedEventReceiver for Indexer {
                         } else {
                             format!("{base}.{s}")
                         };
-                        self.map.insert(p, pos);
+                        if self.map.insert(p.clone(), pos).is_some() {
+                            self.dups.push((p, pos));
+                        }
                         *key = Some(s);
                     }
                 }

@@ -71,11 +71,23 @@ pub fn load(path: &str) -> Result<Loaded, ConfigError> {
 /// Parse YAML text; `file` is only used in error messages.
 pub fn parse(file: &str, src: &str) -> Result<Loaded, ConfigError> {
     match serde_yaml::from_str::<Config>(src) {
-        Ok(cfg) => Ok(Loaded {
-            file: file.to_string(),
-            cfg,
-            pos: Positions::index(src),
-        }),
+        Ok(cfg) => {
+            let pos = Positions::index(src);
+            if let Some((path, (line, col))) = pos.duplicates.first() {
+                return Err(ConfigError {
+                    file: file.to_string(),
+                    line: *line,
+                    col: *col,
+                    field: path.clone(),
+                    msg: "duplicate key (each name may appear only once)".into(),
+                });
+            }
+            Ok(Loaded {
+                file: file.to_string(),
+                cfg,
+                pos,
+            })
+        }
         Err(e) => {
             let (line, col) = e
                 .location()

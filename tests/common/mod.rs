@@ -1,0 +1,508 @@
+//! Test harness: real backends on 127.0.0.1 (ephemeral ports) that report who
+//! they are and echo the headers they received, a real `portico` process
+//! started from a YAML written by the test, and a small HTTP/1.1 client.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+// ------------------------------------------------------------------ backends
+
+/// How a test backend answers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Behaviour {
+    /// 200 with `name=<name>` and the received headers in the body.
+    Echo,
+    /// This status, body `<name> says <status>`.
+    Status(u16),
+    /// Accept, read the request, never answer.
+    Hang,
+    /// Answer like `Echo` after a delay.
+    Slow(Duration),
+}
+
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+    pub connections: Arc<AtomicUsize>,
+    pub posts: Arc<AtomicUsize>,
+    pub behaviour: Arc<Mutex<Behaviour>>,
+    /// Paths this backend answers 500 on (e.g. a failing health path).
+    pub fail_paths: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    pub inflight_now: Arc<AtomicU64>,
+}
+
+impl Backend {
+    pub fn start(name: &str) -> Backend {
+        Self::start_with(name, Behaviour::Echo)
+    }
+
+    pub fn start_with(name: &str, b: Behaviour) -> Backend {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::serve(name, l, b)
+    }
+
+    /// Restart a stopped backend on the same address.
+    pub fn start_on(name: &str, addr: SocketAddr, b: Behaviour) -> Backend {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match TcpListener::bind(addr) {
+                Ok(l) => return Self::serve(name, l, b),
+                Err(e) if Instant::now() > deadline => panic!("rebind {addr}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn serve(name: &str, l: TcpListener, b: Behaviour) -> Backend {
+        let addr = l.local_addr().unwrap();
+        l.set_nonblocking(true).unwrap();
+        let be = Backend {
+            name: name.to_string(),
+            addr,
+            requests: Default::default(),
+            connections: Default::default(),
+            posts: Default::default(),
+            behaviour: Arc::new(Mutex::new(b)),
+            fail_paths: Default::default(),
+            stop: Default::default(),
+            inflight_now: Default::default(),
+        };
+        let (name, reqs, conns, posts, beh, stop, fails, infl) = (
+            be.name.clone(),
+            be.requests.clone(),
+            be.connections.clone(),
+            be.posts.clone(),
+            be.behaviour.clone(),
+            be.stop.clone(),
+            be.fail_paths.clone(),
+            be.inflight_now.clone(),
+        );
+        std::thread::spawn(move || loop {
+            if stop.load(SeqCst) {
+                return;
+            }
+            match l.accept() {
+                Ok((s, _)) => {
+                    conns.fetch_add(1, SeqCst);
+                    let (name, reqs, posts, beh, stop, fails, infl) = (
+                        name.clone(),
+                        reqs.clone(),
+                        posts.clone(),
+                        beh.clone(),
+                        stop.clone(),
+                        fails.clone(),
+                        infl.clone(),
+                    );
+                    std::thread::spawn(move || {
+                        let _ = handle_conn(s, &name, &reqs, &posts, &beh, &stop, &fails, &infl);
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        });
+        be
+    }
+
+    pub fn set(&self, b: Behaviour) {
+        *self.behaviour.lock().unwrap() = b;
+    }
+
+    /// Stop accepting and close connections (as a killed server would).
+    pub fn stop(&self) {
+        self.stop.store(true, SeqCst);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+
+    pub fn hits(&self) -> usize {
+        self.requests.load(SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, SeqCst);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn handle_conn(
+    s: TcpStream,
+    name: &str,
+    reqs: &AtomicUsize,
+    posts: &AtomicUsize,
+    beh: &Mutex<Behaviour>,
+    stop: &AtomicBool,
+    fails: &Mutex<Vec<String>>,
+    infl: &AtomicU64,
+) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut w = s;
+    loop {
+        // Request line, with polling so a stopped backend drops its connections.
+        let mut line = String::new();
+        loop {
+            if stop.load(SeqCst) {
+                return Ok(());
+            }
+            match r.read_line(&mut line) {
+                Ok(0) => return Ok(()),
+                Ok(_) => break,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    if !line.is_empty() && line.ends_with('\n') {
+                        break;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        w.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h)? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end().to_string();
+            if h.is_empty() {
+                break;
+            }
+            headers.push(h);
+        }
+        let get = |n: &str| {
+            headers.iter().find_map(|h| {
+                let (k, v) = h.split_once(':')?;
+                k.trim().eq_ignore_ascii_case(n).then(|| v.trim().to_string())
+            })
+        };
+        let mut body = Vec::new();
+        if let Some(cl) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            body.resize(cl, 0);
+            r.read_exact(&mut body)?;
+        } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                let mut sz = String::new();
+                r.read_line(&mut sz)?;
+                let n = usize::from_str_radix(sz.trim(), 16).unwrap_or(0);
+                let mut chunk = vec![0; n + 2];
+                r.read_exact(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        reqs.fetch_add(1, SeqCst);
+        let method = line.split_whitespace().next().unwrap_or("").to_string();
+        let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+        if method == "POST" {
+            posts.fetch_add(1, SeqCst);
+        }
+        let b = beh.lock().unwrap().clone();
+        let failing = fails.lock().unwrap().iter().any(|p| p == &path);
+        let (status, text) = match (&b, failing) {
+            (_, true) => (500, format!("{name} fails {path}\n")),
+            (Behaviour::Hang, _) => {
+                while !stop.load(SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                return Ok(());
+            }
+            (Behaviour::Status(c), _) => (*c, format!("{name} says {c}\n")),
+            (Behaviour::Slow(d), _) => {
+                infl.fetch_add(1, SeqCst);
+                std::thread::sleep(*d);
+                infl.fetch_sub(1, SeqCst);
+                (200, echo(name, &line, &headers, &body))
+            }
+            (Behaviour::Echo, _) => (200, echo(name, &line, &headers, &body)),
+        };
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nX-Backend: {name}\r\n\r\n{text}",
+            text.len()
+        );
+        w.write_all(resp.as_bytes())?;
+        w.set_read_timeout(Some(Duration::from_millis(100)))?;
+    }
+}
+
+fn echo(name: &str, line: &str, headers: &[String], body: &[u8]) -> String {
+    let mut t = format!("name={name}\nrequest={}\n", line.trim_end());
+    for h in headers {
+        t.push_str("header=");
+        t.push_str(h);
+        t.push('\n');
+    }
+    t.push_str(&format!("body-length={}\n", body.len()));
+    t
+}
+
+// ------------------------------------------------------------------ gateway
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn portico_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portico")
+}
+
+pub struct Gateway {
+    pub child: Child,
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+    pub conf: std::path::PathBuf,
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+pub fn temp_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "portico-test-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, SeqCst)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Gateway {
+    /// Start portico on `yaml`, where `{PORT}` is replaced by a free port and
+    /// `{DIR}` by a scratch directory. Waits until the health endpoint answers.
+    pub fn start(yaml: &str) -> Gateway {
+        let port = free_port();
+        let dir = temp_dir();
+        let yaml = yaml.replace("{PORT}", &port.to_string()).replace("{DIR}", dir.to_str().unwrap());
+        let yaml = if yaml.contains("pid_file") || yaml.contains("\nserver:") {
+            yaml
+        } else {
+            format!(
+                "server:\n  pid_file: {d}/portico.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n{yaml}",
+                d = dir.display()
+            )
+        };
+        let conf = dir.join("portico.yaml");
+        std::fs::write(&conf, &yaml).unwrap();
+        let child = Command::new(portico_bin())
+            .arg("-c")
+            .arg(&conf)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::from(std::fs::File::create(dir.join("access.log")).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(dir.join("error.log")).unwrap()))
+            .spawn()
+            .expect("start portico");
+        let g = Gateway { child, port, dir, conf };
+        g.wait_ready();
+        g
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(r) = try_request(self.port, "GET", "/nginx/health", &[], b"") {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            // Health endpoint may be disabled: a TCP accept is enough then.
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && std::fs::read_to_string(&self.conf).unwrap().contains("enabled: false") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        panic!("portico did not start; stderr:\n{}", self.stderr());
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        request(self.port, "GET", path, &[], b"")
+    }
+
+    pub fn get_host(&self, host: &str, path: &str) -> Response {
+        request(self.port, "GET", path, &[("Host", host)], b"")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.signal("INT");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ------------------------------------------------------------------ client
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn headers_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+    /// Which backend answered (`name=` line of an echo body).
+    pub fn backend(&self) -> String {
+        self.header("x-backend").unwrap_or("").to_string()
+    }
+    /// A header the backend received, from the echo body.
+    pub fn echoed(&self, name: &str) -> Option<String> {
+        self.body.lines().find_map(|l| {
+            let h = l.strip_prefix("header=")?;
+            let (k, v) = h.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// One request on a new connection; panics on I/O errors.
+pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    try_request(port, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+pub fn try_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+    let mut c = Client::connect(port)?;
+    c.send(method, path, headers, body)
+}
+
+/// A keep-alive HTTP/1.1 connection.
+pub struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> std::io::Result<Client> {
+        let s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(Client {
+            r: BufReader::new(s.try_clone()?),
+            w: s,
+        })
+    }
+
+    pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str("Host: localhost\r\n");
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding")) {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        self.w.write_all(req.as_bytes())?;
+        self.w.write_all(body)?;
+        self.read_response(method == "HEAD")
+    }
+
+    pub fn read_response(&mut self, head: bool) -> std::io::Result<Response> {
+        let mut line = String::new();
+        if self.r.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            self.r.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let mut resp = Response { status, headers, body: String::new() };
+        if head || status == 204 || status == 304 || status == 101 {
+            return Ok(resp);
+        }
+        let mut body = Vec::new();
+        if let Some(cl) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            body.resize(cl, 0);
+            self.r.read_exact(&mut body)?;
+        } else if resp.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                let mut sz = String::new();
+                self.r.read_line(&mut sz)?;
+                let n = usize::from_str_radix(sz.trim(), 16).unwrap_or(0);
+                let mut chunk = vec![0; n + 2];
+                self.r.read_exact(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else {
+            self.r.read_to_end(&mut body)?;
+        }
+        resp.body = String::from_utf8_lossy(&body).to_string();
+        Ok(resp)
+    }
+}
+
+/// Count which backend answered each of `n` requests.
+pub fn spread(g: &Gateway, path: &str, n: usize) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    let mut c = Client::connect(g.port).unwrap();
+    for _ in 0..n {
+        let r = c.send("GET", path, &[], b"").unwrap();
+        *m.entry(r.backend()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// A pool of servers as YAML lines.
+pub fn servers_yaml(backends: &[&Backend], extra: &str) -> String {
+    backends
+        .iter()
+        .map(|b| format!("      - address: {}\n{extra}", b.addr))
+        .collect()
+}

@@ -1,0 +1,133 @@
+//! `portico -t`: good configs pass, bad ones name file, line, column and field.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn check(yaml: &str) -> (bool, String) {
+    let dir = temp_dir();
+    let f = dir.join("test.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    let out = Command::new(portico_bin()).arg("-t").arg("-c").arg(&f).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+    (out.status.success(), text.replace(f.to_str().unwrap(), "FILE"))
+}
+
+const GOOD: &str = "listeners:
+  - listen: 127.0.0.1:8080
+upstreams:
+  app:
+    servers:
+      - address: 127.0.0.1:9001
+virtual_hosts:
+  - default: true
+    locations:
+      - path: /
+        proxy_pass: app
+";
+
+#[test]
+fn good_config_is_ok() {
+    let (ok, text) = check(GOOD);
+    assert!(ok, "{text}");
+    assert!(text.contains("configuration OK"), "{text}");
+}
+
+#[test]
+fn shipped_configs_and_examples_pass() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut files = vec![format!("{root}/conf/portico.yaml")];
+    for e in std::fs::read_dir(format!("{root}/conf/examples")).unwrap() {
+        files.push(e.unwrap().path().to_string_lossy().to_string());
+    }
+    assert!(files.len() >= 4);
+    for f in files {
+        let out = Command::new(portico_bin()).args(["-t", "-c", &f]).output().unwrap();
+        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// Each bad config, and the exact location + words its error must carry.
+#[test]
+fn bad_configs_are_located_precisely() {
+    let cases: &[(&str, &str, &str)] = &[
+        // unknown key
+        (
+            "listeners:\n  - listen: 127.0.0.1:8080\n    lisen: x\n",
+            "FILE:3:5: listeners[0]: unknown field `lisen`",
+            "",
+        ),
+        // unknown pool
+        (
+            &GOOD.replace("proxy_pass: app", "proxy_pass: nope"),
+            "FILE:11:9: virtual_hosts[0].locations[0].proxy_pass: unknown upstream \"nope\"",
+            "",
+        ),
+        // empty pool
+        (
+            &GOOD.replace("    servers:\n      - address: 127.0.0.1:9001\n", "    servers: []\n"),
+            "FILE:5:5: upstreams.app.servers: upstream has no servers",
+            "",
+        ),
+        // bad address
+        (
+            &GOOD.replace("address: 127.0.0.1:9001", "address: not-an-address"),
+            "FILE:6:9: upstreams.app.servers[0].address: invalid address \"not-an-address\"",
+            "",
+        ),
+        // duplicate server
+        (
+            &GOOD.replace("      - address: 127.0.0.1:9001\n", "      - address: 127.0.0.1:9001\n      - address: 127.0.0.1:9001\n"),
+            "FILE:7:9: upstreams.app.servers[1].address: duplicate server 127.0.0.1:9001",
+            "",
+        ),
+        // bad regex
+        (
+            &GOOD.replace("path: /", "path: \"~ ([a-z\""),
+            "FILE:10:9: virtual_hosts[0].locations[0].path: invalid regex",
+            "",
+        ),
+        // bad duration
+        (
+            &GOOD.replace("    servers:\n", "    connect_timeout: 10x\n    servers:\n"),
+            "FILE:5:22: upstreams.app.connect_timeout: invalid duration unit in \"10x\"",
+            "",
+        ),
+        // bad size
+        (
+            &GOOD.replace("        proxy_pass: app\n", "        proxy_pass: app\n        client_max_body_size: 50q\n"),
+            "virtual_hosts[0].locations[0].client_max_body_size: invalid size unit in \"50q\"",
+            "FILE:12:",
+        ),
+        // duplicate upstream names (YAML duplicate key)
+        (
+            &GOOD.replace("upstreams:\n", "upstreams:\n  app:\n    servers: [{ address: \"127.0.0.1:1\" }]\n"),
+            "FILE:6:3: upstreams.app: duplicate key",
+            "",
+        ),
+        // duplicate server names
+        (
+            "listeners: [{ listen: \"127.0.0.1:1\" }]\nvirtual_hosts:\n  - server_names: [a.com]\n    locations: [{ path: /, return: { status: 200 } }]\n  - server_names: [a.com]\n    locations: [{ path: /, return: { status: 200 } }]\n",
+            "FILE:5:20: virtual_hosts[1].server_names[0]: duplicate server name \"a.com\"",
+            "",
+        ),
+        // bad listen address
+        ("listeners:\n  - listen: localhost\n", "FILE:2:5: listeners[0].listen: invalid listen address", ""),
+        // unknown retry condition
+        (
+            &GOOD.replace("    servers:\n", "    next_upstream: [error, http_999]\n    servers:\n"),
+            "upstreams.app.next_upstream: unknown next_upstream condition \"http_999\"",
+            "FILE:5:",
+        ),
+        // YAML syntax error
+        ("listeners: [\n", "FILE:", ""),
+    ];
+    for (yaml, want, also) in cases {
+        let (ok, text) = check(yaml);
+        assert!(!ok, "accepted:\n{yaml}");
+        assert!(text.contains(want), "want {want:?} in:\n{text}\nfor:\n{yaml}");
+        assert!(text.contains(also), "want {also:?} in:\n{text}");
+        assert!(!text.contains("configuration OK"));
+    }
+}

@@ -1,0 +1,311 @@
+//! Core gateway behaviour through a real portico process and real backends.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+fn one_pool(b: &[&Backend], loc_extra: &str) -> String {
+    format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app:\n    read_timeout: 2s\n    servers:\n{}\nvirtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: app\n{loc_extra}",
+        servers_yaml(b, "")
+    )
+}
+
+#[test]
+fn routes_by_host_with_exact_wildcard_and_default() {
+    let (a, b, c) = (Backend::start("exact"), Backend::start("wild"), Backend::start("default"));
+    let g = Gateway::start(&format!(
+        r#"
+listeners:
+  - listen: 127.0.0.1:{{PORT}}
+upstreams:
+  a: {{ servers: [{{ address: "{}" }}] }}
+  b: {{ servers: [{{ address: "{}" }}] }}
+  c: {{ servers: [{{ address: "{}" }}] }}
+virtual_hosts:
+  - server_names: [example.com]
+    locations: [{{ path: /, proxy_pass: a }}]
+  - server_names: ["*.example.com"]
+    locations: [{{ path: /, proxy_pass: b }}]
+  - default: true
+    locations: [{{ path: /, proxy_pass: c }}]
+"#,
+        a.addr, b.addr, c.addr
+    ));
+    assert_eq!(g.get_host("example.com", "/").backend(), "exact");
+    assert_eq!(g.get_host("EXAMPLE.com:8080", "/").backend(), "exact");
+    assert_eq!(g.get_host("www.example.com", "/").backend(), "wild");
+    assert_eq!(g.get_host("a.b.example.com", "/").backend(), "wild");
+    assert_eq!(g.get_host("other.org", "/").backend(), "default");
+}
+
+#[test]
+fn routes_by_path_with_nginx_precedence() {
+    let names = ["root", "exact", "api", "apiv1", "php", "static"];
+    let bs: Vec<Backend> = names.iter().map(|n| Backend::start(n)).collect();
+    let mut ups = String::new();
+    for (n, b) in names.iter().zip(&bs) {
+        ups.push_str(&format!("  {n}: {{ servers: [{{ address: \"{}\" }}] }}\n", b.addr));
+    }
+    let g = Gateway::start(&format!(
+        r#"
+listeners:
+  - listen: 127.0.0.1:{{PORT}}
+upstreams:
+{ups}
+virtual_hosts:
+  - server_names: [localhost]
+    locations:
+      - {{ path: /, proxy_pass: root }}
+      - {{ path: "= /exact", proxy_pass: exact }}
+      - {{ path: /api/, proxy_pass: api }}
+      - {{ path: /api/v1/, proxy_pass: apiv1 }}
+      - {{ path: '~ \.php$', proxy_pass: php }}
+      - {{ path: "^~ /static/", proxy_pass: static }}
+"#
+    ));
+    let cases = [
+        ("/exact", "exact"),
+        ("/exact/x", "root"),
+        ("/api/x", "api"),
+        ("/api/v1/users", "apiv1"),
+        ("/api/v1/index.php", "php"),
+        ("/static/index.php", "static"),
+        ("/anything", "root"),
+    ];
+    for (path, want) in cases {
+        assert_eq!(g.get(path).backend(), want, "path {path}");
+    }
+}
+
+#[test]
+fn no_matching_location_is_404() {
+    let b = Backend::start("b");
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  a: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - server_names: [only.example]\n    locations: [{{ path: /api/, proxy_pass: a }}]\n",
+        b.addr
+    ));
+    assert_eq!(g.get_host("only.example", "/other").status, 404);
+    assert_eq!(g.get_host("only.example", "/api/x").status, 200);
+    assert_eq!(b.hits(), 1);
+}
+
+#[test]
+fn forwarding_headers_are_set_and_not_spoofable() {
+    let b = Backend::start("b");
+    let g = Gateway::start(&one_pool(&[&b], ""));
+    let spoof = [
+        ("Host", "shop.example:8080"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Real-IP", "6.6.6.6"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "evil.example"),
+    ];
+    let r = request(g.port, "GET", "/x?y=1", &spoof, b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed("host").as_deref(), Some("shop.example:8080"), "Host passes through");
+    assert_eq!(r.echoed("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(r.echoed("x-real-ip").as_deref(), Some("127.0.0.1"));
+    assert_eq!(r.echoed("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(r.echoed("x-forwarded-host").as_deref(), Some("shop.example:8080"));
+    assert!(r.body.contains("request=GET /x?y=1 HTTP/1.1"), "{}", r.body);
+}
+
+#[test]
+fn trusted_proxy_headers_are_kept_and_appended() {
+    let b = Backend::start("b");
+    let g = Gateway::start(&format!("trusted_proxies: [127.0.0.0/8]\n{}", one_pool(&[&b], "")));
+    let r = request(
+        g.port,
+        "GET",
+        "/",
+        &[("X-Forwarded-For", "203.0.113.7"), ("X-Real-IP", "203.0.113.7"), ("X-Forwarded-Proto", "https")],
+        b"",
+    );
+    assert_eq!(r.echoed("x-forwarded-for").as_deref(), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(r.echoed("x-real-ip").as_deref(), Some("203.0.113.7"));
+    assert_eq!(r.echoed("x-forwarded-proto").as_deref(), Some("https"));
+    // Without incoming headers the client address is used.
+    let r = g.get("/");
+    assert_eq!(r.echoed("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+}
+
+#[test]
+fn health_endpoint_is_answered_by_the_gateway() {
+    let b = Backend::start("b");
+    let g = Gateway::start(&one_pool(&[&b], ""));
+    let r = g.get("/nginx/health");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "ok");
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(r.header("content-length"), Some("2"));
+    assert_eq!(b.hits(), 0, "never proxied");
+    // Keep-alive works after it (Content-Length present).
+    let mut c = Client::connect(g.port).unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.send("GET", "/nginx/health", &[], b"").unwrap().body, "ok");
+    }
+}
+
+#[test]
+fn health_endpoint_path_is_configurable_and_can_be_disabled() {
+    let b = Backend::start("b");
+    let g = Gateway::start(&format!("health_endpoint: {{ path: /healthz }}\n{}", one_pool(&[&b], "")));
+    assert_eq!(g.get("/healthz").body, "ok");
+    assert_eq!(g.get("/nginx/health").backend(), "b", "old path is proxied now");
+    drop(g);
+    let g = Gateway::start(&format!("health_endpoint: {{ enabled: false }}\n{}", one_pool(&[&b], "")));
+    assert_eq!(g.get("/nginx/health").backend(), "b");
+}
+
+#[test]
+fn connect_failure_is_502_and_timeout_is_504() {
+    let dead = Backend::start("dead");
+    let addr = dead.addr;
+    drop(dead);
+    std::thread::sleep(Duration::from_millis(50));
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  down: {{ servers: [{{ address: \"{addr}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: down }}]\n"
+    ));
+    let r = g.get("/");
+    assert_eq!(r.status, 502);
+    assert!(r.body.contains("502"), "short body: {:?}", r.body);
+    drop(g);
+
+    let hang = Backend::start_with("hang", Behaviour::Hang);
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  h: {{ read_timeout: 300ms, servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: h }}]\n",
+        hang.addr
+    ));
+    let t = std::time::Instant::now();
+    let r = g.get("/");
+    assert_eq!(r.status, 504);
+    assert!(t.elapsed() < Duration::from_secs(5), "no hang");
+}
+
+#[test]
+fn all_servers_down_gives_503_without_trying() {
+    let b = Backend::start("b");
+    let addr = b.addr;
+    drop(b);
+    // max_fails 1: the first failure marks it down for 30s; the next request finds nothing usable.
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  a: {{ servers: [{{ address: \"{addr}\", max_fails: 1, fail_timeout: 30s }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: a }}]\n"
+    ));
+    assert_eq!(g.get("/").status, 502);
+    let r = g.get("/");
+    assert_eq!(r.status, 503);
+}
+
+#[test]
+fn body_size_limit_by_content_length_and_chunked() {
+    let b = Backend::start("b");
+    let g = Gateway::start(&one_pool(&[&b], "        client_max_body_size: 1k\n"));
+    let small = vec![b'x'; 1000];
+    assert_eq!(request(g.port, "POST", "/", &[], &small).status, 200);
+    let big = vec![b'x'; 2000];
+    assert_eq!(request(g.port, "POST", "/", &[], &big).status, 413);
+    assert_eq!(b.posts.load(std::sync::atomic::Ordering::SeqCst), 1, "rejected before proxying");
+    // Chunked: 3 chunks of 600 bytes.
+    let mut chunked = Vec::new();
+    for _ in 0..3 {
+        chunked.extend_from_slice(b"258\r\n");
+        chunked.extend_from_slice(&[b'y'; 600]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let r = request(g.port, "POST", "/", &[("Transfer-Encoding", "chunked")], &chunked);
+    assert_eq!(r.status, 413);
+}
+
+#[test]
+fn upstream_connections_are_reused() {
+    let b = Backend::start("b");
+    let g = Gateway::start(&one_pool(&[&b], ""));
+    for _ in 0..20 {
+        let mut c = Client::connect(g.port).unwrap();
+        for _ in 0..5 {
+            assert_eq!(c.send("GET", "/", &[], b"").unwrap().status, 200);
+        }
+    }
+    let conns = b.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(b.hits(), 100);
+    assert!(conns <= 10, "backend saw {conns} connections for 100 requests");
+}
+
+#[test]
+fn return_redirects_with_variables() {
+    let g = Gateway::start(
+        r#"
+listeners:
+  - listen: 127.0.0.1:{PORT}
+virtual_hosts:
+  - default: true
+    locations:
+      - path: /
+        return: { status: 301, location: "https://$host$request_uri" }
+      - path: = /teapot
+        return: { status: 418, body: "short and stout ($scheme)" }
+"#,
+    );
+    let r = request(g.port, "GET", "/a/b?c=d", &[("Host", "shop.example:80")], b"");
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("https://shop.example/a/b?c=d"));
+    let r = g.get("/teapot");
+    assert_eq!((r.status, r.body.as_str()), (418, "short and stout (http)"));
+}
+
+#[test]
+fn request_headers_can_be_set_and_removed() {
+    let b = Backend::start("b");
+    let g = Gateway::start(&one_pool(
+        &[&b],
+        "        proxy_set_header: { X-Env: prod, X-Client: \"$remote_addr via $scheme\" }\n        proxy_remove_header: [X-Secret]\n",
+    ));
+    let r = request(g.port, "GET", "/", &[("X-Secret", "s3cr3t"), ("X-Env", "dev")], b"");
+    assert_eq!(r.echoed("x-env").as_deref(), Some("prod"));
+    assert_eq!(r.echoed("x-client").as_deref(), Some("127.0.0.1 via http"));
+    assert_eq!(r.echoed("x-secret"), None);
+}
+
+#[test]
+fn access_log_has_upstream_address_and_times() {
+    let b = Backend::start("b");
+    let g = Gateway::start(&one_pool(&[&b], ""));
+    g.get("/logged?q=1");
+    std::thread::sleep(Duration::from_millis(200));
+    let log = g.access_log();
+    let line = log.lines().find(|l| l.contains("/logged")).unwrap_or_else(|| panic!("no line in {log:?}"));
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(line.contains("\"GET /logged?q=1 HTTP/1.1\" 200 "), "{line}");
+    assert!(line.contains(&b.addr.to_string()), "{line}");
+}
+
+#[test]
+fn malformed_request_gets_4xx_and_gateway_survives() {
+    use std::io::{Read, Write};
+    let b = Backend::start("b");
+    let g = Gateway::start(&one_pool(&[&b], ""));
+    for junk in [&b"GARBAGE\r\n\r\n"[..], b"GET / HTTP/1.1\r\nX Bad Header\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(junk).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.starts_with("HTTP/1.1 4"), "{junk:?} -> {text}");
+    }
+    assert_eq!(b.hits(), 0);
+    // Content-Length + Transfer-Encoding: the chunked framing wins (RFC 9112 6.3) and the
+    // connection is closed, so a request hidden behind it is never smuggled upstream.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    assert!(!text.contains("/smuggled"), "{text}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(b.hits() <= 1, "backend saw {} requests", b.hits());
+    assert_eq!(g.get("/").status, 200, "still serving");
+}
