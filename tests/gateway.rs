@@ -13,7 +13,11 @@ fn one_pool(b: &[&Backend], loc_extra: &str) -> String {
 
 #[test]
 fn routes_by_host_with_exact_wildcard_and_default() {
-    let (a, b, c) = (Backend::start("exact"), Backend::start("wild"), Backend::start("default"));
+    let (a, b, c) = (
+        Backend::start("exact"),
+        Backend::start("wild"),
+        Backend::start("default"),
+    );
     let g = Gateway::start(&format!(
         r#"
 listeners:
@@ -45,7 +49,10 @@ fn routes_by_path_with_nginx_precedence() {
     let bs: Vec<Backend> = names.iter().map(|n| Backend::start(n)).collect();
     let mut ups = String::new();
     for (n, b) in names.iter().zip(&bs) {
-        ups.push_str(&format!("  {n}: {{ servers: [{{ address: \"{}\" }}] }}\n", b.addr));
+        ups.push_str(&format!(
+            "  {n}: {{ servers: [{{ address: \"{}\" }}] }}\n",
+            b.addr
+        ));
     }
     let g = Gateway::start(&format!(
         r#"
@@ -103,26 +110,43 @@ fn forwarding_headers_are_set_and_not_spoofable() {
     ];
     let r = request(g.port, "GET", "/x?y=1", &spoof, b"");
     assert_eq!(r.status, 200);
-    assert_eq!(r.echoed("host").as_deref(), Some("shop.example:8080"), "Host passes through");
+    assert_eq!(
+        r.echoed("host").as_deref(),
+        Some("shop.example:8080"),
+        "Host passes through"
+    );
     assert_eq!(r.echoed("x-forwarded-for").as_deref(), Some("127.0.0.1"));
     assert_eq!(r.echoed("x-real-ip").as_deref(), Some("127.0.0.1"));
     assert_eq!(r.echoed("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(r.echoed("x-forwarded-host").as_deref(), Some("shop.example:8080"));
+    assert_eq!(
+        r.echoed("x-forwarded-host").as_deref(),
+        Some("shop.example:8080")
+    );
     assert!(r.body.contains("request=GET /x?y=1 HTTP/1.1"), "{}", r.body);
 }
 
 #[test]
 fn trusted_proxy_headers_are_kept_and_appended() {
     let b = Backend::start("b");
-    let g = Gateway::start(&format!("trusted_proxies: [127.0.0.0/8]\n{}", one_pool(&[&b], "")));
+    let g = Gateway::start(&format!(
+        "trusted_proxies: [127.0.0.0/8]\n{}",
+        one_pool(&[&b], "")
+    ));
     let r = request(
         g.port,
         "GET",
         "/",
-        &[("X-Forwarded-For", "203.0.113.7"), ("X-Real-IP", "203.0.113.7"), ("X-Forwarded-Proto", "https")],
+        &[
+            ("X-Forwarded-For", "203.0.113.7"),
+            ("X-Real-IP", "203.0.113.7"),
+            ("X-Forwarded-Proto", "https"),
+        ],
         b"",
     );
-    assert_eq!(r.echoed("x-forwarded-for").as_deref(), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(
+        r.echoed("x-forwarded-for").as_deref(),
+        Some("203.0.113.7, 127.0.0.1")
+    );
     assert_eq!(r.echoed("x-real-ip").as_deref(), Some("203.0.113.7"));
     assert_eq!(r.echoed("x-forwarded-proto").as_deref(), Some("https"));
     // Without incoming headers the client address is used.
@@ -150,11 +174,21 @@ fn health_endpoint_is_answered_by_the_gateway() {
 #[test]
 fn health_endpoint_path_is_configurable_and_can_be_disabled() {
     let b = Backend::start("b");
-    let g = Gateway::start(&format!("health_endpoint: {{ path: /healthz }}\n{}", one_pool(&[&b], "")));
+    let g = Gateway::start(&format!(
+        "health_endpoint: {{ path: /healthz }}\n{}",
+        one_pool(&[&b], "")
+    ));
     assert_eq!(g.get("/healthz").body, "ok");
-    assert_eq!(g.get("/nginx/health").backend(), "b", "old path is proxied now");
+    assert_eq!(
+        g.get("/nginx/health").backend(),
+        "b",
+        "old path is proxied now"
+    );
     drop(g);
-    let g = Gateway::start(&format!("health_endpoint: {{ enabled: false }}\n{}", one_pool(&[&b], "")));
+    let g = Gateway::start(&format!(
+        "health_endpoint: {{ enabled: false }}\n{}",
+        one_pool(&[&b], "")
+    ));
     assert_eq!(g.get("/nginx/health").backend(), "b");
 }
 
@@ -205,7 +239,11 @@ fn body_size_limit_by_content_length_and_chunked() {
     assert_eq!(request(g.port, "POST", "/", &[], &small).status, 200);
     let big = vec![b'x'; 2000];
     assert_eq!(request(g.port, "POST", "/", &[], &big).status, 413);
-    assert_eq!(b.posts.load(std::sync::atomic::Ordering::SeqCst), 1, "rejected before proxying");
+    assert_eq!(
+        b.posts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "rejected before proxying"
+    );
     // Chunked: 3 chunks of 600 bytes.
     let mut chunked = Vec::new();
     for _ in 0..3 {
@@ -214,7 +252,13 @@ fn body_size_limit_by_content_length_and_chunked() {
         chunked.extend_from_slice(b"\r\n");
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
-    let r = request(g.port, "POST", "/", &[("Transfer-Encoding", "chunked")], &chunked);
+    let r = request(
+        g.port,
+        "POST",
+        "/",
+        &[("Transfer-Encoding", "chunked")],
+        &chunked,
+    );
     assert_eq!(r.status, 413);
 }
 
@@ -230,7 +274,10 @@ fn upstream_connections_are_reused() {
     }
     let conns = b.connections.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(b.hits(), 100);
-    assert!(conns <= 10, "backend saw {conns} connections for 100 requests");
+    assert!(
+        conns <= 10,
+        "backend saw {conns} connections for 100 requests"
+    );
 }
 
 #[test]
@@ -248,7 +295,13 @@ virtual_hosts:
         return: { status: 418, body: "short and stout ($scheme)" }
 "#,
     );
-    let r = request(g.port, "GET", "/a/b?c=d", &[("Host", "shop.example:80")], b"");
+    let r = request(
+        g.port,
+        "GET",
+        "/a/b?c=d",
+        &[("Host", "shop.example:80")],
+        b"",
+    );
     assert_eq!(r.status, 301);
     assert_eq!(r.header("location"), Some("https://shop.example/a/b?c=d"));
     let r = g.get("/teapot");
@@ -262,7 +315,13 @@ fn request_headers_can_be_set_and_removed() {
         &[&b],
         "        proxy_set_header: { X-Env: prod, X-Client: \"$remote_addr via $scheme\" }\n        proxy_remove_header: [X-Secret]\n",
     ));
-    let r = request(g.port, "GET", "/", &[("X-Secret", "s3cr3t"), ("X-Env", "dev")], b"");
+    let r = request(
+        g.port,
+        "GET",
+        "/",
+        &[("X-Secret", "s3cr3t"), ("X-Env", "dev")],
+        b"",
+    );
     assert_eq!(r.echoed("x-env").as_deref(), Some("prod"));
     assert_eq!(r.echoed("x-client").as_deref(), Some("127.0.0.1 via http"));
     assert_eq!(r.echoed("x-secret"), None);
@@ -275,7 +334,10 @@ fn access_log_has_upstream_address_and_times() {
     g.get("/logged?q=1");
     std::thread::sleep(Duration::from_millis(200));
     let log = g.access_log();
-    let line = log.lines().find(|l| l.contains("/logged")).unwrap_or_else(|| panic!("no line in {log:?}"));
+    let line = log
+        .lines()
+        .find(|l| l.contains("/logged"))
+        .unwrap_or_else(|| panic!("no line in {log:?}"));
     assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
     assert!(line.contains("\"GET /logged?q=1 HTTP/1.1\" 200 "), "{line}");
     assert!(line.contains(&b.addr.to_string()), "{line}");
@@ -286,7 +348,11 @@ fn malformed_request_gets_4xx_and_gateway_survives() {
     use std::io::{Read, Write};
     let b = Backend::start("b");
     let g = Gateway::start(&one_pool(&[&b], ""));
-    for junk in [&b"GARBAGE\r\n\r\n"[..], b"GET / HTTP/1.1\r\nX Bad Header\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"] {
+    for junk in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nX Bad Header\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    ] {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.write_all(junk).unwrap();

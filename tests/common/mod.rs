@@ -156,7 +156,12 @@ fn handle_conn(
             match r.read_line(&mut line) {
                 Ok(0) => return Ok(()),
                 Ok(_) => break,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     if !line.is_empty() && line.ends_with('\n') {
                         break;
                     }
@@ -180,7 +185,9 @@ fn handle_conn(
         let get = |n: &str| {
             headers.iter().find_map(|h| {
                 let (k, v) = h.split_once(':')?;
-                k.trim().eq_ignore_ascii_case(n).then(|| v.trim().to_string())
+                k.trim()
+                    .eq_ignore_ascii_case(n)
+                    .then(|| v.trim().to_string())
             })
         };
         let mut body = Vec::new();
@@ -248,7 +255,11 @@ fn echo(name: &str, line: &str, headers: &[String], body: &[u8]) -> String {
 // ------------------------------------------------------------------ gateway
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn portico_bin() -> &'static str {
@@ -280,7 +291,9 @@ impl Gateway {
     pub fn start(yaml: &str) -> Gateway {
         let port = free_port();
         let dir = temp_dir();
-        let yaml = yaml.replace("{PORT}", &port.to_string()).replace("{DIR}", dir.to_str().unwrap());
+        let yaml = yaml
+            .replace("{PORT}", &port.to_string())
+            .replace("{DIR}", dir.to_str().unwrap());
         let yaml = if yaml.contains("pid_file") || yaml.contains("\nserver:") {
             yaml
         } else {
@@ -294,12 +307,24 @@ impl Gateway {
         let child = Command::new(portico_bin())
             .arg("-c")
             .arg(&conf)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::from(std::fs::File::create(dir.join("access.log")).unwrap()))
-            .stderr(Stdio::from(std::fs::File::create(dir.join("error.log")).unwrap()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::from(
+                std::fs::File::create(dir.join("access.log")).unwrap(),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("error.log")).unwrap(),
+            ))
             .spawn()
             .expect("start portico");
-        let g = Gateway { child, port, dir, conf };
+        let g = Gateway {
+            child,
+            port,
+            dir,
+            conf,
+        };
         g.wait_ready();
         g
     }
@@ -313,7 +338,11 @@ impl Gateway {
                 }
             }
             // Health endpoint may be disabled: a TCP accept is enough then.
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && std::fs::read_to_string(&self.conf).unwrap().contains("enabled: false") {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && std::fs::read_to_string(&self.conf)
+                    .unwrap()
+                    .contains("enabled: false")
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(30));
@@ -338,7 +367,11 @@ impl Gateway {
     }
 
     pub fn signal(&self, sig: &str) {
-        Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
     }
 }
 
@@ -390,17 +423,32 @@ impl Response {
         self.body.lines().find_map(|l| {
             let h = l.strip_prefix("header=")?;
             let (k, v) = h.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
     }
 }
 
 /// One request on a new connection; panics on I/O errors.
-pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    try_request(port, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    try_request(port, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
-pub fn try_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+pub fn try_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut c = Client::connect(port)?;
     c.send(method, path, headers, body)
 }
@@ -421,7 +469,13 @@ impl Client {
         })
     }
 
-    pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
         let mut req = format!("{method} {path} HTTP/1.1\r\n");
         if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
             req.push_str("Host: localhost\r\n");
@@ -429,7 +483,11 @@ impl Client {
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
-        if !body.is_empty() && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding")) {
+        if !body.is_empty()
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"))
+        {
             req.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         req.push_str("\r\n");
@@ -441,7 +499,10 @@ impl Client {
     pub fn read_response(&mut self, head: bool) -> std::io::Result<Response> {
         let mut line = String::new();
         if self.r.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
         let status: u16 = line
             .split_whitespace()
@@ -460,15 +521,25 @@ impl Client {
                 headers.push((k.trim().to_string(), v.trim().to_string()));
             }
         }
-        let mut resp = Response { status, headers, body: String::new() };
+        let mut resp = Response {
+            status,
+            headers,
+            body: String::new(),
+        };
         if head || status == 204 || status == 304 || status == 101 {
             return Ok(resp);
         }
         let mut body = Vec::new();
-        if let Some(cl) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        if let Some(cl) = resp
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
             body.resize(cl, 0);
             self.r.read_exact(&mut body)?;
-        } else if resp.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        } else if resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.contains("chunked"))
+        {
             loop {
                 let mut sz = String::new();
                 self.r.read_line(&mut sz)?;

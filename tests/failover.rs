@@ -1,0 +1,241 @@
+//! Failure handling: nginx `proxy_next_upstream` retries, passive
+//! (`max_fails`/`fail_timeout`) and active health checks, through real
+//! servers that the test stops, hangs or makes answer errors.
+
+mod common;
+use common::*;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+fn gw(backends: &[&Backend], pool_extra: &str, server_extra: &str) -> Gateway {
+    Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app:\n{pool_extra}    servers:\n{}\nvirtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: app\n",
+        servers_yaml(backends, server_extra)
+    ))
+}
+
+#[test]
+fn get_survives_a_stopped_server() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let g = gw(&[&a, &b], "", "");
+    a.stop();
+    for i in 0..20 {
+        let r = g.get("/");
+        assert_eq!((r.status, r.backend().as_str()), (200, "b"), "request {i}");
+    }
+}
+
+#[test]
+fn get_survives_a_hanging_server_within_the_timeout() {
+    let (a, b) = (
+        Backend::start_with("hang", Behaviour::Hang),
+        Backend::start("b"),
+    );
+    let g = gw(&[&a, &b], "    read_timeout: 300ms\n", "");
+    let t = Instant::now();
+    for _ in 0..6 {
+        let r = g.get("/");
+        assert_eq!((r.status, r.backend().as_str()), (200, "b"));
+    }
+    // The hanging server costs at most one timeout (then max_fails=1 marks it down).
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(a.hits() >= 1);
+}
+
+#[test]
+fn post_that_reached_a_502_server_is_not_replayed() {
+    let (a, b) = (
+        Backend::start_with("bad", Behaviour::Status(502)),
+        Backend::start("b"),
+    );
+    let g = gw(
+        &[&a, &b],
+        "    next_upstream: [error, timeout, http_502]\n",
+        "        max_fails: 0\n",
+    );
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| request(g.port, "POST", "/", &[], b"data").status)
+        .collect();
+    // Round robin sends two of the four POSTs to the 502 server first: those come back as 502.
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 502).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        a.posts.load(SeqCst),
+        2,
+        "each POST reached the bad server at most once"
+    );
+    assert_eq!(b.posts.load(SeqCst), 2, "never replayed to b");
+    // GETs, being idempotent, are retried on 502.
+    for _ in 0..4 {
+        assert_eq!(g.get("/").status, 200);
+    }
+}
+
+#[test]
+fn post_is_replayed_with_non_idempotent() {
+    let (a, b) = (
+        Backend::start_with("bad", Behaviour::Status(502)),
+        Backend::start("b"),
+    );
+    let g = gw(
+        &[&a, &b],
+        "    next_upstream: [error, timeout, http_502, non_idempotent]\n",
+        "        max_fails: 0\n",
+    );
+    for _ in 0..4 {
+        let r = request(g.port, "POST", "/", &[], b"data");
+        assert_eq!(r.status, 200);
+        assert!(
+            r.body.contains("body-length=4"),
+            "body replayed: {}",
+            r.body
+        );
+    }
+    assert_eq!(b.posts.load(SeqCst), 4);
+}
+
+#[test]
+fn post_with_refused_connection_is_retried() {
+    let (a, b) = (Backend::start("dead"), Backend::start("b"));
+    let g = gw(&[&a, &b], "", "        max_fails: 0\n");
+    a.stop();
+    for _ in 0..6 {
+        let r = request(g.port, "POST", "/", &[], b"payload");
+        assert_eq!((r.status, r.backend().as_str()), (200, "b"));
+    }
+    assert_eq!(b.posts.load(SeqCst), 6);
+}
+
+#[test]
+fn tries_limit_and_last_real_response() {
+    let bs: Vec<Backend> = (0..4)
+        .map(|i| Backend::start_with(&format!("s{i}"), Behaviour::Status(503)))
+        .collect();
+    let refs: Vec<&Backend> = bs.iter().collect();
+    let g = gw(
+        &refs,
+        "    next_upstream: [error, http_503]\n    next_upstream_tries: 2\n",
+        "        max_fails: 0\n",
+    );
+    let r = g.get("/");
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body.ends_with("says 503\n"),
+        "the last server's real body: {:?}",
+        r.body
+    );
+    let total: usize = bs.iter().map(|b| b.hits()).sum();
+    assert_eq!(total, 2, "exactly next_upstream_tries attempts");
+    drop(g);
+    // Without a tries limit every server is tried once, then the last real 503 goes out.
+    let g = gw(
+        &refs,
+        "    next_upstream: [error, http_503]\n",
+        "        max_fails: 0\n",
+    );
+    let before: usize = bs.iter().map(|b| b.hits()).sum();
+    let r = g.get("/");
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("says 503"));
+    let after: usize = bs.iter().map(|b| b.hits()).sum();
+    assert_eq!(after - before, 4);
+}
+
+#[test]
+fn time_budget_is_honoured() {
+    let bs: Vec<Backend> = (0..5)
+        .map(|i| Backend::start_with(&format!("h{i}"), Behaviour::Hang))
+        .collect();
+    let refs: Vec<&Backend> = bs.iter().collect();
+    let g = gw(
+        &refs,
+        "    read_timeout: 300ms\n    next_upstream_timeout: 500ms\n",
+        "        max_fails: 0\n",
+    );
+    let t = Instant::now();
+    let r = g.get("/");
+    assert_eq!(r.status, 504);
+    let total: usize = bs.iter().map(|b| b.hits()).sum();
+    assert_eq!(total, 2, "after 2 x 300ms the 500ms budget is spent");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn passive_marking_skips_then_restores_a_server() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let addr = a.addr;
+    let g = gw(
+        &[&a, &b],
+        "",
+        "        max_fails: 1\n        fail_timeout: 1s\n",
+    );
+    a.stop();
+    drop(a);
+    for _ in 0..4 {
+        assert_eq!(g.get("/").backend(), "b");
+    }
+    let a = Backend::start_on("a", addr, Behaviour::Echo);
+    // Still marked down within fail_timeout: nothing goes to a.
+    for _ in 0..4 {
+        assert_eq!(g.get("/").backend(), "b");
+    }
+    assert_eq!(a.hits(), 0);
+    std::thread::sleep(Duration::from_millis(1100));
+    let m = spread(&g, "/", 10);
+    assert_eq!(
+        m.get("a"),
+        Some(&5),
+        "a back in rotation after fail_timeout: {m:?}"
+    );
+}
+
+#[test]
+fn active_check_takes_a_server_out_and_brings_it_back() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let g = gw(
+        &[&a, &b],
+        "    health_check: { path: /health, interval: 100ms, timeout: 200ms, healthy_threshold: 2, unhealthy_threshold: 2 }\n",
+        "",
+    );
+    assert_eq!(spread(&g, "/", 10).get("a"), Some(&5));
+    // Only the health path fails: the server still answers traffic, but must leave rotation.
+    a.fail_paths.lock().unwrap().push("/health".into());
+    std::thread::sleep(Duration::from_millis(500)); // interval x threshold + slack
+    let hits = a.hits();
+    let m = spread(&g, "/", 10);
+    assert_eq!(m.get("b"), Some(&10), "{m:?}");
+    let health_hits = a.hits() - hits;
+    assert!(
+        health_hits <= 6,
+        "only health probes reach a ({health_hits})"
+    );
+    a.fail_paths.lock().unwrap().clear();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(spread(&g, "/", 10).get("a"), Some(&5));
+    assert!(
+        g.stderr().contains("unhealthy: status 500"),
+        "transition logged with reason:\n{}",
+        g.stderr()
+    );
+}
+
+#[test]
+fn wait_for_first_pass_routes_only_after_checks_pass() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    b.fail_paths.lock().unwrap().push("/health".into());
+    let g = gw(
+        &[&a, &b],
+        "    health_check: { path: /health, interval: 100ms, healthy_threshold: 1, wait_for_first_pass: true }\n",
+        "",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let m = spread(&g, "/", 10);
+    assert_eq!(m.get("a"), Some(&10), "b never passed a check: {m:?}");
+}
