@@ -38,11 +38,11 @@ pub struct Ctx {
     pub status_retry: bool,
     /// Set-Cookie value to issue for sticky sessions.
     pub sticky_cookie: Option<String>,
-    /// Request body bytes seen (for `client_max_body_size` on chunked bodies).
+    /// Request body bytes from the client (also upgraded bytes).
     pub body_bytes: u64,
     /// Response body bytes sent downstream.
     pub sent_bytes: u64,
-    /// Upgraded connection: bytes from the client.
+    /// The connection was upgraded (101), e.g. to a WebSocket.
     pub upgraded: bool,
 }
 

@@ -282,9 +282,14 @@ impl ProxyHttp for Gateway {
         _eos: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(b), Some(max)) = (body, ctx.loc.as_ref().and_then(|l| l.max_body)) {
+        if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
-            if ctx.body_bytes > max {
+            if ctx
+                .loc
+                .as_ref()
+                .and_then(|l| l.max_body)
+                .is_some_and(|max| ctx.body_bytes > max)
+            {
                 return Error::e_explain(
                     ErrorType::HTTPStatus(413),
                     "request body exceeds client_max_body_size",
@@ -469,7 +474,11 @@ impl ProxyHttp for Gateway {
             up_addr,
             up_time,
             ctx.start.elapsed().as_secs_f64(),
-            if ctx.upgraded { " upgraded" } else { "" },
+            if ctx.upgraded {
+                format!(" upgraded rx={} tx={}", ctx.body_bytes, ctx.sent_bytes)
+            } else {
+                String::new()
+            },
         );
         log.write(line);
     }
