@@ -18,12 +18,7 @@ impl AccessLog {
         let out: Box<dyn Write + Send> = match dest {
             "off" => return Ok(None),
             "stdout" => Box::new(std::io::stdout()),
-            path => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
+            path => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
         let (tx, rx) = mpsc::channel::<String>();
         std::thread::Builder::new()
@@ -60,11 +55,9 @@ pub fn time_local() -> String {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != secs {
-            let t = time::OffsetDateTime::from_unix_timestamp(secs as i64)
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-            let fmt = time::macros::format_description!(
-                "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"
-            );
+            let t = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            let fmt =
+                time::macros::format_description!("[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000");
             *c = (secs, t.format(&fmt).unwrap_or_default());
         }
         c.1.clone()

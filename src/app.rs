@@ -51,15 +51,56 @@ impl Args {
 
 struct HealthChecks(Arc<Live>);
 
+/// SIGHUP reloads the configuration file.
+struct ReloadOnHup(Arc<Live>);
+
+#[async_trait]
+impl BackgroundService for ReloadOnHup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            log::error!("cannot listen for SIGHUP; reload through the admin API");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => { let _ = self.0.reload(); }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Once a graceful shutdown or upgrade starts, exit as soon as no request
+/// (or upgraded connection) is in flight, instead of sleeping out Pingora's
+/// whole grace period; the grace period stays the upper bound.
+struct ExitWhenIdle;
+
+#[async_trait]
+impl BackgroundService for ExitWhenIdle {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
+        }
+        let gauge = &crate::metrics::get().requests_in_flight;
+        let mut idle_for = 0;
+        // Idle for 500 ms straight: requests read just before the listeners closed have shown up.
+        while idle_for < 10 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            idle_for = if gauge.get() == 0 { idle_for + 1 } else { 0 };
+        }
+        log::warn!("graceful shutdown: no request in flight, exiting");
+        std::process::exit(0);
+    }
+}
+
 #[async_trait]
 impl BackgroundService for HealthChecks {
     async fn start(&self, shutdown: ShutdownWatch) {
         let live = self.0.clone();
-        health::run(
-            move || live.snapshot().pools.values().cloned().collect(),
-            shutdown,
-        )
-        .await;
+        health::run(move || live.snapshot().pools.values().cloned().collect(), shutdown).await;
     }
 }
 
@@ -90,7 +131,7 @@ pub fn run(args: Args) -> i32 {
             return 1;
         }
     };
-    let live = Arc::new(Live::new(snap, states));
+    let live = Arc::new(Live::new(snap, states, &args.conf));
 
     let s = &cfg.server;
     let mut conf = ServerConf {
@@ -100,12 +141,7 @@ pub fn run(args: Args) -> i32 {
         daemon: args.daemon || s.daemon,
         // Attempts are bounded by our retry policy; this is only Pingora's fail-safe.
         max_retries: 64,
-        upstream_keepalive_pool_size: cfg
-            .upstreams
-            .values()
-            .map(|u| u.keepalive)
-            .sum::<usize>()
-            .max(16),
+        upstream_keepalive_pool_size: cfg.upstreams.values().map(|u| u.keepalive).sum::<usize>().max(16),
         ..ServerConf::default()
     };
     if let Some(p) = &s.pid_file {
@@ -130,18 +166,23 @@ pub fn run(args: Args) -> i32 {
             scheme: "http",
             access_log: access_log.clone(),
         };
-        let mut svc = pingora_proxy::http_proxy_service_with_name(
-            &server.configuration,
-            gw,
-            &format!("listener {}", l.listen),
-        );
+        let mut svc =
+            pingora_proxy::http_proxy_service_with_name(&server.configuration, gw, &format!("listener {}", l.listen));
         svc.add_tcp(&l.listen);
         server.add_service(svc);
     }
-    server.add_service(background_service(
-        "health checks",
-        HealthChecks(live.clone()),
-    ));
+    server.add_service(background_service("health checks", HealthChecks(live.clone())));
+    server.add_service(background_service("reload on SIGHUP", ReloadOnHup(live.clone())));
+    server.add_service(background_service("exit when idle", ExitWhenIdle));
+    if let Some(a) = &cfg.admin {
+        let admin = crate::admin::Admin {
+            live: live.clone(),
+            token: a.token.clone(),
+        };
+        let mut svc = pingora_core::services::listening::Service::new("admin".into(), admin);
+        svc.add_tcp(&a.listen);
+        server.add_service(svc);
+    }
     log::info!(
         "portico listening on {:?}",
         cfg.listeners.iter().map(|l| &l.listen).collect::<Vec<_>>()

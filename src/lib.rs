@@ -7,15 +7,18 @@
 //! - `upstream`: pools, selectors, server state, sticky cookies, active health checks
 //! - `retry`: nginx `proxy_next_upstream` rules
 //! - `proxy`: the Pingora `ProxyHttp` lifecycle, delegating to the above
+//! - `admin`, `metrics`: the admin API (status, draining, reload) and Prometheus
 //! - `access_log`, `template`: small helpers
 //! - `app`: wiring everything into a Pingora server
 //! - `demo`: the two demo backends of the quick start
 
 pub mod access_log;
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod demo;
 pub mod live;
+pub mod metrics;
 pub mod proxy;
 pub mod retry;
 pub mod routing;

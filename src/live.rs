@@ -4,6 +4,7 @@
 //! so it never sees a mix of old and new.
 
 use crate::config::{self, ConfigError, Loaded};
+use crate::metrics::RouteMetrics;
 use crate::retry::RetryPolicy;
 use crate::routing::{HostTable, PathMatch, PathTable};
 use crate::template::Template;
@@ -47,6 +48,8 @@ pub struct Location {
     pub remove_headers: Vec<HeaderName>,
     pub upgrade: Upgrade,
     pub ws_idle: Duration,
+    /// Request counters, one set per listener (by listener index).
+    pub metrics: Vec<RouteMetrics>,
 }
 
 pub struct VHost {
@@ -56,6 +59,8 @@ pub struct VHost {
 pub struct ListenerRt {
     pub addr: String,
     pub hosts: HostTable<Arc<VHost>>,
+    /// Requests answered without a location (404, health endpoint).
+    pub unrouted: RouteMetrics,
 }
 
 pub struct Snapshot {
@@ -63,7 +68,10 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub trusted: Vec<IpNet>,
     pub health_path: Option<String>,
+    /// The effective configuration (file plus runtime changes).
     pub cfg: config::Config,
+    /// The configuration as the file says, before runtime changes.
+    pub base: config::Config,
     pub file: String,
 }
 
@@ -73,22 +81,153 @@ impl Snapshot {
     }
 }
 
+/// Runtime server changes made through the admin API. They are re-applied
+/// on every reload, so they survive it until the file says otherwise.
+#[derive(Default, Clone)]
+pub struct Overlay {
+    pub added: Vec<(String, config::Server)>,
+    pub removed: Vec<(String, SocketAddr)>,
+}
+
 /// The live configuration plus state that outlives configurations.
 pub struct Live {
     pub current: ArcSwap<Snapshot>,
     pub states: Arc<StateRegistry>,
+    /// The file reloads read.
+    pub path: String,
+    /// Listener addresses bound at start; changing them needs a binary upgrade.
+    listeners: Vec<String>,
+    overlay: std::sync::Mutex<Overlay>,
+    /// Serialises reloads and runtime changes.
+    change: std::sync::Mutex<()>,
 }
 
 impl Live {
-    pub fn new(s: Snapshot, states: Arc<StateRegistry>) -> Self {
+    pub fn new(s: Snapshot, states: Arc<StateRegistry>, path: &str) -> Self {
         Live {
+            listeners: s.cfg.listeners.iter().map(|l| l.listen.clone()).collect(),
             current: ArcSwap::from_pointee(s),
             states,
+            path: path.to_string(),
+            overlay: Default::default(),
+            change: Default::default(),
         }
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Re-read the file; on any error the running configuration stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let _g = self.change.lock().unwrap();
+        let r = config::load(&self.path)
+            .map_err(|e| e.to_string())
+            .and_then(|l| self.install(l));
+        let m = crate::metrics::get();
+        match &r {
+            Ok(()) => {
+                m.reloads.with_label_values(&["ok"]).inc();
+                log::warn!("configuration reloaded from {}", self.path);
+            }
+            Err(e) => {
+                m.reloads.with_label_values(&["error"]).inc();
+                log::error!("reload failed, keeping the running configuration: {e}");
+            }
+        }
+        r
+    }
+
+    /// Build `l` (with the runtime overlay) and swap it in.
+    fn install(&self, mut l: Loaded) -> Result<(), String> {
+        let base = l.cfg.clone();
+        let overlay = self.overlay.lock().unwrap().clone();
+        apply_overlay(&mut l.cfg, &overlay);
+        let now: Vec<String> = l.cfg.listeners.iter().map(|x| x.listen.clone()).collect();
+        if now != self.listeners {
+            return Err(format!(
+                "listeners changed ({:?} -> {now:?}): new listeners need a binary upgrade (see docs/operations.md)",
+                self.listeners
+            ));
+        }
+        let mut snap = build(&l, &self.states).map_err(|e| e.to_string())?;
+        snap.base = base;
+        let keep: HashSet<(String, String)> = snap
+            .pools
+            .values()
+            .flat_map(|p| p.servers.iter().map(|s| (p.name.to_string(), s.addr.clone())))
+            .collect();
+        self.current.store(Arc::new(snap));
+        self.states
+            .retain(|p, a| keep.contains(&(p.to_string(), a.to_string())));
+        Ok(())
+    }
+
+    /// Rebuild from the running file configuration plus the updated overlay.
+    fn change_overlay(&self, f: impl FnOnce(&mut Overlay)) -> Result<(), String> {
+        let _g = self.change.lock().unwrap();
+        let before = self.overlay.lock().unwrap().clone();
+        f(&mut self.overlay.lock().unwrap());
+        let cur = self.snapshot();
+        let l = Loaded {
+            file: format!("{} (+ runtime changes)", cur.file),
+            cfg: cur.base.clone(),
+            pos: Default::default(),
+        };
+        let r = self.install(l);
+        if r.is_err() {
+            *self.overlay.lock().unwrap() = before;
+        }
+        r
+    }
+
+    /// Register a server into a pool at runtime.
+    pub fn add_server(&self, pool: &str, server: config::Server) -> Result<(), String> {
+        let addr = resolve(&server.address)?;
+        if !self.snapshot().pools.contains_key(pool) {
+            return Err(format!("no upstream {pool:?}"));
+        }
+        self.change_overlay(|o| {
+            o.removed.retain(|(p, a)| !(p == pool && *a == addr));
+            o.added
+                .retain(|(p, s)| !(p == pool && resolve(&s.address).ok() == Some(addr)));
+            o.added.push((pool.to_string(), server));
+        })?;
+        // A server registered again is no longer draining.
+        if let Some(p) = self.snapshot().pools.get(pool) {
+            if let Some(i) = p.index_of_addr(&addr.to_string()) {
+                p.servers[i]
+                    .state
+                    .draining
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove a server from a pool at runtime (after draining).
+    pub fn remove_server(&self, pool: &str, addr: SocketAddr) -> Result<(), String> {
+        self.change_overlay(|o| {
+            o.added
+                .retain(|(p, s)| !(p == pool && resolve(&s.address).ok() == Some(addr)));
+            o.removed.push((pool.to_string(), addr));
+        })
+    }
+}
+
+fn apply_overlay(cfg: &mut config::Config, o: &Overlay) {
+    for (pool, server) in &o.added {
+        if let Some(u) = cfg.upstreams.get_mut(pool) {
+            let addr = resolve(&server.address).ok();
+            if !u.servers.iter().any(|s| resolve(&s.address).ok() == addr) {
+                u.servers.push(server.clone());
+            }
+        }
+    }
+    for (pool, addr) in &o.removed {
+        if let Some(u) = cfg.upstreams.get_mut(pool) {
+            u.servers.retain(|s| resolve(&s.address).ok() != Some(*addr));
+        }
     }
 }
 
@@ -129,12 +268,7 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("address {addr:?} resolves to nothing"))
 }
 
-fn build_pool(
-    l: &Loaded,
-    name: &str,
-    u: &config::Upstream,
-    states: &StateRegistry,
-) -> Result<Pool, ConfigError> {
+fn build_pool(l: &Loaded, name: &str, u: &config::Upstream, states: &StateRegistry) -> Result<Pool, ConfigError> {
     let p = format!("upstreams.{name}");
     if u.servers.is_empty() {
         return Err(l.err(&format!("{p}.servers"), "upstream has no servers"));
@@ -186,9 +320,10 @@ fn build_pool(
             return Err(l.err(&format!("{sp}.weight"), "weight must be at least 1"));
         }
         let addr_s = addr.to_string();
-        let backend = Backend::new_with_weight(&addr_s, s.weight)
-            .map_err(|e| l.err(&format!("{sp}.address"), e.to_string()))?;
+        let backend =
+            Backend::new_with_weight(&addr_s, s.weight).map_err(|e| l.err(&format!("{sp}.address"), e.to_string()))?;
         servers.push(PoolServer {
+            histogram: crate::metrics::upstream_histogram(name, &addr_s),
             state: states.get(name, &addr_s, start_healthy),
             addr: addr_s,
             backend,
@@ -199,38 +334,18 @@ fn build_pool(
         });
     }
     if servers.iter().all(|s| s.backup) {
-        return Err(l.err(
-            &format!("{p}.servers"),
-            "upstream needs at least one non-backup server",
-        ));
+        return Err(l.err(&format!("{p}.servers"), "upstream needs at least one non-backup server"));
     }
     use config::Algorithm as A;
     let hash_key = match (u.algorithm, &u.hash_key) {
-        (A::Hash, None) => {
-            return Err(l.err(
-                &format!("{p}.hash_key"),
-                "algorithm `hash` needs a hash_key",
-            ))
-        }
-        (A::Hash, Some(k)) => {
-            Some(HashKey::parse(k).map_err(|e| l.err(&format!("{p}.hash_key"), e))?)
-        }
+        (A::Hash, None) => return Err(l.err(&format!("{p}.hash_key"), "algorithm `hash` needs a hash_key")),
+        (A::Hash, Some(k)) => Some(HashKey::parse(k).map_err(|e| l.err(&format!("{p}.hash_key"), e))?),
         (A::IpHash, _) => Some(HashKey::ClientIp),
-        (_, Some(_)) => {
-            return Err(l.err(
-                &format!("{p}.hash_key"),
-                "hash_key is only used with algorithm `hash`",
-            ))
-        }
+        (_, Some(_)) => return Err(l.err(&format!("{p}.hash_key"), "hash_key is only used with algorithm `hash`")),
         _ => None,
     };
     let sticky = match (u.algorithm, &u.sticky) {
-        (A::Sticky, None) => {
-            return Err(l.err(
-                &format!("{p}.sticky"),
-                "algorithm `sticky` needs a sticky section",
-            ))
-        }
+        (A::Sticky, None) => return Err(l.err(&format!("{p}.sticky"), "algorithm `sticky` needs a sticky section")),
         (A::Sticky, Some(s)) => {
             let sp = format!("{p}.sticky");
             let mode = match s.mode.as_str() {
@@ -245,12 +360,7 @@ fn build_pool(
             };
             let secret = match (&s.secret, mode) {
                 (Some(k), _) if k.len() >= 16 => k.as_bytes().to_vec(),
-                (Some(_), _) => {
-                    return Err(l.err(
-                        &format!("{sp}.secret"),
-                        "secret must be at least 16 characters",
-                    ))
-                }
+                (Some(_), _) => return Err(l.err(&format!("{sp}.secret"), "secret must be at least 16 characters")),
                 (None, sticky::Mode::Insert) => {
                     return Err(l.err(&format!("{sp}.secret"), "insert mode needs a secret"))
                 }
@@ -258,10 +368,7 @@ fn build_pool(
             };
             if let Some(ss) = &s.same_site {
                 if !["Strict", "Lax", "None"].contains(&ss.as_str()) {
-                    return Err(l.err(
-                        &format!("{sp}.same_site"),
-                        "same_site must be Strict, Lax or None",
-                    ));
+                    return Err(l.err(&format!("{sp}.same_site"), "same_site must be Strict, Lax or None"));
                 }
             }
             Some(sticky::Sticky::new(
@@ -275,12 +382,7 @@ fn build_pool(
                 s.same_site.clone(),
             ))
         }
-        (_, Some(_)) => {
-            return Err(l.err(
-                &format!("{p}.sticky"),
-                "sticky settings need algorithm `sticky`",
-            ))
-        }
+        (_, Some(_)) => return Err(l.err(&format!("{p}.sticky"), "sticky settings need algorithm `sticky`")),
         _ => None,
     };
     let retry = retry_policy(
@@ -320,20 +422,16 @@ fn build_location(
     host_label: &str,
     loc: &config::Location,
     pools: &BTreeMap<String, Arc<Pool>>,
+    listener_addrs: &[String],
 ) -> Result<(PathMatch, Arc<Location>), ConfigError> {
     let m = PathMatch::parse(&loc.path).map_err(|e| l.err(&format!("{path}.path"), e))?;
     let (action, pool) = match (&loc.proxy_pass, &loc.ret) {
-        (Some(_), Some(_)) => {
-            return Err(l.err(path, "a location has either proxy_pass or return, not both"))
-        }
+        (Some(_), Some(_)) => return Err(l.err(path, "a location has either proxy_pass or return, not both")),
         (None, None) => return Err(l.err(path, "a location needs proxy_pass or return")),
         (Some(name), None) => {
-            let pool = pools.get(name).ok_or_else(|| {
-                l.err(
-                    &format!("{path}.proxy_pass"),
-                    format!("unknown upstream {name:?}"),
-                )
-            })?;
+            let pool = pools
+                .get(name)
+                .ok_or_else(|| l.err(&format!("{path}.proxy_pass"), format!("unknown upstream {name:?}")))?;
             (Action::Proxy(pool.clone()), Some(pool))
         }
         (None, Some(r)) => {
@@ -341,10 +439,7 @@ fn build_location(
                 return Err(l.err(&format!("{path}.return.status"), "status must be 100..599"));
             }
             if matches!(r.status, 301 | 302 | 303 | 307 | 308) && r.location.is_none() {
-                return Err(l.err(
-                    &format!("{path}.return.location"),
-                    "a redirect needs a location",
-                ));
+                return Err(l.err(&format!("{path}.return.location"), "a redirect needs a location"));
             }
             let location = match &r.location {
                 Some(s) => Some(template(l, &format!("{path}.return.location"), s)?),
@@ -367,8 +462,8 @@ fn build_location(
     let mut set_headers = Vec::new();
     for (k, v) in &loc.proxy_set_header {
         let hp = format!("{path}.proxy_set_header.{k}");
-        let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| l.err(&hp, format!("invalid header name {k:?}")))?;
+        let name =
+            HeaderName::from_bytes(k.as_bytes()).map_err(|_| l.err(&hp, format!("invalid header name {k:?}")))?;
         HeaderValue::from_str(v).map_err(|_| l.err(&hp, "invalid header value"))?;
         set_headers.push((name, template(l, &hp, v)?));
     }
@@ -409,10 +504,17 @@ fn build_location(
         dur(&loc.next_upstream_timeout),
         &base_retry,
     )?;
+    let name = format!("{host_label} {}", loc.path);
+    let pool_name = pool.map(|p| p.name.to_string()).unwrap_or_else(|| "-".into());
+    let metrics = listener_addrs
+        .iter()
+        .map(|a| RouteMetrics::new(a, &name, &pool_name))
+        .collect();
     Ok((
         m,
         Arc::new(Location {
-            name: format!("{host_label} {}", loc.path).into(),
+            metrics,
+            name: name.into(),
             action,
             max_body: loc.client_max_body_size.map(|s| s.0),
             timeouts,
@@ -441,11 +543,16 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
             )
         })?;
         if !seen.insert(a) {
-            return Err(l.err(
-                &format!("listeners[{i}].listen"),
-                format!("duplicate listener {a}"),
-            ));
+            return Err(l.err(&format!("listeners[{i}].listen"), format!("duplicate listener {a}")));
         }
+    }
+    if let Some(a) = &c.admin {
+        a.listen.parse::<SocketAddr>().map_err(|_| {
+            l.err(
+                "admin.listen",
+                format!("invalid listen address {:?} (expected ip:port)", a.listen),
+            )
+        })?;
     }
     if c.server.threads == 0 {
         return Err(l.err("server.threads", "threads must be at least 1"));
@@ -455,12 +562,7 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
         let net = t
             .parse::<IpNet>()
             .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map_err(|_| {
-                l.err(
-                    &format!("trusted_proxies[{i}]"),
-                    format!("invalid CIDR {t:?}"),
-                )
-            })?;
+            .map_err(|_| l.err(&format!("trusted_proxies[{i}]"), format!("invalid CIDR {t:?}")))?;
         trusted.push(net);
     }
     let health_path = if c.health_endpoint.enabled {
@@ -475,21 +577,18 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
     for (name, u) in &c.upstreams {
         pools.insert(name.clone(), Arc::new(build_pool(l, name, u, states)?));
     }
-    let mut listeners: Vec<ListenerRt> = c
-        .listeners
+    let addrs: Vec<String> = c.listeners.iter().map(|li| li.listen.clone()).collect();
+    let mut listeners: Vec<ListenerRt> = addrs
         .iter()
-        .map(|li| ListenerRt {
-            addr: li.listen.clone(),
+        .map(|a| ListenerRt {
+            addr: a.clone(),
             hosts: HostTable::new(),
+            unrouted: RouteMetrics::new(a, "-", "-"),
         })
         .collect();
     for (vi, vh) in c.virtual_hosts.iter().enumerate() {
         let vp = format!("virtual_hosts[{vi}]");
-        let label = vh
-            .server_names
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "_".into());
+        let label = vh.server_names.first().cloned().unwrap_or_else(|| "_".into());
         let mut entries = Vec::new();
         for (li, loc) in vh.locations.iter().enumerate() {
             entries.push(build_location(
@@ -498,6 +597,7 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
                 &label,
                 loc,
                 &pools,
+                &addrs,
             )?);
         }
         let host = Arc::new(VHost {
@@ -520,12 +620,8 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
             }
             for (ni, n) in vh.server_names.iter().enumerate() {
                 let np = format!("{vp}.server_names[{ni}]");
-                if n.is_empty() || (n.contains('*') && !n.starts_with("*.")) || n[1..].contains('*')
-                {
-                    return Err(l.err(
-                        &np,
-                        format!("invalid server name {n:?} (exact or *.suffix)"),
-                    ));
+                if n.is_empty() || (n.contains('*') && !n.starts_with("*.")) || n[1..].contains('*') {
+                    return Err(l.err(&np, format!("invalid server name {n:?} (exact or *.suffix)")));
                 }
                 if !lis.hosts.add_name(n, host.clone()) {
                     return Err(l.err(&np, format!("duplicate server name {n:?} on {}", lis.addr)));
@@ -565,6 +661,7 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
         trusted,
         health_path,
         cfg: c.clone(),
+        base: c.clone(),
         file: l.file.clone(),
     })
 }

@@ -107,13 +107,7 @@ impl RetryPolicy {
 
     /// May the request go to the next server after `f`?
     /// `attempts` counts attempts made so far (the failed one included).
-    pub fn may_retry(
-        &self,
-        f: Failure,
-        idempotent: bool,
-        attempts: usize,
-        elapsed: Duration,
-    ) -> bool {
+    pub fn may_retry(&self, f: Failure, idempotent: bool, attempts: usize, elapsed: Duration) -> bool {
         let flag = match f {
             Failure::Connect { timeout: true } | Failure::NoResponse { timeout: true } => TIMEOUT,
             Failure::Connect { timeout: false } | Failure::NoResponse { timeout: false } => ERROR,

@@ -30,9 +30,7 @@ impl PathMatch {
             "~*" => PathMatch::Regex(regex(&format!("(?i){rest}"))?),
             _ => {
                 if !rest.starts_with('/') {
-                    return Err(format!(
-                        "location {rest:?} must start with '/' (or use =, ^~, ~, ~*)"
-                    ));
+                    return Err(format!("location {rest:?} must start with '/' (or use =, ^~, ~, ~*)"));
                 }
                 PathMatch::Prefix {
                     prefix: rest.to_string(),
@@ -78,10 +76,7 @@ impl<T: Clone> PathTable<T> {
                 return Some(v);
             }
         }
-        let prefix = self
-            .prefixes
-            .iter()
-            .find(|(p, _, _)| path.starts_with(p.as_str()));
+        let prefix = self.prefixes.iter().find(|(p, _, _)| path.starts_with(p.as_str()));
         if let Some((_, true, v)) = prefix {
             return Some(v);
         }
@@ -122,7 +117,13 @@ impl<H: Clone> HostTable<H> {
             self.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
             true
         } else {
-            self.exact.insert(name, h).is_none()
+            match self.exact.entry(name) {
+                std::collections::hash_map::Entry::Occupied(_) => false,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(h);
+                    true
+                }
+            }
         }
     }
 
@@ -166,10 +167,7 @@ impl<H: Clone> Default for HostTable<H> {
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
 pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host
-            .split_once(']')
-            .map(|(h, _)| &host[..h.len() + 1])
-            .unwrap_or(host);
+        return host.split_once(']').map(|(h, _)| &host[..h.len() + 1]).unwrap_or(host);
     }
     host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
 }
@@ -201,11 +199,7 @@ mod tests {
         assert_eq!(t.lookup("/exact"), Some(&1));
         assert_eq!(t.lookup("/exact/more"), Some(&0));
         assert_eq!(t.lookup("/api/v1/x"), Some(&3));
-        assert_eq!(
-            t.lookup("/api/x.php"),
-            Some(&4),
-            "regex beats a plain prefix"
-        );
+        assert_eq!(t.lookup("/api/x.php"), Some(&4), "regex beats a plain prefix");
         assert_eq!(t.lookup("/static/x.php"), Some(&5), "^~ stops regex search");
         assert_eq!(t.lookup("/img/a.png"), Some(&6), "~* is case-insensitive");
         assert_eq!(t.lookup("/other"), Some(&0));

@@ -14,13 +14,9 @@ fn check(yaml: &str) -> (bool, String) {
         .arg(&f)
         .output()
         .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     let _ = std::fs::remove_dir_all(&dir);
-    (
-        out.status.success(),
-        text.replace(f.to_str().unwrap(), "FILE"),
-    )
+    (out.status.success(), text.replace(f.to_str().unwrap(), "FILE"))
 }
 
 const GOOD: &str = "listeners:
@@ -52,15 +48,8 @@ fn shipped_configs_and_examples_pass() {
     }
     assert!(files.len() >= 4);
     for f in files {
-        let out = Command::new(portico_bin())
-            .args(["-t", "-c", &f])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{f}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new(portico_bin()).args(["-t", "-c", &f]).output().unwrap();
+        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
@@ -142,10 +131,7 @@ fn bad_configs_are_located_precisely() {
     for (yaml, want, also) in cases {
         let (ok, text) = check(yaml);
         assert!(!ok, "accepted:\n{yaml}");
-        assert!(
-            text.contains(want),
-            "want {want:?} in:\n{text}\nfor:\n{yaml}"
-        );
+        assert!(text.contains(want), "want {want:?} in:\n{text}\nfor:\n{yaml}");
         assert!(text.contains(also), "want {also:?} in:\n{text}");
         assert!(!text.contains("configuration OK"));
     }

@@ -27,10 +27,7 @@ fn get_survives_a_stopped_server() {
 
 #[test]
 fn get_survives_a_hanging_server_within_the_timeout() {
-    let (a, b) = (
-        Backend::start_with("hang", Behaviour::Hang),
-        Backend::start("b"),
-    );
+    let (a, b) = (Backend::start_with("hang", Behaviour::Hang), Backend::start("b"));
     let g = gw(&[&a, &b], "    read_timeout: 300ms\n", "");
     let t = Instant::now();
     for _ in 0..6 {
@@ -44,10 +41,7 @@ fn get_survives_a_hanging_server_within_the_timeout() {
 
 #[test]
 fn post_that_reached_a_502_server_is_not_replayed() {
-    let (a, b) = (
-        Backend::start_with("bad", Behaviour::Status(502)),
-        Backend::start("b"),
-    );
+    let (a, b) = (Backend::start_with("bad", Behaviour::Status(502)), Backend::start("b"));
     let g = gw(
         &[&a, &b],
         "    next_upstream: [error, timeout, http_502]\n",
@@ -57,16 +51,8 @@ fn post_that_reached_a_502_server_is_not_replayed() {
         .map(|_| request(g.port, "POST", "/", &[], b"data").status)
         .collect();
     // Round robin sends two of the four POSTs to the 502 server first: those come back as 502.
-    assert_eq!(
-        statuses.iter().filter(|&&s| s == 502).count(),
-        2,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        a.posts.load(SeqCst),
-        2,
-        "each POST reached the bad server at most once"
-    );
+    assert_eq!(statuses.iter().filter(|&&s| s == 502).count(), 2, "{statuses:?}");
+    assert_eq!(a.posts.load(SeqCst), 2, "each POST reached the bad server at most once");
     assert_eq!(b.posts.load(SeqCst), 2, "never replayed to b");
     // GETs, being idempotent, are retried on 502.
     for _ in 0..4 {
@@ -76,10 +62,7 @@ fn post_that_reached_a_502_server_is_not_replayed() {
 
 #[test]
 fn post_is_replayed_with_non_idempotent() {
-    let (a, b) = (
-        Backend::start_with("bad", Behaviour::Status(502)),
-        Backend::start("b"),
-    );
+    let (a, b) = (Backend::start_with("bad", Behaviour::Status(502)), Backend::start("b"));
     let g = gw(
         &[&a, &b],
         "    next_upstream: [error, timeout, http_502, non_idempotent]\n",
@@ -88,11 +71,7 @@ fn post_is_replayed_with_non_idempotent() {
     for _ in 0..4 {
         let r = request(g.port, "POST", "/", &[], b"data");
         assert_eq!(r.status, 200);
-        assert!(
-            r.body.contains("body-length=4"),
-            "body replayed: {}",
-            r.body
-        );
+        assert!(r.body.contains("body-length=4"), "body replayed: {}", r.body);
     }
     assert_eq!(b.posts.load(SeqCst), 4);
 }
@@ -160,22 +139,14 @@ fn time_budget_is_honoured() {
     assert_eq!(r.status, 504);
     let total: usize = bs.iter().map(|b| b.hits()).sum();
     assert_eq!(total, 2, "after 2 x 300ms the 500ms budget is spent");
-    assert!(
-        t.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
 }
 
 #[test]
 fn passive_marking_skips_then_restores_a_server() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     let addr = a.addr;
-    let g = gw(
-        &[&a, &b],
-        "",
-        "        max_fails: 1\n        fail_timeout: 1s\n",
-    );
+    let g = gw(&[&a, &b], "", "        max_fails: 1\n        fail_timeout: 1s\n");
     a.stop();
     drop(a);
     for _ in 0..4 {
@@ -189,11 +160,7 @@ fn passive_marking_skips_then_restores_a_server() {
     assert_eq!(a.hits(), 0);
     std::thread::sleep(Duration::from_millis(1100));
     let m = spread(&g, "/", 10);
-    assert_eq!(
-        m.get("a"),
-        Some(&5),
-        "a back in rotation after fail_timeout: {m:?}"
-    );
+    assert_eq!(m.get("a"), Some(&5), "a back in rotation after fail_timeout: {m:?}");
 }
 
 #[test]
@@ -212,10 +179,7 @@ fn active_check_takes_a_server_out_and_brings_it_back() {
     let m = spread(&g, "/", 10);
     assert_eq!(m.get("b"), Some(&10), "{m:?}");
     let health_hits = a.hits() - hits;
-    assert!(
-        health_hits <= 6,
-        "only health probes reach a ({health_hits})"
-    );
+    assert!(health_hits <= 6, "only health probes reach a ({health_hits})");
     a.fail_paths.lock().unwrap().clear();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(spread(&g, "/", 10).get("a"), Some(&5));

@@ -49,10 +49,7 @@ fn routes_by_path_with_nginx_precedence() {
     let bs: Vec<Backend> = names.iter().map(|n| Backend::start(n)).collect();
     let mut ups = String::new();
     for (n, b) in names.iter().zip(&bs) {
-        ups.push_str(&format!(
-            "  {n}: {{ servers: [{{ address: \"{}\" }}] }}\n",
-            b.addr
-        ));
+        ups.push_str(&format!("  {n}: {{ servers: [{{ address: \"{}\" }}] }}\n", b.addr));
     }
     let g = Gateway::start(&format!(
         r#"
@@ -118,20 +115,14 @@ fn forwarding_headers_are_set_and_not_spoofable() {
     assert_eq!(r.echoed("x-forwarded-for").as_deref(), Some("127.0.0.1"));
     assert_eq!(r.echoed("x-real-ip").as_deref(), Some("127.0.0.1"));
     assert_eq!(r.echoed("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(
-        r.echoed("x-forwarded-host").as_deref(),
-        Some("shop.example:8080")
-    );
+    assert_eq!(r.echoed("x-forwarded-host").as_deref(), Some("shop.example:8080"));
     assert!(r.body.contains("request=GET /x?y=1 HTTP/1.1"), "{}", r.body);
 }
 
 #[test]
 fn trusted_proxy_headers_are_kept_and_appended() {
     let b = Backend::start("b");
-    let g = Gateway::start(&format!(
-        "trusted_proxies: [127.0.0.0/8]\n{}",
-        one_pool(&[&b], "")
-    ));
+    let g = Gateway::start(&format!("trusted_proxies: [127.0.0.0/8]\n{}", one_pool(&[&b], "")));
     let r = request(
         g.port,
         "GET",
@@ -143,10 +134,7 @@ fn trusted_proxy_headers_are_kept_and_appended() {
         ],
         b"",
     );
-    assert_eq!(
-        r.echoed("x-forwarded-for").as_deref(),
-        Some("203.0.113.7, 127.0.0.1")
-    );
+    assert_eq!(r.echoed("x-forwarded-for").as_deref(), Some("203.0.113.7, 127.0.0.1"));
     assert_eq!(r.echoed("x-real-ip").as_deref(), Some("203.0.113.7"));
     assert_eq!(r.echoed("x-forwarded-proto").as_deref(), Some("https"));
     // Without incoming headers the client address is used.
@@ -179,11 +167,7 @@ fn health_endpoint_path_is_configurable_and_can_be_disabled() {
         one_pool(&[&b], "")
     ));
     assert_eq!(g.get("/healthz").body, "ok");
-    assert_eq!(
-        g.get("/nginx/health").backend(),
-        "b",
-        "old path is proxied now"
-    );
+    assert_eq!(g.get("/nginx/health").backend(), "b", "old path is proxied now");
     drop(g);
     let g = Gateway::start(&format!(
         "health_endpoint: {{ enabled: false }}\n{}",
@@ -252,13 +236,7 @@ fn body_size_limit_by_content_length_and_chunked() {
         chunked.extend_from_slice(b"\r\n");
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
-    let r = request(
-        g.port,
-        "POST",
-        "/",
-        &[("Transfer-Encoding", "chunked")],
-        &chunked,
-    );
+    let r = request(g.port, "POST", "/", &[("Transfer-Encoding", "chunked")], &chunked);
     assert_eq!(r.status, 413);
 }
 
@@ -274,10 +252,7 @@ fn upstream_connections_are_reused() {
     }
     let conns = b.connections.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(b.hits(), 100);
-    assert!(
-        conns <= 10,
-        "backend saw {conns} connections for 100 requests"
-    );
+    assert!(conns <= 10, "backend saw {conns} connections for 100 requests");
 }
 
 #[test]
@@ -295,13 +270,7 @@ virtual_hosts:
         return: { status: 418, body: "short and stout ($scheme)" }
 "#,
     );
-    let r = request(
-        g.port,
-        "GET",
-        "/a/b?c=d",
-        &[("Host", "shop.example:80")],
-        b"",
-    );
+    let r = request(g.port, "GET", "/a/b?c=d", &[("Host", "shop.example:80")], b"");
     assert_eq!(r.status, 301);
     assert_eq!(r.header("location"), Some("https://shop.example/a/b?c=d"));
     let r = g.get("/teapot");
@@ -315,13 +284,7 @@ fn request_headers_can_be_set_and_removed() {
         &[&b],
         "        proxy_set_header: { X-Env: prod, X-Client: \"$remote_addr via $scheme\" }\n        proxy_remove_header: [X-Secret]\n",
     ));
-    let r = request(
-        g.port,
-        "GET",
-        "/",
-        &[("X-Secret", "s3cr3t"), ("X-Env", "dev")],
-        b"",
-    );
+    let r = request(g.port, "GET", "/", &[("X-Secret", "s3cr3t"), ("X-Env", "dev")], b"");
     assert_eq!(r.echoed("x-env").as_deref(), Some("prod"));
     assert_eq!(r.echoed("x-client").as_deref(), Some("127.0.0.1 via http"));
     assert_eq!(r.echoed("x-secret"), None);

@@ -42,9 +42,7 @@ async fn ws_server(name: &str) -> WsServer {
                 o.fetch_add(1, SeqCst);
                 while let Some(Ok(m)) = ws.next().await {
                     match m {
-                        Message::Text(t) if t == "who" => {
-                            ws.send(Message::text(n.clone())).await.unwrap()
-                        }
+                        Message::Text(t) if t == "who" => ws.send(Message::text(n.clone())).await.unwrap(),
                         Message::Text(t) if t == "close-me" => {
                             let _ = ws
                                 .close(Some(CloseFrame {
@@ -96,19 +94,15 @@ fn messages_echo_in_order_including_a_large_frame_and_ping() {
     rt().block_on(async {
         let s = ws_server("one").await;
         let g = gateway(&[&s], "", "");
-        let (mut ws, resp) =
-            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/chat", g.port))
-                .await
-                .unwrap();
+        let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/chat", g.port))
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 101);
         for i in 0..50 {
             ws.send(Message::text(format!("m{i}"))).await.unwrap();
         }
         for i in 0..50 {
-            assert_eq!(
-                ws.next().await.unwrap().unwrap(),
-                Message::text(format!("m{i}"))
-            );
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(format!("m{i}")));
         }
         let big: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
         ws.send(Message::binary(big.clone())).await.unwrap();
@@ -116,9 +110,7 @@ fn messages_echo_in_order_including_a_large_frame_and_ping() {
             Message::Binary(b) => assert!(b[..] == big[..], "4 MiB frame intact"),
             other => panic!("{other:?}"),
         }
-        ws.send(Message::Ping(b"are you there".to_vec().into()))
-            .await
-            .unwrap();
+        ws.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
         match ws.next().await.unwrap().unwrap() {
             Message::Pong(p) => assert_eq!(&p[..], b"are you there"),
             other => panic!("{other:?}"),
@@ -205,10 +197,9 @@ fn five_hundred_concurrent_sockets() {
         let tasks: Vec<_> = (0..500)
             .map(|i| {
                 tokio::spawn(async move {
-                    let (mut ws, _) =
-                        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/"))
-                            .await
-                            .unwrap();
+                    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/"))
+                        .await
+                        .unwrap();
                     for j in 0..3 {
                         let msg = format!("{i}-{j}");
                         ws.send(Message::text(msg.clone())).await.unwrap();
@@ -224,10 +215,7 @@ fn five_hundred_concurrent_sockets() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(a.open.load(SeqCst) + b.open.load(SeqCst), 500);
-        assert!(
-            a.open.load(SeqCst) >= 200 && b.open.load(SeqCst) >= 200,
-            "balanced"
-        );
+        assert!(a.open.load(SeqCst) >= 200 && b.open.load(SeqCst) >= 200, "balanced");
         for mut ws in sockets {
             ws.close(None).await.unwrap();
         }
@@ -256,14 +244,7 @@ fn handshake_follows_the_sticky_cookie() {
             .to_string();
         let pair = cookie.split(';').next().unwrap().to_string();
         ws.send(Message::text("who")).await.unwrap();
-        let first = ws
-            .next()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_text()
-            .unwrap()
-            .to_string();
+        let first = ws.next().await.unwrap().unwrap().into_text().unwrap().to_string();
         for _ in 0..10 {
             let mut req = url.as_str().into_client_request().unwrap();
             req.headers_mut().insert("cookie", pair.parse().unwrap());
@@ -274,13 +255,7 @@ fn handshake_follows_the_sticky_cookie() {
             );
             ws.send(Message::text("who")).await.unwrap();
             assert_eq!(
-                ws.next()
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .into_text()
-                    .unwrap()
-                    .to_string(),
+                ws.next().await.unwrap().unwrap().into_text().unwrap().to_string(),
                 first
             );
         }
@@ -314,11 +289,7 @@ fn least_conn_counts_sockets_for_their_whole_life() {
         assert_eq!((a.open.load(SeqCst), b.open.load(SeqCst)), (2, 2));
         drop(held);
         std::thread::sleep(Duration::from_millis(200));
-        assert!(
-            g.access_log().contains("upgraded rx="),
-            "{}",
-            g.access_log()
-        );
+        assert!(g.access_log().contains("upgraded rx="), "{}", g.access_log());
     });
 }
 

@@ -66,13 +66,9 @@ impl Indexer {
             Some(top) => (&top.0, &mut top.1),
         };
         match frame {
-            Frame::Map { key } => key.take().map(|k| {
-                if base.is_empty() {
-                    k
-                } else {
-                    format!("{base}.{k}")
-                }
-            }),
+            Frame::Map { key } => key
+                .take()
+                .map(|k| if base.is_empty() { k } else { format!("{base}.{k}") }),
             Frame::Seq { next } => {
                 *next += 1;
                 Some(format!("{base}[{}]", *next - 1))

@@ -89,10 +89,7 @@ pub fn parse(file: &str, src: &str) -> Result<Loaded, ConfigError> {
             })
         }
         Err(e) => {
-            let (line, col) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((0, 0));
+            let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
             let text = e.to_string();
             // serde_yaml appends " at line L column C"; we print the position first.
             let text = match text.rfind(" at line ") {

@@ -4,10 +4,10 @@
 //! these in `crate::live`.
 
 use super::units::{Dur, Size};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -25,13 +25,29 @@ pub struct Config {
     /// `stdout` (default), `off`, or a file path.
     #[serde(default = "default_access_log")]
     pub access_log: String,
+    /// The admin API listener; off when absent.
+    pub admin: Option<Admin>,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Address to bind; keep it on loopback or a private network.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// When set, every call needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9900".into()
 }
 
 fn default_access_log() -> String {
     "stdout".into()
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Worker threads per listener.
@@ -62,14 +78,14 @@ impl Default for ServerSection {
     }
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// `ip:port` to bind.
     pub listen: String,
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthEndpoint {
     pub enabled: bool,
@@ -85,7 +101,7 @@ impl Default for HealthEndpoint {
     }
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     #[default]
@@ -99,7 +115,7 @@ pub enum Algorithm {
     Sticky,
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     #[serde(default)]
@@ -129,7 +145,7 @@ fn default_keepalive() -> usize {
     64
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
     pub address: String,
@@ -146,7 +162,7 @@ fn one() -> usize {
     1
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Sticky {
     /// `insert` (the gateway issues a signed cookie) or `hash` (hash an app cookie).
@@ -174,7 +190,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// `http` or `tcp`.
@@ -216,7 +232,7 @@ fn two() -> usize {
     2
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualHost {
     /// Exact names, `*.example.com` wildcards; empty with `default: true` catches all.
@@ -230,7 +246,7 @@ pub struct VirtualHost {
     pub locations: Vec<Location>,
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Location {
     /// nginx syntax: `/prefix`, `^~ /prefix`, `= /exact`, `~ regex`, `~* regex`.
@@ -258,7 +274,7 @@ pub struct Location {
     pub websocket_idle_timeout: Option<Dur>,
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Return {
     pub status: u16,

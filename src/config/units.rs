@@ -2,7 +2,7 @@
 //! values, accepted as YAML strings or plain integers (seconds / bytes).
 
 use serde::de::{self, Deserializer, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
 use std::time::Duration;
 
@@ -25,11 +25,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n * 60_000,
         "h" => n * 3_600_000,
         "d" => n * 86_400_000,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {s:?} (use ms, s, m, h or d)"
-            ))
-        }
+        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m, h or d)")),
     };
     Ok(Duration::from_millis(ms))
 }
@@ -69,6 +65,18 @@ impl<'de, T, F: Fn(&str) -> Result<T, String>> Visitor<'de> for StrOrInt<F> {
     }
 }
 
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", self.0.as_millis()))
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(StrOrInt("a duration such as 10s", parse_duration))
@@ -78,8 +86,7 @@ impl<'de> Deserialize<'de> for Dur {
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrOrInt("a size such as 50m", parse_size))
-            .map(Size)
+        d.deserialize_any(StrOrInt("a size such as 50m", parse_size)).map(Size)
     }
 }
 

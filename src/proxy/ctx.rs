@@ -18,8 +18,31 @@ pub struct Attempt {
     pub guard: InflightGuard,
 }
 
+/// Counts a request in `portico_requests_in_flight` for as long as it lives.
+pub struct RequestGauge;
+
+impl RequestGauge {
+    pub fn new() -> Self {
+        crate::metrics::get().requests_in_flight.inc();
+        RequestGauge
+    }
+}
+
+impl Default for RequestGauge {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for RequestGauge {
+    fn drop(&mut self) {
+        crate::metrics::get().requests_in_flight.dec();
+    }
+}
+
 pub struct Ctx {
     pub start: Instant,
+    pub in_flight: Option<RequestGauge>,
     /// The configuration this request runs under, taken once.
     pub snap: Option<Arc<Snapshot>>,
     pub loc: Option<Arc<Location>>,
@@ -50,6 +73,7 @@ impl Ctx {
     pub fn new() -> Self {
         Ctx {
             start: Instant::now(),
+            in_flight: None,
             snap: None,
             loc: None,
             pool: None,

@@ -20,12 +20,13 @@ pub mod respond;
 
 use crate::access_log::{self, AccessLog};
 use crate::live::{Action, Live, Upgrade};
+use crate::metrics;
 use crate::retry::Failure;
 use crate::template::Vars;
 use crate::upstream::state::InflightGuard;
 use async_trait::async_trait;
 use bytes::Bytes;
-use ctx::{Attempt, Ctx};
+use ctx::{Attempt, Ctx, RequestGauge};
 use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpPeer, HttpUpstreamRequestPolicy};
 use pingora_core::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -59,8 +60,9 @@ fn classify(e: &Error) -> Failure {
     use ErrorType::*;
     match e.etype() {
         ConnectTimedout => Failure::Connect { timeout: true },
-        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
-        | BindError => Failure::Connect { timeout: false },
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError | BindError => {
+            Failure::Connect { timeout: false }
+        }
         ReadTimedout | WriteTimedout => Failure::NoResponse { timeout: true },
         InvalidHTTPHeader | H1Error | H2Error | InvalidH2 => Failure::InvalidHeader,
         _ => Failure::NoResponse { timeout: false },
@@ -71,14 +73,7 @@ impl Gateway {
     /// Record a failed attempt against its server (nginx `max_fails`) and
     /// decide whether the request may move on to another server. The attempt
     /// ends if it moves on or if `end_attempt` (nothing usable came back).
-    fn on_failure(
-        &self,
-        s: &Session,
-        ctx: &mut Ctx,
-        f: Failure,
-        why: &str,
-        end_attempt: bool,
-    ) -> bool {
+    fn on_failure(&self, s: &Session, ctx: &mut Ctx, f: Failure, why: &str, end_attempt: bool) -> bool {
         let (Some(pool), Some(loc)) = (ctx.pool.clone(), ctx.loc.clone()) else {
             return false;
         };
@@ -91,13 +86,13 @@ impl Gateway {
         let idempotent = s.req_header().method.is_idempotent();
         let tried = &ctx.tried;
         let retry = s.response_written().is_none()
-            && loc.retry.may_retry(
-                f,
-                idempotent,
-                ctx.attempts,
-                ctx.elapsed_since_first_attempt(),
-            )
+            && loc
+                .retry
+                .may_retry(f, idempotent, ctx.attempts, ctx.elapsed_since_first_attempt())
             && pool.any_usable(&|i| tried.contains(&i) || Some(i) == cur);
+        if retry {
+            pool.retries.inc();
+        }
         if retry || end_attempt {
             ctx.fail_current(f);
         } else {
@@ -118,11 +113,12 @@ impl ProxyHttp for Gateway {
     /// Built-in endpoints, then routing: find the location for Host + path.
     async fn request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.live.snapshot();
+        ctx.snap = Some(snap.clone());
+        ctx.in_flight = Some(RequestGauge::new());
         ctx.client_ip = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let req = s.req_header();
         if let Some(hp) = &snap.health_path {
-            if req.uri.path() == hp && matches!(req.method, http::Method::GET | http::Method::HEAD)
-            {
+            if req.uri.path() == hp && matches!(req.method, http::Method::GET | http::Method::HEAD) {
                 respond::send(s, 200, "text/plain", Bytes::from_static(b"ok"), None).await?;
                 return Ok(true);
             }
@@ -150,12 +146,9 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
+        ctx.loc = Some(loc.clone());
         match &loc.action {
-            Action::Return {
-                status,
-                location,
-                body,
-            } => {
+            Action::Return { status, location, body } => {
                 let req = s.req_header();
                 let ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
                 let vars = Vars {
@@ -166,17 +159,12 @@ impl ProxyHttp for Gateway {
                     remote_addr: &ip,
                 };
                 let location = location.as_ref().map(|t| t.expand(&vars));
-                let body = body
-                    .as_ref()
-                    .map(|t| Bytes::from(t.expand(&vars)))
-                    .unwrap_or_default();
+                let body = body.as_ref().map(|t| Bytes::from(t.expand(&vars))).unwrap_or_default();
                 respond::send(s, *status, "text/plain", body, location).await?;
                 Ok(true)
             }
             Action::Proxy(pool) => {
                 ctx.pool = Some(pool.clone());
-                ctx.loc = Some(loc);
-                ctx.snap = Some(snap);
                 Ok(false)
             }
         }
@@ -189,8 +177,9 @@ impl ProxyHttp for Gateway {
         let Some(i) = pick::choose(&pool, s, ctx, self.scheme == "https") else {
             // Nothing usable left: report what the last attempt saw, as nginx does.
             let (code, msg) = match ctx.last_failure {
-                Some(Failure::Connect { timeout: true })
-                | Some(Failure::NoResponse { timeout: true }) => (504, "upstream timed out"),
+                Some(Failure::Connect { timeout: true }) | Some(Failure::NoResponse { timeout: true }) => {
+                    (504, "upstream timed out")
+                }
                 Some(_) => (502, "no upstream server left to try"),
                 None => (503, "no usable upstream server"),
             };
@@ -228,13 +217,7 @@ impl ProxyHttp for Gateway {
     }
 
     /// Connect failed: nothing was sent, so any method may move on.
-    fn fail_to_connect(
-        &self,
-        s: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut Ctx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
+    fn fail_to_connect(&self, s: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
         let why = e.to_string();
         let retry = self.on_failure(s, ctx, classify(&e), &why, true);
         e.set_retry(retry);
@@ -242,12 +225,7 @@ impl ProxyHttp for Gateway {
     }
 
     /// Forwarding headers and the location's header rules.
-    async fn upstream_request_filter(
-        &self,
-        s: &mut Session,
-        up: &mut RequestHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
+    async fn upstream_request_filter(&self, s: &mut Session, up: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
         let snap = ctx.snap.as_ref().expect("routed");
         let trusted = ctx.client_ip.is_some_and(|ip| snap.is_trusted(&ip));
         let host = host_of(s);
@@ -290,10 +268,7 @@ impl ProxyHttp for Gateway {
                 .and_then(|l| l.max_body)
                 .is_some_and(|max| ctx.body_bytes > max)
             {
-                return Error::e_explain(
-                    ErrorType::HTTPStatus(413),
-                    "request body exceeds client_max_body_size",
-                );
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body exceeds client_max_body_size");
             }
         }
         Ok(())
@@ -301,12 +276,7 @@ impl ProxyHttp for Gateway {
 
     /// The response header arrived: retry on a configured status if another
     /// server can still take the request, else pass the real response on.
-    async fn upstream_response_filter(
-        &self,
-        s: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
+    async fn upstream_response_filter(&self, s: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         let code = resp.status.as_u16();
         if code < 200 && code != 101 {
             return Ok(());
@@ -317,7 +287,9 @@ impl ProxyHttp for Gateway {
         if let Some(a) = ctx.current.as_mut() {
             let t = a.started.elapsed();
             a.header_time = Some(t);
-            pool.servers[a.server].state.observe_latency(t);
+            let server = &pool.servers[a.server];
+            server.state.observe_latency(t);
+            server.histogram.observe(t.as_secs_f64());
         }
         if loc.retry.wants_status(code) {
             let why = format!("status {code}");
@@ -333,6 +305,7 @@ impl ProxyHttp for Gateway {
         }
         if code == 101 {
             ctx.upgraded = true;
+            metrics::get().upgrades.inc();
         }
         if let Some(c) = ctx.sticky_cookie.take() {
             resp.append_header(http::header::SET_COOKIE, c)?;
@@ -367,20 +340,13 @@ impl ProxyHttp for Gateway {
         if std::mem::take(&mut ctx.status_retry) {
             return e; // decided in upstream_response_filter
         }
-        if ctx
-            .current
-            .as_ref()
-            .is_some_and(|a| a.header_time.is_some())
-        {
+        if ctx.current.as_ref().is_some_and(|a| a.header_time.is_some()) {
             // The response had begun: never retried.
             e.set_retry(false);
             return e;
         }
         // A stale pooled connection closed under us: the server never saw the request.
-        if matches!(e.retry, RetryType::ReusedOnly)
-            && client_reused
-            && s.response_written().is_none()
-        {
+        if matches!(e.retry, RetryType::ReusedOnly) && client_reused && s.response_written().is_none() {
             e.set_retry(true);
             if let Some(a) = ctx.current.take() {
                 ctx.upstream_log.push((a.server, a.started.elapsed()));
@@ -388,8 +354,7 @@ impl ProxyHttp for Gateway {
             return e;
         }
         let why = e.to_string();
-        let retry = self.on_failure(s, ctx, classify(&e), &why, true)
-            && !s.as_ref().retry_buffer_truncated();
+        let retry = self.on_failure(s, ctx, classify(&e), &why, true) && !s.as_ref().retry_buffer_truncated();
         e.set_retry(retry);
         e
     }
@@ -399,11 +364,7 @@ impl ProxyHttp for Gateway {
         use ErrorType::*;
         let code = match e.etype() {
             HTTPStatus(c) => *c,
-            ConnectTimedout | ReadTimedout | WriteTimedout
-                if e.esource() == &ErrorSource::Upstream =>
-            {
-                504
-            }
+            ConnectTimedout | ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => 504,
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
@@ -426,8 +387,14 @@ impl ProxyHttp for Gateway {
 
     /// One access-log line; the in-flight slot is released when `ctx` drops.
     async fn logging(&self, s: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let Some(log) = &self.access_log else { return };
         let status = s.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        match (&ctx.loc, &ctx.snap) {
+            (Some(loc), _) => loc.metrics[self.listener].count(status),
+            (None, Some(snap)) => snap.listeners[self.listener].unrouted.count(status),
+            _ => {}
+        }
+        metrics::get().request_time.observe(ctx.start.elapsed().as_secs_f64());
+        let Some(log) = &self.access_log else { return };
         let req = s.req_header();
         let ua = req
             .headers
@@ -442,10 +409,7 @@ impl ProxyHttp for Gateway {
         let mut up_addr = String::new();
         let mut up_time = String::new();
         let pool = ctx.pool.as_ref();
-        let cur = ctx
-            .current
-            .as_ref()
-            .map(|a| (a.server, a.started.elapsed()));
+        let cur = ctx.current.as_ref().map(|a| (a.server, a.started.elapsed()));
         for (i, (srv, t)) in ctx.upstream_log.iter().copied().chain(cur).enumerate() {
             if i > 0 {
                 up_addr.push_str(", ");
@@ -460,9 +424,7 @@ impl ProxyHttp for Gateway {
         }
         let line = format!(
             "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" {} {} {:.3}{}\n",
-            ctx.client_ip
-                .map(|i| i.to_string())
-                .unwrap_or_else(|| "-".into()),
+            ctx.client_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
             access_log::time_local(),
             req.method,
             request_uri(req),

@@ -29,12 +29,7 @@ fn key<'a>(pool: &Pool, s: &'a Session, ctx: &Ctx) -> Cow<'a, [u8]> {
             None => Cow::Borrowed(&[]),
         },
         HashKey::Uri => Cow::Borrowed(req.uri.path().as_bytes()),
-        HashKey::Header(h) => Cow::Borrowed(
-            req.headers
-                .get(h.as_str())
-                .map(|v| v.as_bytes())
-                .unwrap_or(&[]),
-        ),
+        HashKey::Header(h) => Cow::Borrowed(req.headers.get(h.as_str()).map(|v| v.as_bytes()).unwrap_or(&[])),
         HashKey::Cookie(c) => Cow::Borrowed(cookie(s, c).unwrap_or("").as_bytes()),
         HashKey::Arg(a) => Cow::Borrowed(
             req.uri

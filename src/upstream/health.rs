@@ -39,14 +39,8 @@ pub fn parse_statuses(s: &str) -> Result<Vec<(u16, u16)>, String> {
         .map(|part| {
             let part = part.trim();
             let (a, b) = part.split_once('-').unwrap_or((part, part));
-            let a: u16 = a
-                .trim()
-                .parse()
-                .map_err(|_| format!("bad status {part:?}"))?;
-            let b: u16 = b
-                .trim()
-                .parse()
-                .map_err(|_| format!("bad status {part:?}"))?;
+            let a: u16 = a.trim().parse().map_err(|_| format!("bad status {part:?}"))?;
+            let b: u16 = b.trim().parse().map_err(|_| format!("bad status {part:?}"))?;
             if !(100..=599).contains(&a) || !(100..=599).contains(&b) || a > b {
                 return Err(format!("bad status range {part:?}"));
             }
@@ -58,9 +52,7 @@ pub fn parse_statuses(s: &str) -> Result<Vec<(u16, u16)>, String> {
 /// Run one probe; `Err` carries the reason shown in logs and the admin API.
 pub async fn probe(addr: &str, spec: &CheckSpec) -> Result<(), String> {
     let work = async {
-        let mut s = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
         let Probe::Http {
             method,
             path,
@@ -75,9 +67,7 @@ pub async fn probe(addr: &str, spec: &CheckSpec) -> Result<(), String> {
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portico-health-check\r\nConnection: close\r\n\r\n",
             host.as_deref().unwrap_or(addr)
         );
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("send: {e}"))?;
+        s.write_all(req.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 4096];
         loop {
@@ -122,10 +112,7 @@ struct Streak {
 
 /// Checks every pool with a `health_check`, forever. `pools` returns the
 /// pools of the configuration running now, so reloads are followed.
-pub async fn run(
-    pools: impl Fn() -> Vec<Arc<Pool>>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn run(pools: impl Fn() -> Vec<Arc<Pool>>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut streaks: HashMap<(String, String), Streak> = HashMap::new();
     let tick = Duration::from_millis(50);
     loop {
@@ -136,9 +123,7 @@ pub async fn run(
                 continue;
             };
             for (i, s) in pool.servers.iter().enumerate() {
-                let st = streaks
-                    .entry((pool.name.to_string(), s.addr.clone()))
-                    .or_default();
+                let st = streaks.entry((pool.name.to_string(), s.addr.clone())).or_default();
                 if st.next_due.is_none_or(|t| t <= now) {
                     st.next_due = Some(now + spec.interval);
                     due.push((pool.clone(), i, spec.clone()));
@@ -152,9 +137,7 @@ pub async fn run(
         .await;
         for ((pool, i, spec), res) in due.into_iter().zip(results) {
             let server = &pool.servers[i];
-            let st = streaks
-                .entry((pool.name.to_string(), server.addr.clone()))
-                .or_default();
+            let st = streaks.entry((pool.name.to_string(), server.addr.clone())).or_default();
             let state = &server.state;
             *state.last_check.lock().unwrap() = Some(match &res {
                 Ok(()) => "ok".to_string(),
@@ -165,22 +148,14 @@ pub async fn run(
                     st.ok += 1;
                     st.fail = 0;
                     if st.ok >= spec.healthy_threshold && !state.healthy.swap(true, Relaxed) {
-                        log::warn!(
-                            "upstream {} server {} is healthy again",
-                            pool.name,
-                            server.addr
-                        );
+                        log::warn!("upstream {} server {} is healthy again", pool.name, server.addr);
                     }
                 }
                 Err(why) => {
                     st.fail += 1;
                     st.ok = 0;
                     if st.fail >= spec.unhealthy_threshold && state.healthy.swap(false, Relaxed) {
-                        log::warn!(
-                            "upstream {} server {} is unhealthy: {why}",
-                            pool.name,
-                            server.addr
-                        );
+                        log::warn!("upstream {} server {} is unhealthy: {why}", pool.name, server.addr);
                         *state.last_failure.lock().unwrap() = Some(format!("health check: {why}"));
                     }
                 }
@@ -200,10 +175,7 @@ mod tests {
     #[test]
     fn status_ranges() {
         assert_eq!(parse_statuses("200").unwrap(), vec![(200, 200)]);
-        assert_eq!(
-            parse_statuses("200-299, 404").unwrap(),
-            vec![(200, 299), (404, 404)]
-        );
+        assert_eq!(parse_statuses("200-299, 404").unwrap(), vec![(200, 299), (404, 404)]);
         assert!(parse_statuses("abc").is_err());
         assert!(parse_statuses("300-200").is_err());
     }

@@ -44,8 +44,7 @@ where
     S::Iter: BackendIter,
     S::Config: Send + Sync + 'static,
 {
-    let lb =
-        LoadBalancer::<S>::from_backends_with_config(Backends::new(Static::new(set)), Some(config));
+    let lb = LoadBalancer::<S>::from_backends_with_config(Backends::new(Static::new(set)), Some(config));
     // Static discovery resolves immediately; this fills the selector.
     lb.update()
         .now_or_never()
@@ -54,24 +53,16 @@ where
     Box::new(lb)
 }
 
-fn build_selector(
-    alg: Algorithm,
-    consistent: bool,
-    set: BTreeSet<Backend>,
-    t: StateTable,
-) -> Box<dyn Select> {
+fn build_selector(alg: Algorithm, consistent: bool, set: BTreeSet<Backend>, t: StateTable) -> Box<dyn Select> {
     match alg {
         Algorithm::RoundRobin | Algorithm::Sticky => lb::<SmoothWrr>(set, t),
         Algorithm::LeastConn => lb::<LeastConn>(set, t),
         Algorithm::Random => lb::<RandomPick<Plain>>(set, t),
         Algorithm::RandomTwoLeastConn => lb::<RandomPick<TwoLeastConn>>(set, t),
         Algorithm::LeastTime => lb::<RandomPick<LeastTime>>(set, t),
-        Algorithm::IpHash | Algorithm::Hash if consistent => lb::<KetamaHashing>(
-            set,
-            KetamaConfig {
-                point_multiple: None,
-            },
-        ),
+        Algorithm::IpHash | Algorithm::Hash if consistent => {
+            lb::<KetamaHashing>(set, KetamaConfig { point_multiple: None })
+        }
         Algorithm::IpHash | Algorithm::Hash => lb::<FNVHash>(set, ()),
     }
 }
@@ -85,14 +76,13 @@ pub struct PoolServer {
     pub max_fails: usize,
     pub fail_timeout: Duration,
     pub backup: bool,
+    /// Response-header time histogram (Prometheus).
+    pub histogram: prometheus::Histogram,
 }
 
 impl PoolServer {
     pub fn record_failure(&self, pool: &str, why: &str) {
-        if self
-            .state
-            .record_failure(self.max_fails, self.fail_timeout, why)
-        {
+        if self.state.record_failure(self.max_fails, self.fail_timeout, why) {
             log::warn!(
                 "upstream {pool} server {} marked down for {:?} after {} failure(s): {why}",
                 self.addr,
@@ -168,6 +158,8 @@ pub struct Pool {
     pub keepalive_timeout: Option<Duration>,
     pub retry: RetryPolicy,
     pub health: Option<health::CheckSpec>,
+    /// Attempts moved on from this pool's servers (Prometheus).
+    pub retries: prometheus::IntCounter,
 }
 
 /// Everything needed to build a pool; produced by `crate::live` from the config.
@@ -207,8 +199,7 @@ impl Pool {
         };
         let primary = build_selector(alg, consistent, set(false), table.clone());
         let backups = set(true);
-        let backup = (!backups.is_empty())
-            .then(|| build_selector(Algorithm::RoundRobin, false, backups, table));
+        let backup = (!backups.is_empty()).then(|| build_selector(Algorithm::RoundRobin, false, backups, table));
         let index = spec
             .servers
             .iter()
@@ -221,7 +212,7 @@ impl Pool {
             None => Vec::new(),
         };
         Pool {
-            name: spec.name.into(),
+            name: spec.name.as_str().into(),
             algorithm: spec.algorithm,
             // Ketama walks ring points (160 per server), the others one step per server.
             max_steps: if consistent {
@@ -230,11 +221,7 @@ impl Pool {
                 spec.servers.len() * 2 + 8
             },
             servers: spec.servers,
-            sticky_index: sticky_ids
-                .iter()
-                .enumerate()
-                .map(|(i, id)| (id.clone(), i))
-                .collect(),
+            sticky_index: sticky_ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect(),
             sticky_ids,
             index,
             primary,
@@ -246,6 +233,7 @@ impl Pool {
             keepalive_timeout: spec.keepalive_timeout,
             retry: spec.retry,
             health: spec.health,
+            retries: crate::metrics::get().retries.with_label_values(&[&spec.name]),
         }
     }
 

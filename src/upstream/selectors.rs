@@ -297,8 +297,7 @@ impl<M: Mode> RandomPick<M> {
 /// A cheap thread-local xorshift generator; selection needs speed, not crypto.
 fn fastrand_u64() -> u64 {
     use std::cell::Cell;
-    static SEED: std::sync::atomic::AtomicU64 =
-        std::sync::atomic::AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0x9E37_79B9_7F4A_7C15);
     thread_local! {
         static S: Cell<u64> = Cell::new(
             SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Relaxed)

@@ -59,9 +59,7 @@ impl ServerState {
     /// Usable for a new request: healthy, not draining, not passively marked down.
     #[inline]
     pub fn usable(&self) -> bool {
-        self.healthy.load(Relaxed)
-            && !self.draining.load(Relaxed)
-            && self.down_until_ms.load(Relaxed) <= now_ms()
+        self.healthy.load(Relaxed) && !self.draining.load(Relaxed) && self.down_until_ms.load(Relaxed) <= now_ms()
     }
 
     /// Record a failed attempt (nginx semantics: `max_fails` failures within

@@ -98,13 +98,7 @@ impl Sticky {
         }
         let want = hex(&self.mac(&[id.as_bytes(), exp.as_bytes()])[..16]);
         // Constant-time comparison of the signature.
-        if want.len() != sig.len()
-            || want
-                .bytes()
-                .zip(sig.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                != 0
-        {
+        if want.len() != sig.len() || want.bytes().zip(sig.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
             return None;
         }
         let exp: u64 = exp.parse().ok()?;

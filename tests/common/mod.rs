@@ -156,12 +156,7 @@ fn handle_conn(
             match r.read_line(&mut line) {
                 Ok(0) => return Ok(()),
                 Ok(_) => break,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                     if !line.is_empty() && line.ends_with('\n') {
                         break;
                     }
@@ -185,9 +180,7 @@ fn handle_conn(
         let get = |n: &str| {
             headers.iter().find_map(|h| {
                 let (k, v) = h.split_once(':')?;
-                k.trim()
-                    .eq_ignore_ascii_case(n)
-                    .then(|| v.trim().to_string())
+                k.trim().eq_ignore_ascii_case(n).then(|| v.trim().to_string())
             })
         };
         let mut body = Vec::new();
@@ -255,11 +248,7 @@ fn echo(name: &str, line: &str, headers: &[String], body: &[u8]) -> String {
 // ------------------------------------------------------------------ gateway
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub fn portico_bin() -> &'static str {
@@ -307,24 +296,12 @@ impl Gateway {
         let child = Command::new(portico_bin())
             .arg("-c")
             .arg(&conf)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::from(
-                std::fs::File::create(dir.join("access.log")).unwrap(),
-            ))
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("error.log")).unwrap(),
-            ))
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::from(std::fs::File::create(dir.join("access.log")).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(dir.join("error.log")).unwrap()))
             .spawn()
             .expect("start portico");
-        let g = Gateway {
-            child,
-            port,
-            dir,
-            conf,
-        };
+        let g = Gateway { child, port, dir, conf };
         g.wait_ready();
         g
     }
@@ -339,9 +316,7 @@ impl Gateway {
             }
             // Health endpoint may be disabled: a TCP accept is enough then.
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && std::fs::read_to_string(&self.conf)
-                    .unwrap()
-                    .contains("enabled: false")
+                && std::fs::read_to_string(&self.conf).unwrap().contains("enabled: false")
             {
                 return;
             }
@@ -377,6 +352,10 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            return;
+        }
         self.signal("INT");
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -423,23 +402,14 @@ impl Response {
         self.body.lines().find_map(|l| {
             let h = l.strip_prefix("header=")?;
             let (k, v) = h.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
         })
     }
 }
 
 /// One request on a new connection; panics on I/O errors.
-pub fn request(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Response {
-    try_request(port, method, path, headers, body)
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    try_request(port, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 pub fn try_request(
@@ -483,11 +453,7 @@ impl Client {
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
-        if !body.is_empty()
-            && !headers
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"))
-        {
+        if !body.is_empty() && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding")) {
             req.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         req.push_str("\r\n");
@@ -530,16 +496,10 @@ impl Client {
             return Ok(resp);
         }
         let mut body = Vec::new();
-        if let Some(cl) = resp
-            .header("content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-        {
+        if let Some(cl) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
             body.resize(cl, 0);
             self.r.read_exact(&mut body)?;
-        } else if resp
-            .header("transfer-encoding")
-            .is_some_and(|v| v.contains("chunked"))
-        {
+        } else if resp.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
             loop {
                 let mut sz = String::new();
                 self.r.read_line(&mut sz)?;

@@ -1,0 +1,206 @@
+//! Operations: admin API (token, status, register, drain), hot reload
+//! (admin call and SIGHUP, bad files keep the running config), metrics, and
+//! a graceful stop that does not sleep out the whole grace period.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "s3cret-token";
+
+fn conf(admin_port: u16, backends: &[&Backend], extra_loc: &str) -> String {
+    format!(
+        "admin: {{ listen: \"127.0.0.1:{admin_port}\", token: {TOKEN} }}\nlisteners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app:\n    servers:\n{}\nvirtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: app\n{extra_loc}",
+        servers_yaml(backends, "")
+    )
+}
+
+fn admin(port: u16, method: &str, path: &str, body: &str) -> Response {
+    let auth = format!("Bearer {TOKEN}");
+    request(port, method, path, &[("Authorization", auth.as_str())], body.as_bytes())
+}
+
+#[test]
+fn admin_requires_the_token() {
+    let b = Backend::start("b");
+    let ap = free_port();
+    let g = Gateway::start(&conf(ap, &[&b], ""));
+    assert_eq!(request(ap, "GET", "/status", &[], b"").status, 401);
+    assert_eq!(
+        request(ap, "GET", "/status", &[("Authorization", "Bearer wrong")], b"").status,
+        401
+    );
+    assert_eq!(request(ap, "GET", "/metrics", &[], b"").status, 401);
+    let r = admin(ap, "GET", "/status", "");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains(&b.addr.to_string()), "{}", r.body);
+    assert!(r.body.contains("\"state\": \"healthy\""), "{}", r.body);
+    assert_eq!(admin(ap, "GET", "/nope", "").status, 404);
+    drop(g);
+}
+
+#[test]
+fn metrics_follow_traffic() {
+    let b = Backend::start("b");
+    let ap = free_port();
+    let g = Gateway::start(&conf(ap, &[&b], ""));
+    let count = |text: &str| -> u64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("portico_requests_total{") && l.contains("status=\"2xx\"") && l.contains("pool=\"app\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let before = count(&admin(ap, "GET", "/metrics", "").body);
+    for _ in 0..7 {
+        g.get("/");
+    }
+    let m = admin(ap, "GET", "/metrics", "").body;
+    assert_eq!(count(&m) - before, 7, "{m}");
+    assert!(
+        m.contains("portico_upstream_response_seconds_bucket{pool=\"app\""),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "portico_upstream_in_flight{{pool=\"app\",server=\"{}\"}} 0",
+            b.addr
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "portico_upstream_healthy{{pool=\"app\",server=\"{}\"}} 1",
+            b.addr
+        )),
+        "{m}"
+    );
+}
+
+#[test]
+fn reload_swaps_config_and_keeps_it_on_a_bad_file() {
+    let b = Backend::start("b");
+    let ap = free_port();
+    let g = Gateway::start(&conf(ap, &[&b], ""));
+    assert_eq!(g.get("/v").backend(), "b");
+    let yaml = std::fs::read_to_string(&g.conf).unwrap();
+    // v2: /v answers directly.
+    let v2 = yaml.replace(
+        "      - path: /\n",
+        "      - path: = /v\n        return: { status: 200, body: v2 }\n      - path: /\n",
+    );
+    std::fs::write(&g.conf, &v2).unwrap();
+    let r = admin(ap, "POST", "/reload", "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(g.get("/v").body, "v2");
+    // A broken file: the error names line and field, and v2 keeps running.
+    std::fs::write(&g.conf, v2.replace("proxy_pass: app", "proxy_pass: missing")).unwrap();
+    let r = admin(ap, "POST", "/reload", "");
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body
+            .contains("portico.yaml:20:9: virtual_hosts[0].locations[1].proxy_pass: unknown upstream"),
+        "{}",
+        r.body
+    );
+    assert_eq!(g.get("/v").body, "v2");
+    assert_eq!(g.get("/x").backend(), "b");
+    // SIGHUP reloads too.
+    std::fs::write(&g.conf, v2.replace("body: v2", "body: v3")).unwrap();
+    g.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while g.get("/v").body != "v3" {
+        assert!(Instant::now() < deadline, "SIGHUP reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // New listeners need a binary upgrade.
+    std::fs::write(
+        &g.conf,
+        v2.replace("listeners:\n", "listeners:\n  - listen: 127.0.0.1:1\n"),
+    )
+    .unwrap();
+    let r = admin(ap, "POST", "/reload", "");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("binary upgrade"), "{}", r.body);
+}
+
+#[test]
+fn register_and_drain_servers_at_runtime() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let ap = free_port();
+    let g = Gateway::start(&conf(ap, &[&a], ""));
+    let r = admin(
+        ap,
+        "POST",
+        "/pools/app/servers",
+        &format!("{{\"address\": \"{}\", \"weight\": 1}}", b.addr),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let m = spread(&g, "/", 10);
+    assert_eq!((m.get("a"), m.get("b")), (Some(&5), Some(&5)), "{m:?}");
+
+    // A slow request is in flight on a when it is drained.
+    a.set(Behaviour::Slow(Duration::from_millis(1500)));
+    b.set(Behaviour::Slow(Duration::from_millis(1500)));
+    let port = g.port;
+    let slow = std::thread::spawn(move || {
+        (0..2)
+            .map(|_| std::thread::spawn(move || request(port, "GET", "/slow", &[], b"")))
+            .collect::<Vec<_>>()
+    });
+    let slow: Vec<_> = slow.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    a.set(Behaviour::Echo);
+    b.set(Behaviour::Echo);
+    let r = admin(ap, "DELETE", &format!("/pools/app/servers/{}?delay=10s", a.addr), "");
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(admin(ap, "GET", "/status", "").body.contains("\"state\": \"draining\""));
+    let hits_a = a.hits();
+    for _ in 0..10 {
+        assert_eq!(g.get("/").backend(), "b", "no new request to a draining server");
+    }
+    assert_eq!(a.hits(), hits_a);
+    for t in slow {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 200, "in-flight request finished");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let st = admin(ap, "GET", "/status", "").body;
+    assert!(!st.contains(&a.addr.to_string()), "deregistered once idle: {st}");
+    // Runtime changes survive a reload of the unchanged file.
+    assert_eq!(admin(ap, "POST", "/reload", "").status, 200);
+    let st = admin(ap, "GET", "/status", "").body;
+    assert!(
+        st.contains(&b.addr.to_string()) && !st.contains(&a.addr.to_string()),
+        "{st}"
+    );
+}
+
+#[test]
+fn sigterm_exits_once_idle_not_after_the_grace_period() {
+    let b = Backend::start("b");
+    let port = free_port();
+    let _ = port;
+    let mut g = Gateway::start(&format!(
+        "server:\n  grace_period: 60s\n  pid_file: {{DIR}}/p.pid\n  upgrade_sock: {{DIR}}/u.sock\nlisteners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
+        b.addr
+    ));
+    b.set(Behaviour::Slow(Duration::from_millis(1000)));
+    let p = g.port;
+    let slow = std::thread::spawn(move || request(p, "GET", "/", &[], b""));
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    g.signal("TERM");
+    assert_eq!(slow.join().unwrap().status, 200, "in-flight request completes");
+    loop {
+        if g.child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "still running after 10s of a 60s grace period"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
