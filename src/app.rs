@@ -104,6 +104,27 @@ impl BackgroundService for HealthChecks {
     }
 }
 
+/// Graceful upgrade: once this (new) process listens on the upgrade socket,
+/// tell the old one (from the pid file) to hand over its sockets (SIGQUIT).
+fn signal_old_process(pid_file: &str) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        log::warn!("upgrade: no pid in {pid_file}; send SIGQUIT to the old process yourself");
+        return;
+    };
+    std::thread::spawn(move || {
+        // bootstrap() binds the upgrade socket first; give it a moment.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        log::warn!("upgrade: asking process {pid} to hand over its listeners");
+        let _ = std::process::Command::new("kill")
+            .arg("-QUIT")
+            .arg(pid.to_string())
+            .status();
+    });
+}
+
 /// Run the gateway (or just check the config with `-t`); returns the exit code.
 pub fn run(args: Args) -> i32 {
     let states = Arc::new(StateRegistry::default());
@@ -156,8 +177,20 @@ pub fn run(args: Args) -> i32 {
         daemon: conf.daemon,
         ..Opt::default()
     };
+    let pid_file = conf.pid_file.clone();
+    let daemon = conf.daemon;
+    if args.upgrade {
+        signal_old_process(&pid_file);
+    }
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // With -u this blocks until the old process has handed over its listening sockets.
     server.bootstrap();
+    if !daemon {
+        // Pingora writes the pid file only when daemonized; the upgrade needs it always.
+        if let Err(e) = std::fs::write(&pid_file, std::process::id().to_string()) {
+            log::warn!("cannot write pid file {pid_file}: {e}");
+        }
+    }
 
     for (i, l) in cfg.listeners.iter().enumerate() {
         let gw = Gateway {

@@ -1,0 +1,287 @@
+//! Bounded load tests for operations (127.0.0.1 only), ignored in the normal
+//! run because they take ~30 s; run them with
+//! `cargo test --release --test ops_load -- --ignored --nocapture`.
+//!
+//! Steady keep-alive and new-connection GET traffic, slow (2 s) requests and
+//! open WebSockets, while the binary is replaced several times (graceful
+//! upgrade) or the config is reloaded 20 times. Reports the counts.
+
+mod common;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Default)]
+struct Counts {
+    ok: AtomicUsize,
+    failed: AtomicUsize,
+    refused: AtomicUsize,
+    slow_ok: AtomicUsize,
+    slow_failed: AtomicUsize,
+    ws_ok: AtomicUsize,
+    ws_failed: AtomicUsize,
+    /// Idle keep-alive connections the server closed (the request is then sent on a new one).
+    reconnects: AtomicUsize,
+}
+
+impl Counts {
+    fn report(&self, what: &str) -> String {
+        format!(
+            "{what}: ok={} failed={} refused={} slow_ok={} slow_failed={} ws_sessions_ok={} ws_failed={} keepalive_reconnects={}",
+            self.ok.load(SeqCst),
+            self.failed.load(SeqCst),
+            self.refused.load(SeqCst),
+            self.slow_ok.load(SeqCst),
+            self.slow_failed.load(SeqCst),
+            self.ws_ok.load(SeqCst),
+            self.ws_failed.load(SeqCst),
+            self.reconnects.load(SeqCst)
+        )
+    }
+}
+
+fn config(fast: &[&Backend], slow: &Backend, ws: std::net::SocketAddr) -> String {
+    format!(
+        "server:\n  pid_file: {{DIR}}/p.pid\n  upgrade_sock: {{DIR}}/u.sock\n  grace_period: 20s\nlisteners:\n  - listen: 127.0.0.1:{{PORT}}\naccess_log: \"off\"\nupstreams:\n  app:\n    servers:\n{}  slow: {{ servers: [{{ address: \"{}\" }}] }}\n  ws: {{ servers: [{{ address: \"{ws}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations:\n      - {{ path: /, proxy_pass: app }}\n      - {{ path: /slow, proxy_pass: slow }}\n      - {{ path: /ws, proxy_pass: ws }}\n",
+        servers_yaml(fast, ""),
+        slow.addr
+    )
+}
+
+/// Start traffic against `port` until `stop`; returns the thread handles.
+fn traffic(port: u16, stop: Arc<AtomicBool>, c: Arc<Counts>) -> Vec<std::thread::JoinHandle<()>> {
+    let mut hs = Vec::new();
+    // Keep-alive clients: a dropped keep-alive connection is re-opened (like any HTTP client)
+    // only if the request was not sent yet; a request that got no answer counts as failed.
+    for _ in 0..4 {
+        let (stop, c) = (stop.clone(), c.clone());
+        hs.push(std::thread::spawn(move || {
+            let mut cl: Option<Client> = None;
+            while !stop.load(SeqCst) {
+                if cl.is_none() {
+                    match Client::connect(port) {
+                        Ok(x) => cl = Some(x),
+                        Err(_) => {
+                            c.refused.fetch_add(1, SeqCst);
+                            continue;
+                        }
+                    }
+                }
+                match cl.as_mut().unwrap().send("GET", "/", &[], b"") {
+                    Ok(r) if r.status == 200 => {
+                        c.ok.fetch_add(1, SeqCst);
+                        if r.header("connection") == Some("close") {
+                            cl = None;
+                        }
+                    }
+                    Ok(_) => {
+                        c.failed.fetch_add(1, SeqCst);
+                    }
+                    Err(_) => {
+                        // The server closed an idle keep-alive connection as it shut down:
+                        // retried once on a new connection, as browsers and HTTP clients do.
+                        cl = None;
+                        c.reconnects.fetch_add(1, SeqCst);
+                        match try_request(port, "GET", "/", &[], b"") {
+                            Ok(r) if r.status == 200 => c.ok.fetch_add(1, SeqCst),
+                            _ => c.failed.fetch_add(1, SeqCst),
+                        };
+                    }
+                }
+            }
+        }));
+    }
+    // New connection per request.
+    for _ in 0..2 {
+        let (stop, c) = (stop.clone(), c.clone());
+        hs.push(std::thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                match try_request(port, "GET", "/", &[("Connection", "close")], b"") {
+                    Ok(r) if r.status == 200 => c.ok.fetch_add(1, SeqCst),
+                    Ok(_) => c.failed.fetch_add(1, SeqCst),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => c.refused.fetch_add(1, SeqCst),
+                    Err(_) => c.failed.fetch_add(1, SeqCst),
+                };
+            }
+        }));
+    }
+    // Slow requests (2 s each), always one in flight.
+    for _ in 0..2 {
+        let (stop, c) = (stop.clone(), c.clone());
+        hs.push(std::thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                match try_request(port, "GET", "/slow", &[("Connection", "close")], b"") {
+                    Ok(r) if r.status == 200 => c.slow_ok.fetch_add(1, SeqCst),
+                    _ => c.slow_failed.fetch_add(1, SeqCst),
+                };
+            }
+        }));
+    }
+    // WebSockets: each session lives ~1.5 s exchanging messages.
+    for _ in 0..3 {
+        let (stop, c) = (stop.clone(), c.clone());
+        hs.push(std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                while !stop.load(SeqCst) {
+                    let ok = async {
+                        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+                            .await
+                            .ok()?;
+                        for i in 0..15 {
+                            ws.send(Message::text(format!("{i}"))).await.ok()?;
+                            if ws.next().await?.ok()? != Message::text(format!("{i}")) {
+                                return None;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        ws.close(None).await.ok()
+                    }
+                    .await;
+                    match ok {
+                        Some(()) => c.ws_ok.fetch_add(1, SeqCst),
+                        None => c.ws_failed.fetch_add(1, SeqCst),
+                    };
+                }
+            });
+        }));
+    }
+    hs
+}
+
+async fn ws_echo() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() || m.is_binary() {
+                        let _ = ws.send(m).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+#[ignore]
+fn graceful_upgrade_under_load() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ws = rt.block_on(ws_echo());
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let slow = Backend::start_with("slow", Behaviour::Slow(Duration::from_secs(2)));
+    let g = Gateway::start(&config(&[&a, &b], &slow, ws));
+    let (stop, counts) = (Arc::new(AtomicBool::new(false)), Arc::new(Counts::default()));
+    let hs = traffic(g.port, stop.clone(), counts.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    let mut children = Vec::new();
+    let pid = || std::fs::read_to_string(g.dir.join("p.pid")).unwrap_or_default();
+    for i in 0..3 {
+        let old = pid();
+        let child = Command::new(portico_bin())
+            .args(["-u", "-c", g.conf.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(g.dir.join(format!("upgrade{i}.log"))).unwrap(),
+            ))
+            .spawn()
+            .unwrap();
+        children.push(child);
+        // Wait for the previous process to hand over (Pingora keeps serving 5 s
+        // after passing the sockets), drain and exit; gone or a zombie for us to reap.
+        let t = Instant::now();
+        let alive = || {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", old.trim())).unwrap_or_default();
+            !stat.is_empty() && !stat.contains(") Z ")
+        };
+        while alive() {
+            assert!(t.elapsed() < Duration::from_secs(20), "old process {old} still running");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_ne!(pid(), old, "the new process took over");
+        println!(
+            "upgrade {i}: old process gone after {:?}; {}",
+            t.elapsed(),
+            counts.report("so far")
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    stop.store(true, SeqCst);
+    for h in hs {
+        h.join().unwrap();
+    }
+    let report = counts.report("graceful upgrade x3");
+    println!("{report}");
+    for mut c in children {
+        let _ = Command::new("kill").arg("-INT").arg(c.id().to_string()).status();
+        let _ = c.wait();
+    }
+    assert_eq!(counts.failed.load(SeqCst), 0, "{report}");
+    assert_eq!(counts.refused.load(SeqCst), 0, "{report}");
+    assert_eq!(counts.slow_failed.load(SeqCst), 0, "{report}");
+    assert_eq!(counts.ws_failed.load(SeqCst), 0, "{report}");
+}
+
+#[test]
+#[ignore]
+fn reload_twenty_times_under_load() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ws = rt.block_on(ws_echo());
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let slow = Backend::start_with("slow", Behaviour::Slow(Duration::from_secs(2)));
+    let g = Gateway::start(&config(&[&a, &b], &slow, ws));
+    let (stop, counts) = (Arc::new(AtomicBool::new(false)), Arc::new(Counts::default()));
+    let hs = traffic(g.port, stop.clone(), counts.clone());
+    let yaml = std::fs::read_to_string(&g.conf).unwrap();
+    for i in 0..20 {
+        std::thread::sleep(Duration::from_millis(500));
+        // Alternate the pool between weights so each reload really changes something.
+        let w = if i % 2 == 0 {
+            yaml.replace("      - address", "      - weight: 2\n        address")
+        } else {
+            yaml.clone()
+        };
+        std::fs::write(&g.conf, w).unwrap();
+        g.signal("HUP");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, SeqCst);
+    for h in hs {
+        h.join().unwrap();
+    }
+    let report = counts.report("20 reloads");
+    println!("{report}");
+    assert!(
+        g.stderr().matches("configuration reloaded").count() >= 20,
+        "{}",
+        g.stderr()
+    );
+    assert_eq!(counts.failed.load(SeqCst) + counts.refused.load(SeqCst), 0, "{report}");
+    assert_eq!(
+        counts.slow_failed.load(SeqCst) + counts.ws_failed.load(SeqCst),
+        0,
+        "{report}"
+    );
+}
