@@ -6,6 +6,8 @@ use crate::live::{self, Live};
 use crate::proxy::Gateway;
 use crate::upstream::{health, state::StateRegistry};
 use async_trait::async_trait;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -196,12 +198,36 @@ pub fn run(args: Args) -> i32 {
         let gw = Gateway {
             live: live.clone(),
             listener: i,
-            scheme: "http",
+            scheme: if l.tls.is_some() { "https" } else { "http" },
             access_log: access_log.clone(),
         };
         let mut svc =
             pingora_proxy::http_proxy_service_with_name(&server.configuration, gw, &format!("listener {}", l.listen));
-        svc.add_tcp(&l.listen);
+        if let Some(proxy) = svc.app_logic_mut() {
+            let mut o = HttpServerOptions::default();
+            o.h2c = l.h2c;
+            proxy.server_options = Some(o);
+        }
+        match &l.tls {
+            None => svc.add_tcp(&l.listen),
+            Some(t) => {
+                let cb = crate::tls::SniCallback {
+                    live: live.clone(),
+                    listener: i,
+                };
+                let mut settings = match TlsSettings::with_callbacks(Box::new(cb)) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("portico: TLS setup for {}: {e}", l.listen);
+                        return 1;
+                    }
+                };
+                if t.http2 {
+                    settings.enable_h2();
+                }
+                svc.add_tls_with_settings(&l.listen, None, settings);
+            }
+        }
         server.add_service(svc);
     }
     server.add_service(background_service("health checks", HealthChecks(live.clone())));

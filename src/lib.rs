@@ -8,6 +8,7 @@
 //! - `retry`: nginx `proxy_next_upstream` rules
 //! - `proxy`: the Pingora `ProxyHttp` lifecycle, delegating to the above
 //! - `admin`, `metrics`: the admin API (status, draining, reload) and Prometheus
+//! - `tls`: certificates (checked at load) and SNI selection for TLS listeners
 //! - `access_log`, `template`: small helpers
 //! - `app`: wiring everything into a Pingora server
 //! - `demo`: the two demo backends of the quick start
@@ -23,4 +24,5 @@ pub mod proxy;
 pub mod retry;
 pub mod routing;
 pub mod template;
+pub mod tls;
 pub mod upstream;

@@ -10,7 +10,7 @@ use crate::routing::{HostTable, PathMatch, PathTable};
 use crate::template::Template;
 use crate::upstream::health::{self, CheckSpec, Probe};
 use crate::upstream::state::StateRegistry;
-use crate::upstream::{sticky, HashKey, Pool, PoolServer, PoolSpec, Timeouts};
+use crate::upstream::{sticky, HashKey, Pool, PoolServer, PoolSpec, Timeouts, UpstreamTls};
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue};
 use ipnet::IpNet;
@@ -58,6 +58,8 @@ pub struct VHost {
 
 pub struct ListenerRt {
     pub addr: String,
+    /// SNI certificate store of a TLS listener.
+    pub certs: Option<Arc<crate::tls::CertStore>>,
     pub hosts: HostTable<Arc<VHost>>,
     /// Requests answered without a location (404, health endpoint).
     pub unrouted: RouteMetrics,
@@ -105,7 +107,7 @@ pub struct Live {
 impl Live {
     pub fn new(s: Snapshot, states: Arc<StateRegistry>, path: &str) -> Self {
         Live {
-            listeners: s.cfg.listeners.iter().map(|l| l.listen.clone()).collect(),
+            listeners: s.cfg.listeners.iter().map(listener_key).collect(),
             current: ArcSwap::from_pointee(s),
             states,
             path: path.to_string(),
@@ -143,7 +145,7 @@ impl Live {
         let base = l.cfg.clone();
         let overlay = self.overlay.lock().unwrap().clone();
         apply_overlay(&mut l.cfg, &overlay);
-        let now: Vec<String> = l.cfg.listeners.iter().map(|x| x.listen.clone()).collect();
+        let now: Vec<String> = l.cfg.listeners.iter().map(listener_key).collect();
         if now != self.listeners {
             return Err(format!(
                 "listeners changed ({:?} -> {now:?}): new listeners need a binary upgrade (see docs/operations.md)",
@@ -212,6 +214,14 @@ impl Live {
                 .retain(|(p, s)| !(p == pool && resolve(&s.address).ok() == Some(addr)));
             o.removed.push((pool.to_string(), addr));
         })
+    }
+}
+
+/// What a reload cannot change about a listener: its address and whether it speaks TLS.
+fn listener_key(l: &config::Listener) -> String {
+    match &l.tls {
+        Some(t) => format!("{} (tls{})", l.listen, if t.http2 { ", h2" } else { "" }),
+        None => l.listen.clone(),
     }
 }
 
@@ -385,6 +395,26 @@ fn build_pool(l: &Loaded, name: &str, u: &config::Upstream, states: &StateRegist
         (_, Some(_)) => return Err(l.err(&format!("{p}.sticky"), "sticky settings need algorithm `sticky`")),
         _ => None,
     };
+    let tls = match (u.tls, &u.tls_ca_file) {
+        (false, _) => None,
+        (true, ca) => {
+            let ca = match ca {
+                None => None,
+                Some(f) => {
+                    let pem = std::fs::read(f)
+                        .map_err(|e| l.err(&format!("{p}.tls_ca_file"), format!("cannot read {f}: {e}")))?;
+                    let certs = openssl::x509::X509::stack_from_pem(&pem)
+                        .map_err(|e| l.err(&format!("{p}.tls_ca_file"), format!("{f}: {e}")))?;
+                    Some(Arc::new(certs.into_boxed_slice()))
+                }
+            };
+            Some(UpstreamTls {
+                sni: u.tls_sni.clone().unwrap_or_default(),
+                verify: u.tls_verify,
+                ca,
+            })
+        }
+    };
     let retry = retry_policy(
         l,
         &p,
@@ -409,6 +439,8 @@ fn build_pool(l: &Loaded, name: &str, u: &config::Upstream, states: &StateRegist
         keepalive_timeout: dur(&u.keepalive_timeout).or(Some(Duration::from_secs(60))),
         retry,
         health,
+        tls,
+        http2: u.http2,
     }))
 }
 
@@ -527,6 +559,33 @@ fn build_location(
     ))
 }
 
+fn build_certs(l: &Loaded, path: &str, t: &config::ListenerTls) -> Result<crate::tls::CertStore, ConfigError> {
+    if t.certificates.is_empty() {
+        return Err(l.err(
+            &format!("{path}.certificates"),
+            "a TLS listener needs at least one certificate",
+        ));
+    }
+    let mut store = crate::tls::CertStore::new();
+    for (j, c) in t.certificates.iter().enumerate() {
+        let cp = format!("{path}.certificates[{j}]");
+        let ck = Arc::new(crate::tls::load(&c.cert, &c.key).map_err(|e| l.err(&format!("{cp}.cert"), e))?);
+        let names = if c.server_names.is_empty() {
+            ck.names.clone()
+        } else {
+            c.server_names.clone()
+        };
+        for n in &names {
+            // A name already claimed by an earlier certificate stays with it.
+            store.add_name(n, ck.clone());
+        }
+        if j == 0 {
+            store.set_default(ck);
+        }
+    }
+    Ok(store)
+}
+
 /// Validate a parsed configuration and compile it into a runnable snapshot.
 /// Server state for (pool, address) pairs already known is reused.
 pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError> {
@@ -578,9 +637,18 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
         pools.insert(name.clone(), Arc::new(build_pool(l, name, u, states)?));
     }
     let addrs: Vec<String> = c.listeners.iter().map(|li| li.listen.clone()).collect();
+    let mut certs = Vec::new();
+    for (i, li) in c.listeners.iter().enumerate() {
+        certs.push(match &li.tls {
+            None => None,
+            Some(t) => Some(Arc::new(build_certs(l, &format!("listeners[{i}].tls"), t)?)),
+        });
+    }
     let mut listeners: Vec<ListenerRt> = addrs
         .iter()
-        .map(|a| ListenerRt {
+        .zip(certs)
+        .map(|(a, certs)| ListenerRt {
+            certs,
             addr: a.clone(),
             hosts: HostTable::new(),
             unrouted: RouteMetrics::new(a, "-", "-"),

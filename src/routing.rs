@@ -66,7 +66,7 @@ impl<T: Clone> PathTable<T> {
             }
         }
         // Stable sort keeps file order between equal lengths.
-        t.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        t.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         t
     }
 
@@ -114,7 +114,7 @@ impl<H: Clone> HostTable<H> {
                 return false;
             }
             self.wildcards.push((suffix.to_string(), h));
-            self.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            self.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
             true
         } else {
             match self.exact.entry(name) {

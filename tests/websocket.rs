@@ -110,7 +110,7 @@ fn messages_echo_in_order_including_a_large_frame_and_ping() {
             Message::Binary(b) => assert!(b[..] == big[..], "4 MiB frame intact"),
             other => panic!("{other:?}"),
         }
-        ws.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
+        ws.send(Message::Ping(b"are you there".to_vec())).await.unwrap();
         match ws.next().await.unwrap().unwrap() {
             Message::Pong(p) => assert_eq!(&p[..], b"are you there"),
             other => panic!("{other:?}"),

@@ -83,6 +83,33 @@ impl Default for ServerSection {
 pub struct Listener {
     /// `ip:port` to bind.
     pub listen: String,
+    /// Terminate TLS on this listener.
+    pub tls: Option<ListenerTls>,
+    /// Accept cleartext HTTP/2 (prior knowledge) besides HTTP/1.x.
+    #[serde(default)]
+    pub h2c: bool,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Chosen by SNI; the first is the default for unknown or missing names.
+    pub certificates: Vec<Certificate>,
+    /// Offer HTTP/2 through ALPN.
+    #[serde(default = "yes")]
+    pub http2: bool,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// PEM chain, leaf first (Let's Encrypt `fullchain.pem`).
+    pub cert: String,
+    /// PEM private key (Let's Encrypt `privkey.pem`).
+    pub key: String,
+    /// Names this certificate answers (exact or `*.suffix`); default: its SAN DNS names.
+    #[serde(default)]
+    pub server_names: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone)]
@@ -138,6 +165,18 @@ pub struct Upstream {
     pub next_upstream_tries: Option<usize>,
     pub next_upstream_timeout: Option<Dur>,
     pub health_check: Option<HealthCheck>,
+    /// Connect to the servers over TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// SNI (and verified name) for upstream TLS; default: none.
+    pub tls_sni: Option<String>,
+    /// Verify the upstream certificate (with `tls_ca_file` or the system store).
+    #[serde(default = "yes")]
+    pub tls_verify: bool,
+    pub tls_ca_file: Option<String>,
+    /// Speak HTTP/2 to the servers (h2 over TLS, h2c in plain text).
+    #[serde(default)]
+    pub http2: bool,
     pub servers: Vec<Server>,
 }
 

@@ -27,6 +27,7 @@ use crate::upstream::state::InflightGuard;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::{Attempt, Ctx, RequestGauge};
+use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpPeer, HttpUpstreamRequestPolicy};
 use pingora_core::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -113,6 +114,9 @@ impl ProxyHttp for Gateway {
     /// Built-in endpoints, then routing: find the location for Host + path.
     async fn request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.live.snapshot();
+        if let Some(k) = snap.cfg.server.keepalive_timeout {
+            s.set_keepalive(Some(k.0.as_secs()));
+        }
         ctx.snap = Some(snap.clone());
         ctx.in_flight = Some(RequestGauge::new());
         ctx.client_ip = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
@@ -195,8 +199,21 @@ impl ProxyHttp for Gateway {
             header_time: None,
             guard: InflightGuard::new(server.state.clone()),
         });
-        let mut peer = HttpPeer::new(server.backend.addr.clone(), false, String::new());
+        let mut peer = match &pool.tls {
+            None => HttpPeer::new(server.backend.addr.clone(), false, String::new()),
+            Some(t) => {
+                let mut p = HttpPeer::new(server.backend.addr.clone(), true, t.sni.clone());
+                p.options.verify_cert = t.verify;
+                p.options.verify_hostname = t.verify && !t.sni.is_empty();
+                p.options.ca = t.ca.clone();
+                p
+            }
+        };
         let o = &mut peer.options;
+        if pool.http2 && !s.is_upgrade_req() {
+            // h2 over TLS through ALPN; h2c (prior knowledge) in plain text.
+            o.alpn = ALPN::H2;
+        }
         o.connection_timeout = loc.timeouts.connect;
         o.write_timeout = loc.timeouts.write;
         o.idle_timeout = pool.keepalive_timeout;

@@ -160,6 +160,16 @@ pub struct Pool {
     pub health: Option<health::CheckSpec>,
     /// Attempts moved on from this pool's servers (Prometheus).
     pub retries: prometheus::IntCounter,
+    pub tls: Option<UpstreamTls>,
+    pub http2: bool,
+}
+
+/// TLS towards the servers of a pool.
+pub struct UpstreamTls {
+    pub sni: String,
+    pub verify: bool,
+    /// Trusted CAs; the system store when `None`.
+    pub ca: Option<Arc<Box<[openssl::x509::X509]>>>,
 }
 
 /// Everything needed to build a pool; produced by `crate::live` from the config.
@@ -175,6 +185,8 @@ pub struct PoolSpec {
     pub keepalive_timeout: Option<Duration>,
     pub retry: RetryPolicy,
     pub health: Option<health::CheckSpec>,
+    pub tls: Option<UpstreamTls>,
+    pub http2: bool,
 }
 
 impl Pool {
@@ -233,6 +245,8 @@ impl Pool {
             keepalive_timeout: spec.keepalive_timeout,
             retry: spec.retry,
             health: spec.health,
+            tls: spec.tls,
+            http2: spec.http2,
             retries: crate::metrics::get().retries.with_label_values(&[&spec.name]),
         }
     }

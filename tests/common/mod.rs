@@ -314,10 +314,10 @@ impl Gateway {
                     return;
                 }
             }
-            // Health endpoint may be disabled: a TCP accept is enough then.
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && std::fs::read_to_string(&self.conf).unwrap().contains("enabled: false")
-            {
+            // Health endpoint disabled, or a TLS listener: a TCP accept is enough then.
+            let conf = std::fs::read_to_string(&self.conf).unwrap();
+            let plain_health = !conf.contains("enabled: false") && !conf.contains("certificates:");
+            if !plain_health && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(30));

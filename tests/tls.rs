@@ -1,0 +1,282 @@
+//! TLS termination: SNI certificates, HTTP/2 and HTTP/1.1 clients, `-t` on
+//! bad certificates, and TLS / h2c towards upstreams. Certificates are made
+//! by the test with the openssl crate.
+
+mod common;
+use common::*;
+use openssl::asn1::Asn1Time;
+use openssl::bn::BigNum;
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
+use openssl::x509::{X509NameBuilder, X509};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Issued {
+    cert: X509,
+    key: PKey<Private>,
+}
+
+/// A certificate for `names`, signed by `ca` (self-signed when `None`), valid from
+/// `from_days` to `to_days` relative to now.
+fn issue(names: &[&str], ca: Option<&Issued>, from_days: i64, to_days: i64, is_ca: bool) -> Issued {
+    let key = PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_nid(Nid::COMMONNAME, names[0]).unwrap();
+    let name = name.build();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_serial_number(&BigNum::from_u32(rand_serial()).unwrap().to_asn1_integer().unwrap())
+        .unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(ca.map(|c| c.cert.subject_name()).unwrap_or(&name))
+        .unwrap();
+    b.set_pubkey(&key).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    b.set_not_before(&Asn1Time::from_unix(now + from_days * 86400).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::from_unix(now + to_days * 86400).unwrap())
+        .unwrap();
+    if is_ca {
+        b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+            .unwrap();
+    } else {
+        let mut san = SubjectAlternativeName::new();
+        for n in names {
+            san.dns(n);
+        }
+        b.append_extension(san.build(&b.x509v3_context(ca.map(|c| c.cert.as_ref()), None)).unwrap())
+            .unwrap();
+    }
+    b.sign(ca.map(|c| &c.key).unwrap_or(&key), MessageDigest::sha256())
+        .unwrap();
+    Issued { cert: b.build(), key }
+}
+
+fn rand_serial() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+}
+
+fn write(dir: &Path, stem: &str, i: &Issued) -> (PathBuf, PathBuf) {
+    let (c, k) = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
+    std::fs::write(&c, i.cert.to_pem().unwrap()).unwrap();
+    std::fs::write(&k, i.key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    (c, k)
+}
+
+/// HTTPS/1.1 request with SNI `name`; returns (certificate CN, response).
+fn https_get(port: u16, name: &str, path: &str) -> (String, String) {
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    let c = b.build().configure().unwrap().verify_hostname(false);
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = c.connect(name, tcp).unwrap();
+    let cn = s
+        .ssl()
+        .peer_certificate()
+        .unwrap()
+        .subject_name()
+        .entries_by_nid(Nid::COMMONNAME)
+        .next()
+        .map(|e| String::from_utf8_lossy(e.data().as_slice()).into_owned())
+        .unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    (cn, out)
+}
+
+fn start_tls(backend: &Backend, certs: &[(PathBuf, PathBuf)]) -> Gateway {
+    let list: String = certs
+        .iter()
+        .map(|(c, k)| format!("        - {{ cert: {}, key: {} }}\n", c.display(), k.display()))
+        .collect();
+    Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\n    tls:\n      certificates:\n{list}upstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
+        backend.addr
+    ))
+}
+
+#[test]
+fn sni_picks_the_certificate_and_headers_say_https() {
+    let dir = temp_dir();
+    let a = issue(&["a.test"], None, -1, 30, false);
+    let b = issue(&["*.b.test"], None, -1, 30, false);
+    let certs = [write(&dir, "a", &a), write(&dir, "b", &b)];
+    let backend = Backend::start("app");
+    let g = start_tls(&backend, &certs);
+    for _ in 0..2 {
+        let (cn, resp) = https_get(g.port, "a.test", "/x");
+        assert_eq!(cn, "a.test");
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(resp.contains("header=x-forwarded-proto: https"), "{resp}");
+        assert_eq!(https_get(g.port, "www.b.test", "/").0, "*.b.test");
+        assert_eq!(
+            https_get(g.port, "unknown.test", "/").0,
+            "a.test",
+            "first certificate is the default"
+        );
+    }
+}
+
+#[test]
+fn http2_and_http1_clients_are_proxied_alike() {
+    let dir = temp_dir();
+    let a = issue(&["a.test"], None, -1, 30, false);
+    let certs = [write(&dir, "a", &a)];
+    let backend = Backend::start("app");
+    let g = start_tls(&backend, &certs);
+    for (flag, want) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let out = Command::new("curl")
+            .args(["-sk", flag, "--resolve", &format!("a.test:{}:127.0.0.1", g.port)])
+            .arg(format!("https://a.test:{}/h?x=1", g.port))
+            .args(["-w", "\nversion=%{http_version}"])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.ends_with(&format!("version={want}")), "{text}");
+        assert!(text.contains("header=x-forwarded-proto: https"), "{text}");
+        assert!(text.contains("header=x-real-ip: 127.0.0.1"), "{text}");
+        assert!(text.contains("request=GET /h?x=1 HTTP/1.1"), "{text}");
+    }
+}
+
+#[test]
+fn bad_certificates_fail_the_config_test() {
+    let dir = temp_dir();
+    let good = issue(&["a.test"], None, -1, 30, false);
+    let other = issue(&["b.test"], None, -1, 30, false);
+    let expired = issue(&["old.test"], None, -30, -1, false);
+    let (gc, gk) = write(&dir, "good", &good);
+    let (_, ok) = write(&dir, "other", &other);
+    let (ec, ek) = write(&dir, "expired", &expired);
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let cases = [
+        (dir.join("missing.pem"), gk.clone(), "cannot read certificate"),
+        (garbage.clone(), gk.clone(), "holds no certificate"),
+        (gc.clone(), ok.clone(), "does not match certificate"),
+        (ec.clone(), ek.clone(), "expired"),
+    ];
+    for (c, k, want) in cases {
+        let f = dir.join("t.yaml");
+        std::fs::write(
+            &f,
+            format!(
+                "listeners:\n  - listen: 127.0.0.1:1\n    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}\n",
+                c.display(),
+                k.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(portico_bin())
+            .arg("-t")
+            .arg("-c")
+            .arg(&f)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(":5:13: listeners[0].tls.certificates[0].cert:"), "{err}");
+        assert!(err.contains(want), "want {want:?}: {err}");
+        assert!(
+            err.contains(c.file_name().unwrap().to_str().unwrap())
+                || err.contains(k.file_name().unwrap().to_str().unwrap()),
+            "names the file: {err}"
+        );
+    }
+}
+
+#[test]
+fn reload_with_a_bad_certificate_keeps_the_old_one() {
+    let dir = temp_dir();
+    let a = issue(&["a.test"], None, -1, 30, false);
+    let certs = [write(&dir, "a", &a)];
+    let backend = Backend::start("app");
+    let g = start_tls(&backend, &certs);
+    // New certificate: picked up by SIGHUP.
+    let a2 = issue(&["a2.test"], None, -1, 30, false);
+    write(&dir, "a", &a2);
+    g.signal("HUP");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(https_get(g.port, "a.test", "/").0, "a2.test");
+    // Broken key: the reload fails and a2 stays.
+    std::fs::write(dir.join("a.key"), "junk").unwrap();
+    g.signal("HUP");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(https_get(g.port, "a.test", "/").0, "a2.test");
+    assert!(g.stderr().contains("reload failed"), "{}", g.stderr());
+}
+
+#[test]
+fn upstream_tls_with_verification_and_h2c() {
+    let dir = temp_dir();
+    let ca = issue(&["Test CA"], None, -1, 30, true);
+    let leaf = issue(&["upstream.test"], Some(&ca), -1, 30, false);
+    let (cc, ck) = write(&dir, "leaf", &leaf);
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.cert.to_pem().unwrap()).unwrap();
+    let backend = Backend::start("app");
+    // The TLS upstream is another portico terminating TLS in front of the echo backend;
+    // a third one speaks h2c.
+    let inner = start_tls(&backend, &[(cc, ck)]);
+    let h2c = Gateway::start(&format!(
+        "listeners:\n  - {{ listen: \"127.0.0.1:{{PORT}}\", h2c: true }}\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\naccess_log: stdout\n",
+        backend.addr
+    ));
+    let front = |pool: &str| {
+        Gateway::start(&format!(
+            "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  up:\n{pool}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: up }}]\n"
+        ))
+    };
+    let verified = front(&format!(
+        "    tls: true\n    tls_sni: upstream.test\n    tls_ca_file: {}\n    servers: [{{ address: \"127.0.0.1:{}\" }}]",
+        ca_file.display(),
+        inner.port
+    ));
+    let r = verified.get("/via-tls");
+    assert_eq!(r.status, 200, "{}", verified.stderr());
+    assert_eq!(
+        r.echoed("x-forwarded-proto").as_deref(),
+        Some("https"),
+        "the inner hop was TLS"
+    );
+    let wrong_name = front(&format!(
+        "    tls: true\n    tls_sni: wrong.test\n    tls_ca_file: {}\n    servers: [{{ address: \"127.0.0.1:{}\" }}]",
+        ca_file.display(),
+        inner.port
+    ));
+    assert_eq!(wrong_name.get("/").status, 502, "hostname verification fails");
+    let h2 = front(&format!(
+        "    tls: true\n    tls_verify: false\n    http2: true\n    servers: [{{ address: \"127.0.0.1:{}\" }}]",
+        inner.port
+    ));
+    assert_eq!(h2.get("/h2").status, 200);
+    let cleartext_h2 = front(&format!(
+        "    http2: true\n    servers: [{{ address: \"127.0.0.1:{}\" }}]",
+        h2c.port
+    ));
+    let r = cleartext_h2.get("/h2c");
+    assert_eq!(r.status, 200, "{}", cleartext_h2.stderr());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        h2c.access_log().contains("\"GET /h2c HTTP/2.0\""),
+        "h2c reached the inner gateway as HTTP/2: {}",
+        h2c.access_log()
+    );
+    assert!(
+        inner.access_log().contains("\"GET /h2 HTTP/2.0\""),
+        "h2 over TLS: {}",
+        inner.access_log()
+    );
+}
