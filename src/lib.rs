@@ -8,6 +8,7 @@
 //! - `retry`: nginx `proxy_next_upstream` rules
 //! - `proxy`: the Pingora `ProxyHttp` lifecycle, delegating to the above
 //! - `admin`, `metrics`: the admin API (status, draining, reload) and Prometheus
+//! - `plugins`: building filter plugins (crates in `plugins/`) and adapting headers for them
 //! - `tls`: certificates (checked at load) and SNI selection for TLS listeners
 //! - `access_log`, `template`: small helpers
 //! - `app`: wiring everything into a Pingora server
@@ -20,6 +21,7 @@ pub mod config;
 pub mod demo;
 pub mod live;
 pub mod metrics;
+pub mod plugins;
 pub mod proxy;
 pub mod retry;
 pub mod routing;

@@ -5,6 +5,7 @@
 
 use crate::config::{self, ConfigError, Loaded};
 use crate::metrics::RouteMetrics;
+use crate::plugins::PluginList;
 use crate::retry::RetryPolicy;
 use crate::routing::{HostTable, PathMatch, PathTable};
 use crate::template::Template;
@@ -50,6 +51,8 @@ pub struct Location {
     pub ws_idle: Duration,
     /// Request counters, one set per listener (by listener index).
     pub metrics: Vec<RouteMetrics>,
+    /// Filter plugins in run order: global, host, location.
+    pub plugins: PluginList,
 }
 
 pub struct VHost {
@@ -455,7 +458,10 @@ fn build_location(
     loc: &config::Location,
     pools: &BTreeMap<String, Arc<Pool>>,
     listener_addrs: &[String],
+    inherited: &PluginList,
 ) -> Result<(PathMatch, Arc<Location>), ConfigError> {
+    let mut plugins = inherited.clone();
+    plugins.extend(crate::plugins::build(l, &format!("{path}.plugins"), &loc.plugins)?);
     let m = PathMatch::parse(&loc.path).map_err(|e| l.err(&format!("{path}.path"), e))?;
     let (action, pool) = match (&loc.proxy_pass, &loc.ret) {
         (Some(_), Some(_)) => return Err(l.err(path, "a location has either proxy_pass or return, not both")),
@@ -545,6 +551,7 @@ fn build_location(
     Ok((
         m,
         Arc::new(Location {
+            plugins,
             metrics,
             name: name.into(),
             action,
@@ -637,6 +644,7 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
         pools.insert(name.clone(), Arc::new(build_pool(l, name, u, states)?));
     }
     let addrs: Vec<String> = c.listeners.iter().map(|li| li.listen.clone()).collect();
+    let global_plugins = crate::plugins::build(l, "plugins", &c.plugins)?;
     let mut certs = Vec::new();
     for (i, li) in c.listeners.iter().enumerate() {
         certs.push(match &li.tls {
@@ -657,6 +665,8 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
     for (vi, vh) in c.virtual_hosts.iter().enumerate() {
         let vp = format!("virtual_hosts[{vi}]");
         let label = vh.server_names.first().cloned().unwrap_or_else(|| "_".into());
+        let mut host_plugins = global_plugins.clone();
+        host_plugins.extend(crate::plugins::build(l, &format!("{vp}.plugins"), &vh.plugins)?);
         let mut entries = Vec::new();
         for (li, loc) in vh.locations.iter().enumerate() {
             entries.push(build_location(
@@ -666,6 +676,7 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
                 loc,
                 &pools,
                 &addrs,
+                &host_plugins,
             )?);
         }
         let host = Arc::new(VHost {

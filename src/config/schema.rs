@@ -27,7 +27,13 @@ pub struct Config {
     pub access_log: String,
     /// The admin API listener; off when absent.
     pub admin: Option<Admin>,
+    /// Plugins for every request, in order: `- name: { settings }`.
+    #[serde(default)]
+    pub plugins: Vec<PluginEntry>,
 }
+
+/// One enabled plugin: a map with exactly one key, the plugin's name.
+pub type PluginEntry = BTreeMap<String, serde_yaml::Value>;
 
 #[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
@@ -282,6 +288,9 @@ pub struct VirtualHost {
     /// Listener addresses this host answers on; all listeners when empty.
     #[serde(default)]
     pub listen: Vec<String>,
+    /// Plugins for this host's requests, after the global ones.
+    #[serde(default)]
+    pub plugins: Vec<PluginEntry>,
     pub locations: Vec<Location>,
 }
 
@@ -311,6 +320,9 @@ pub struct Location {
     pub upgrade: Option<String>,
     /// Idle timeout of an upgraded (WebSocket) connection; default 1h.
     pub websocket_idle_timeout: Option<Dur>,
+    /// Plugins for this location, after the global and host ones.
+    #[serde(default)]
+    pub plugins: Vec<PluginEntry>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone)]

@@ -65,6 +65,8 @@ pub struct Ctx {
     pub body_bytes: u64,
     /// Response body bytes sent downstream.
     pub sent_bytes: u64,
+    /// Plugin state of this request (only on locations with plugins).
+    pub plugin: Option<Box<portico_plugin_api::Ctx>>,
     /// The connection was upgraded (101), e.g. to a WebSocket.
     pub upgraded: bool,
 }
@@ -89,6 +91,7 @@ impl Ctx {
             body_bytes: 0,
             sent_bytes: 0,
             upgraded: false,
+            plugin: None,
         }
     }
 

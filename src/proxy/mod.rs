@@ -19,8 +19,9 @@ pub mod pick;
 pub mod respond;
 
 use crate::access_log::{self, AccessLog};
-use crate::live::{Action, Live, Upgrade};
+use crate::live::{Action, Live, Location, Upgrade};
 use crate::metrics;
+use crate::plugins::{ReqHeaders, RespHeaders};
 use crate::retry::Failure;
 use crate::template::Vars;
 use crate::upstream::state::InflightGuard;
@@ -32,6 +33,7 @@ use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpPeer, HttpUpstreamReque
 use pingora_core::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use portico_plugin_api::{self as api, Flow, Reply};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -103,6 +105,53 @@ impl Gateway {
     }
 }
 
+/// Plugin hooks. `ctx.plugin` exists only on locations with plugins, so a
+/// location without any pays nothing.
+impl Gateway {
+    async fn run_request_plugins(&self, s: &mut Session, ctx: &mut Ctx, loc: &Location) -> Option<Reply> {
+        let req = s.req_header();
+        let mut pc = Box::new(api::Ctx {
+            client_ip: ctx.client_ip,
+            scheme: self.scheme,
+            method: req.method.clone(),
+            host: crate::routing::strip_port(host_of(s)).to_string(),
+            path: req.uri.path().to_string(),
+            query: req.uri.query().map(str::to_string),
+            route: loc.name.to_string(),
+            pool: match &loc.action {
+                Action::Proxy(p) => Some(p.name.to_string()),
+                Action::Return { .. } => None,
+            },
+            scratch: Default::default(),
+            log_fields: Vec::new(),
+        });
+        let mut answer = None;
+        for p in &loc.plugins {
+            if let Flow::Respond(r) = p.request(&mut pc, &mut ReqHeaders(s.req_header_mut())).await {
+                answer = Some(r);
+                break;
+            }
+        }
+        ctx.plugin = Some(pc);
+        answer
+    }
+
+    fn run_response_plugins(ctx: &mut Ctx, r: &mut ResponseHeader) {
+        if let (Some(loc), Some(pc)) = (ctx.loc.as_ref(), ctx.plugin.as_mut()) {
+            let status = r.status.as_u16();
+            for p in &loc.plugins {
+                p.response(pc, status, &mut RespHeaders(r));
+            }
+        }
+    }
+
+    /// Write an answer the gateway made itself, through the response plugins.
+    async fn reply(&self, s: &mut Session, ctx: &mut Ctx, mut r: ResponseHeader, body: Bytes) -> Result<()> {
+        Self::run_response_plugins(ctx, &mut r);
+        respond::write(s, r, body).await
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
@@ -151,6 +200,16 @@ impl ProxyHttp for Gateway {
             }
         }
         ctx.loc = Some(loc.clone());
+        if !loc.plugins.is_empty() {
+            if let Some(reply) = self.run_request_plugins(s, ctx, &loc).await {
+                let mut r = respond::header(reply.status, "", reply.body.len(), None)?;
+                for (k, v) in &reply.headers {
+                    r.append_header(k.clone(), v.as_str())?;
+                }
+                self.reply(s, ctx, r, reply.body).await?;
+                return Ok(true);
+            }
+        }
         match &loc.action {
             Action::Return { status, location, body } => {
                 let req = s.req_header();
@@ -164,7 +223,8 @@ impl ProxyHttp for Gateway {
                 };
                 let location = location.as_ref().map(|t| t.expand(&vars));
                 let body = body.as_ref().map(|t| Bytes::from(t.expand(&vars))).unwrap_or_default();
-                respond::send(s, *status, "text/plain", body, location).await?;
+                let r = respond::header(*status, "text/plain", body.len(), location)?;
+                self.reply(s, ctx, r, body).await?;
                 Ok(true)
             }
             Action::Proxy(pool) => {
@@ -266,6 +326,11 @@ impl ProxyHttp for Gateway {
                 up.insert_header(name.clone(), t.expand(&vars))?;
             }
         }
+        if let Some(pc) = ctx.plugin.as_mut() {
+            for p in &loc.plugins {
+                p.upstream_request(pc, &mut ReqHeaders(up)).await;
+            }
+        }
         Ok(())
     }
 
@@ -327,6 +392,17 @@ impl ProxyHttp for Gateway {
         if let Some(c) = ctx.sticky_cookie.take() {
             resp.append_header(http::header::SET_COOKIE, c)?;
         }
+        if let Some(pc) = ctx.plugin.as_mut() {
+            for p in &loc.plugins {
+                p.upstream_response(pc, code, &mut RespHeaders(resp));
+            }
+        }
+        Ok(())
+    }
+
+    /// Just before the response header goes to the client.
+    async fn response_filter(&self, _s: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        Self::run_response_plugins(ctx, resp);
         Ok(())
     }
 
@@ -411,6 +487,11 @@ impl ProxyHttp for Gateway {
             _ => {}
         }
         metrics::get().request_time.observe(ctx.start.elapsed().as_secs_f64());
+        if let (Some(loc), Some(pc)) = (ctx.loc.as_ref(), ctx.plugin.as_mut()) {
+            for p in &loc.plugins {
+                p.log(pc, status);
+            }
+        }
         let Some(log) = &self.access_log else { return };
         let req = s.req_header();
         let ua = req
@@ -439,7 +520,7 @@ impl ProxyHttp for Gateway {
             up_addr.push('-');
             up_time.push('-');
         }
-        let line = format!(
+        let mut line = format!(
             "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" {} {} {:.3}{}\n",
             ctx.client_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
             access_log::time_local(),
@@ -459,6 +540,13 @@ impl ProxyHttp for Gateway {
                 String::new()
             },
         );
+        if let Some(pc) = &ctx.plugin {
+            line.pop();
+            for (k, v) in &pc.log_fields {
+                line.push_str(&format!(" {k}={v}"));
+            }
+            line.push('\n');
+        }
         log.write(line);
     }
 }

@@ -1,11 +1,36 @@
 //! Responses the gateway writes itself: the health endpoint, `return`
-//! locations and error pages. Every one carries a Content-Length so
-//! keep-alive clients never hang waiting for the end of a body.
+//! locations, plugin answers and error pages. Every one carries a
+//! Content-Length so keep-alive clients never hang waiting for the end of a body.
 
 use bytes::Bytes;
 use pingora_core::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
+
+/// A response header with the usual fields of a gateway-made answer.
+pub fn header(status: u16, content_type: &str, body_len: usize, location: Option<String>) -> Result<ResponseHeader> {
+    let mut r = ResponseHeader::build(status, Some(4))?;
+    if !content_type.is_empty() {
+        r.insert_header("content-type", content_type)?;
+    }
+    r.insert_header("content-length", body_len.to_string())?;
+    r.insert_header("server", "portico")?;
+    if let Some(l) = location {
+        r.insert_header("location", l)?;
+    }
+    Ok(r)
+}
+
+/// Write `r` and `body` (no body for HEAD).
+pub async fn write(s: &mut Session, r: ResponseHeader, body: Bytes) -> Result<()> {
+    let head_only = s.req_header().method == http::Method::HEAD;
+    s.write_response_header(Box::new(r), head_only || body.is_empty())
+        .await?;
+    if !head_only && !body.is_empty() {
+        s.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
 
 pub async fn send(
     s: &mut Session,
@@ -14,20 +39,8 @@ pub async fn send(
     body: Bytes,
     location: Option<String>,
 ) -> Result<()> {
-    let mut r = ResponseHeader::build(status, Some(4))?;
-    r.insert_header("content-type", content_type)?;
-    r.insert_header("content-length", body.len().to_string())?;
-    r.insert_header("server", "portico")?;
-    if let Some(l) = location {
-        r.insert_header("location", l)?;
-    }
-    let head_only = s.req_header().method == http::Method::HEAD;
-    s.write_response_header(Box::new(r), head_only || body.is_empty())
-        .await?;
-    if !head_only && !body.is_empty() {
-        s.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+    let r = header(status, content_type, body.len(), location)?;
+    write(s, r, body).await
 }
 
 /// A short plain-text error page such as `502 Bad Gateway`.

@@ -1,0 +1,102 @@
+//! Set, add and remove request and response headers, with variables
+//! `$remote_addr`, `$host`, `$scheme`, `$uri`, `$request_id` (from the
+//! `request_id` plugin when it runs earlier).
+//!
+//! ```yaml
+//! - headers:
+//!     request_set: { X-Client: "$remote_addr" }
+//!     request_remove: [X-Debug]
+//!     response_add: { Cache-Control: "no-store" }
+//!     response_remove: [Server]
+//! ```
+
+use crate::api::{self, Ctx, Flow, Headers, Plugin};
+use async_trait::async_trait;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct Settings {
+    request_set: BTreeMap<String, String>,
+    request_add: BTreeMap<String, String>,
+    request_remove: Vec<String>,
+    response_set: BTreeMap<String, String>,
+    response_add: BTreeMap<String, String>,
+    response_remove: Vec<String>,
+}
+
+struct HeaderRules(Settings);
+
+pub fn build(v: &serde_yaml::Value) -> Result<Box<dyn Plugin>, String> {
+    let s: Settings = api::settings(v)?;
+    let maps = [
+        ("request_set", &s.request_set),
+        ("request_add", &s.request_add),
+        ("response_set", &s.response_set),
+        ("response_add", &s.response_add),
+    ];
+    for (field, m) in maps {
+        for (k, v) in m {
+            http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("{field}: invalid header name {k:?}"))?;
+            http::HeaderValue::from_str(v).map_err(|_| format!("{field}.{k}: invalid header value"))?;
+        }
+    }
+    for (field, l) in [("request_remove", &s.request_remove), ("response_remove", &s.response_remove)] {
+        for k in l {
+            http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("{field}: invalid header name {k:?}"))?;
+        }
+    }
+    Ok(Box::new(HeaderRules(s)))
+}
+
+fn expand(v: &str, ctx: &Ctx, request_id: Option<&str>) -> String {
+    if !v.contains('$') {
+        return v.to_string();
+    }
+    v.replace("$remote_addr", &crate::ip_text(ctx))
+        .replace("$host", &ctx.host)
+        .replace("$scheme", ctx.scheme)
+        .replace("$uri", &ctx.path)
+        .replace("$request_id", request_id.unwrap_or("-"))
+}
+
+fn request_id(ctx: &Ctx) -> Option<String> {
+    ctx.log_fields.iter().find(|(k, _)| k == "request_id").map(|(_, v)| v.clone())
+}
+
+fn apply(
+    ctx: &Ctx,
+    h: &mut dyn Headers,
+    set: &BTreeMap<String, String>,
+    add: &BTreeMap<String, String>,
+    remove: &[String],
+) {
+    let rid = request_id(ctx);
+    for k in remove {
+        h.remove(k);
+    }
+    for (k, v) in set {
+        let _ = h.set(k, &expand(v, ctx, rid.as_deref()));
+    }
+    for (k, v) in add {
+        let _ = h.append(k, &expand(v, ctx, rid.as_deref()));
+    }
+}
+
+#[async_trait]
+impl Plugin for HeaderRules {
+    async fn upstream_request(&self, ctx: &mut Ctx, h: &mut dyn Headers) {
+        let s = &self.0;
+        apply(ctx, h, &s.request_set, &s.request_add, &s.request_remove);
+    }
+
+    fn response(&self, ctx: &mut Ctx, _status: u16, h: &mut dyn Headers) {
+        let s = &self.0;
+        apply(ctx, h, &s.response_set, &s.response_add, &s.response_remove);
+    }
+
+    async fn request(&self, _ctx: &mut Ctx, _h: &mut dyn Headers) -> Flow {
+        Flow::Continue
+    }
+}

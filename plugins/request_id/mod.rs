@@ -1,0 +1,69 @@
+//! `X-Request-Id`: keep a well-formed incoming id (or always make a new one
+//! with `trust_incoming: false`), pass it upstream, return it to the client
+//! and write it to the access log as `request_id=...`.
+
+use crate::api::{self, Ctx, Flow, Headers, Plugin};
+use async_trait::async_trait;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    #[serde(default = "default_header")]
+    header: String,
+    #[serde(default = "yes")]
+    trust_incoming: bool,
+}
+
+fn default_header() -> String {
+    "x-request-id".into()
+}
+fn yes() -> bool {
+    true
+}
+
+struct RequestId(Settings);
+
+#[derive(Clone)]
+struct Id(String);
+
+pub fn build(v: &serde_yaml::Value) -> Result<Box<dyn Plugin>, String> {
+    let s: Settings = api::settings(v)?;
+    http::HeaderName::from_bytes(s.header.as_bytes()).map_err(|_| format!("header: invalid name {:?}", s.header))?;
+    Ok(Box::new(RequestId(s)))
+}
+
+fn acceptable(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+fn new_id() -> String {
+    let r: u128 = rand::random();
+    format!("{r:032x}")
+}
+
+#[async_trait]
+impl Plugin for RequestId {
+    async fn request(&self, ctx: &mut Ctx, h: &mut dyn Headers) -> Flow {
+        let id = match h.get(&self.0.header) {
+            Some(v) if self.0.trust_incoming && acceptable(v) => v.to_string(),
+            _ => new_id(),
+        };
+        let _ = h.set(&self.0.header, &id);
+        ctx.log_fields.push(("request_id".into(), id.clone()));
+        ctx.scratch.insert(Id(id));
+        Flow::Continue
+    }
+
+    async fn upstream_request(&self, ctx: &mut Ctx, h: &mut dyn Headers) {
+        if let Some(Id(id)) = ctx.scratch.get::<Id>() {
+            let _ = h.set(&self.0.header, id);
+        }
+    }
+
+    fn response(&self, ctx: &mut Ctx, _status: u16, h: &mut dyn Headers) {
+        if let Some(Id(id)) = ctx.scratch.get::<Id>() {
+            let _ = h.set(&self.0.header, id);
+        }
+    }
+}
