@@ -203,3 +203,27 @@ fn wait_for_first_pass_routes_only_after_checks_pass() {
     let m = spread(&g, "/", 10);
     assert_eq!(m.get("a"), Some(&10), "b never passed a check: {m:?}");
 }
+
+#[test]
+fn client_abort_is_neither_retried_nor_held_against_the_server() {
+    use std::io::Write;
+    let slow = Behaviour::Slow(Duration::from_millis(400));
+    let (a, b) = (Backend::start_with("a", slow.clone()), Backend::start_with("b", slow));
+    let g = gw(&[&a, &b], "", "        max_fails: 1\n        fail_timeout: 30s\n");
+    // The client gives up before the server answers.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.write_all(b"GET /abort HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(s);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        a.hits() + b.hits(),
+        1,
+        "the aborted request was not sent again: {}",
+        g.stderr()
+    );
+    a.set(Behaviour::Echo);
+    b.set(Behaviour::Echo);
+    let m = spread(&g, "/", 10);
+    assert_eq!(m.get("a"), Some(&5), "no server was marked down: {m:?}");
+}

@@ -433,6 +433,11 @@ impl ProxyHttp for Gateway {
         if std::mem::take(&mut ctx.status_retry) {
             return e; // decided in upstream_response_filter
         }
+        if e.esource() == &ErrorSource::Downstream {
+            // The client went away or misbehaved: not the server's fault, nothing to retry.
+            e.set_retry(false);
+            return e;
+        }
         if ctx.current.as_ref().is_some_and(|a| a.header_time.is_some()) {
             // The response had begun: never retried.
             e.set_retry(false);

@@ -172,6 +172,9 @@ impl LeastConn {
         let start = self.rr.fetch_add(1, Relaxed) % n;
         let mut best = start;
         let mut best_load = self.states[start].inflight.load(Relaxed) as u64;
+        if best_load == 0 {
+            return start; // nothing beats an idle server (for any weight)
+        }
         if self.uniform {
             for i in (start + 1..n).chain(0..start) {
                 let l = self.states[i].inflight.load(Relaxed) as u64;
@@ -335,7 +338,17 @@ impl<M: Mode> BackendSelection for RandomPick<M> {
         }
         let mut first = self.draw();
         if M::TWO && n > 1 {
-            let second = self.draw();
+            // Two distinct candidates, or the worse one keeps 1/n of its share.
+            let mut second = self.draw();
+            for _ in 0..4 {
+                if second != first {
+                    break;
+                }
+                second = self.draw();
+            }
+            if second == first {
+                second = (first + 1) % n;
+            }
             let w = |i: usize| self.backends[i].weight.max(1) as u64;
             if M::score(&self.states[second], w(second)) < M::score(&self.states[first], w(first)) {
                 first = second;
