@@ -5,18 +5,7 @@ use common::*;
 use std::process::Command;
 
 fn check(yaml: &str) -> (bool, String) {
-    let dir = temp_dir();
-    let f = dir.join("test.yaml");
-    std::fs::write(&f, yaml).unwrap();
-    let out = Command::new(portico_bin())
-        .arg("-t")
-        .arg("-c")
-        .arg(&f)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let _ = std::fs::remove_dir_all(&dir);
-    (out.status.success(), text.replace(f.to_str().unwrap(), "FILE"))
+    config_test(yaml)
 }
 
 const GOOD: &str = "listeners:

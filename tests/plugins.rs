@@ -3,7 +3,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 
 fn gw(b: &Backend, global: &str, locations: &str) -> Gateway {
     Gateway::start(&format!(
@@ -203,7 +202,6 @@ fn example_greeting_plugin() {
 
 #[test]
 fn bad_plugin_settings_fail_the_config_test() {
-    let dir = temp_dir();
     let cases = [
         (
             "  - rate_limit: { rate: -1 }",
@@ -224,21 +222,11 @@ fn bad_plugin_settings_fail_the_config_test() {
         ("  - nope: {}", "plugins[0].nope: unknown plugin \"nope\""),
     ];
     for (entry, want) in cases {
-        let f = dir.join("p.yaml");
-        std::fs::write(
-            &f,
-            format!("listeners: [{{ listen: \"127.0.0.1:1\" }}]\nplugins:\n{entry}\n"),
-        )
-        .unwrap();
-        let out = Command::new(portico_bin())
-            .arg("-t")
-            .arg("-c")
-            .arg(&f)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
-        assert!(err.contains("p.yaml:3:"), "position: {err}");
+        let (ok, err) = config_test(&format!(
+            "listeners: [{{ listen: \"127.0.0.1:1\" }}]\nplugins:\n{entry}\n"
+        ));
+        assert!(!ok);
+        assert!(err.contains("FILE:3:"), "position: {err}");
         assert!(err.contains(want), "want {want:?} in {err}");
     }
 }

@@ -169,24 +169,12 @@ fn bad_certificates_fail_the_config_test() {
         (ec.clone(), ek.clone(), "expired"),
     ];
     for (c, k, want) in cases {
-        let f = dir.join("t.yaml");
-        std::fs::write(
-            &f,
-            format!(
-                "listeners:\n  - listen: 127.0.0.1:1\n    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}\n",
-                c.display(),
-                k.display()
-            ),
-        )
-        .unwrap();
-        let out = Command::new(portico_bin())
-            .arg("-t")
-            .arg("-c")
-            .arg(&f)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
+        let (ok, err) = config_test(&format!(
+            "listeners:\n  - listen: 127.0.0.1:1\n    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}\n",
+            c.display(),
+            k.display()
+        ));
+        assert!(!ok);
         assert!(err.contains(":5:13: listeners[0].tls.certificates[0].cert:"), "{err}");
         assert!(err.contains(want), "want {want:?}: {err}");
         assert!(

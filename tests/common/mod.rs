@@ -255,6 +255,22 @@ pub fn portico_bin() -> &'static str {
     env!("CARGO_BIN_EXE_portico")
 }
 
+/// `portico -t` on `yaml`: (exit success, stdout + stderr with the file path shown as `FILE`).
+pub fn config_test(yaml: &str) -> (bool, String) {
+    let dir = temp_dir();
+    let f = dir.join("test.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    let out = Command::new(portico_bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&f)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+    (out.status.success(), text.replace(f.to_str().unwrap(), "FILE"))
+}
+
 pub struct Gateway {
     pub child: Child,
     pub port: u16,
