@@ -285,3 +285,63 @@ fn reload_twenty_times_under_load() {
         "{report}"
     );
 }
+
+/// Issue 4's load test: 3 servers under steady concurrent GET load; one is
+/// killed and restarted mid-run. Goal: no failed client request.
+#[test]
+#[ignore]
+fn server_killed_and_restarted_under_load() {
+    let (a, b, c) = (Backend::start("a"), Backend::start("b"), Backend::start("c"));
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\naccess_log: \"off\"\nupstreams:\n  app:\n    connect_timeout: 1s\n    read_timeout: 2s\n    servers:\n{}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
+        servers_yaml(&[&a, &b, &c], "        max_fails: 1\n        fail_timeout: 2s\n")
+    ));
+    let (stop, ok, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let port = g.port;
+    let hs: Vec<_> = (0..6)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut cl = Client::connect(port).unwrap();
+                while !stop.load(SeqCst) {
+                    match cl.send("GET", "/", &[], b"") {
+                        Ok(r) if r.status == 200 => ok.fetch_add(1, SeqCst),
+                        Ok(_) => failed.fetch_add(1, SeqCst),
+                        Err(_) => {
+                            failed.fetch_add(1, SeqCst);
+                            cl = Client::connect(port).unwrap();
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let addr = b.addr;
+    b.stop();
+    drop(b);
+    println!("killed {addr} after {} requests", ok.load(SeqCst));
+    std::thread::sleep(Duration::from_secs(3));
+    let b = Backend::start_on("b", addr, Behaviour::Echo);
+    println!("restarted {addr} after {} requests", ok.load(SeqCst));
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, SeqCst);
+    for h in hs {
+        h.join().unwrap();
+    }
+    println!(
+        "kill/restart under load: ok={} failed={} (a={} b-after-restart={} c={})",
+        ok.load(SeqCst),
+        failed.load(SeqCst),
+        a.hits(),
+        b.hits(),
+        c.hits()
+    );
+    assert_eq!(failed.load(SeqCst), 0);
+    assert!(b.hits() > 0, "the restarted server is back in rotation");
+}
