@@ -338,3 +338,31 @@ fn malformed_request_gets_4xx_and_gateway_survives() {
     assert!(b.hits() <= 1, "backend saw {} requests", b.hits());
     assert_eq!(g.get("/").status, 200, "still serving");
 }
+
+#[test]
+fn slow_request_body_hits_the_client_body_timeout() {
+    use std::io::{Read, Write};
+    let b = Backend::start("b");
+    let g = Gateway::start(&format!(
+        "server: {{ client_body_timeout: 500ms, pid_file: {{DIR}}/p.pid, upgrade_sock: {{DIR}}/u.sock, grace_period: 1s }}\n{}",
+        one_pool(&[&b], "")
+    ));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly-a-bit")
+        .unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "cut after the body timeout, not 60s: {:?}",
+        t.elapsed()
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 4") || text.starts_with("HTTP/1.1 5"),
+        "{text}"
+    );
+    assert_eq!(g.get("/").status, 200, "still serving");
+}

@@ -151,8 +151,12 @@ fn close_codes_travel_both_ways() {
 fn idle_socket_outlives_the_http_read_timeout() {
     rt().block_on(async {
         let s = ws_server("one").await;
-        // read_timeout is 1s for HTTP; the WebSocket idles 2.5s.
-        let g = gateway(&[&s], "", "        websocket_idle_timeout: 10s\n");
+        // Upstream read_timeout and the client body timeout are 1s for HTTP; the WebSocket idles 2.5s.
+        let g = gateway(
+            &[&s],
+            "",
+            "        websocket_idle_timeout: 10s\nserver: { client_body_timeout: 1s }\n",
+        );
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/", g.port))
             .await
             .unwrap();

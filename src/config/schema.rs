@@ -67,6 +67,8 @@ pub struct ServerSection {
     pub daemon: bool,
     /// Downstream keep-alive idle timeout.
     pub keepalive_timeout: Option<Dur>,
+    /// Longest wait between two reads of a client's request body (Pingora's default: 60s).
+    pub client_body_timeout: Option<Dur>,
 }
 
 impl Default for ServerSection {
@@ -80,6 +82,7 @@ impl Default for ServerSection {
             error_log: None,
             daemon: false,
             keepalive_timeout: None,
+            client_body_timeout: None,
         }
     }
 }

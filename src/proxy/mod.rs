@@ -200,6 +200,14 @@ impl ProxyHttp for Gateway {
             }
         }
         ctx.loc = Some(loc.clone());
+        if let Some(t) = snap.cfg.server.client_body_timeout {
+            s.set_read_timeout(Some(t.0));
+        }
+        if s.is_upgrade_req() {
+            // An upgraded connection idles for as long as its location allows,
+            // not for the HTTP read timeout (the WebSocket cut of Pingora #255).
+            s.set_read_timeout(Some(loc.ws_idle));
+        }
         if !loc.plugins.is_empty() {
             if let Some(reply) = self.run_request_plugins(s, ctx, &loc).await {
                 let mut r = respond::header(reply.status, "", reply.body.len(), None)?;
