@@ -192,7 +192,17 @@ fn graceful_upgrade_under_load() {
     let (stop, counts) = (Arc::new(AtomicBool::new(false)), Arc::new(Counts::default()));
     let hs = traffic(g.port, stop.clone(), counts.clone());
     std::thread::sleep(Duration::from_secs(2));
-    let mut children = Vec::new();
+    /// Upgraded processes, stopped however the test ends.
+    struct Children(Vec<std::process::Child>);
+    impl Drop for Children {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = Command::new("kill").arg("-INT").arg(c.id().to_string()).status();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut children = Children(Vec::new());
     let pid = || std::fs::read_to_string(g.dir.join("p.pid")).unwrap_or_default();
     for i in 0..3 {
         let old = pid();
@@ -204,7 +214,7 @@ fn graceful_upgrade_under_load() {
             ))
             .spawn()
             .unwrap();
-        children.push(child);
+        children.0.push(child);
         // Wait for the previous process to hand over (Pingora keeps serving 5 s
         // after passing the sockets), drain and exit; gone or a zombie for us to reap.
         let t = Instant::now();
@@ -230,10 +240,7 @@ fn graceful_upgrade_under_load() {
     }
     let report = counts.report("graceful upgrade x3");
     println!("{report}");
-    for mut c in children {
-        let _ = Command::new("kill").arg("-INT").arg(c.id().to_string()).status();
-        let _ = c.wait();
-    }
+    drop(children);
     assert_eq!(counts.failed.load(SeqCst), 0, "{report}");
     assert_eq!(counts.refused.load(SeqCst), 0, "{report}");
     assert_eq!(counts.slow_failed.load(SeqCst), 0, "{report}");

@@ -465,6 +465,15 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    /// A client that goes away is routine, not an error worth a log line (nginx logs it at info).
+    fn suppress_error_log(&self, _s: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        e.esource() == &ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+    }
+
     /// The final error: map it to a status and write a short page.
     async fn fail_to_proxy(&self, s: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
         use ErrorType::*;
