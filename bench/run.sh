@@ -84,7 +84,8 @@ RAW="$SCRATCH/raw.tsv"
 NOTES="$SCRATCH/notes.txt"                 # anything odd, appended to the results
 RESULTS="$OUT_DIR/results-$STAMP$([ "$SMOKE" = 1 ] && echo -smoke || true).md"
 WRK_LUA="$PWD/$BENCH_DIR/stats.lua"
-PORTICO_BIN="$PWD/target/release/portico"
+# The smoke test in tests/bench_smoke.rs passes the binary cargo built for it.
+PORTICO_BIN="${PORTICO_BIN:-$PWD/target/release/portico}"
 
 log() { printf '%s\n' "$*" >&2; }
 note() { printf -- '- %s\n' "$*" >>"$NOTES"; log "bench: NOTE: $*"; }
@@ -387,8 +388,10 @@ for p in "$ORIGIN1" "$ORIGIN2" "$ORIGIN_STATUS" "$NGINX_PORT" "$PORTICO_PORT"; d
   port_in_use "$p" && die "port 127.0.0.1:$p is already in use; set BENCH_PORT_BASE to another range"
 done
 
-log "bench: cargo build --release"
-cargo build --release || die "build failed (if src/ is being edited, retry in a minute)"
+if [ -z "${BENCH_NO_BUILD:-}" ]; then
+  log "bench: cargo build --release"
+  cargo build --release || die "build failed (if src/ is being edited, retry in a minute)"
+fi
 [ -x "$PORTICO_BIN" ] || die "$PORTICO_BIN missing after the build"
 for c in portico_off portico_log portico_lc portico_sticky; do
   "$PORTICO_BIN" -t -c "$SCRATCH/$c.yaml" >/dev/null 2>"$SCRATCH/$c.check" \
