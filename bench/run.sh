@@ -340,7 +340,7 @@ write_nginx_proxy nginx_off "access_log off;"
 write_nginx_proxy nginx_log "access_log $SCRATCH/nginx_log.access.log portico;"
 
 # Portico with the equivalent setup (it sets Host, X-Real-IP and
-# X-Forwarded-* itself). write_portico NAME ALGORITHM ACCESS_LOG [EXTRA]
+# X-Forwarded-* itself). write_portico NAME ALGORITHM ACCESS_LOG [POOL_EXTRA] [TOP_EXTRA]
 write_portico() {
   cat >"$SCRATCH/$1.yaml" <<EOF
 server:
@@ -362,16 +362,21 @@ virtual_hosts:
     locations:
       - path: /
         proxy_pass: backend
-access_log: $3
+access_log: $3${5:+
+$5}
 EOF
 }
 write_portico portico_off round_robin off
 write_portico portico_log round_robin "$SCRATCH/portico_log.access.log"
 write_portico portico_lc least_conn off
 write_portico portico_sticky sticky off 'sticky: { secret: "0123456789abcdef0123" }'
+write_portico portico_plugins round_robin off '' 'plugins:
+  - request_id: {}
+  - ip_access: { allow: [127.0.0.0/8] }
+  - headers: { response_set: { X-Served-By: portico } }'
 
 # Contenders in run order: id, label, and the nginx contender its ratios use.
-CONTENDERS=(direct nginx_off portico_off nginx_log portico_log portico_lc portico_sticky)
+CONTENDERS=(direct nginx_off portico_off nginx_log portico_log portico_lc portico_sticky portico_plugins)
 {
   printf 'direct\torigin direct (no proxy; the limit)\t-\n'
   printf 'nginx_off\tnginx proxy, access log off\t-\n'
@@ -380,6 +385,7 @@ CONTENDERS=(direct nginx_off portico_off nginx_log portico_log portico_lc portic
   printf 'portico_log\tportico round_robin, access log to file\tnginx_log\n'
   printf 'portico_lc\tportico least_conn, access log off\tnginx_off\n'
   printf 'portico_sticky\tportico sticky (cookie insert), access log off\tnginx_off\n'
+  printf 'portico_plugins\tportico + 3 plugins (request_id, ip_access, headers), access log off\tnginx_off\n'
 } >"$SCRATCH/contenders.tsv"
 
 # ------------------------------------------------------------ build, origin
@@ -393,7 +399,7 @@ if [ -z "${BENCH_NO_BUILD:-}" ]; then
   cargo build --release || die "build failed (if src/ is being edited, retry in a minute)"
 fi
 [ -x "$PORTICO_BIN" ] || die "$PORTICO_BIN missing after the build"
-for c in portico_off portico_log portico_lc portico_sticky; do
+for c in portico_off portico_log portico_lc portico_sticky portico_plugins; do
   "$PORTICO_BIN" -t -c "$SCRATCH/$c.yaml" >/dev/null 2>"$SCRATCH/$c.check" \
     || die "portico rejected $SCRATCH/$c.yaml: $(cat "$SCRATCH/$c.check")"
 done

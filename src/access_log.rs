@@ -1,45 +1,87 @@
 //! Access log in nginx `combined` format plus `$upstream_addr
-//! $upstream_response_time $request_time`. Lines are handed to a writer
-//! thread over a channel, so the request path never waits on I/O; the
-//! writer batches and flushes whenever it catches up.
+//! $upstream_response_time $request_time`. Requests append their line to a
+//! shared buffer (no syscall, no thread wake-up on the request path); a
+//! writer thread writes the buffer out every 100 ms, or sooner when it grows
+//! past 256 KiB. `flush` writes what is pending (graceful exit).
 
 use std::cell::RefCell;
 use std::io::Write;
-use std::sync::mpsc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+const FLUSH_BYTES: usize = 256 * 1024;
+
+struct Shared {
+    buf: Mutex<Vec<u8>>,
+    full: Condvar,
+    out: Mutex<Box<dyn Write + Send>>,
+}
 
 pub struct AccessLog {
-    tx: mpsc::Sender<String>,
+    shared: Arc<Shared>,
 }
+
+static GLOBAL: std::sync::OnceLock<Arc<AccessLog>> = std::sync::OnceLock::new();
 
 impl AccessLog {
     /// `stdout`, `off` (returns `None`) or a file path (appended).
-    pub fn open(dest: &str) -> std::io::Result<Option<AccessLog>> {
+    pub fn open(dest: &str) -> std::io::Result<Option<Arc<AccessLog>>> {
         let out: Box<dyn Write + Send> = match dest {
             "off" => return Ok(None),
             "stdout" => Box::new(std::io::stdout()),
             path => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
-        let (tx, rx) = mpsc::channel::<String>();
+        let shared = Arc::new(Shared {
+            buf: Mutex::new(Vec::with_capacity(FLUSH_BYTES)),
+            full: Condvar::new(),
+            out: Mutex::new(out),
+        });
+        let s = shared.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer(rx, out))?;
-        Ok(Some(AccessLog { tx }))
+            .spawn(move || loop {
+                let pending = {
+                    let buf = s.buf.lock().unwrap();
+                    let (mut buf, _) = s.full.wait_timeout(buf, FLUSH_EVERY).unwrap();
+                    std::mem::replace(&mut *buf, Vec::with_capacity(FLUSH_BYTES))
+                };
+                write_out(&s, &pending);
+            })?;
+        let log = Arc::new(AccessLog { shared });
+        let _ = GLOBAL.set(log.clone());
+        Ok(Some(log))
     }
 
-    pub fn write(&self, line: String) {
-        let _ = self.tx.send(line);
+    /// Append one line (with its newline).
+    pub fn write(&self, line: &str) {
+        let mut buf = self.shared.buf.lock().unwrap();
+        buf.extend_from_slice(line.as_bytes());
+        if buf.len() >= FLUSH_BYTES {
+            self.shared.full.notify_one();
+        }
+    }
+
+    /// Write out everything pending now.
+    pub fn flush(&self) {
+        let pending = std::mem::take(&mut *self.shared.buf.lock().unwrap());
+        write_out(&self.shared, &pending);
     }
 }
 
-fn writer(rx: mpsc::Receiver<String>, out: Box<dyn Write + Send>) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    while let Ok(line) = rx.recv() {
-        let _ = out.write_all(line.as_bytes());
-        while let Ok(line) = rx.try_recv() {
-            let _ = out.write_all(line.as_bytes());
-        }
-        let _ = out.flush();
+fn write_out(s: &Shared, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let mut out = s.out.lock().unwrap();
+    let _ = out.write_all(data);
+    let _ = out.flush();
+}
+
+/// Flush the access log opened by this process, if any (before exiting).
+pub fn flush_global() {
+    if let Some(l) = GLOBAL.get() {
+        l.flush();
     }
 }
 

@@ -94,6 +94,7 @@ impl BackgroundService for ExitWhenIdle {
             idle_for = if gauge.get() == 0 { idle_for + 1 } else { 0 };
         }
         log::warn!("graceful shutdown: no request in flight, exiting");
+        crate::access_log::flush_global();
         std::process::exit(0);
     }
 }
@@ -148,7 +149,7 @@ pub fn run(args: Args) -> i32 {
     }
     let cfg = snap.cfg.clone();
     let access_log = match AccessLog::open(&cfg.access_log) {
-        Ok(l) => l.map(Arc::new),
+        Ok(l) => l,
         Err(e) => {
             eprintln!("portico: access_log {}: {e}", cfg.access_log);
             return 1;

@@ -569,6 +569,6 @@ impl ProxyHttp for Gateway {
             }
             line.push('\n');
         }
-        log.write(line);
+        log.write(&line);
     }
 }
