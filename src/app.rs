@@ -8,6 +8,7 @@ use crate::upstream::{health, state::StateRegistry};
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -209,8 +210,10 @@ pub fn run(args: Args) -> i32 {
             o.h2c = l.h2c;
             proxy.server_options = Some(o);
         }
+        let endpoint = ListenerConfig::tcp(l.listen.as_str())
+            .l4_buffer(L4BufferSettings::default().read(s.read_buffer.0 as usize));
         match &l.tls {
-            None => svc.add_tcp(&l.listen),
+            None => svc.add_listener(endpoint),
             Some(t) => {
                 let cb = crate::tls::SniCallback {
                     live: live.clone(),
@@ -226,7 +229,7 @@ pub fn run(args: Args) -> i32 {
                 if t.http2 {
                     settings.enable_h2();
                 }
-                svc.add_tls_with_settings(&l.listen, None, settings);
+                svc.add_listener(endpoint.tls(settings));
             }
         }
         server.add_service(svc);

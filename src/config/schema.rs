@@ -69,6 +69,9 @@ pub struct ServerSection {
     pub keepalive_timeout: Option<Dur>,
     /// Longest wait between two reads of a client's request body (Pingora's default: 60s).
     pub client_body_timeout: Option<Dur>,
+    /// Read buffer per client connection (Pingora's default is 64k; it is held
+    /// by every idle keep-alive connection and WebSocket).
+    pub read_buffer: Size,
 }
 
 impl Default for ServerSection {
@@ -83,6 +86,7 @@ impl Default for ServerSection {
             daemon: false,
             keepalive_timeout: None,
             client_body_timeout: None,
+            read_buffer: Size(16 * 1024),
         }
     }
 }
