@@ -6,7 +6,7 @@
 //! Each `iter` yields the first choice first, then the remaining servers as
 //! fallbacks (the caller skips unusable or already-tried ones).
 
-use super::state::ServerState;
+use super::state::{Counters, ServerState};
 use pingora_load_balancing::selection::{BackendIter, BackendSelection};
 use pingora_load_balancing::Backend;
 use std::collections::{BTreeSet, HashMap};
@@ -140,10 +140,34 @@ impl BackendSelection for SmoothWrr {
 /// Fewest in-flight requests relative to weight; ties rotate.
 pub struct LeastConn {
     backends: Vec<Backend>,
-    states: Vec<Arc<ServerState>>,
+    counts: Counts,
     weights: Vec<u64>,
     uniform: bool,
     rr: AtomicUsize,
+}
+
+/// Where the in-flight counts are: one pool arena (the normal case) or
+/// scattered. In an arena the servers usually hold one contiguous run of
+/// slots, which is then scanned as a plain array.
+enum Counts {
+    Arena {
+        arena: Arc<Counters>,
+        /// Slot of each server (selector order).
+        slot: Vec<u32>,
+        /// When the slots are exactly `lo..lo + n`: server index of each slot.
+        dense: Option<(usize, Vec<u32>)>,
+    },
+    Scattered(Vec<Arc<ServerState>>),
+}
+
+impl Counts {
+    #[inline]
+    fn get(&self, i: usize) -> u64 {
+        match self {
+            Counts::Arena { arena, slot, .. } => arena.slots[slot[i] as usize].load(Relaxed) as u64,
+            Counts::Scattered(s) => s[i].inflight.load(Relaxed) as u64,
+        }
+    }
 }
 
 impl HasBackends for LeastConn {
@@ -156,8 +180,26 @@ impl LeastConn {
     fn new(backends: &BTreeSet<Backend>, table: &StateTable) -> Self {
         let backends: Vec<Backend> = backends.iter().cloned().collect();
         let weights: Vec<u64> = backends.iter().map(|b| b.weight.max(1) as u64).collect();
+        let states = states_for(&backends, table);
+        let counts = match states.first().map(|s| s.inflight.arena().clone()) {
+            Some(arena) if states.iter().all(|s| Arc::ptr_eq(s.inflight.arena(), &arena)) => {
+                let slot: Vec<u32> = states.iter().map(|s| s.inflight.index()).collect();
+                let lo = slot.iter().copied().min().unwrap_or(0) as usize;
+                let mut server_of = vec![u32::MAX; slot.len()];
+                let dense = slot.iter().enumerate().all(|(i, &k)| {
+                    let off = k as usize - lo;
+                    off < server_of.len() && std::mem::replace(&mut server_of[off], i as u32) == u32::MAX
+                });
+                Counts::Arena {
+                    arena,
+                    slot,
+                    dense: dense.then_some((lo, server_of)),
+                }
+            }
+            _ => Counts::Scattered(states),
+        };
         LeastConn {
-            states: states_for(&backends, table),
+            counts,
             uniform: weights.windows(2).all(|w| w[0] == w[1]),
             weights,
             backends,
@@ -165,38 +207,55 @@ impl LeastConn {
         }
     }
 
-    /// Index with the least load, starting the scan at a rotating offset so
-    /// that equal loads share the traffic.
+    /// Index with the least load, scanning from a rotating start so that
+    /// equal loads share the traffic.
     fn least(&self) -> usize {
-        let n = self.states.len();
+        let n = self.backends.len();
         let start = self.rr.fetch_add(1, Relaxed) % n;
-        let mut best = start;
-        let mut best_load = self.states[start].inflight.load(Relaxed) as u64;
-        if best_load == 0 {
+        if self.counts.get(start) == 0 {
             return start; // nothing beats an idle server (for any weight)
         }
-        if self.uniform {
-            for i in (start + 1..n).chain(0..start) {
-                let l = self.states[i].inflight.load(Relaxed) as u64;
-                if l < best_load {
-                    best = i;
-                    best_load = l;
-                    if l == 0 {
+        match (&self.counts, self.uniform) {
+            (
+                Counts::Arena {
+                    arena,
+                    dense: Some((lo, server_of)),
+                    ..
+                },
+                true,
+            ) => {
+                // Fast path: the minimum over a contiguous run of counters,
+                // starting at a rotating offset; then map the slot back.
+                let run = &arena.slots[*lo..*lo + n];
+                let (mut best, mut best_load) = (start, usize::MAX);
+                for (from, to) in [(start, n), (0, start)] {
+                    for (off, c) in run[from..to].iter().enumerate() {
+                        let l = c.load(Relaxed);
+                        if l < best_load {
+                            best = from + off;
+                            best_load = l;
+                        }
+                    }
+                    if best_load == 0 {
                         break;
                     }
                 }
+                server_of[best] as usize
             }
-        } else {
-            for i in (start + 1..n).chain(0..start) {
-                let l = self.states[i].inflight.load(Relaxed) as u64;
-                // l / w[i] < best_load / w[best], without division
-                if l * self.weights[best] < best_load * self.weights[i] {
-                    best = i;
-                    best_load = l;
+            _ => {
+                let (mut best, mut best_load, mut best_w) = (start, u64::MAX, 1u64);
+                for i in (start..n).chain(0..start) {
+                    let (l, w) = (self.counts.get(i), self.weights[i]);
+                    // l / w < best_load / best_w, without division
+                    if (l as u128) * (best_w as u128) < (best_load as u128) * (w as u128) {
+                        best = i;
+                        best_load = l;
+                        best_w = w;
+                    }
                 }
+                best
             }
         }
-        best
     }
 }
 
@@ -361,6 +420,47 @@ impl<M: Mode> BackendSelection for RandomPick<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn least_conn_over(reg: &crate::upstream::state::StateRegistry, addrs: &[&str], w: &[usize]) -> Arc<LeastConn> {
+        let mut table = HashMap::new();
+        let mut set = BTreeSet::new();
+        for (a, w) in addrs.iter().zip(w) {
+            table.insert(a.to_string(), reg.get("p", a, true));
+            set.insert(Backend::new_with_weight(a, *w).unwrap());
+        }
+        Arc::new(LeastConn::build_with_config(&set, &Arc::new(table)))
+    }
+
+    fn first(s: &Arc<LeastConn>) -> String {
+        s.iter(b"").next().unwrap().addr.to_string()
+    }
+
+    #[test]
+    fn least_conn_picks_the_least_loaded_on_every_path() {
+        let reg = crate::upstream::state::StateRegistry::default();
+        let addrs = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"];
+        let s = least_conn_over(&reg, &addrs, &[1, 1, 1, 1]);
+        assert!(
+            matches!(s.counts, Counts::Arena { dense: Some(_), .. }),
+            "dense arena path"
+        );
+        for (a, l) in addrs.iter().zip([3, 2, 5, 4]) {
+            reg.get("p", a, true).inflight.store(l, Relaxed);
+        }
+        for _ in 0..8 {
+            assert_eq!(first(&s), "10.0.0.2:80");
+        }
+        // A server added later gets a slot elsewhere: the general path, same answer.
+        let more = least_conn_over(&reg, &["10.0.0.2:80", "10.0.0.9:80", "10.0.0.3:80"], &[1, 1, 1]);
+        reg.get("p", "10.0.0.9:80", true).inflight.store(7, Relaxed);
+        assert_eq!(first(&more), "10.0.0.2:80");
+        // Weights: 4 in flight on weight 4 beats 2 in flight on weight 1.
+        let reg2 = crate::upstream::state::StateRegistry::default();
+        let w = least_conn_over(&reg2, &addrs[..2], &[4, 1]);
+        reg2.get("p", addrs[0], true).inflight.store(4, Relaxed);
+        reg2.get("p", addrs[1], true).inflight.store(2, Relaxed);
+        assert_eq!(first(&w), addrs[0]);
+    }
 
     #[test]
     fn smooth_cycle_interleaves() {
