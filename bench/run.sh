@@ -141,6 +141,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+SCHEME=http                      # https for the *_tls contenders
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # http_get PORT PATH: the whole HTTP/1.0 response, or nothing (2 s limit).
@@ -155,7 +156,11 @@ wait_ready() {
   local name=$1 pid=$2 port=$3 i resp
   for ((i = 0; i < 100; i++)); do
     kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) exited during startup; see $SCRATCH/$name.err"
-    resp=$(http_get "$port" /)
+    if [ "$SCHEME" = https ]; then
+      resp=$(curl -sk -m 2 -i "https://127.0.0.1:$port/" 2>/dev/null | tr -d '\r' || true)
+    else
+      resp=$(http_get "$port" /)
+    fi
     if [[ "$resp" == "HTTP/1."?" 200"* && "$resp" == *ok ]]; then return 0; fi
     sleep 0.1
   done
@@ -323,7 +328,8 @@ $(nginx_temp_paths "$1")
         keepalive 64;
     }
     server {
-        listen 127.0.0.1:$NGINX_PORT;
+        listen 127.0.0.1:$NGINX_PORT${3:-};
+        ${4:-}
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -336,8 +342,12 @@ $(nginx_temp_paths "$1")
 }
 EOF
 }
+# A self-signed certificate for the HTTPS rows (same key type for both proxies).
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$SCRATCH/tls.key" -out "$SCRATCH/tls.crt" -days 2 \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost >/dev/null 2>&1 || die "openssl could not make a test certificate"
 write_nginx_proxy nginx_off "access_log off;"
 write_nginx_proxy nginx_log "access_log $SCRATCH/nginx_log.access.log portico;"
+write_nginx_proxy nginx_tls "access_log off;" " ssl" "ssl_certificate $SCRATCH/tls.crt; ssl_certificate_key $SCRATCH/tls.key; ssl_protocols TLSv1.2 TLSv1.3;"
 
 # Portico with the equivalent setup (it sets Host, X-Real-IP and
 # X-Forwarded-* itself). write_portico NAME ALGORITHM ACCESS_LOG [POOL_EXTRA] [TOP_EXTRA]
@@ -348,7 +358,8 @@ server:
   pid_file: $SCRATCH/p.pid
   upgrade_sock: $SCRATCH/u.sock
 listeners:
-  - listen: 127.0.0.1:$PORTICO_PORT
+  - listen: 127.0.0.1:$PORTICO_PORT${6:+
+$6}
 upstreams:
   backend:
     algorithm: $2
@@ -370,13 +381,14 @@ write_portico portico_off round_robin off
 write_portico portico_log round_robin "$SCRATCH/portico_log.access.log"
 write_portico portico_lc least_conn off
 write_portico portico_sticky sticky off 'sticky: { secret: "0123456789abcdef0123" }'
+write_portico portico_tls round_robin off '' '' "    tls: { certificates: [{ cert: $SCRATCH/tls.crt, key: $SCRATCH/tls.key }], http2: false }"
 write_portico portico_plugins round_robin off '' 'plugins:
   - request_id: {}
   - ip_access: { allow: [127.0.0.0/8] }
   - headers: { response_set: { X-Served-By: portico } }'
 
 # Contenders in run order: id, label, and the nginx contender its ratios use.
-CONTENDERS=(direct nginx_off portico_off nginx_log portico_log portico_lc portico_sticky portico_plugins)
+CONTENDERS=(direct nginx_off portico_off nginx_log portico_log portico_lc portico_sticky portico_plugins nginx_tls portico_tls)
 {
   printf 'direct\torigin direct (no proxy; the limit)\t-\n'
   printf 'nginx_off\tnginx proxy, access log off\t-\n'
@@ -386,6 +398,8 @@ CONTENDERS=(direct nginx_off portico_off nginx_log portico_log portico_lc portic
   printf 'portico_lc\tportico least_conn, access log off\tnginx_off\n'
   printf 'portico_sticky\tportico sticky (cookie insert), access log off\tnginx_off\n'
   printf 'portico_plugins\tportico + 3 plugins (request_id, ip_access, headers), access log off\tnginx_off\n'
+  printf 'nginx_tls\tnginx HTTPS (TLS 1.3, HTTP/1.1), access log off\t-\n'
+  printf 'portico_tls\tportico HTTPS (TLS 1.3, HTTP/1.1), access log off\tnginx_tls\n'
 } >"$SCRATCH/contenders.tsv"
 
 # ------------------------------------------------------------ build, origin
@@ -399,7 +413,7 @@ if [ -z "${BENCH_NO_BUILD:-}" ]; then
   cargo build --release || die "build failed (if src/ is being edited, retry in a minute)"
 fi
 [ -x "$PORTICO_BIN" ] || die "$PORTICO_BIN missing after the build"
-for c in portico_off portico_log portico_lc portico_sticky portico_plugins; do
+for c in portico_off portico_log portico_lc portico_sticky portico_plugins portico_tls; do
   "$PORTICO_BIN" -t -c "$SCRATCH/$c.yaml" >/dev/null 2>"$SCRATCH/$c.check" \
     || die "portico rejected $SCRATCH/$c.yaml: $(cat "$SCRATCH/$c.check")"
 done
@@ -429,7 +443,7 @@ run_wrk() {
   local out=$1 dur=$2 conns=$3 port=$4
   shift 4
   timeout -k 5 "$((dur + 20))" wrk -t2 -c"$conns" -d"${dur}s" --latency -s "$WRK_LUA" "$@" \
-    "http://127.0.0.1:$port/" >"$out" 2>&1 || log "bench: wrk exited non-zero, see $out"
+    "$SCHEME://127.0.0.1:$port/" >"$out" 2>&1 || log "bench: wrk exited non-zero, see $out"
 }
 
 # measure ROUND CONTENDER MODE PORT [PROXY_PIDS...]
@@ -503,6 +517,7 @@ check_access_log() {
 run_contender() {
   local round=$1 cid=$2 pid="" port pids=() mode
   TOTAL_REQUESTS=0
+  case "$cid" in *_tls) SCHEME=https ;; *) SCHEME=http ;; esac
   case "$cid" in
     direct) port=$ORIGIN1 ;;
     nginx_*) start_nginx "$cid" "$SCRATCH/$cid.conf" "$NGINX_PORT"; pid=$START_PID; port=$NGINX_PORT
