@@ -177,19 +177,42 @@ async fn ws_echo() -> std::net::SocketAddr {
     addr
 }
 
+/// Backends, a WebSocket echo server and a gateway in front of them, ready
+/// for `traffic`. Fields are kept alive for the whole test.
+struct Loaded {
+    _rt: tokio::runtime::Runtime,
+    _backends: Vec<Backend>,
+    gateway: Gateway,
+    stop: Arc<AtomicBool>,
+    counts: Arc<Counts>,
+}
+
+impl Loaded {
+    fn start() -> Loaded {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let ws = rt.block_on(ws_echo());
+        let (a, b) = (Backend::start("a"), Backend::start("b"));
+        let slow = Backend::start_with("slow", Behaviour::Slow(Duration::from_secs(2)));
+        let gateway = Gateway::start(&config(&[&a, &b], &slow, ws));
+        Loaded {
+            _rt: rt,
+            _backends: vec![a, b, slow],
+            gateway,
+            stop: Arc::new(AtomicBool::new(false)),
+            counts: Arc::new(Counts::default()),
+        }
+    }
+}
+
 #[test]
 #[ignore]
 fn graceful_upgrade_under_load() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let ws = rt.block_on(ws_echo());
-    let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let slow = Backend::start_with("slow", Behaviour::Slow(Duration::from_secs(2)));
-    let g = Gateway::start(&config(&[&a, &b], &slow, ws));
-    let (stop, counts) = (Arc::new(AtomicBool::new(false)), Arc::new(Counts::default()));
+    let l = Loaded::start();
+    let (g, stop, counts) = (&l.gateway, l.stop.clone(), l.counts.clone());
     let hs = traffic(g.port, stop.clone(), counts.clone());
     std::thread::sleep(Duration::from_secs(2));
     /// Upgraded processes, stopped however the test ends.
@@ -250,16 +273,8 @@ fn graceful_upgrade_under_load() {
 #[test]
 #[ignore]
 fn reload_twenty_times_under_load() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let ws = rt.block_on(ws_echo());
-    let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let slow = Backend::start_with("slow", Behaviour::Slow(Duration::from_secs(2)));
-    let g = Gateway::start(&config(&[&a, &b], &slow, ws));
-    let (stop, counts) = (Arc::new(AtomicBool::new(false)), Arc::new(Counts::default()));
+    let l = Loaded::start();
+    let (g, stop, counts) = (&l.gateway, l.stop.clone(), l.counts.clone());
     let hs = traffic(g.port, stop.clone(), counts.clone());
     let yaml = std::fs::read_to_string(&g.conf).unwrap();
     for i in 0..20 {

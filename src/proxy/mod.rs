@@ -23,7 +23,7 @@ use crate::live::{Action, Live, Location, Upgrade};
 use crate::metrics;
 use crate::plugins::{ReqHeaders, RespHeaders};
 use crate::retry::Failure;
-use crate::template::Vars;
+use crate::template::{Template, Vars};
 use crate::upstream::state::InflightGuard;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -136,6 +136,19 @@ impl Gateway {
         answer
     }
 
+    /// Expand a config template (`$host`, `$request_uri`, ...) for this request.
+    fn expand(&self, s: &Session, ctx: &Ctx, t: &Template) -> String {
+        let req = s.req_header();
+        let ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
+        t.expand(&Vars {
+            scheme: self.scheme,
+            host: crate::routing::strip_port(host_of(s)),
+            request_uri: request_uri(req),
+            uri: req.uri.path(),
+            remote_addr: &ip,
+        })
+    }
+
     fn run_response_plugins(ctx: &mut Ctx, r: &mut ResponseHeader) {
         if let (Some(loc), Some(pc)) = (ctx.loc.as_ref(), ctx.plugin.as_mut()) {
             let status = r.status.as_u16();
@@ -220,17 +233,11 @@ impl ProxyHttp for Gateway {
         }
         match &loc.action {
             Action::Return { status, location, body } => {
-                let req = s.req_header();
-                let ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
-                let vars = Vars {
-                    scheme: self.scheme,
-                    host: crate::routing::strip_port(host_of(s)),
-                    request_uri: request_uri(req),
-                    uri: req.uri.path(),
-                    remote_addr: &ip,
-                };
-                let location = location.as_ref().map(|t| t.expand(&vars));
-                let body = body.as_ref().map(|t| Bytes::from(t.expand(&vars))).unwrap_or_default();
+                let location = location.as_ref().map(|t| self.expand(s, ctx, t));
+                let body = body
+                    .as_ref()
+                    .map(|t| Bytes::from(self.expand(s, ctx, t)))
+                    .unwrap_or_default();
                 let r = respond::header(*status, "text/plain", body.len(), location)?;
                 self.reply(s, ctx, r, body).await?;
                 Ok(true)
@@ -320,19 +327,8 @@ impl ProxyHttp for Gateway {
         for h in &loc.remove_headers {
             up.remove_header(h);
         }
-        if !loc.set_headers.is_empty() {
-            let req = s.req_header();
-            let ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
-            let vars = Vars {
-                scheme: self.scheme,
-                host: crate::routing::strip_port(host.unwrap_or("")),
-                request_uri: request_uri(req),
-                uri: req.uri.path(),
-                remote_addr: &ip,
-            };
-            for (name, t) in &loc.set_headers {
-                up.insert_header(name.clone(), t.expand(&vars))?;
-            }
+        for (name, t) in &loc.set_headers {
+            up.insert_header(name.clone(), self.expand(s, ctx, t))?;
         }
         if let Some(pc) = ctx.plugin.as_mut() {
             for p in &loc.plugins {
