@@ -9,61 +9,124 @@ pub mod sticky;
 
 use crate::config::schema::Algorithm;
 use crate::retry::RetryPolicy;
-use futures::FutureExt;
-use pingora_load_balancing::discovery::Static;
 use pingora_load_balancing::selection::consistent::{KetamaConfig, KetamaHashing};
 use pingora_load_balancing::selection::{BackendIter, BackendSelection, FNVHash};
-use pingora_load_balancing::{Backend, Backends, LoadBalancer};
-use selectors::{LeastConn, LeastTime, Plain, RandomPick, SmoothWrr, StateTable, TwoLeastConn};
+use pingora_load_balancing::Backend;
+use selectors::{HasBackends, LeastConn, LeastTime, Plain, RandomPick, RotIter, SmoothWrr, StateTable, TwoLeastConn};
 use state::ServerState;
-use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A selector behind a uniform, object-safe interface.
+type Addr = pingora_core::protocols::l4::socket::SocketAddr;
+
+/// A `pingora-load-balancing` selector behind a uniform, object-safe
+/// interface that speaks in pool server indices.
+///
+/// Pools hold the `BackendSelection` itself rather than a `LoadBalancer`:
+/// Portico does discovery (the config), health and passive failures itself,
+/// and `LoadBalancer::select_with` costs ~250 ns per call on work we do not
+/// need (a `HashSet` of visited backends, a `Backend` clone and a readiness
+/// lookup per step).
 pub trait Select: Send + Sync {
-    /// Walk the selector's preference order until `accept` takes a backend.
-    fn pick(&self, key: &[u8], max_steps: usize, accept: &dyn Fn(&Backend, bool) -> bool) -> bool;
+    /// Walk the selector's preference order (at most `max_steps` steps) until
+    /// `accept` takes a server index.
+    fn pick(&self, key: &[u8], max_steps: usize, accept: &mut dyn FnMut(usize) -> bool) -> bool;
 }
 
-impl<S> Select for LoadBalancer<S>
+/// Portico's own selectors: their iterators yield positions, mapped to pool
+/// indices through a table built once, so a step touches no `Backend`.
+struct Positional<S> {
+    sel: Arc<S>,
+    to_pool: Vec<u32>,
+}
+
+impl<S> Select for Positional<S>
 where
-    S: BackendSelection + Send + Sync + 'static,
-    S::Iter: BackendIter,
-    S::Config: Send + Sync,
+    S: BackendSelection<Iter = RotIter<S>> + HasBackends + Send + Sync + 'static,
 {
-    fn pick(&self, key: &[u8], max_steps: usize, accept: &dyn Fn(&Backend, bool) -> bool) -> bool {
-        self.select_with(key, max_steps, accept).is_some()
+    fn pick(&self, key: &[u8], max_steps: usize, accept: &mut dyn FnMut(usize) -> bool) -> bool {
+        let mut it = self.sel.iter(key);
+        let mut steps = 0;
+        while let Some(i) = it.next_position() {
+            if steps == max_steps {
+                break;
+            }
+            steps += 1;
+            if accept(self.to_pool[i] as usize) {
+                return true;
+            }
+        }
+        false
     }
 }
 
-fn lb<S>(set: BTreeSet<Backend>, config: S::Config) -> Box<dyn Select>
+/// The crate's hashing selectors (FNV, ketama): yielded backends are mapped
+/// back by address. Ketama may repeat a server; `accept` is cheap to repeat.
+struct ByAddr<S> {
+    sel: Arc<S>,
+    index: HashMap<Addr, usize>,
+}
+
+impl<S> Select for ByAddr<S>
 where
     S: BackendSelection + Send + Sync + 'static,
     S::Iter: BackendIter,
-    S::Config: Send + Sync + 'static,
 {
-    let lb = LoadBalancer::<S>::from_backends_with_config(Backends::new(Static::new(set)), Some(config));
-    // Static discovery resolves immediately; this fills the selector.
-    lb.update()
-        .now_or_never()
-        .expect("static discovery never blocks")
-        .expect("static discovery never fails");
-    Box::new(lb)
+    fn pick(&self, key: &[u8], max_steps: usize, accept: &mut dyn FnMut(usize) -> bool) -> bool {
+        let mut it = self.sel.iter(key);
+        let mut steps = 0;
+        while let Some(b) = it.next() {
+            if steps == max_steps {
+                break;
+            }
+            steps += 1;
+            if let Some(&i) = self.index.get(&b.addr) {
+                if accept(i) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
 }
 
-fn build_selector(alg: Algorithm, consistent: bool, set: BTreeSet<Backend>, t: StateTable) -> Box<dyn Select> {
+fn positional<S>(set: &BTreeSet<Backend>, table: &StateTable, index: &HashMap<Addr, usize>) -> Box<dyn Select>
+where
+    S: BackendSelection<Iter = RotIter<S>, Config = StateTable> + HasBackends + Send + Sync + 'static,
+{
+    let sel = Arc::new(S::build_with_config(set, table));
+    let to_pool = (0..set.len()).map(|i| index[&sel.backend(i).addr] as u32).collect();
+    Box::new(Positional { sel, to_pool })
+}
+
+fn by_addr<S>(set: &BTreeSet<Backend>, config: &S::Config, index: &HashMap<Addr, usize>) -> Box<dyn Select>
+where
+    S: BackendSelection + Send + Sync + 'static,
+    S::Iter: BackendIter,
+{
+    let sel = Arc::new(S::build_with_config(set, config));
+    let index = set.iter().map(|b| (b.addr.clone(), index[&b.addr])).collect();
+    Box::new(ByAddr { sel, index })
+}
+
+fn build_selector(
+    alg: Algorithm,
+    consistent: bool,
+    set: &BTreeSet<Backend>,
+    t: &StateTable,
+    index: &HashMap<Addr, usize>,
+) -> Box<dyn Select> {
     match alg {
-        Algorithm::RoundRobin | Algorithm::Sticky => lb::<SmoothWrr>(set, t),
-        Algorithm::LeastConn => lb::<LeastConn>(set, t),
-        Algorithm::Random => lb::<RandomPick<Plain>>(set, t),
-        Algorithm::RandomTwoLeastConn => lb::<RandomPick<TwoLeastConn>>(set, t),
-        Algorithm::LeastTime => lb::<RandomPick<LeastTime>>(set, t),
+        Algorithm::RoundRobin | Algorithm::Sticky => positional::<SmoothWrr>(set, t, index),
+        Algorithm::LeastConn => positional::<LeastConn>(set, t, index),
+        Algorithm::Random => positional::<RandomPick<Plain>>(set, t, index),
+        Algorithm::RandomTwoLeastConn => positional::<RandomPick<TwoLeastConn>>(set, t, index),
+        Algorithm::LeastTime => positional::<RandomPick<LeastTime>>(set, t, index),
         Algorithm::IpHash | Algorithm::Hash if consistent => {
-            lb::<KetamaHashing>(set, KetamaConfig { point_multiple: None })
+            by_addr::<KetamaHashing>(set, &KetamaConfig { point_multiple: None }, index)
         }
-        Algorithm::IpHash | Algorithm::Hash => lb::<FNVHash>(set, ()),
+        Algorithm::IpHash | Algorithm::Hash => by_addr::<FNVHash>(set, &(), index),
     }
 }
 
@@ -144,7 +207,6 @@ pub struct Pool {
     pub name: Arc<str>,
     pub algorithm: Algorithm,
     pub servers: Vec<PoolServer>,
-    index: HashMap<pingora_core::protocols::l4::socket::SocketAddr, usize>,
     primary: Box<dyn Select>,
     backup: Option<Box<dyn Select>>,
     max_steps: usize,
@@ -209,15 +271,16 @@ impl Pool {
             Some(st) if st.mode == sticky::Mode::Hash => (Algorithm::Hash, true),
             _ => (spec.algorithm, spec.consistent),
         };
-        let primary = build_selector(alg, consistent, set(false), table.clone());
-        let backups = set(true);
-        let backup = (!backups.is_empty()).then(|| build_selector(Algorithm::RoundRobin, false, backups, table));
-        let index = spec
+        let index: HashMap<Addr, usize> = spec
             .servers
             .iter()
             .enumerate()
             .map(|(i, s)| (s.backend.addr.clone(), i))
             .collect();
+        let primary = build_selector(alg, consistent, &set(false), &table, &index);
+        let backups = set(true);
+        let backup =
+            (!backups.is_empty()).then(|| build_selector(Algorithm::RoundRobin, false, &backups, &table, &index));
         let consistent = consistent && matches!(alg, Algorithm::Hash | Algorithm::IpHash);
         let sticky_ids: Vec<String> = match &spec.sticky {
             Some(st) => spec.servers.iter().map(|s| st.server_id(&s.addr)).collect(),
@@ -235,7 +298,6 @@ impl Pool {
             servers: spec.servers,
             sticky_index: sticky_ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect(),
             sticky_ids,
-            index,
             primary,
             backup,
             hash_key: spec.hash_key,
@@ -254,24 +316,19 @@ impl Pool {
     /// Choose a usable server for `key` that `skip` does not exclude:
     /// primaries first, backups only when no primary can take it.
     pub fn select(&self, key: &[u8], skip: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let chosen = Cell::new(usize::MAX);
-        let accept = |b: &Backend, ready: bool| -> bool {
-            if !ready {
-                return false;
+        let mut chosen = usize::MAX;
+        let mut accept = |i: usize| -> bool {
+            let ok = !skip(i) && self.servers[i].state.usable();
+            if ok {
+                chosen = i;
             }
-            match self.index.get(&b.addr) {
-                Some(&i) if !skip(i) && self.servers[i].state.usable() => {
-                    chosen.set(i);
-                    true
-                }
-                _ => false,
-            }
+            ok
         };
-        if self.primary.pick(key, self.max_steps, &accept) {
-            return Some(chosen.get());
+        if self.primary.pick(key, self.max_steps, &mut accept) {
+            return Some(chosen);
         }
         match &self.backup {
-            Some(b) if b.pick(key, self.max_steps, &accept) => Some(chosen.get()),
+            Some(b) if b.pick(key, self.max_steps, &mut accept) => Some(chosen),
             _ => None,
         }
     }

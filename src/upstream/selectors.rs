@@ -40,13 +40,25 @@ pub trait HasBackends {
     fn backend(&self, i: usize) -> &Backend;
 }
 
-impl<S: HasBackends> BackendIter for RotIter<S> {
-    fn next(&mut self) -> Option<&Backend> {
+impl<S> RotIter<S> {
+    /// The next position in the selector's backend order.
+    #[inline]
+    pub fn next_position(&mut self) -> Option<usize> {
         if self.step >= self.n {
             return None;
         }
-        let i = (self.first + self.step) % self.n;
+        let mut i = self.first + self.step;
+        if i >= self.n {
+            i -= self.n;
+        }
         self.step += 1;
+        Some(i)
+    }
+}
+
+impl<S: HasBackends> BackendIter for RotIter<S> {
+    fn next(&mut self) -> Option<&Backend> {
+        let i = self.next_position()?;
         Some(self.sel.backend(i))
     }
 }
@@ -226,21 +238,28 @@ impl LeastConn {
             ) => {
                 // Fast path: the minimum over a contiguous run of counters,
                 // starting at a rotating offset; then map the slot back.
+                // Two passes over the contiguous counters: the least load
+                // (four independent minimums keep the pipeline full), then
+                // the first server at or after `start` that has it, so
+                // equal loads share the traffic.
                 let run = &arena.slots[*lo..*lo + n];
-                let (mut best, mut best_load) = (start, usize::MAX);
-                for (from, to) in [(start, n), (0, start)] {
-                    for (off, c) in run[from..to].iter().enumerate() {
-                        let l = c.load(Relaxed);
-                        if l < best_load {
-                            best = from + off;
-                            best_load = l;
-                        }
-                    }
-                    if best_load == 0 {
-                        break;
+                let chunks = run.chunks_exact(4);
+                let mut acc = [usize::MAX; 4];
+                for (j, c) in chunks.remainder().iter().enumerate() {
+                    acc[j] = c.load(Relaxed);
+                }
+                for ch in chunks {
+                    for j in 0..4 {
+                        acc[j] = acc[j].min(ch[j].load(Relaxed));
                     }
                 }
-                server_of[best] as usize
+                let least = acc[0].min(acc[1]).min(acc[2].min(acc[3]));
+                // A counter may have changed since; fall back to `start`.
+                let pos = (start..n)
+                    .chain(0..start)
+                    .find(|&i| run[i].load(Relaxed) <= least)
+                    .unwrap_or(start);
+                server_of[pos] as usize
             }
             _ => {
                 let (mut best, mut best_load, mut best_w) = (start, u64::MAX, 1u64);

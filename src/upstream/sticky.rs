@@ -22,7 +22,8 @@ pub enum Mode {
 pub struct Sticky {
     pub mode: Mode,
     pub cookie: String,
-    secret: Vec<u8>,
+    /// HMAC keyed with the secret once; cloned per use (saves the key setup).
+    keyed: HmacSha256,
     pub path: String,
     pub domain: Option<String>,
     pub max_age: Option<Duration>,
@@ -55,7 +56,7 @@ impl Sticky {
         Sticky {
             mode,
             cookie,
-            secret,
+            keyed: HmacSha256::new_from_slice(&secret).expect("HMAC takes any key length"),
             path: path.unwrap_or_else(|| "/".into()),
             domain,
             max_age,
@@ -64,13 +65,13 @@ impl Sticky {
         }
     }
 
-    fn mac(&self, parts: &[&[u8]]) -> Vec<u8> {
-        let mut m = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
+    fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut m = self.keyed.clone();
         for p in parts {
             m.update(p);
             m.update(b"\0");
         }
-        m.finalize().into_bytes().to_vec()
+        m.finalize().into_bytes().into()
     }
 
     /// Stable opaque id of a server address.
@@ -96,9 +97,19 @@ impl Sticky {
         if it.next().is_some() {
             return None;
         }
-        let want = hex(&self.mac(&[id.as_bytes(), exp.as_bytes()])[..16]);
-        // Constant-time comparison of the signature.
-        if want.len() != sig.len() || want.bytes().zip(sig.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
+        if sig.len() != 32 {
+            return None;
+        }
+        let want = self.mac(&[id.as_bytes(), exp.as_bytes()]);
+        // Constant-time comparison of the signature (hex, as encoded).
+        const H: &[u8; 16] = b"0123456789abcdef";
+        let diff = want[..16]
+            .iter()
+            .zip(sig.as_bytes().chunks_exact(2))
+            .fold(0u8, |acc, (w, s)| {
+                acc | (H[(w >> 4) as usize] ^ s[0]) | (H[(w & 15) as usize] ^ s[1])
+            });
+        if diff != 0 {
             return None;
         }
         let exp: u64 = exp.parse().ok()?;
