@@ -437,6 +437,7 @@ fn build_pool(l: &Loaded, name: &str, u: &config::Upstream, states: &StateRegist
             connect: dur(&u.connect_timeout).or(Some(Duration::from_secs(5))),
             read: dur(&u.read_timeout).or(Some(Duration::from_secs(60))),
             write: dur(&u.write_timeout).or(Some(Duration::from_secs(60))),
+            header: dur(&u.header_timeout),
         },
         keepalive: u.keepalive,
         keepalive_timeout: dur(&u.keepalive_timeout).or(Some(Duration::from_secs(60))),
@@ -529,6 +530,7 @@ fn build_location(
         connect: dur(&loc.connect_timeout),
         read: dur(&loc.read_timeout),
         write: dur(&loc.write_timeout),
+        header: dur(&loc.header_timeout),
     };
     let (timeouts, base_retry) = match pool {
         Some(p) => (own.or(&p.timeouts), p.retry.clone()),

@@ -40,6 +40,46 @@ fn get_survives_a_hanging_server_within_the_timeout() {
 }
 
 #[test]
+fn header_timeout_bounds_the_whole_response_header() {
+    // Every header line arrives well within read_timeout; the whole header takes 2 s.
+    let drip = Behaviour::Dribble(Duration::from_millis(100));
+    let (a, b) = (Backend::start_with("drip", drip), Backend::start("b"));
+    let limits = "    read_timeout: 1s\n    header_timeout: 500ms\n";
+
+    // Without header_timeout the slow header gets through (read_timeout alone cannot stop it).
+    let only_a = gw(&[&a], "    read_timeout: 1s\n", "");
+    let r = only_a.get("/");
+    assert_eq!((r.status, r.backend().as_str()), (200, "drip"));
+
+    // With it, a GET moves on to the other server after 500 ms: no client-visible error.
+    let g = gw(&[&a, &b], limits, "        max_fails: 0\n");
+    let before = a.hits();
+    for _ in 0..4 {
+        let t = Instant::now();
+        let r = g.get("/");
+        assert_eq!((r.status, r.backend().as_str()), (200, "b"));
+        assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
+    }
+    // (The retry advances round robin too, so each request may try the dribbler first.)
+    assert!(
+        a.hits() - before >= 2,
+        "the dribbling server was tried: {} -> {}",
+        before,
+        a.hits()
+    );
+
+    // Nowhere else to go: 504 once the 500 ms are up.
+    let g = gw(&[&a], limits, "        max_fails: 0\n");
+    let t = Instant::now();
+    assert_eq!(g.get("/").status, 504);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+}
+
+#[test]
 fn post_that_reached_a_502_server_is_not_replayed() {
     let (a, b) = (Backend::start_with("bad", Behaviour::Status(502)), Backend::start("b"));
     let g = gw(

@@ -172,6 +172,8 @@ pub struct Upstream {
     pub keepalive_timeout: Option<Dur>,
     pub connect_timeout: Option<Dur>,
     pub read_timeout: Option<Dur>,
+    /// Total time a server may take to send its response header (unset: no limit beyond `read_timeout`).
+    pub header_timeout: Option<Dur>,
     pub write_timeout: Option<Dur>,
     /// nginx `proxy_next_upstream` conditions.
     pub next_upstream: Option<Vec<String>>,
@@ -312,6 +314,8 @@ pub struct Location {
     pub client_max_body_size: Option<Size>,
     pub connect_timeout: Option<Dur>,
     pub read_timeout: Option<Dur>,
+    /// Total time a server may take to send its response header (unset: no limit beyond `read_timeout`).
+    pub header_timeout: Option<Dur>,
     pub write_timeout: Option<Dur>,
     /// nginx `proxy_next_upstream` conditions.
     pub next_upstream: Option<Vec<String>>,

@@ -69,6 +69,8 @@ pub struct Ctx {
     pub plugin: Option<Box<portico_plugin_api::Ctx>>,
     /// The connection was upgraded (101), e.g. to a WebSocket.
     pub upgraded: bool,
+    /// `header_timeout` watchdog of the current attempt.
+    pub header_watch: Option<super::header_watch::HeaderWatch>,
 }
 
 impl Ctx {
@@ -92,12 +94,14 @@ impl Ctx {
             sent_bytes: 0,
             upgraded: false,
             plugin: None,
+            header_watch: None,
         }
     }
 
     /// End the current attempt as failed: remember the server so a retry avoids it.
     pub fn fail_current(&mut self, f: Failure) -> Option<usize> {
         self.last_failure = Some(f);
+        self.header_watch = None;
         let a = self.current.take()?;
         self.tried.push(a.server);
         self.upstream_log.push((a.server, a.started.elapsed()));

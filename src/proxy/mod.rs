@@ -15,6 +15,7 @@
 
 pub mod ctx;
 pub mod forwarded;
+pub mod header_watch;
 pub mod pick;
 pub mod respond;
 
@@ -316,6 +317,23 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    /// Connected (or reused a pooled connection): arm `header_timeout`.
+    async fn connected_to_upstream(
+        &self,
+        s: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.header_watch = match ctx.loc.as_ref().and_then(|l| l.timeouts.header) {
+            Some(t) if !s.is_upgrade_req() => header_watch::HeaderWatch::start(fd, t),
+            _ => None,
+        };
+        Ok(())
+    }
+
     /// Forwarding headers and the location's header rules.
     async fn upstream_request_filter(&self, s: &mut Session, up: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
         let snap = ctx.snap.as_ref().expect("routed");
@@ -367,6 +385,7 @@ impl ProxyHttp for Gateway {
         if code < 200 && code != 101 {
             return Ok(());
         }
+        ctx.header_watch = None;
         let (Some(pool), Some(loc)) = (ctx.pool.clone(), ctx.loc.clone()) else {
             return Ok(());
         };
@@ -434,6 +453,12 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.header_watch.take().is_some_and(|w| w.fired()) {
+            // Our watchdog cut the connection: a timeout, whatever Pingora saw.
+            let t = ctx.loc.as_ref().and_then(|l| l.timeouts.header).unwrap_or_default();
+            e = Error::because(ErrorType::ReadTimedout, format!("no response header within {t:?}"), e);
+            e.esource = ErrorSource::Upstream;
+        }
         if std::mem::take(&mut ctx.status_retry) {
             return e; // decided in upstream_response_filter
         }

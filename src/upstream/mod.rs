@@ -190,6 +190,8 @@ pub struct Timeouts {
     pub connect: Option<Duration>,
     pub read: Option<Duration>,
     pub write: Option<Duration>,
+    /// Total time for the response header (`read` bounds each read).
+    pub header: Option<Duration>,
 }
 
 impl Timeouts {
@@ -199,6 +201,7 @@ impl Timeouts {
             connect: self.connect.or(base.connect),
             read: self.read.or(base.read),
             write: self.write.or(base.write),
+            header: self.header.or(base.header),
         }
     }
 }

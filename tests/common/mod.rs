@@ -24,6 +24,9 @@ pub enum Behaviour {
     Hang,
     /// Answer like `Echo` after a delay.
     Slow(Duration),
+    /// Send the response header one line per interval (20 lines), then
+    /// answer like `Echo`: every read is quick, the whole header is slow.
+    Dribble(Duration),
 }
 
 pub struct Backend {
@@ -217,6 +220,18 @@ fn handle_conn(
                 return Ok(());
             }
             (Behaviour::Status(c), _) => (*c, format!("{name} says {c}\n")),
+            (Behaviour::Dribble(d), _) => {
+                w.write_all(b"HTTP/1.1 200 X\r\n")?;
+                for i in 0..20 {
+                    std::thread::sleep(*d);
+                    w.write_all(format!("X-Drip: {i}\r\n").as_bytes())?;
+                }
+                let text = echo(name, &line, &headers, &body);
+                let rest = format!("Content-Length: {}\r\nX-Backend: {name}\r\n\r\n{text}", text.len());
+                w.write_all(rest.as_bytes())?;
+                w.set_read_timeout(Some(Duration::from_millis(100)))?;
+                continue;
+            }
             (Behaviour::Slow(d), _) => {
                 infl.fetch_add(1, SeqCst);
                 std::thread::sleep(*d);
