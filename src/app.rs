@@ -203,13 +203,15 @@ pub fn run(args: Args) -> i32 {
             scheme: if l.tls.is_some() { "https" } else { "http" },
             access_log: access_log.clone(),
         };
-        let mut svc =
-            pingora_proxy::http_proxy_service_with_name(&server.configuration, gw, &format!("listener {}", l.listen));
-        if let Some(proxy) = svc.app_logic_mut() {
-            let mut o = HttpServerOptions::default();
-            o.h2c = l.h2c;
-            proxy.server_options = Some(o);
-        }
+        let mut proxy = pingora_proxy::http_proxy(&server.configuration, gw);
+        let mut o = HttpServerOptions::default();
+        o.h2c = l.h2c;
+        proxy.server_options = Some(o);
+        let app = crate::listener::Listener {
+            proxy: Arc::new(proxy),
+            live: live.clone(),
+        };
+        let mut svc = pingora_core::services::listening::Service::new(format!("listener {}", l.listen), app);
         let endpoint = ListenerConfig::tcp(l.listen.as_str())
             .l4_buffer(L4BufferSettings::default().read(s.read_buffer.0 as usize));
         match &l.tls {

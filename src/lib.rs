@@ -19,6 +19,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod listener;
 pub mod live;
 pub mod metrics;
 pub mod plugins;

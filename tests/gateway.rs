@@ -366,3 +366,44 @@ fn slow_request_body_hits_the_client_body_timeout() {
     );
     assert_eq!(g.get("/").status, 200, "still serving");
 }
+
+#[test]
+fn client_header_timeout_closes_a_connection_that_sends_no_header() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let b = Backend::start("a");
+    let silent_for = |g: &Gateway, wait: Duration| -> Option<Duration> {
+        // Some(t): the gateway closed the silent connection after t; None: still open after `wait`.
+        let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+        s.set_read_timeout(Some(wait)).unwrap();
+        let t = Instant::now();
+        match s.read(&mut [0u8; 64]) {
+            Ok(0) => Some(t.elapsed()),
+            Ok(n) => panic!("unexpected {n} bytes"),
+            Err(_) => None,
+        }
+    };
+    let default = Gateway::start(&one_pool(&[&b], ""));
+    assert_eq!(silent_for(&default, Duration::from_millis(1500)), None, "default: 60 s");
+
+    let g = Gateway::start(&format!(
+        "server: {{ client_header_timeout: 1s, pid_file: {{DIR}}/p.pid, upgrade_sock: {{DIR}}/u.sock, grace_period: 1s }}\n{}",
+        one_pool(&[&b], "")
+    ));
+    let closed = silent_for(&g, Duration::from_secs(5)).expect("closed by client_header_timeout");
+    assert!(
+        closed >= Duration::from_millis(800) && closed < Duration::from_secs(3),
+        "{closed:?}"
+    );
+
+    // A client that keeps sending within the limit is served.
+    let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    s.write_all(b"Connection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}

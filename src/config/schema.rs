@@ -65,8 +65,11 @@ pub struct ServerSection {
     pub upgrade_sock: Option<String>,
     pub error_log: Option<String>,
     pub daemon: bool,
-    /// Downstream keep-alive idle timeout.
+    /// Downstream keep-alive idle timeout (default 60s).
     pub keepalive_timeout: Option<Dur>,
+    /// How long a new connection may take to send its first request header
+    /// (each read; nginx `client_header_timeout`, default 60s).
+    pub client_header_timeout: Dur,
     /// Longest wait between two reads of a client's request body (Pingora's default: 60s).
     pub client_body_timeout: Option<Dur>,
     /// Read buffer per client connection (Pingora's default is 64k; it is held
@@ -85,6 +88,7 @@ impl Default for ServerSection {
             error_log: None,
             daemon: false,
             keepalive_timeout: None,
+            client_header_timeout: Dur(std::time::Duration::from_secs(60)),
             client_body_timeout: None,
             read_buffer: Size(16 * 1024),
         }

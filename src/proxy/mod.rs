@@ -177,9 +177,8 @@ impl ProxyHttp for Gateway {
     /// Built-in endpoints, then routing: find the location for Host + path.
     async fn request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.live.snapshot();
-        if let Some(k) = snap.cfg.server.keepalive_timeout {
-            s.set_keepalive(Some(k.0.as_secs()));
-        }
+        let idle = snap.cfg.server.keepalive_timeout.map_or(60, |k| k.0.as_secs());
+        s.set_keepalive(Some(idle));
         ctx.snap = Some(snap.clone());
         ctx.in_flight = Some(RequestGauge::new());
         ctx.client_ip = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
