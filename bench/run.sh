@@ -84,8 +84,11 @@ RAW="$SCRATCH/raw.tsv"
 NOTES="$SCRATCH/notes.txt"                 # anything odd, appended to the results
 RESULTS="$OUT_DIR/results-$STAMP$([ "$SMOKE" = 1 ] && echo -smoke || true).md"
 WRK_LUA="$PWD/$BENCH_DIR/stats.lua"
+# The production build (`dist` profile: fat LTO, one codegen unit; see
+# Cargo.toml); --smoke only checks the harness, so it uses the test build.
 # The smoke test in tests/bench_smoke.rs passes the binary cargo built for it.
-PORTICO_BIN="${PORTICO_BIN:-$PWD/target/release/portico}"
+if [ "$SMOKE" = 1 ]; then PROFILE=release; else PROFILE=dist; fi
+PORTICO_BIN="${PORTICO_BIN:-$PWD/target/$PROFILE/portico}"
 
 log() { printf '%s\n' "$*" >&2; }
 note() { printf -- '- %s\n' "$*" >>"$NOTES"; log "bench: NOTE: $*"; }
@@ -409,8 +412,8 @@ for p in "$ORIGIN1" "$ORIGIN2" "$ORIGIN_STATUS" "$NGINX_PORT" "$PORTICO_PORT"; d
 done
 
 if [ -z "${BENCH_NO_BUILD:-}" ]; then
-  log "bench: cargo build --release"
-  cargo build --release || die "build failed (if src/ is being edited, retry in a minute)"
+  log "bench: cargo build --profile $PROFILE --bin portico"
+  cargo build --profile "$PROFILE" --bin portico || die "build failed (if src/ is being edited, retry in a minute)"
 fi
 [ -x "$PORTICO_BIN" ] || die "$PORTICO_BIN missing after the build"
 for c in portico_off portico_log portico_lc portico_sticky portico_plugins portico_tls; do
@@ -591,7 +594,7 @@ REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 {
   echo "## Portico vs nginx: $(date '+%Y-%m-%d %H:%M %Z')$([ "$SMOKE" = 1 ] && echo ' (smoke)' || true)"
   echo
-  echo "Machine: $(nproc) CPUs, Linux $(uname -r); nginx $NGINX_VERSION, wrk $WRK_VERSION, portico $REV."
+  echo "Machine: $(nproc) CPUs, Linux $(uname -r); nginx $NGINX_VERSION, wrk $WRK_VERSION, portico $REV ($(basename "$(dirname "$PORTICO_BIN")") build)."
   echo "Equal resources: nginx proxy \`worker_processes 1\`, portico \`server.threads: 1\`;" \
        "origin nginx \`worker_processes 1\` on 2 ports; wrk \`-t2\`; all on 127.0.0.1 sharing the same $(nproc) CPUs."
   echo "$ROUNDS round(s) alternating, ${DURATION} s per run, medians shown; ratios are medians of per-round ratios."
