@@ -212,8 +212,12 @@ pub fn run(args: Args) -> i32 {
             live: live.clone(),
         };
         let mut svc = pingora_core::services::listening::Service::new(format!("listener {}", l.listen), app);
-        let endpoint = ListenerConfig::tcp(l.listen.as_str())
-            .l4_buffer(L4BufferSettings::default().read(s.read_buffer.0 as usize));
+        let endpoint =
+            ListenerConfig::tcp(l.listen.as_str()).l4_buffer(L4BufferSettings::default().read(match s.read_buffer {
+                Some(b) => b.0 as usize,
+                None if l.tls.is_some() => 16 * 1024,
+                None => 0,
+            }));
         match &l.tls {
             None => svc.add_listener(endpoint),
             Some(t) => {

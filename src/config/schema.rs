@@ -74,7 +74,9 @@ pub struct ServerSection {
     pub client_body_timeout: Option<Dur>,
     /// Read buffer per client connection (Pingora's default is 64k; it is held
     /// by every idle keep-alive connection and WebSocket).
-    pub read_buffer: Size,
+    /// Unset: none on plain listeners (reads go straight into the request
+    /// buffer), 16k on TLS listeners (one TLS record per read).
+    pub read_buffer: Option<Size>,
 }
 
 impl Default for ServerSection {
@@ -90,7 +92,7 @@ impl Default for ServerSection {
             keepalive_timeout: None,
             client_header_timeout: Dur(std::time::Duration::from_secs(60)),
             client_body_timeout: None,
-            read_buffer: Size(16 * 1024),
+            read_buffer: None,
         }
     }
 }
