@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Memory per idle connection, Portico vs nginx. See bench/README.md.
+#
+#   ./dev bench-idle [--conns N] [--ws-conns M]
+#
+# For each proxy (nginx one worker, portico one thread, as in run.sh): open N
+# keep-alive client connections through it (one request each, then idle),
+# then M WebSocket upgrades left idle, and report the proxy's RSS growth per
+# connection (bench/idle.py does the opening and measuring). 127.0.0.1 only;
+# every step is time-limited.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONNS=10000
+WS_CONNS=2000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --conns) CONNS=${2:?}; shift ;;
+    --ws-conns) WS_CONNS=${2:?}; shift ;;
+    *) echo "bench-idle: unknown argument '$1'" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+BASE=${BENCH_PORT_BASE:-18100}
+ORIGIN=$((BASE + 51)) WS_ORIGIN=$((BASE + 52)) NGINX=$((BASE + 53)) PORTICO=$((BASE + 54))
+STAMP=$(date -u +%Y-%m-%d_%H%M%S)
+DIR=$PWD/bench/out/idle-$STAMP
+mkdir -p "$DIR/tmp"
+PORTICO_BIN=${PORTICO_BIN:-$PWD/target/dist/portico}
+if [ -z "${BENCH_NO_BUILD:-}" ]; then
+  cargo build --profile dist --bin portico
+fi
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+USER_LINE=""
+[ "$(id -u)" = 0 ] && USER_LINE="user $(id -un) $(id -gn);"
+nginx_conf() { # NAME BODY
+  cat >"$DIR/$1.conf" <<EOF
+$USER_LINE
+worker_processes 1;
+worker_rlimit_nofile 50000;
+daemon off;
+pid $DIR/$1.pid;
+error_log $DIR/$1.error.log warn;
+events { worker_connections 25000; }
+http {
+    client_body_temp_path $DIR/tmp/body; proxy_temp_path $DIR/tmp/proxy;
+    fastcgi_temp_path $DIR/tmp/fcgi; uwsgi_temp_path $DIR/tmp/uwsgi; scgi_temp_path $DIR/tmp/scgi;
+    access_log off;
+    keepalive_timeout 300s;
+$2
+}
+EOF
+}
+nginx_conf origin "    server { listen 127.0.0.1:$ORIGIN; location / { return 200 \"ok\"; } }"
+nginx_conf proxy "    upstream app { server 127.0.0.1:$ORIGIN; keepalive 64; }
+    upstream ws { server 127.0.0.1:$WS_ORIGIN; }
+    server {
+        listen 127.0.0.1:$NGINX;
+        location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+        location /ws {
+            proxy_pass http://ws; proxy_http_version 1.1; proxy_read_timeout 1h;
+            proxy_set_header Upgrade \$http_upgrade; proxy_set_header Connection upgrade;
+        }
+    }"
+cat >"$DIR/portico.yaml" <<EOF
+server: { threads: 1, keepalive_timeout: 300s, pid_file: $DIR/p.pid, upgrade_sock: $DIR/u.sock }
+listeners: [{ listen: "127.0.0.1:$PORTICO" }]
+access_log: "off"
+upstreams:
+  app: { keepalive: 64, servers: [{ address: "127.0.0.1:$ORIGIN" }] }
+  ws: { servers: [{ address: "127.0.0.1:$WS_ORIGIN" }] }
+virtual_hosts:
+  - default: true
+    locations:
+      - { path: /, proxy_pass: app }
+      - { path: /ws, proxy_pass: ws }
+EOF
+
+nginx -c "$DIR/origin.conf" -p "$DIR" >/dev/null 2>&1 &
+PIDS+=($!)
+sleep 0.5
+
+# measure NAME PORT KIND: start the proxy, open the connections, stop it.
+measure() {
+  local name=$1 port=$2 ws=$3 pid pids
+  if [ "$name" = nginx ]; then
+    nginx -c "$DIR/proxy.conf" -p "$DIR" >/dev/null 2>&1 &
+  else
+    "$PORTICO_BIN" -c "$DIR/portico.yaml" >"$DIR/portico.out" 2>&1 &
+  fi
+  pid=$!
+  PIDS+=("$pid")
+  sleep 1
+  pids=$pid
+  for c in $(ps -o pid= --ppid "$pid" | tr -d ' '); do pids="$pids,$c"; done
+  local args=(--port "$port" --pids "$pids" --conns "$CONNS")
+  [ "$ws" = ws ] && args=(--port "$port" --pids "$pids" --conns "$WS_CONNS" --ws --ws-port "$WS_ORIGIN")
+  timeout 300 python3 bench/idle.py "${args[@]}" | tee -a "$DIR/raw.txt" |
+    awk -v n="$name" -v k="$ws" '{for(i=1;i<=NF;i++){split($i,a,"="); v[a[1]]=a[2]}
+      printf "%s %s %s %s %s\n", n, k, v["ok"], v["conns"], v["kib_per_conn"]}' >>"$DIR/rows.txt"
+  kill -INT "$pid" 2>/dev/null || true
+  sleep 1
+}
+
+: >"$DIR/rows.txt"
+for kind in ka ws; do
+  measure nginx "$NGINX" "$kind"
+  measure portico "$PORTICO" "$kind"
+done
+
+{
+  echo "### Idle connections: $(date -u '+%Y-%m-%d %H:%M') UTC"
+  echo
+  echo "$(nproc) CPUs; nginx \`worker_processes 1\`, portico \`threads: 1\` ($(basename "$(dirname "$PORTICO_BIN")") build, $(git rev-parse --short HEAD)). RSS growth of the proxy process(es) per connection."
+  echo
+  echo "| | nginx | portico | portico ÷ nginx |"
+  echo "|---|--:|--:|--:|"
+  awk '{k[$1" "$2]=$5; ok[$1" "$2]=$3; n[$2]=$4}
+    END {
+      split("ka ws", kinds, " ")
+      for (i = 1; i <= 2; i++) {
+        t = kinds[i]
+        label = (t == "ka") ? n[t] " idle keep-alive connections" : n[t] " idle WebSockets"
+        printf "| %s (opened: nginx %s, portico %s) | %.1f KiB | %.1f KiB | %.1fx |\n", label, ok["nginx " t], ok["portico " t], k["nginx " t], k["portico " t], (k["nginx " t] > 0 ? k["portico " t] / k["nginx " t] : 0)
+      }
+    }' "$DIR/rows.txt"
+} | tee "$DIR/results.md"
