@@ -47,17 +47,9 @@ where
 {
     fn pick(&self, key: &[u8], max_steps: usize, accept: &mut dyn FnMut(usize) -> bool) -> bool {
         let mut it = self.sel.iter(key);
-        let mut steps = 0;
-        while let Some(i) = it.next_position() {
-            if steps == max_steps {
-                break;
-            }
-            steps += 1;
-            if accept(self.to_pool[i] as usize) {
-                return true;
-            }
-        }
-        false
+        (0..max_steps)
+            .map_while(|_| it.next_position())
+            .any(|i| accept(self.to_pool[i] as usize))
     }
 }
 
@@ -75,19 +67,10 @@ where
 {
     fn pick(&self, key: &[u8], max_steps: usize, accept: &mut dyn FnMut(usize) -> bool) -> bool {
         let mut it = self.sel.iter(key);
-        let mut steps = 0;
-        while let Some(b) = it.next() {
-            if steps == max_steps {
-                break;
-            }
-            steps += 1;
-            if let Some(&i) = self.index.get(&b.addr) {
-                if accept(i) {
-                    return true;
-                }
-            }
-        }
-        false
+        (0..max_steps)
+            .map_while(|_| it.next().map(|b| self.index.get(&b.addr).copied()))
+            .flatten()
+            .any(&mut *accept)
     }
 }
 
