@@ -35,16 +35,25 @@ fn addr(i: usize) -> String {
     format!("10.0.{}.{}:80", i / 250, i % 250 + 1)
 }
 
-fn pool(alg: Algorithm, consistent: bool, n: usize, sticky: Option<Sticky>, states: &StateRegistry) -> Pool {
+/// `weighted`: weights 1, 2, 3, 1, 2, 3, ... instead of all 1.
+fn pool(
+    alg: Algorithm,
+    consistent: bool,
+    n: usize,
+    sticky: Option<Sticky>,
+    states: &StateRegistry,
+    weighted: bool,
+) -> Pool {
     let servers = (0..n)
         .map(|i| {
             let a = addr(i);
+            let weight = if weighted { 1 + i % 3 } else { 1 };
             PoolServer {
                 histogram: portico::metrics::upstream_histogram("bench", &a),
-                backend: Backend::new_with_weight(&a, 1).unwrap(),
+                backend: Backend::new_with_weight(&a, weight).unwrap(),
                 state: states.get("bench", &a, true),
                 addr: a,
-                weight: 1,
+                weight,
                 max_fails: 1,
                 fail_timeout: Duration::from_secs(10),
                 backup: false,
@@ -117,6 +126,7 @@ fn selector_bench() {
         ("round_robin", Algorithm::RoundRobin, false, None, false),
         ("least_conn (idle)", Algorithm::LeastConn, false, None, false),
         ("least_conn (busy)", Algorithm::LeastConn, false, None, true),
+        ("least_conn weighted (busy)", Algorithm::LeastConn, false, None, true),
         ("random", Algorithm::Random, false, None, false),
         (
             "random_two_least_conn",
@@ -152,7 +162,7 @@ fn selector_bench() {
         let mut cells = Vec::new();
         for &n in &sizes {
             let states = StateRegistry::default();
-            let p = pool(alg, consistent, n, st.clone(), &states);
+            let p = pool(alg, consistent, n, st.clone(), &states, label.contains("weighted"));
             if busy {
                 for (i, s) in p.servers.iter().enumerate() {
                     s.state.inflight.store(1 + (i * 7919) % 8, Relaxed);
@@ -182,7 +192,7 @@ fn selector_bench() {
     let mut encode = Vec::new();
     for &n in &sizes {
         let states = StateRegistry::default();
-        let p = pool(Algorithm::Sticky, true, n, Some(st.clone()), &states);
+        let p = pool(Algorithm::Sticky, true, n, Some(st.clone()), &states, false);
         let cookies: Vec<String> = p.sticky_ids.iter().map(|id| st.encode(id)).collect();
         let (ns, _) = measure(ITERS, |i| {
             let c = &cookies[i % n];

@@ -154,7 +154,6 @@ pub struct LeastConn {
     backends: Vec<Backend>,
     counts: Counts,
     weights: Vec<u64>,
-    uniform: bool,
     rr: AtomicUsize,
 }
 
@@ -166,10 +165,40 @@ enum Counts {
         arena: Arc<Counters>,
         /// Slot of each server (selector order).
         slot: Vec<u32>,
-        /// When the slots are exactly `lo..lo + n`: server index of each slot.
-        dense: Option<(usize, Vec<u32>)>,
+        /// When the slots are exactly `lo..lo + n`.
+        dense: Option<Dense>,
     },
     Scattered(Vec<Arc<ServerState>>),
+}
+
+/// A pool whose counters are the contiguous slots `lo..lo + n`.
+struct Dense {
+    lo: usize,
+    /// Server index of each slot.
+    server_of: Vec<u32>,
+    /// 2^32 / weight of each slot's server, when the weights differ: load
+    /// x this orders servers by load / weight with integer multiplies only
+    /// (exact between equal weights; a tie across different weights may be
+    /// off by the rounding, which only changes which tied server wins).
+    inv_weight: Option<Vec<u64>>,
+}
+
+/// The minimum of `f(k, slot k)` over `run`, with four independent
+/// accumulators (no loop-carried dependency on a single minimum).
+#[inline]
+fn min4<T: Copy>(run: &[AtomicUsize], f: impl Fn(usize, &AtomicUsize) -> T, max: T, min: fn(T, T) -> T) -> T {
+    let chunks = run.chunks_exact(4);
+    let tail = run.len() - chunks.remainder().len();
+    let mut acc = [max; 4];
+    for (j, c) in chunks.remainder().iter().enumerate() {
+        acc[j] = f(tail + j, c);
+    }
+    for (q, ch) in chunks.enumerate() {
+        for j in 0..4 {
+            acc[j] = min(acc[j], f(q * 4 + j, &ch[j]));
+        }
+    }
+    min(min(acc[0], acc[1]), min(acc[2], acc[3]))
 }
 
 impl Counts {
@@ -202,17 +231,23 @@ impl LeastConn {
                     let off = k as usize - lo;
                     off < server_of.len() && std::mem::replace(&mut server_of[off], i as u32) == u32::MAX
                 });
+                let uniform = weights.windows(2).all(|w| w[0] == w[1]);
+                let inv_weight =
+                    (!uniform).then(|| server_of.iter().map(|&i| (1u64 << 32) / weights[i as usize]).collect());
                 Counts::Arena {
                     arena,
                     slot,
-                    dense: dense.then_some((lo, server_of)),
+                    dense: dense.then_some(Dense {
+                        lo,
+                        server_of,
+                        inv_weight,
+                    }),
                 }
             }
             _ => Counts::Scattered(states),
         };
         LeastConn {
             counts,
-            uniform: weights.windows(2).all(|w| w[0] == w[1]),
             weights,
             backends,
             rr: AtomicUsize::new(0),
@@ -227,39 +262,31 @@ impl LeastConn {
         if self.counts.get(start) == 0 {
             return start; // nothing beats an idle server (for any weight)
         }
-        match (&self.counts, self.uniform) {
-            (
-                Counts::Arena {
-                    arena,
-                    dense: Some((lo, server_of)),
-                    ..
-                },
-                true,
-            ) => {
-                // Fast path: the minimum over a contiguous run of counters,
-                // starting at a rotating offset; then map the slot back.
-                // Two passes over the contiguous counters: the least load
-                // (four independent minimums keep the pipeline full), then
-                // the first server at or after `start` that has it, so
-                // equal loads share the traffic.
-                let run = &arena.slots[*lo..*lo + n];
-                let chunks = run.chunks_exact(4);
-                let mut acc = [usize::MAX; 4];
-                for (j, c) in chunks.remainder().iter().enumerate() {
-                    acc[j] = c.load(Relaxed);
-                }
-                for ch in chunks {
-                    for j in 0..4 {
-                        acc[j] = acc[j].min(ch[j].load(Relaxed));
+        match &self.counts {
+            Counts::Arena {
+                arena, dense: Some(d), ..
+            } => {
+                // Fast path: two passes over the pool's contiguous counters
+                // (slot order). First the least load, relative to weight
+                // when weights differ (four independent minimums keep the
+                // pipeline full, no branch per server); then the first slot
+                // at or after `start` that has it, so equal loads share the
+                // traffic. Then map the slot back to its server.
+                let run = &arena.slots[d.lo..d.lo + n];
+                let pos = match &d.inv_weight {
+                    None => {
+                        let least = min4(run, |_, c| c.load(Relaxed), usize::MAX, usize::min);
+                        (start..n).chain(0..start).find(|&k| run[k].load(Relaxed) <= least)
                     }
-                }
-                let least = acc[0].min(acc[1]).min(acc[2].min(acc[3]));
-                // A counter may have changed since; fall back to `start`.
-                let pos = (start..n)
-                    .chain(0..start)
-                    .find(|&i| run[i].load(Relaxed) <= least)
-                    .unwrap_or(start);
-                server_of[pos] as usize
+                    Some(inv) => {
+                        // In-flight counts stay far below 2^32, so this cannot overflow.
+                        let score = |k: usize, c: &AtomicUsize| c.load(Relaxed) as u64 * inv[k];
+                        let least = min4(run, score, u64::MAX, u64::min);
+                        (start..n).chain(0..start).find(|&k| score(k, &run[k]) <= least)
+                    }
+                };
+                // A counter may have changed between the passes; then `start`.
+                d.server_of[pos.unwrap_or(start)] as usize
             }
             _ => {
                 let (mut best, mut best_load, mut best_w) = (start, u64::MAX, 1u64);
