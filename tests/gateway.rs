@@ -407,3 +407,67 @@ fn client_header_timeout_closes_a_connection_that_sends_no_header() {
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
+
+#[test]
+fn idle_keepalive_connections_are_kept_then_closed_by_keepalive_timeout() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let b = Backend::start("a");
+    // One request, then idle for `idle`, then (if still open) a second request on the same connection.
+    let second_after = |g: &Gateway, idle: Duration| -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut answers = Vec::new();
+        for round in 0..2 {
+            if round == 1 {
+                std::thread::sleep(idle);
+            }
+            if s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").is_err() {
+                return None;
+            }
+            let mut status = String::new();
+            if r.read_line(&mut status).unwrap_or(0) == 0 {
+                return None; // closed by the gateway
+            }
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            answers.push(status.trim().to_string());
+        }
+        Some(answers.join(" | "))
+    };
+    let conf = |extra: &str| {
+        format!(
+            "server: {{ keepalive_timeout: 1s, pid_file: {{DIR}}/p.pid, upgrade_sock: {{DIR}}/u.sock, grace_period: 1s{extra} }}\n{}",
+            one_pool(&[&b], "")
+        )
+    };
+    for lean in ["", ", lean_keepalive: false"] {
+        let g = Gateway::start(&conf(lean));
+        let t = Instant::now();
+        let kept = second_after(&g, Duration::from_millis(400));
+        assert_eq!(
+            kept.as_deref(),
+            Some("HTTP/1.1 200 X | HTTP/1.1 200 X"),
+            "lean {lean:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(3));
+        assert_eq!(
+            second_after(&g, Duration::from_millis(1800)),
+            None,
+            "closed after 1s idle, lean {lean:?}"
+        );
+    }
+}

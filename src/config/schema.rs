@@ -77,6 +77,10 @@ pub struct ServerSection {
     /// Unset: none on plain listeners (reads go straight into the request
     /// buffer), 16k on TLS listeners (one TLS record per read).
     pub read_buffer: Option<Size>,
+    /// Idle HTTP/1 keep-alive connections hold only their socket until the
+    /// next request's first byte arrives (about 8 instead of 24 KiB each),
+    /// at the cost of one extra 1-byte read per request. Plain listeners only.
+    pub lean_keepalive: bool,
 }
 
 impl Default for ServerSection {
@@ -93,6 +97,7 @@ impl Default for ServerSection {
             client_header_timeout: Dur(std::time::Duration::from_secs(60)),
             client_body_timeout: None,
             read_buffer: None,
+            lean_keepalive: true,
         }
     }
 }
