@@ -72,10 +72,16 @@ impl ServerApp for Listener {
         if h2c || matches!(alpn, Some(ALPN::H2) | Some(ALPN::Custom(_))) {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
-        let server = self.live.snapshot().cfg.server.clone();
-        let first_wait = server.client_header_timeout.0.max(Duration::from_secs(1));
-        let idle_wait = server.keepalive_timeout.map_or(Duration::from_secs(60), |k| k.0);
-        let lean = server.lean_keepalive;
+        // Only the three settings are kept: this future lives as long as the connection.
+        let (first_wait, idle_wait, lean) = {
+            let snap = self.live.snapshot();
+            let s = &snap.cfg.server;
+            (
+                s.client_header_timeout.0.max(Duration::from_secs(1)),
+                s.keepalive_timeout.map_or(Duration::from_secs(60), |k| k.0),
+                s.lean_keepalive,
+            )
+        };
         if !next_request(lean, &mut stream, first_wait, shutdown).await {
             return None;
         }
