@@ -267,3 +267,22 @@ fn client_abort_is_neither_retried_nor_held_against_the_server() {
     let m = spread(&g, "/", 10);
     assert_eq!(m.get("a"), Some(&5), "no server was marked down: {m:?}");
 }
+
+#[test]
+fn location_header_timeout_overrides_the_pool() {
+    // The pool sets no header_timeout; only the /strict location does.
+    let drip = Backend::start_with("drip", Behaviour::Dribble(Duration::from_millis(100)));
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app:\n    read_timeout: 1s\n    servers:\n{}\nvirtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: app\n      - path: /strict\n        proxy_pass: app\n        header_timeout: 500ms\n",
+        servers_yaml(&[&drip], "        max_fails: 0\n")
+    ));
+    let t = Instant::now();
+    assert_eq!(g.get("/strict").status, 504);
+    assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
+    let r = g.get("/relaxed");
+    assert_eq!(
+        (r.status, r.backend().as_str()),
+        (200, "drip"),
+        "the pool itself has no header limit"
+    );
+}
