@@ -78,7 +78,7 @@ impl ServerApp for Listener {
             let s = &snap.cfg.server;
             (
                 s.client_header_timeout.0.max(Duration::from_secs(1)),
-                s.keepalive_timeout.map_or(Duration::from_secs(60), |k| k.0),
+                s.keepalive_timeout.0,
                 s.lean_keepalive,
             )
         };

@@ -344,7 +344,8 @@ fn slow_request_body_hits_the_client_body_timeout() {
     use std::io::{Read, Write};
     let b = Backend::start("b");
     let g = Gateway::start(&format!(
-        "server: {{ client_body_timeout: 500ms, pid_file: {{DIR}}/p.pid, upgrade_sock: {{DIR}}/u.sock, grace_period: 1s }}\n{}",
+        "{}{}",
+        server_section(&["client_body_timeout: 500ms"]),
         one_pool(&[&b], "")
     ));
     let mut s = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
@@ -388,7 +389,8 @@ fn client_header_timeout_closes_a_connection_that_sends_no_header() {
     assert_eq!(silent_for(&default, Duration::from_millis(1500)), None, "default: 60 s");
 
     let g = Gateway::start(&format!(
-        "server: {{ client_header_timeout: 1s, pid_file: {{DIR}}/p.pid, upgrade_sock: {{DIR}}/u.sock, grace_period: 1s }}\n{}",
+        "{}{}",
+        server_section(&["client_header_timeout: 1s"]),
         one_pool(&[&b], "")
     ));
     let closed = silent_for(&g, Duration::from_secs(5)).expect("closed by client_header_timeout");
@@ -448,13 +450,14 @@ fn idle_keepalive_connections_are_kept_then_closed_by_keepalive_timeout() {
         }
         Some(answers.join(" | "))
     };
-    let conf = |extra: &str| {
+    let conf = |lean: &str| {
         format!(
-            "server: {{ keepalive_timeout: 1s, pid_file: {{DIR}}/p.pid, upgrade_sock: {{DIR}}/u.sock, grace_period: 1s{extra} }}\n{}",
+            "{}{}",
+            server_section(&["keepalive_timeout: 1s", lean]),
             one_pool(&[&b], "")
         )
     };
-    for lean in ["", ", lean_keepalive: false"] {
+    for lean in ["lean_keepalive: true", "lean_keepalive: false"] {
         let g = Gateway::start(&conf(lean));
         let t = Instant::now();
         let kept = second_after(&g, Duration::from_millis(400));

@@ -155,7 +155,10 @@ fn idle_socket_outlives_the_http_read_timeout() {
         let g = gateway(
             &[&s],
             "",
-            "        websocket_idle_timeout: 10s\nserver: { client_body_timeout: 1s }\n",
+            &format!(
+                "        websocket_idle_timeout: 10s\n{}",
+                server_section(&["client_body_timeout: 1s"])
+            ),
         );
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/", g.port))
             .await

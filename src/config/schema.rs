@@ -65,8 +65,8 @@ pub struct ServerSection {
     pub upgrade_sock: Option<String>,
     pub error_log: Option<String>,
     pub daemon: bool,
-    /// Downstream keep-alive idle timeout (default 60s).
-    pub keepalive_timeout: Option<Dur>,
+    /// Downstream keep-alive idle timeout.
+    pub keepalive_timeout: Dur,
     /// How long a new connection may take to send its first request header
     /// (each read; nginx `client_header_timeout`, default 60s).
     pub client_header_timeout: Dur,
@@ -93,7 +93,7 @@ impl Default for ServerSection {
             upgrade_sock: None,
             error_log: None,
             daemon: false,
-            keepalive_timeout: None,
+            keepalive_timeout: Dur(std::time::Duration::from_secs(60)),
             client_header_timeout: Dur(std::time::Duration::from_secs(60)),
             client_body_timeout: None,
             read_buffer: None,

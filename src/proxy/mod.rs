@@ -177,8 +177,7 @@ impl ProxyHttp for Gateway {
     /// Built-in endpoints, then routing: find the location for Host + path.
     async fn request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.live.snapshot();
-        let idle = snap.cfg.server.keepalive_timeout.map_or(60, |k| k.0.as_secs());
-        s.set_keepalive(Some(idle));
+        s.set_keepalive(Some(snap.cfg.server.keepalive_timeout.0.as_secs()));
         ctx.snap = Some(snap.clone());
         ctx.in_flight = Some(RequestGauge::new());
         ctx.client_ip = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());

@@ -286,6 +286,22 @@ pub fn config_test(yaml: &str) -> (bool, String) {
     (out.status.success(), text.replace(f.to_str().unwrap(), "FILE"))
 }
 
+/// A `server:` section with what every test gateway needs (pid file and
+/// upgrade socket in its scratch `{DIR}`, 1 s grace periods), plus one
+/// `key: value` line per entry of `settings`. `Gateway::start` adds it when
+/// a config has no `server:` section of its own.
+pub fn server_section(settings: &[&str]) -> String {
+    let mut s = String::from(
+        "server:\n  pid_file: {DIR}/portico.pid\n  upgrade_sock: {DIR}/upgrade.sock\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n",
+    );
+    for line in settings {
+        s.push_str("  ");
+        s.push_str(line);
+        s.push('\n');
+    }
+    s
+}
+
 pub struct Gateway {
     pub child: Child,
     pub port: u16,
@@ -311,17 +327,14 @@ impl Gateway {
     pub fn start(yaml: &str) -> Gateway {
         let port = free_port();
         let dir = temp_dir();
+        let yaml = if yaml.contains("pid_file") || yaml.contains("\nserver:") {
+            yaml.to_string()
+        } else {
+            format!("{}{yaml}", server_section(&[]))
+        };
         let yaml = yaml
             .replace("{PORT}", &port.to_string())
             .replace("{DIR}", dir.to_str().unwrap());
-        let yaml = if yaml.contains("pid_file") || yaml.contains("\nserver:") {
-            yaml
-        } else {
-            format!(
-                "server:\n  pid_file: {d}/portico.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n{yaml}",
-                d = dir.display()
-            )
-        };
         let conf = dir.join("portico.yaml");
         std::fs::write(&conf, &yaml).unwrap();
         let child = Command::new(portico_bin())
