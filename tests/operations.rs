@@ -56,7 +56,13 @@ fn metrics_follow_traffic() {
     for _ in 0..7 {
         g.get("/");
     }
-    let m = admin(ap, "GET", "/metrics", "").body;
+    // Requests are counted once their response is out, so the last one may land a moment later.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut m = admin(ap, "GET", "/metrics", "").body;
+    while count(&m) - before < 7 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        m = admin(ap, "GET", "/metrics", "").body;
+    }
     assert_eq!(count(&m) - before, 7, "{m}");
     assert!(
         m.contains("portico_upstream_response_seconds_bucket{pool=\"app\""),

@@ -177,7 +177,10 @@ impl ProxyHttp for Gateway {
     /// Built-in endpoints, then routing: find the location for Host + path.
     async fn request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.live.snapshot();
-        s.set_keepalive(Some(snap.cfg.server.keepalive_timeout.0.as_secs()));
+        if s.get_keepalive().is_some() {
+            // Only where the client allows it (not HTTP/1.0 without keep-alive, not `Connection: close`).
+            s.set_keepalive(Some(snap.cfg.server.keepalive_timeout.0.as_secs()));
+        }
         ctx.snap = Some(snap.clone());
         ctx.in_flight = Some(RequestGauge::new());
         ctx.client_ip = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
