@@ -203,13 +203,16 @@ pub fn run(args: Args) -> i32 {
             scheme: if l.tls.is_some() { "https" } else { "http" },
             access_log: access_log.clone(),
         };
+        let lean = crate::proxy::lean::LeanPath::new(gw.clone(), &server.configuration);
         let mut proxy = pingora_proxy::http_proxy(&server.configuration, gw);
         let mut o = HttpServerOptions::default();
         o.h2c = l.h2c;
         proxy.server_options = Some(o);
         let app = crate::listener::Listener {
             proxy: Arc::new(proxy),
+            lean,
             live: live.clone(),
+            index: i,
         };
         let mut svc = pingora_core::services::listening::Service::new(format!("listener {}", l.listen), app);
         let endpoint =

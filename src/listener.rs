@@ -15,21 +15,32 @@
 //!   buffer are made once there is something to read, not for the whole
 //!   idle time. Measured: 23.8 -> 8.3 KiB per idle keep-alive connection,
 //!   for one extra 1-byte read per request.
+//! - The lean HTTP/1 path (`server.lean_proxy`, on by default): the
+//!   request's first bytes, read while waiting, decide whether it takes
+//!   Portico's short proxy loop (`crate::proxy::lean`) or Pingora's. They
+//!   are put back into the stream, so either loop reads the request whole.
 
 use crate::live::Live;
+use crate::proxy::lean::{self, LeanPath};
 use crate::proxy::Gateway;
 use async_trait::async_trait;
-use pingora_core::apps::{HttpServerApp, HttpServerOptions, ServerApp};
+use futures::FutureExt;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ServerApp};
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 
 pub struct Listener {
     pub proxy: Arc<HttpProxy<Gateway>>,
+    pub lean: LeanPath,
     pub live: Arc<Live>,
+    /// Index of this listener in the configuration.
+    pub index: usize,
 }
 
 impl Listener {
@@ -38,30 +49,55 @@ impl Listener {
     }
 }
 
-/// Wait up to `wait` for the next request's first byte, which stays in the
-/// stream for the session to read. `false`: close the connection (timed out,
-/// client gone, or the server is shutting down). TLS streams cannot be
-/// peeked; they go straight on, as does everything when `lean` is off.
-async fn next_request(lean: bool, stream: &mut Stream, wait: Duration, shutdown: &ShutdownWatch) -> bool {
-    if !lean {
-        return true;
-    }
-    let mut byte = [0u8; 1];
+/// Resolves when the server starts shutting down.
+async fn stopping(shutdown: &ShutdownWatch) {
     let mut stop = shutdown.clone();
-    let stopping = async move {
-        loop {
-            if stop.changed().await.is_err() {
-                std::future::pending::<()>().await; // no sender: no shutdown signal will come
-            }
-            if *stop.borrow() {
-                return;
-            }
+    loop {
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await; // no sender: no shutdown signal will come
         }
-    };
-    tokio::select! {
-        r = tokio::time::timeout(wait, stream.try_peek(&mut byte)) => matches!(r, Ok(Ok(_))),
-        _ = stopping => false,
+        if *stop.borrow() {
+            return;
+        }
     }
+}
+
+/// Wait up to `wait` for the next request on a plain connection, read what
+/// has arrived of it (up to 4 KiB), ask `lean` whether those bytes make a
+/// request for the lean path, and put them back. `None`: close the
+/// connection (timed out, client gone, or shutting down). TLS streams cannot
+/// take bytes back; they go straight on to Pingora, as does everything when
+/// `wait_lean` is off.
+async fn next_request(
+    stream: Stream,
+    wait_lean: bool,
+    wait: Duration,
+    shutdown: &ShutdownWatch,
+    lean: impl FnOnce(&[u8]) -> bool,
+) -> Option<(Stream, bool)> {
+    if !wait_lean || !stream.as_any().is::<L4Stream>() {
+        return Some((stream, false));
+    }
+    let mut l4: Box<L4Stream> = stream.into_any().downcast().ok()?;
+    let mut first = [0u8; 1];
+    let got = tokio::select! {
+        r = tokio::time::timeout(wait, l4.read(&mut first)) => matches!(r, Ok(Ok(1))),
+        _ = stopping(shutdown) => false,
+    };
+    if !got {
+        return None;
+    }
+    // No await from here on: the buffer is not kept in the connection's future.
+    let mut head = [0u8; 4096];
+    head[0] = first[0];
+    let more = match l4.read(&mut head[1..]).now_or_never() {
+        Some(Ok(n)) => n,
+        _ => 0, // nothing more yet, or an error the session will meet again
+    };
+    let head = &head[..1 + more];
+    let take_lean = lean(head);
+    l4.rewind(head);
+    Some((l4, take_lean))
 }
 
 #[async_trait]
@@ -72,37 +108,47 @@ impl ServerApp for Listener {
         if h2c || matches!(alpn, Some(ALPN::H2) | Some(ALPN::Custom(_))) {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
-        // Only the three settings are kept: this future lives as long as the connection.
-        let (first_wait, idle_wait, lean) = {
+        // Only these settings are kept: this future lives as long as the connection.
+        let (first_wait, idle_wait, lean_keepalive, lean_proxy) = {
             let snap = self.live.snapshot();
             let s = &snap.cfg.server;
             (
                 s.client_header_timeout.0.max(Duration::from_secs(1)),
                 s.keepalive_timeout.0,
                 s.lean_keepalive,
+                s.lean_proxy,
             )
         };
-        if !next_request(lean, &mut stream, first_wait, shutdown).await {
-            return None;
-        }
-        let mut session = ServerSession::new_http1(stream);
-        // Until the first header is complete, Pingora's "keepalive" wait is the one that applies.
-        session.set_keepalive(if *shutdown.borrow() {
-            None
-        } else {
-            Some(first_wait.as_secs())
-        });
-        session.set_keepalive_reuses_remaining(self.options().and_then(|o| o.keepalive_request_limit));
+        let mut wait = first_wait;
+        let mut settings: Option<HttpPersistentSettings> = None;
         loop {
-            let reused = HttpServerApp::process_new_http(&self.proxy, session, shutdown).await?;
-            let (mut stream, settings) = reused.consume();
-            if !next_request(lean, &mut stream, idle_wait, shutdown).await {
-                return None;
-            }
-            session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
-            }
+            let accepts = |head: &[u8]| lean_proxy && lean::accepts(head, &self.live.snapshot(), self.index);
+            let (s, take_lean) = next_request(stream, lean_keepalive || lean_proxy, wait, shutdown, accepts).await?;
+            // Until the first header is complete, Pingora's "keepalive" wait is the one that applies.
+            let keepalive = (!*shutdown.borrow()).then_some(first_wait.as_secs());
+            let reuses_left = self.options().and_then(|o| o.keepalive_request_limit);
+            let (s, next) = if take_lean {
+                let (s, st) = self
+                    .lean
+                    .serve(s, settings.take(), keepalive, reuses_left, shutdown)
+                    .await?;
+                (s, Some(st))
+            } else {
+                let mut session = ServerSession::new_http1(s);
+                match settings.take() {
+                    Some(st) => st.apply_to_session(&mut session),
+                    None => {
+                        session.set_keepalive(keepalive);
+                        session.set_keepalive_reuses_remaining(reuses_left);
+                    }
+                }
+                HttpServerApp::process_new_http(&self.proxy, session, shutdown)
+                    .await?
+                    .consume()
+            };
+            stream = s;
+            settings = next;
+            wait = idle_wait;
         }
     }
 

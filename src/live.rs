@@ -73,6 +73,8 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub trusted: Vec<IpNet>,
     pub health_path: Option<String>,
+    /// Some pool speaks HTTP/2 upstream (the lean HTTP/1 path must route first).
+    pub has_http2_pool: bool,
     /// The effective configuration (file plus runtime changes).
     pub cfg: config::Config,
     /// The configuration as the file says, before runtime changes.
@@ -737,6 +739,7 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
         return Err(l.err("access_log", "use stdout, off, or a file path"));
     }
     Ok(Snapshot {
+        has_http2_pool: pools.values().any(|p| p.http2),
         listeners,
         pools,
         trusted,

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub server_failures: IntGaugeVec,
     pub requests_in_flight: IntGauge,
     pub upgrades: IntCounter,
+    pub lean_requests: IntCounter,
     pub reloads: IntCounterVec,
     pub request_time: Histogram,
 }
@@ -60,6 +61,11 @@ pub fn get() -> &'static Metrics {
         let server_failures = g("upstream_failures", "Failed attempts on the server since start");
         let requests_in_flight = IntGauge::new("requests_in_flight", "Downstream requests being served").unwrap();
         let upgrades = IntCounter::new("upgrades_total", "Connections upgraded (WebSocket)").unwrap();
+        let lean_requests = IntCounter::new(
+            "lean_path_requests_total",
+            "Requests served by the lean HTTP/1 loop (the rest take Pingora's)",
+        )
+        .unwrap();
         let reloads = IntCounterVec::new(Opts::new("reloads_total", "Configuration reloads"), &["result"]).unwrap();
         let request_time = Histogram::with_opts(
             HistogramOpts::new("request_seconds", "Total request time")
@@ -74,6 +80,7 @@ pub fn get() -> &'static Metrics {
         }
         reg(Box::new(requests_in_flight.clone()));
         reg(Box::new(upgrades.clone()));
+        reg(Box::new(lean_requests.clone()));
         reg(Box::new(reloads.clone()));
         reg(Box::new(request_time.clone()));
         Metrics {
@@ -88,6 +95,7 @@ pub fn get() -> &'static Metrics {
             server_failures,
             requests_in_flight,
             upgrades,
+            lean_requests,
             reloads,
             request_time,
         }

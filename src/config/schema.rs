@@ -81,6 +81,11 @@ pub struct ServerSection {
     /// next request's first byte arrives (about 8 instead of 24 KiB each),
     /// at the cost of one extra 1-byte read per request. Plain listeners only.
     pub lean_keepalive: bool,
+    /// Plain HTTP/1.1 GET and HEAD requests without a body or upgrade take
+    /// Portico's own short proxy loop (`src/proxy/lean.rs`), which runs the
+    /// same hooks as Pingora's loop for about a third less CPU. Plain
+    /// listeners only; everything else always takes Pingora's loop.
+    pub lean_proxy: bool,
 }
 
 impl Default for ServerSection {
@@ -98,6 +103,7 @@ impl Default for ServerSection {
             client_body_timeout: None,
             read_buffer: None,
             lean_keepalive: true,
+            lean_proxy: true,
         }
     }
 }

@@ -16,6 +16,7 @@
 pub mod ctx;
 pub mod forwarded;
 pub mod header_watch;
+pub mod lean;
 pub mod pick;
 pub mod respond;
 
@@ -39,6 +40,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// One listener's proxy logic.
+#[derive(Clone)]
 pub struct Gateway {
     pub live: Arc<Live>,
     /// Index of this listener in the configuration.

@@ -27,6 +27,9 @@ pub enum Behaviour {
     /// Send the response header one line per interval (20 lines), then
     /// answer like `Echo`: every read is quick, the whole header is slow.
     Dribble(Duration),
+    /// Answer like `Echo` in HTTP/1.0 style: no Content-Length, the body
+    /// ends when the backend closes the connection.
+    CloseDelimited,
 }
 
 pub struct Backend {
@@ -239,6 +242,11 @@ fn handle_conn(
                 (200, echo(name, &line, &headers, &body))
             }
             (Behaviour::Echo, _) => (200, echo(name, &line, &headers, &body)),
+            (Behaviour::CloseDelimited, _) => {
+                let text = echo(name, &line, &headers, &body);
+                w.write_all(format!("HTTP/1.0 200 OK\r\nX-Backend: {name}\r\n\r\n{text}").as_bytes())?;
+                return Ok(()); // closing the connection ends the body
+            }
         };
         let resp = format!(
             "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nX-Backend: {name}\r\n\r\n{text}",

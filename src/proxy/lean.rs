@@ -1,0 +1,334 @@
+//! The lean HTTP/1 path: Portico's own short proxy loop for the most common
+//! request, a plain HTTP/1.1 GET or HEAD without a body or upgrade.
+//!
+//! It is not a second gateway. It drives the same [`Gateway`] hooks in the
+//! same order as Pingora's `HttpProxy` (request_filter, upstream_peer,
+//! connected_to_upstream, upstream_request_filter, upstream_response_filter,
+//! response_filter, response_body_filter, fail_to_connect, error_while_proxy,
+//! fail_to_proxy, logging), with the same `pingora-core` sessions and
+//! connection pool type, so routing, retries, passive health, error pages,
+//! metrics and the access log are the very same code. What it leaves out is
+//! what such a request never needs: the two-task duplex relay with its
+//! channels, body retry buffers, caching, upgrades and HTTP/2.
+//!
+//! [`accepts`] decides from the request's raw bytes, before any session
+//! exists, so a request it declines goes to Pingora untouched. It declines
+//! anything Pingora would have to rewrite beyond dropping a plain
+//! `Connection: keep-alive|close`: hop-by-hop headers, bodies, absolute-form
+//! targets, unusual Host values, and routes to HTTP/2 pools.
+
+use super::Gateway;
+use crate::live::{Action, Snapshot};
+use bytes::Bytes;
+use log::{error, warn};
+use pingora_core::apps::HttpPersistentSettings;
+use pingora_core::connectors::http::Connector;
+use pingora_core::connectors::ConnectorOptions;
+use pingora_core::protocols::http::client::HttpSession as ClientSession;
+use pingora_core::protocols::http::v1::client::HttpSession as H1Upstream;
+use pingora_core::protocols::http::HttpTask;
+use pingora_core::protocols::{Stream, UniqueID};
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_core::{Error, ErrorType};
+use pingora_http::RequestHeader;
+use pingora_proxy::{ProxyHttp, Session};
+
+/// Headers whose presence sends a request to Pingora's loop: hop-by-hop
+/// fields it would strip or act on, and anything implying a body.
+const DECLINE: [&str; 11] = [
+    "content-length",
+    "transfer-encoding",
+    "upgrade",
+    "keep-alive",
+    "te",
+    "trailer",
+    "expect",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "http2-settings",
+];
+
+fn plain_host(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'))
+}
+
+/// Can the lean path serve the request whose first bytes are `head`?
+/// Anything incomplete or unusual is declined (Pingora's loop serves it).
+pub fn accepts(head: &[u8], snap: &Snapshot, listener: usize) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return false;
+    }
+    if req.version != Some(1) || !matches!(req.method, Some("GET" | "HEAD")) {
+        return false;
+    }
+    let Some(path) = req.path.filter(|p| p.starts_with('/')) else {
+        return false;
+    };
+    let mut host = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("host") {
+            if host.is_some() || !plain_host(h.value) {
+                return false;
+            }
+            host = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            if !(h.value.eq_ignore_ascii_case(b"keep-alive") || h.value.eq_ignore_ascii_case(b"close")) {
+                return false;
+            }
+        } else if DECLINE.iter().any(|d| h.name.eq_ignore_ascii_case(d)) {
+            return false;
+        }
+    }
+    let Some(host) = host else { return false };
+    if !snap.has_http2_pool {
+        return true;
+    }
+    // Only here does the route matter: an HTTP/2 pool needs Pingora's loop.
+    let host = std::str::from_utf8(host).unwrap_or("");
+    let path = path.split('?').next().unwrap_or(path);
+    let loc = snap
+        .listeners
+        .get(listener)
+        .and_then(|l| l.hosts.lookup(host))
+        .and_then(|h| h.paths.lookup(path));
+    !matches!(loc.map(|l| &l.action), Some(Action::Proxy(p)) if p.http2)
+}
+
+/// One listener's lean path: its gateway hooks and its own upstream pool.
+pub struct LeanPath {
+    gw: Gateway,
+    connector: Connector,
+    max_retries: usize,
+}
+
+/// `(downstream reusable, error)` of one attempt, as in Pingora.
+type Outcome = (bool, Option<Box<Error>>);
+
+impl LeanPath {
+    pub fn new(gw: Gateway, conf: &ServerConf) -> Self {
+        LeanPath {
+            gw,
+            connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
+            max_retries: conf.max_retries,
+        }
+    }
+
+    /// Serve one request from `stream` (which [`accepts`] approved). Returns
+    /// the connection if it may carry another request.
+    pub async fn serve(
+        &self,
+        stream: Stream,
+        settings: Option<HttpPersistentSettings>,
+        keepalive: Option<u64>,
+        reuses_left: Option<u32>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<(Stream, HttpPersistentSettings)> {
+        let mut s = Session::new_h1(stream);
+        let down = s.as_downstream_mut();
+        match settings {
+            Some(st) => st.apply_to_session(down),
+            None => {
+                down.set_keepalive(keepalive);
+                down.set_keepalive_reuses_remaining(reuses_left);
+            }
+        }
+        match down.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    let _ = down.respond_error(400).await;
+                }
+                down.shutdown().await;
+                return None;
+            }
+        }
+        crate::metrics::get().lean_requests.inc();
+        if *shutdown.borrow() {
+            s.set_keepalive(None);
+        }
+        let gw = &self.gw;
+        let mut ctx = gw.new_ctx();
+        match gw.request_filter(&mut s, &mut ctx).await {
+            Ok(true) => {
+                gw.logging(&mut s, None, &mut ctx).await;
+                return finish(s).await;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                let res = gw.fail_to_proxy(&mut s, &e, &mut ctx).await;
+                if !gw.suppress_error_log(&s, &ctx, &e) {
+                    error!(
+                        "Fail to filter request: {e}, status: {}, {}",
+                        res.error_code,
+                        gw.request_summary(&s, &ctx)
+                    );
+                }
+                gw.logging(&mut s, Some(&e), &mut ctx).await;
+                s.downstream_session.on_proxy_failure(e);
+                return None;
+            }
+        }
+        let mut tries = 0;
+        let (mut reuse, mut failure) = (false, None);
+        while tries < self.max_retries {
+            tries += 1;
+            let (r, e) = self.attempt(&mut s, &mut ctx).await;
+            reuse = r;
+            match e {
+                Some(e) if e.retry() => {
+                    if !gw.suppress_error_log(&s, &ctx, &e) {
+                        warn!(
+                            "Fail to proxy: {e}, tries: {tries}, retry: true, {}",
+                            gw.request_summary(&s, &ctx)
+                        );
+                    }
+                    failure = Some(e);
+                }
+                e => {
+                    failure = e;
+                    break;
+                }
+            }
+        }
+        if let Some(e) = &failure {
+            let res = gw.fail_to_proxy(&mut s, e, &mut ctx).await;
+            if !gw.suppress_error_log(&s, &ctx, e) {
+                error!(
+                    "Fail to proxy: {e}, status: {}, tries: {tries}, retry: false, {}",
+                    res.error_code,
+                    gw.request_summary(&s, &ctx)
+                );
+            }
+        }
+        gw.logging(&mut s, failure.as_deref(), &mut ctx).await;
+        match failure {
+            Some(e) => {
+                s.downstream_session.on_proxy_failure(e);
+                None
+            }
+            None if reuse => finish(s).await,
+            None => None,
+        }
+    }
+
+    /// One attempt at one server: pick, connect, relay.
+    async fn attempt(&self, s: &mut Session, ctx: &mut super::Ctx) -> Outcome {
+        let gw = &self.gw;
+        let peer = match gw.upstream_peer(s, ctx).await {
+            Ok(p) => p,
+            Err(e) => return (false, Some(e)),
+        };
+        let (up, reused) = match self.connector.get_http_session(&*peer).await {
+            Ok(c) => c,
+            Err(mut e) => {
+                e.as_up();
+                return (false, Some(gw.fail_to_connect(s, &peer, ctx, e).into_up()));
+            }
+        };
+        let ClientSession::H1(mut up) = up else {
+            // `accepts` keeps requests for HTTP/2 pools away from this path.
+            let e = Error::explain(ErrorType::InternalError, "lean path got a non-HTTP/1 upstream");
+            return (false, Some(e));
+        };
+        let fd = up.id();
+        let (down_reuse, up_reuse, e) = match gw.connected_to_upstream(s, reused, &peer, fd, None, ctx).await {
+            Ok(()) => self.relay(s, &mut up, &peer, ctx).await,
+            Err(e) => (false, false, Some(e)),
+        };
+        if up_reuse {
+            let idle = peer.idle_timeout();
+            self.connector
+                .release_http_session(ClientSession::H1(up), &*peer, idle)
+                .await;
+        }
+        (down_reuse, e.map(|e| gw.error_while_proxy(&peer, s, e, ctx, reused)))
+    }
+
+    /// Send the request header, then pass the response through the response
+    /// hooks to the client. `(downstream reusable, upstream reusable, error)`.
+    async fn relay(
+        &self,
+        s: &mut Session,
+        up: &mut H1Upstream,
+        peer: &HttpPeer,
+        ctx: &mut super::Ctx,
+    ) -> (bool, bool, Option<Box<Error>>) {
+        let gw = &self.gw;
+        up.read_timeout = peer.options.read_timeout;
+        up.write_timeout = peer.options.write_timeout;
+        let mut req: RequestHeader = s.req_header().clone();
+        req.remove_header(&http::header::CONNECTION);
+        if let Err(e) = gw.upstream_request_filter(s, &mut req, ctx).await {
+            return (false, true, Some(e));
+        }
+        if let Err(e) = pingora_core::protocols::http::authority::validate_request_authority(&req) {
+            return (false, true, Some(e.into_in()));
+        }
+        if let Err(e) = up.write_request_header(Box::new(req)).await {
+            return (false, false, Some(e.into_up()));
+        }
+        loop {
+            let task = match up.read_response_task().await {
+                Ok(t) => t,
+                Err(e) => return (false, false, Some(e.into_up())),
+            };
+            let done = task.is_end();
+            let sent = match task {
+                HttpTask::Header(mut resp, end) => {
+                    if resp.status.is_informational() {
+                        continue; // 1xx before the real response: dropped, as nginx does
+                    }
+                    if let Err(e) = gw.upstream_response_filter(s, &mut resp, ctx).await {
+                        return (false, false, Some(e));
+                    }
+                    let no_body =
+                        s.req_header().method == http::Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);
+                    if !no_body
+                        && !end
+                        && !resp.headers.contains_key(http::header::TRANSFER_ENCODING)
+                        && !resp.headers.contains_key(http::header::CONTENT_LENGTH)
+                    {
+                        // A close-delimited (HTTP/1.0 style) body goes on chunked, so the client connection stays.
+                        resp.set_version(http::Version::HTTP_11);
+                        if let Err(e) = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked") {
+                            return (false, false, Some(e));
+                        }
+                    }
+                    if let Err(e) = gw.response_filter(s, &mut resp, ctx).await {
+                        return (false, false, Some(e));
+                    }
+                    s.write_response_header(resp, end).await
+                }
+                HttpTask::Body(mut body, end) => match gw.response_body_filter(s, &mut body, end, ctx) {
+                    Ok(_) => s.write_response_body(body, end).await,
+                    Err(e) => return (false, false, Some(e)),
+                },
+                HttpTask::Done => s.write_response_body(None::<Bytes>, true).await,
+                _ => Ok(()),
+            };
+            if let Err(e) = sent {
+                // The client could not take it: the upstream connection has unread bytes unless done.
+                return (false, done, Some(e.into_down()));
+            }
+            if done {
+                return (true, true, None);
+            }
+        }
+    }
+}
+
+/// Hand the connection back for the next request, with its keep-alive state.
+async fn finish(s: Session) -> Option<(Stream, HttpPersistentSettings)> {
+    let settings = HttpPersistentSettings::for_session(&s.downstream_session);
+    let reusable = s.downstream_session.finish().await.ok().flatten()?;
+    let (stream, _prefix) = reusable.into_parts(); // pipelining stays off, as in Pingora's default
+    Some((stream, settings))
+}

@@ -1,0 +1,160 @@
+//! The lean HTTP/1 loop (`server.lean_proxy`): plain GET/HEAD requests take
+//! Portico's own proxy loop, everything else Pingora's. Both must send the
+//! backend the same request and the client the same response; requests the
+//! lean loop declines must still be served; its framing must hold for
+//! close-delimited backends. `portico_lean_path_requests_total` shows which
+//! loop served what.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+const TOKEN: &str = "lean-token";
+
+fn conf(admin_port: u16, backends: &[&Backend], lean: bool) -> String {
+    format!(
+        "{}admin: {{ listen: \"127.0.0.1:{admin_port}\", token: {TOKEN} }}\nlisteners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app:\n    servers:\n{}\nvirtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: app\n        proxy_set_header: {{ X-Route: \"$host$request_uri\" }}\n",
+        server_section(&[&format!("lean_proxy: {lean}")]),
+        servers_yaml(backends, "")
+    )
+}
+
+fn lean_count(admin_port: u16) -> u64 {
+    let auth = format!("Bearer {TOKEN}");
+    let m = request(admin_port, "GET", "/metrics", &[("Authorization", auth.as_str())], b"").body;
+    m.lines()
+        .find_map(|l| l.strip_prefix("portico_lean_path_requests_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("lean counter in /metrics")
+}
+
+/// Everything about a response except what changes from one second to the next.
+fn comparable(r: &Response) -> (u16, Vec<(String, String)>, String) {
+    let headers = r
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("date"))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    (r.status, headers, r.body.clone())
+}
+
+#[test]
+fn both_loops_send_and_return_the_same_bytes() {
+    let b = Backend::start("b");
+    let (ap_lean, ap_pingora) = (free_port(), free_port());
+    let lean = Gateway::start(&conf(ap_lean, &[&b], true));
+    let pingora = Gateway::start(&conf(ap_pingora, &[&b], false));
+    let before = (lean_count(ap_lean), lean_count(ap_pingora));
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let cases: [Case; 4] = [
+        ("GET", "/a/b?x=1&y=2", &[("X-Custom", "one"), ("Cookie", "k=v")]),
+        ("GET", "/keep", &[("Connection", "keep-alive"), ("Accept", "*/*")]),
+        ("HEAD", "/head", &[("Host", "example.com:8080")]),
+        ("GET", "/close", &[("Connection", "close")]),
+    ];
+    for (method, path, headers) in cases {
+        let a = request(lean.port, method, path, headers, b"");
+        let p = request(pingora.port, method, path, headers, b"");
+        assert_eq!(a.status, 200, "{method} {path}");
+        assert_eq!(comparable(&a), comparable(&p), "{method} {path}: lean vs Pingora loop");
+        if path == "/close" {
+            assert_eq!(a.header("connection"), Some("close"), "the client's close is kept");
+        }
+        if method == "GET" {
+            // What the backend saw: forwarding headers, the header rule, no hop-by-hop field.
+            assert_eq!(a.echoed("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+            assert_eq!(a.echoed("x-route"), Some(format!("localhost{path}")));
+            assert_eq!(a.echoed("connection"), None, "{path}");
+        }
+    }
+    assert_eq!(lean_count(ap_lean) - before.0, 4, "all four took the lean loop");
+    assert_eq!(
+        lean_count(ap_pingora) - before.1,
+        0,
+        "lean_proxy: false keeps Pingora's loop"
+    );
+}
+
+#[test]
+fn requests_the_lean_loop_declines_are_served_by_pingora() {
+    let b = Backend::start("b");
+    let ap = free_port();
+    let g = Gateway::start(&conf(ap, &[&b], true));
+    let before = lean_count(ap);
+
+    let r = request(g.port, "POST", "/form", &[], b"hello=world");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("body-length=11\n"), "{}", r.body);
+    let r = request(
+        g.port,
+        "GET",
+        "/with-te",
+        &[("Transfer-Encoding", "chunked")],
+        b"5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("body-length=5\n"), "{}", r.body);
+    let r = request(
+        g.port,
+        "GET",
+        "/nominated",
+        &[("Connection", "X-Secret"), ("X-Secret", "s")],
+        b"",
+    );
+    assert_eq!(
+        (r.status, r.echoed("x-secret")),
+        (200, None),
+        "Pingora strips nominated headers"
+    );
+
+    // A header that arrives in two pieces: the first read is incomplete.
+    let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /split HTTP/1.1\r\nHo").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(b"st: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("request=GET /split HTTP/1.1"), "{out}");
+
+    // HTTP/1.0 goes to Pingora too.
+    let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /old HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.") && out.contains(" 200 "), "{out}");
+
+    assert_eq!(lean_count(ap) - before, 0, "none of these took the lean loop");
+    let r = g.get("/plain");
+    assert_eq!(r.status, 200);
+    assert_eq!(lean_count(ap) - before, 1);
+}
+
+#[test]
+fn close_delimited_backend_is_relayed_chunked_on_a_kept_connection() {
+    let b = Backend::start_with("old", Behaviour::CloseDelimited);
+    for lean in [true, false] {
+        let ap = free_port();
+        let g = Gateway::start(&conf(ap, &[&b], lean));
+        let before = lean_count(ap);
+        let mut c = Client::connect(g.port).unwrap();
+        for i in 0..3 {
+            let path = format!("/old/{i}");
+            let r = c.send("GET", &path, &[], b"").unwrap();
+            assert_eq!(r.status, 200, "lean={lean}");
+            assert_eq!(r.header("transfer-encoding"), Some("chunked"), "lean={lean}");
+            assert!(r.body.contains(&format!("request=GET {path} HTTP/1.1")), "{}", r.body);
+            assert!(
+                r.body.ends_with("body-length=0\n"),
+                "whole body, lean={lean}: {}",
+                r.body
+            );
+        }
+        assert_eq!(lean_count(ap) - before, if lean { 3 } else { 0 });
+    }
+}
