@@ -268,3 +268,78 @@ fn upstream_tls_with_verification_and_h2c() {
         inner.access_log()
     );
 }
+
+/// Read one response with a Content-Length body from a kept-alive stream.
+fn read_response<R: std::io::BufRead>(r: &mut R) -> (u16, String) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut len = 0;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        if h.trim_end().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn https_requests_take_the_lean_loop_and_the_rest_pingoras_on_one_connection() {
+    let dir = temp_dir();
+    let a = issue(&["a.test"], None, -1, 30, false);
+    let (cert, key) = write(&dir, "a", &a);
+    let backend = Backend::start("app");
+    let ap = free_port();
+    let g = Gateway::start(&format!(
+        "admin: {{ listen: \"127.0.0.1:{ap}\", token: t }}\nlisteners:\n  - listen: 127.0.0.1:{{PORT}}\n    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
+        cert.display(),
+        key.display(),
+        backend.addr
+    ));
+    let lean = || {
+        let m = request(ap, "GET", "/metrics", &[("Authorization", "Bearer t")], b"").body;
+        m.lines()
+            .find_map(|l| l.strip_prefix("portico_lean_path_requests_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let before = lean();
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    let c = b.build().configure().unwrap().verify_hostname(false);
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut s = std::io::BufReader::new(c.connect("a.test", tcp).unwrap());
+    let steps: [(&str, &str); 4] = [
+        ("GET /one HTTP/1.1\r\nHost: a.test\r\n\r\n", "request=GET /one"),
+        (
+            "POST /two HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc",
+            "body-length=3",
+        ),
+        (
+            "GET /three HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            "header=x-forwarded-proto: https",
+        ),
+        ("GET /four HTTP/1.1\r\nHost: a.test\r\n\r\n", "request=GET /four"),
+    ];
+    for (req, expect) in steps {
+        s.get_mut().write_all(req.as_bytes()).unwrap();
+        let (status, body) = read_response(&mut s);
+        assert_eq!(status, 200, "{req}");
+        assert!(body.contains(expect), "{req}: {body}");
+    }
+    assert_eq!(
+        lean() - before,
+        3,
+        "the three GETs took the lean loop, the POST Pingora's"
+    );
+}

@@ -79,12 +79,12 @@ pub struct ServerSection {
     pub read_buffer: Option<Size>,
     /// Idle HTTP/1 keep-alive connections hold only their socket until the
     /// next request's first byte arrives (about 8 instead of 24 KiB each),
-    /// at the cost of one extra 1-byte read per request. Plain listeners only.
+    /// at the cost of one extra 1-byte read per request.
     pub lean_keepalive: bool,
-    /// Plain HTTP/1.1 GET and HEAD requests without a body or upgrade take
+    /// HTTP/1.1 GET and HEAD requests without a body or upgrade take
     /// Portico's own short proxy loop (`src/proxy/lean.rs`), which runs the
-    /// same hooks as Pingora's loop for about a third less CPU. Plain
-    /// listeners only; everything else always takes Pingora's loop.
+    /// same hooks as Pingora's loop for less CPU. Everything else (bodies,
+    /// upgrades, HTTP/1.0, HTTP/2) always takes Pingora's loop.
     pub lean_proxy: bool,
 }
 
