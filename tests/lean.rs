@@ -158,3 +158,23 @@ fn close_delimited_backend_is_relayed_chunked_on_a_kept_connection() {
         assert_eq!(lean_count(ap) - before, if lean { 3 } else { 0 });
     }
 }
+
+#[test]
+fn a_client_that_leaves_abandons_its_request_in_both_loops() {
+    let b = Backend::start_with("slow", Behaviour::Slow(Duration::from_millis(1500)));
+    for lean in [true, false] {
+        let g = Gateway::start(&conf(free_port(), &[&b], lean));
+        let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+        s.write_all(b"GET /gone HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        drop(s);
+        // Logged once the gateway gives up on the request: long before the backend would answer.
+        std::thread::sleep(Duration::from_millis(600));
+        let log = g.access_log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("GET /gone"))
+            .unwrap_or_else(|| panic!("lean={lean}: request still running after the client left: {log:?}"));
+        assert!(line.contains("\"GET /gone HTTP/1.1\" 0 "), "lean={lean}: {line}");
+    }
+}

@@ -7,9 +7,10 @@
 //! response_filter, response_body_filter, fail_to_connect, error_while_proxy,
 //! fail_to_proxy, logging), with the same `pingora-core` sessions and
 //! connection pool type, so routing, retries, passive health, error pages,
-//! metrics and the access log are the very same code. What it leaves out is
-//! what such a request never needs: the two-task duplex relay with its
-//! channels, body retry buffers, caching, upgrades and HTTP/2.
+//! metrics and the access log are the very same code, and a client that
+//! leaves early abandons its request in both. What it leaves out is what
+//! such a request never needs: the two-task duplex relay with its channels,
+//! body retry buffers, caching, upgrades and HTTP/2.
 //!
 //! [`accepts`] decides from the request's raw bytes, before any session
 //! exists, so a request it declines goes to Pingora untouched. It declines
@@ -276,9 +277,19 @@ impl LeanPath {
             return (false, false, Some(e.into_up()));
         }
         loop {
-            let task = match up.read_response_task().await {
+            // While waiting on the server, notice a client that goes away (or
+            // sends more before its answer): abandon the request, as Pingora does.
+            let next = tokio::select! {
+                biased;
+                t = up.read_response_task() => t.map_err(|e| e.into_up()),
+                e = s.downstream_session.read_body_or_idle(true) => match e {
+                    Err(e) => Err(e.into_down()),
+                    Ok(_) => continue, // nothing to act on
+                },
+            };
+            let task = match next {
                 Ok(t) => t,
-                Err(e) => return (false, false, Some(e.into_up())),
+                Err(e) => return (false, false, Some(e)),
             };
             let done = task.is_end();
             let sent = match task {
