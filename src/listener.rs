@@ -171,10 +171,9 @@ impl ServerApp for Listener {
             let keepalive = (!*shutdown.borrow()).then_some(first_wait.as_secs());
             let reuses_left = self.options().and_then(|o| o.keepalive_request_limit);
             let (s, next) = if take_lean {
-                let (s, st) = self
-                    .lean
-                    .serve(s, settings.take(), keepalive, reuses_left, shutdown)
-                    .await?;
+                // Boxed, so the request's state is not part of the connection's idle future.
+                let serve = Box::pin(self.lean.serve(s, settings.take(), keepalive, reuses_left, shutdown));
+                let (s, st) = serve.await?;
                 (s, Some(st))
             } else {
                 let mut session = ServerSession::new_http1(s);
