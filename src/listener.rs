@@ -71,6 +71,8 @@ async fn stopping(shutdown: &ShutdownWatch) {
 async fn first_byte<S: AsyncRead + Unpin + ?Sized>(s: &mut S, wait: Duration, shutdown: &ShutdownWatch) -> Option<u8> {
     let mut first = [0u8; 1];
     tokio::select! {
+        // Read first: a request that has already arrived is served, not dropped, at shutdown.
+        biased;
         r = tokio::time::timeout(wait, s.read(&mut first)) => matches!(r, Ok(Ok(1))).then_some(first[0]),
         _ = stopping(shutdown) => None,
     }
