@@ -259,5 +259,8 @@ pub fn run(args: Args) -> i32 {
         "portico listening on {:?}",
         cfg.listeners.iter().map(|l| &l.listen).collect::<Vec<_>>()
     );
-    server.run_forever()
+    server.run(pingora_core::server::RunArgs::default());
+    // Pingora's fast shutdown (SIGINT) returns here: the last lines must not be lost.
+    crate::access_log::flush_global();
+    std::process::exit(0)
 }

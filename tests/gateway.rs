@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn one_pool(b: &[&Backend], loc_extra: &str) -> String {
     format!(
@@ -473,4 +473,23 @@ fn idle_keepalive_connections_are_kept_then_closed_by_keepalive_timeout() {
             "closed after 1s idle, lean {lean:?}"
         );
     }
+}
+
+#[test]
+fn fast_shutdown_keeps_every_access_log_line() {
+    let b = Backend::start("b");
+    let mut g = Gateway::start(&one_pool(&[&b], ""));
+    let mut c = Client::connect(g.port).unwrap();
+    for i in 0..300 {
+        assert_eq!(c.send("GET", &format!("/line/{i}"), &[], b"").unwrap().status, 200);
+    }
+    // SIGINT right away: the last lines are still in the log buffer (flushed every 100 ms).
+    g.signal("INT");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while g.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "portico did not exit on SIGINT");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let lines = g.access_log().lines().filter(|l| l.contains("GET /line/")).count();
+    assert_eq!(lines, 300);
 }
