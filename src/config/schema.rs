@@ -78,7 +78,7 @@ pub struct ServerSection {
     /// buffer), 16k on TLS listeners (one TLS record per read).
     pub read_buffer: Option<Size>,
     /// Idle HTTP/1 keep-alive connections hold only their socket until the
-    /// next request's first byte arrives (about 8 instead of 24 KiB each),
+    /// next request's first byte arrives (about 7 instead of 24 KiB each),
     /// at the cost of one extra 1-byte read per request.
     pub lean_keepalive: bool,
     /// HTTP/1.1 GET and HEAD requests without a body or upgrade take
