@@ -7,7 +7,7 @@
 
 mod common;
 use common::*;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -111,22 +111,20 @@ fn requests_the_lean_loop_declines_are_served_by_pingora() {
     );
 
     // A header that arrives in two pieces: the first read is incomplete.
-    let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /split HTTP/1.1\r\nHo").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    s.write_all(b"st: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let parts: [&[u8]; 2] = [
+        b"GET /split HTTP/1.1\r\nHo",
+        b"st: localhost\r\nConnection: close\r\n\r\n",
+    ];
+    let out = raw_exchange(g.port, &parts, Duration::from_millis(100));
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains("request=GET /split HTTP/1.1"), "{out}");
 
     // HTTP/1.0 goes to Pingora too.
-    let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /old HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let out = raw_exchange(
+        g.port,
+        &[b"GET /old HTTP/1.0\r\nHost: localhost\r\n\r\n"],
+        Duration::ZERO,
+    );
     assert!(out.starts_with("HTTP/1.") && out.contains(" 200 "), "{out}");
 
     assert_eq!(lean_count(ap) - before, 0, "none of these took the lean loop");
@@ -170,11 +168,9 @@ fn a_client_that_leaves_abandons_its_request_in_both_loops() {
         drop(s);
         // Logged once the gateway gives up on the request: long before the backend would answer.
         std::thread::sleep(Duration::from_millis(600));
-        let log = g.access_log();
-        let line = log
-            .lines()
-            .find(|l| l.contains("GET /gone"))
-            .unwrap_or_else(|| panic!("lean={lean}: request still running after the client left: {log:?}"));
+        let line = g
+            .access_log_line("GET /gone")
+            .unwrap_or_else(|| panic!("lean={lean}: request still running after the client left"));
         assert!(line.contains("\"GET /gone HTTP/1.1\" 0 "), "lean={lean}: {line}");
     }
 }

@@ -385,6 +385,14 @@ impl Gateway {
         std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
     }
 
+    /// The first access-log line containing `needle`.
+    pub fn access_log_line(&self, needle: &str) -> Option<String> {
+        self.access_log()
+            .lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_string)
+    }
+
     pub fn get(&self, path: &str) -> Response {
         request(self.port, "GET", path, &[], b"")
     }
@@ -457,6 +465,23 @@ impl Response {
             k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
         })
     }
+}
+
+/// Send `parts` on a new connection, pausing `pause` between them, and read
+/// until the gateway closes it (5 s at most): raw bytes for requests the
+/// client above would not write.
+pub fn raw_exchange(port: u16, parts: &[&[u8]], pause: Duration) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(pause);
+        }
+        s.write_all(p).unwrap();
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// One request on a new connection; panics on I/O errors.
