@@ -174,3 +174,21 @@ fn a_client_that_leaves_abandons_its_request_in_both_loops() {
         assert!(line.contains("\"GET /gone HTTP/1.1\" 0 "), "lean={lean}: {line}");
     }
 }
+
+#[test]
+fn pooled_connections_the_server_closed_are_not_used() {
+    let b = Backend::start_with("closer", Behaviour::EchoThenClose);
+    let g = Gateway::start(&conf(free_port(), &[&b], true));
+    let mut c = Client::connect(g.port).unwrap();
+    for i in 0..10 {
+        assert_eq!(c.send("GET", &format!("/c/{i}"), &[], b"").unwrap().status, 200);
+        std::thread::sleep(Duration::from_millis(60)); // the server has closed its side by now
+    }
+    assert_eq!(b.connections.load(std::sync::atomic::Ordering::SeqCst), 10);
+    std::thread::sleep(Duration::from_millis(300));
+    // One attempt each: a dead pooled connection is noticed before the request goes out on it.
+    for i in 0..10 {
+        let line = g.access_log_line(&format!("GET /c/{i} ")).expect("logged");
+        assert_eq!(line.matches(&b.addr.to_string()).count(), 1, "{line}");
+    }
+}

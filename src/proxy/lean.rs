@@ -5,12 +5,14 @@
 //! same order as Pingora's `HttpProxy` (request_filter, upstream_peer,
 //! connected_to_upstream, upstream_request_filter, upstream_response_filter,
 //! response_filter, response_body_filter, fail_to_connect, error_while_proxy,
-//! fail_to_proxy, logging), with the same `pingora-core` sessions and
-//! connection pool type, so routing, retries, passive health, error pages,
+//! fail_to_proxy, logging), with the same `pingora-core` HTTP/1 sessions and
+//! connection setup, so routing, retries, passive health, error pages,
 //! metrics and the access log are the very same code, and a client that
 //! leaves early abandons its request in both. What it leaves out is what
 //! such a request never needs: the two-task duplex relay with its channels,
-//! body retry buffers, caching, upgrades and HTTP/2.
+//! body retry buffers, caching, upgrades and HTTP/2. Its idle upstream
+//! connections are kept in a pool of its own ([`idle`]), without the watcher
+//! task Pingora's pool runs for each of them.
 //!
 //! [`accepts`] decides from the request's raw bytes, before any session
 //! exists, so a request it declines goes to Pingora untouched. It declines
@@ -18,23 +20,25 @@
 //! `Connection: keep-alive|close`: hop-by-hop headers, bodies, absolute-form
 //! targets, unusual Host values, and routes to HTTP/2 pools.
 
+mod idle;
+
 use super::Gateway;
 use crate::live::{Action, Snapshot};
 use bytes::Bytes;
+use idle::IdlePool;
 use log::{error, warn};
 use pingora_core::apps::HttpPersistentSettings;
-use pingora_core::connectors::http::Connector;
-use pingora_core::connectors::ConnectorOptions;
-use pingora_core::protocols::http::client::HttpSession as ClientSession;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::protocols::http::v1::client::HttpSession as H1Upstream;
 use pingora_core::protocols::http::HttpTask;
-use pingora_core::protocols::{Stream, UniqueID};
+use pingora_core::protocols::{Stream, UniqueID, ALPN};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_core::{Error, ErrorType};
 use pingora_http::RequestHeader;
 use pingora_proxy::{ProxyHttp, Session};
+use std::sync::Arc;
 
 /// Headers whose presence sends a request to Pingora's loop: hop-by-hop
 /// fields it would strip or act on, and anything implying a body.
@@ -105,7 +109,9 @@ pub fn accepts(head: &[u8], snap: &Snapshot, listener: usize) -> bool {
 /// One listener's lean path: its gateway hooks and its own upstream pool.
 pub struct LeanPath {
     gw: Gateway,
-    connector: Connector,
+    /// Makes new upstream connections (TCP, TLS) the way Pingora does.
+    transport: TransportConnector,
+    idle: Arc<IdlePool>,
     max_retries: usize,
 }
 
@@ -116,7 +122,8 @@ impl LeanPath {
     pub fn new(gw: Gateway, conf: &ServerConf) -> Self {
         LeanPath {
             gw,
-            connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
+            transport: TransportConnector::new(Some(ConnectorOptions::from_server_conf(conf))),
+            idle: Arc::default(),
             max_retries: conf.max_retries,
         }
     }
@@ -227,28 +234,34 @@ impl LeanPath {
             Ok(p) => p,
             Err(e) => return (false, Some(e)),
         };
-        let (up, reused) = match self.connector.get_http_session(&*peer).await {
-            Ok(c) => c,
-            Err(mut e) => {
-                e.as_up();
-                return (false, Some(gw.fail_to_connect(s, &peer, ctx, e).into_up()));
-            }
-        };
-        let ClientSession::H1(mut up) = up else {
-            // `accepts` keeps requests for HTTP/2 pools away from this path.
-            let e = Error::explain(ErrorType::InternalError, "lean path got a non-HTTP/1 upstream");
+        if peer.options.alpn == ALPN::H2 {
+            // `accepts` keeps requests for HTTP/2 pools away; only a reload in between gets here.
+            let e = Error::explain(ErrorType::InternalError, "lean path got an HTTP/2 pool");
             return (false, Some(e));
+        }
+        let key = peer.reuse_hash();
+        let (stream, reused) = match self.idle.take(key) {
+            Some(stream) => (stream, true),
+            None => match self.transport.new_stream(&*peer).await {
+                Ok(stream) => (stream, false),
+                Err(mut e) => {
+                    e.as_up();
+                    return (false, Some(gw.fail_to_connect(s, &peer, ctx, e).into_up()));
+                }
+            },
         };
+        let mut up = H1Upstream::new_with_options(stream, &*peer);
         let fd = up.id();
         let (down_reuse, up_reuse, e) = match gw.connected_to_upstream(s, reused, &peer, fd, None, ctx).await {
             Ok(()) => self.relay(s, &mut up, &peer, ctx).await,
             Err(e) => (false, false, Some(e)),
         };
         if up_reuse {
-            let idle = peer.idle_timeout();
-            self.connector
-                .release_http_session(ClientSession::H1(up), &*peer, idle)
-                .await;
+            up.respect_keepalive();
+            if let Some(stream) = up.reuse().await {
+                let limit = ctx.pool.as_ref().map_or(1, |p| p.keepalive);
+                self.idle.put(key, stream, peer.idle_timeout(), limit);
+            }
         }
         (down_reuse, e.map(|e| gw.error_while_proxy(&peer, s, e, ctx, reused)))
     }

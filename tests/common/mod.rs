@@ -30,6 +30,9 @@ pub enum Behaviour {
     /// Answer like `Echo` in HTTP/1.0 style: no Content-Length, the body
     /// ends when the backend closes the connection.
     CloseDelimited,
+    /// Answer like `Echo` (keep-alive framing), then close the connection
+    /// a moment later: a server that drops idle keep-alive connections.
+    EchoThenClose,
 }
 
 pub struct Backend {
@@ -242,6 +245,18 @@ fn handle_conn(
                 (200, echo(name, &line, &headers, &body))
             }
             (Behaviour::Echo, _) => (200, echo(name, &line, &headers, &body)),
+            (Behaviour::EchoThenClose, _) => {
+                let text = echo(name, &line, &headers, &body);
+                w.write_all(
+                    format!(
+                        "HTTP/1.1 200 X\r\nContent-Length: {}\r\nX-Backend: {name}\r\n\r\n{text}",
+                        text.len()
+                    )
+                    .as_bytes(),
+                )?;
+                std::thread::sleep(Duration::from_millis(20));
+                return Ok(()); // closes the kept-alive connection
+            }
             (Behaviour::CloseDelimited, _) => {
                 let text = echo(name, &line, &headers, &body);
                 w.write_all(format!("HTTP/1.0 200 OK\r\nX-Backend: {name}\r\n\r\n{text}").as_bytes())?;

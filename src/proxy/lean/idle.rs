@@ -1,0 +1,166 @@
+//! Idle upstream connections of the lean loop. Pingora's pool watches every
+//! idle connection with a task of its own, spawned each time a connection is
+//! put back and stopped each time it is taken. This one keeps them in a list
+//! per server (newest taken first) and checks a connection when it is taken:
+//! one the server closed, or one with unexpected bytes waiting, is dropped
+//! then. A sweep every second closes those idle longer than their pool's
+//! `keepalive_timeout`, so no socket lingers once traffic stops.
+
+use futures::FutureExt;
+use pingora_core::protocols::Stream;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Once, Weak};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+
+struct Idle {
+    stream: Stream,
+    since: Instant,
+    timeout: Option<Duration>,
+}
+
+impl Idle {
+    fn expired(&self, now: Instant) -> bool {
+        self.timeout.is_some_and(|t| now.duration_since(self.since) >= t)
+    }
+}
+
+pub struct IdlePool {
+    /// Keyed by `Peer::reuse_hash` (address, TLS settings, ...).
+    lists: Mutex<HashMap<u64, VecDeque<Idle>>>,
+    sweeper: Once,
+}
+
+impl Default for IdlePool {
+    fn default() -> Self {
+        IdlePool {
+            lists: Mutex::default(),
+            sweeper: Once::new(),
+        }
+    }
+}
+
+/// Nothing to read and not closed: the server has not given up on it.
+fn still_open(s: &mut Stream) -> bool {
+    let mut b = [0u8; 1];
+    // Unconstrained: tokio's cooperative budget must not make a ready read look pending.
+    tokio::task::unconstrained(s.read(&mut b)).now_or_never().is_none()
+}
+
+impl IdlePool {
+    /// The newest usable idle connection for `key`, if any.
+    pub fn take(&self, key: u64) -> Option<Stream> {
+        let now = Instant::now();
+        loop {
+            let idle = self.lists.lock().ok()?.get_mut(&key)?.pop_back()?;
+            let fresh = !idle.expired(now);
+            let mut s = idle.stream;
+            if fresh && still_open(&mut s) {
+                return Some(s);
+            }
+        }
+    }
+
+    /// Keep `stream` for reuse: at most `limit` per server, the oldest go first.
+    pub fn put(self: &Arc<Self>, key: u64, stream: Stream, timeout: Option<Duration>, limit: usize) {
+        self.sweeper.call_once(|| spawn_sweeper(Arc::downgrade(self)));
+        let now = Instant::now();
+        let Ok(mut lists) = self.lists.lock() else { return };
+        let list = lists.entry(key).or_default();
+        while list.front().is_some_and(|i| i.expired(now)) || list.len() >= limit.max(1) {
+            list.pop_front();
+        }
+        list.push_back(Idle {
+            stream,
+            since: now,
+            timeout,
+        });
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        if let Ok(mut lists) = self.lists.lock() {
+            lists.retain(|_, list| {
+                list.retain(|i| !i.expired(now));
+                !list.is_empty()
+            });
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self, key: u64) -> usize {
+        self.lists.lock().unwrap().get(&key).map_or(0, |l| l.len())
+    }
+}
+
+fn spawn_sweeper(pool: Weak<IdlePool>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match pool.upgrade() {
+                Some(p) => p.sweep(),
+                None => return,
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn pair(l: &TcpListener) -> (Stream, TcpStream) {
+        let addr = l.local_addr().unwrap();
+        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let ours: pingora_core::protocols::l4::stream::Stream = ours.unwrap().into();
+        (Box::new(ours), theirs.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn takes_the_newest_open_connection_and_drops_the_rest() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Arc::new(IdlePool::default());
+        let (a, server_a) = pair(&l).await;
+        let (b, mut server_b) = pair(&l).await;
+        let (c, server_c) = pair(&l).await;
+        pool.put(1, a, None, 8);
+        pool.put(1, b, None, 8);
+        pool.put(1, c, None, 8);
+        drop(server_c); // closed by the server: dropped when taken
+        server_b.write_all(b"x").await.unwrap(); // unexpected bytes: dropped too
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut got = pool.take(1).expect("the oldest is still open");
+        assert_eq!(pool.len(1), 0);
+        got.write_all(b"ping").await.unwrap();
+        let mut server_a = server_a;
+        let mut buf = [0u8; 4];
+        server_a.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping", "it is connection a");
+        assert!(pool.take(1).is_none());
+        assert!(pool.take(2).is_none());
+    }
+
+    #[tokio::test]
+    async fn keeps_at_most_limit_and_expires_idle_ones() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Arc::new(IdlePool::default());
+        let mut servers = Vec::new();
+        for _ in 0..3 {
+            let (s, server) = pair(&l).await;
+            servers.push(server);
+            pool.put(7, s, Some(Duration::from_millis(100)), 2);
+        }
+        assert_eq!(pool.len(7), 2, "limit");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(pool.take(7).is_none(), "idle past keepalive_timeout");
+        let (s, mut server) = pair(&l).await;
+        pool.put(7, s, Some(Duration::from_millis(100)), 2);
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert_eq!(pool.len(7), 0, "swept");
+        // The sweep closed the socket: the server sees end of stream.
+        let mut buf = [0u8; 1];
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+    }
+}
