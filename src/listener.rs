@@ -80,7 +80,8 @@ async fn first_byte<S: AsyncRead + Unpin + ?Sized>(s: &mut S, wait: Duration, sh
 
 /// Read what has already arrived (no waiting).
 fn read_now<S: AsyncRead + Unpin + ?Sized>(s: &mut S, buf: &mut [u8]) -> usize {
-    match s.read(buf).now_or_never() {
+    // Unconstrained: tokio's cooperative budget must not make a ready read look pending.
+    match tokio::task::unconstrained(s.read(buf)).now_or_never() {
         Some(Ok(n)) => n,
         _ => 0, // nothing more yet, or an error the session will meet again
     }
