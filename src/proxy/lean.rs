@@ -30,7 +30,7 @@ use log::{error, warn};
 use pingora_core::apps::HttpPersistentSettings;
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::protocols::http::v1::client::HttpSession as H1Upstream;
-use pingora_core::protocols::http::HttpTask;
+use pingora_core::protocols::http::{HttpTask, ServerSession};
 use pingora_core::protocols::{Stream, UniqueID, ALPN};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
@@ -128,25 +128,18 @@ impl LeanPath {
         }
     }
 
-    /// Serve one request from `stream` (which [`accepts`] approved). Returns
-    /// the connection if it may carry another request.
+    /// Serve one request from `stream` (which [`accepts`] approved), its
+    /// session set up by `start` (the connection's keep-alive state).
+    /// Returns the connection if it may carry another request.
     pub async fn serve(
         &self,
         stream: Stream,
-        settings: Option<HttpPersistentSettings>,
-        keepalive: Option<u64>,
-        reuses_left: Option<u32>,
+        start: impl FnOnce(&mut ServerSession),
         shutdown: &ShutdownWatch,
     ) -> Option<(Stream, HttpPersistentSettings)> {
         let mut s = Session::new_h1(stream);
         let down = s.as_downstream_mut();
-        match settings {
-            Some(st) => st.apply_to_session(down),
-            None => {
-                down.set_keepalive(keepalive);
-                down.set_keepalive_reuses_remaining(reuses_left);
-            }
-        }
+        start(down);
         match down.read_request().await {
             Ok(true) => {}
             Ok(false) => return None,
@@ -171,14 +164,7 @@ impl LeanPath {
             }
             Ok(false) => {}
             Err(e) => {
-                let res = gw.fail_to_proxy(&mut s, &e, &mut ctx).await;
-                if !gw.suppress_error_log(&s, &ctx, &e) {
-                    error!(
-                        "Fail to filter request: {e}, status: {}, {}",
-                        res.error_code,
-                        gw.request_summary(&s, &ctx)
-                    );
-                }
+                self.fail(&mut s, &mut ctx, &e, "Fail to filter request:").await;
                 gw.logging(&mut s, Some(&e), &mut ctx).await;
                 s.downstream_session.on_proxy_failure(e);
                 return None;
@@ -207,14 +193,8 @@ impl LeanPath {
             }
         }
         if let Some(e) = &failure {
-            let res = gw.fail_to_proxy(&mut s, e, &mut ctx).await;
-            if !gw.suppress_error_log(&s, &ctx, e) {
-                error!(
-                    "Fail to proxy: {e}, status: {}, tries: {tries}, retry: false, {}",
-                    res.error_code,
-                    gw.request_summary(&s, &ctx)
-                );
-            }
+            let context = format!("Fail to proxy (tries: {tries}, retry: false):");
+            self.fail(&mut s, &mut ctx, e, &context).await;
         }
         gw.logging(&mut s, failure.as_deref(), &mut ctx).await;
         match failure {
@@ -224,6 +204,20 @@ impl LeanPath {
             }
             None if reuse => finish(s).await,
             None => None,
+        }
+    }
+
+    /// The final error: the error page (`fail_to_proxy`) and, unless
+    /// suppressed, one error log line, as Pingora writes them.
+    async fn fail(&self, s: &mut Session, ctx: &mut super::Ctx, e: &Error, context: &str) {
+        let gw = &self.gw;
+        let res = gw.fail_to_proxy(s, e, ctx).await;
+        if !gw.suppress_error_log(s, ctx, e) {
+            error!(
+                "{context} {e}, status: {}, {}",
+                res.error_code,
+                gw.request_summary(s, ctx)
+            );
         }
     }
 
