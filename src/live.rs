@@ -55,6 +55,14 @@ pub struct Location {
     pub plugins: PluginList,
 }
 
+impl Location {
+    /// Does anything beyond the forwarding headers edit the upstream request
+    /// (header rules, plugins)?
+    pub fn edits_upstream_request(&self) -> bool {
+        !self.set_headers.is_empty() || !self.remove_headers.is_empty() || !self.plugins.is_empty()
+    }
+}
+
 pub struct VHost {
     pub paths: PathTable<Arc<Location>>,
 }

@@ -13,9 +13,12 @@ use std::time::Duration;
 
 const TOKEN: &str = "lean-token";
 
+/// `/` has a header rule (the lean loop copies the header to edit it, as
+/// Pingora does); `/plain/` has none (the lean loop writes the request
+/// straight from the client's header plus the forwarding fields).
 fn conf(admin_port: u16, backends: &[&Backend], lean: bool) -> String {
     format!(
-        "{}admin: {{ listen: \"127.0.0.1:{admin_port}\", token: {TOKEN} }}\nlisteners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app:\n    servers:\n{}\nvirtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: app\n        proxy_set_header: {{ X-Route: \"$host$request_uri\" }}\n",
+        "{}admin: {{ listen: \"127.0.0.1:{admin_port}\", token: {TOKEN} }}\nlisteners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app:\n    servers:\n{}\nvirtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: app\n        proxy_set_header: {{ X-Route: \"$host$request_uri\" }}\n      - path: /plain/\n        proxy_pass: app\n",
         server_section(&[&format!("lean_proxy: {lean}")]),
         servers_yaml(backends, "")
     )
@@ -49,11 +52,22 @@ fn both_loops_send_and_return_the_same_bytes() {
     let pingora = Gateway::start(&conf(ap_pingora, &[&b], false));
     let before = (lean_count(ap_lean), lean_count(ap_pingora));
     type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
-    let cases: [Case; 4] = [
+    let spoof: &[(&str, &str)] = &[
+        ("X-Forwarded-For", "10.9.9.9"),
+        ("Accept", "*/*"),
+        ("X-Real-IP", "10.9.9.9"),
+        ("X-Forwarded-Host", "spoofed"),
+    ];
+    let cases: [Case; 9] = [
         ("GET", "/a/b?x=1&y=2", &[("X-Custom", "one"), ("Cookie", "k=v")]),
         ("GET", "/keep", &[("Connection", "keep-alive"), ("Accept", "*/*")]),
         ("HEAD", "/head", &[("Host", "example.com:8080")]),
         ("GET", "/close", &[("Connection", "close")]),
+        ("GET", "/plain/a?x=1", &[("X-Custom", "one"), ("Cookie", "k=v")]),
+        ("GET", "/plain/keep", &[("Connection", "keep-alive"), ("Accept", "*/*")]),
+        ("HEAD", "/plain/head", &[("Host", "example.com:8080")]),
+        ("GET", "/plain/close", &[("Connection", "close")]),
+        ("GET", "/plain/spoof", spoof),
     ];
     for (method, path, headers) in cases {
         let a = request(lean.port, method, path, headers, b"");
@@ -66,11 +80,15 @@ fn both_loops_send_and_return_the_same_bytes() {
         if method == "GET" {
             // What the backend saw: forwarding headers, the header rule, no hop-by-hop field.
             assert_eq!(a.echoed("x-forwarded-for").as_deref(), Some("127.0.0.1"));
-            assert_eq!(a.echoed("x-route"), Some(format!("localhost{path}")));
+            let route = (!path.starts_with("/plain/")).then(|| format!("localhost{path}"));
+            assert_eq!(a.echoed("x-route"), route);
+            assert_eq!(a.echoed("x-real-ip").as_deref(), Some("127.0.0.1"), "{path}");
+            assert_eq!(a.echoed("x-forwarded-proto").as_deref(), Some("http"), "{path}");
+            assert_eq!(a.echoed("x-forwarded-host").as_deref(), Some("localhost"), "{path}");
             assert_eq!(a.echoed("connection"), None, "{path}");
         }
     }
-    assert_eq!(lean_count(ap_lean) - before.0, 4, "all four took the lean loop");
+    assert_eq!(lean_count(ap_lean) - before.0, 9, "all took the lean loop");
     assert_eq!(
         lean_count(ap_pingora) - before.1,
         0,
@@ -190,5 +208,40 @@ fn pooled_connections_the_server_closed_are_not_used() {
     for i in 0..10 {
         let line = g.access_log_line(&format!("GET /c/{i} ")).expect("logged");
         assert_eq!(line.matches(&b.addr.to_string()).count(), 1, "{line}");
+    }
+}
+
+#[test]
+fn chunked_and_long_bodies_arrive_whole_on_a_kept_upstream_connection() {
+    for behaviour in [Behaviour::Chunked, Behaviour::Big(300_000)] {
+        let (bl, bp) = (
+            Backend::start_with("b", behaviour.clone()),
+            Backend::start_with("b", behaviour.clone()),
+        );
+        let (ap_lean, ap_pingora) = (free_port(), free_port());
+        let lean = Gateway::start(&conf(ap_lean, &[&bl], true));
+        let pingora = Gateway::start(&conf(ap_pingora, &[&bp], false));
+        let before = lean_count(ap_lean);
+        for path in ["/plain/x", "/x", "/plain/y"] {
+            let a = request(lean.port, "GET", path, &[], b"");
+            let p = request(pingora.port, "GET", path, &[], b"");
+            assert_eq!(a.status, 200, "{behaviour:?} {path}");
+            assert!(a.body.starts_with("name=b\n"), "{behaviour:?} {path}");
+            assert_eq!(
+                comparable(&a),
+                comparable(&p),
+                "{behaviour:?} {path}: lean vs Pingora loop"
+            );
+        }
+        assert_eq!(
+            lean_count(ap_lean) - before,
+            3,
+            "{behaviour:?}: the lean loop served them"
+        );
+        assert_eq!(
+            bl.connections.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{behaviour:?}: one upstream connection, reused"
+        );
     }
 }

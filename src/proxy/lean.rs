@@ -21,6 +21,7 @@
 //! targets, unusual Host values, and routes to HTTP/2 pools.
 
 mod idle;
+mod upstream;
 
 use super::Gateway;
 use crate::live::{Action, Snapshot};
@@ -29,16 +30,16 @@ use idle::IdlePool;
 use log::{error, warn};
 use pingora_core::apps::HttpPersistentSettings;
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
-use pingora_core::protocols::http::v1::client::HttpSession as H1Upstream;
+use pingora_core::protocols::http::authority::validate_request_authority;
 use pingora_core::protocols::http::{HttpTask, ServerSession};
-use pingora_core::protocols::{Stream, UniqueID, ALPN};
+use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_core::{Error, ErrorType};
-use pingora_http::RequestHeader;
 use pingora_proxy::{ProxyHttp, Session};
 use std::sync::Arc;
+use upstream::Exchange;
 
 /// Headers whose presence sends a request to Pingora's loop: hop-by-hop
 /// fields it would strip or act on, and anything implying a body.
@@ -244,15 +245,14 @@ impl LeanPath {
                 }
             },
         };
-        let mut up = H1Upstream::new_with_options(stream, &*peer);
-        let fd = up.id();
+        let mut up = Exchange::new(stream);
+        let fd = up.fd();
         let (down_reuse, up_reuse, e) = match gw.connected_to_upstream(s, reused, &peer, fd, None, ctx).await {
             Ok(()) => self.relay(s, &mut up, &peer, ctx).await,
             Err(e) => (false, false, Some(e)),
         };
         if up_reuse {
-            up.respect_keepalive();
-            if let Some(stream) = up.reuse().await {
+            if let Some(stream) = up.into_reusable() {
                 let limit = ctx.pool.as_ref().map_or(1, |p| p.keepalive);
                 self.idle.put(key, stream, peer.idle_timeout(), limit);
             }
@@ -262,25 +262,44 @@ impl LeanPath {
 
     /// Send the request header, then pass the response through the response
     /// hooks to the client. `(downstream reusable, upstream reusable, error)`.
+    ///
+    /// The request head is written from the client's header plus the
+    /// forwarding fields; only a location whose header rules or plugins edit
+    /// the request pays for a copy of the header to run
+    /// `upstream_request_filter` on, as Pingora's loop does for every request.
     async fn relay(
         &self,
         s: &mut Session,
-        up: &mut H1Upstream,
+        up: &mut Exchange,
         peer: &HttpPeer,
         ctx: &mut super::Ctx,
     ) -> (bool, bool, Option<Box<Error>>) {
         let gw = &self.gw;
         up.read_timeout = peer.options.read_timeout;
         up.write_timeout = peer.options.write_timeout;
-        let mut req: RequestHeader = s.req_header().clone();
-        req.remove_header(&http::header::CONNECTION);
-        if let Err(e) = gw.upstream_request_filter(s, &mut req, ctx).await {
-            return (false, true, Some(e));
-        }
-        if let Err(e) = pingora_core::protocols::http::authority::validate_request_authority(&req) {
-            return (false, true, Some(e.into_in()));
-        }
-        if let Err(e) = up.write_request_header(Box::new(req)).await {
+        let edits = ctx.loc.as_ref().is_some_and(|l| l.edits_upstream_request());
+        let head = if edits {
+            let mut req = s.req_header().clone();
+            req.remove_header(&http::header::CONNECTION);
+            if let Err(e) = gw.upstream_request_filter(s, &mut req, ctx).await {
+                return (false, true, Some(e));
+            }
+            if let Err(e) = validate_request_authority(&req) {
+                return (false, true, Some(e.into_in()));
+            }
+            upstream::request_head(&req, &[])
+        } else {
+            if let Err(e) = validate_request_authority(s.req_header()) {
+                return (false, true, Some(e.into_in()));
+            }
+            upstream::request_head(s.req_header(), &gw.forwarding(s, ctx).fields())
+        };
+        let Some(head) = head else {
+            let e = Error::explain(ErrorType::InvalidHTTPHeader, "request target has forbidden bytes");
+            return (false, true, Some(e.into_up()));
+        };
+        let is_head = s.req_header().method == http::Method::HEAD;
+        if let Err(e) = up.send(&head, is_head).await {
             return (false, false, Some(e.into_up()));
         }
         loop {
@@ -288,7 +307,7 @@ impl LeanPath {
             // sends more before its answer): abandon the request, as Pingora does.
             let next = tokio::select! {
                 biased;
-                t = up.read_response_task() => t.map_err(|e| e.into_up()),
+                t = up.next() => t.map_err(|e| e.into_up()),
                 e = s.downstream_session.read_body_or_idle(true) => match e {
                     Err(e) => Err(e.into_down()),
                     Ok(_) => continue, // nothing to act on
@@ -301,19 +320,10 @@ impl LeanPath {
             let done = task.is_end();
             let sent = match task {
                 HttpTask::Header(mut resp, end) => {
-                    if resp.status.is_informational() {
-                        continue; // 1xx before the real response: dropped, as nginx does
-                    }
                     if let Err(e) = gw.upstream_response_filter(s, &mut resp, ctx).await {
                         return (false, false, Some(e));
                     }
-                    let no_body =
-                        s.req_header().method == http::Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);
-                    if !no_body
-                        && !end
-                        && !resp.headers.contains_key(http::header::TRANSFER_ENCODING)
-                        && !resp.headers.contains_key(http::header::CONTENT_LENGTH)
-                    {
+                    if up.close_delimited() {
                         // A close-delimited (HTTP/1.0 style) body goes on chunked, so the client connection stays.
                         resp.set_version(http::Version::HTTP_11);
                         if let Err(e) = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked") {

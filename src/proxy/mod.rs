@@ -139,6 +139,15 @@ impl Gateway {
         answer
     }
 
+    /// The forwarding headers (X-Forwarded-*, X-Real-IP) this request's upstream request gets.
+    pub fn forwarding(&self, s: &Session, ctx: &Ctx) -> forwarded::Forwarded {
+        let snap = ctx.snap.as_ref().expect("routed");
+        let trusted = ctx.client_ip.is_some_and(|ip| snap.is_trusted(&ip));
+        let host = host_of(s);
+        let host = (!host.is_empty()).then_some(host);
+        forwarded::Forwarded::of(s.req_header(), ctx.client_ip, trusted, self.scheme, host)
+    }
+
     /// Expand a config template (`$host`, `$request_uri`, ...) for this request.
     fn expand(&self, s: &Session, ctx: &Ctx, t: &Template) -> String {
         let req = s.req_header();
@@ -339,11 +348,7 @@ impl ProxyHttp for Gateway {
 
     /// Forwarding headers and the location's header rules.
     async fn upstream_request_filter(&self, s: &mut Session, up: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
-        let snap = ctx.snap.as_ref().expect("routed");
-        let trusted = ctx.client_ip.is_some_and(|ip| snap.is_trusted(&ip));
-        let host = host_of(s);
-        let host = (!host.is_empty()).then_some(host);
-        forwarded::apply(up, ctx.client_ip, trusted, self.scheme, host)?;
+        self.forwarding(s, ctx).apply(up)?;
         let loc = ctx.loc.as_ref().expect("routed");
         for h in &loc.remove_headers {
             up.remove_header(h);

@@ -33,6 +33,12 @@ pub enum Behaviour {
     /// Answer like `Echo` (keep-alive framing), then close the connection
     /// a moment later: a server that drops idle keep-alive connections.
     EchoThenClose,
+    /// Answer like `Echo` with a chunked body: three chunks with pauses
+    /// between them, then a trailer field; the connection stays open.
+    Chunked,
+    /// Answer like `Echo` followed by this many `x` bytes (Content-Length
+    /// framing), written in 16 KiB pieces.
+    Big(usize),
 }
 
 pub struct Backend {
@@ -256,6 +262,36 @@ fn handle_conn(
                 )?;
                 std::thread::sleep(Duration::from_millis(20));
                 return Ok(()); // closes the kept-alive connection
+            }
+            (Behaviour::Chunked, _) => {
+                let text = echo(name, &line, &headers, &body);
+                w.write_all(
+                    format!("HTTP/1.1 200 X\r\nTransfer-Encoding: chunked\r\nX-Backend: {name}\r\n\r\n").as_bytes(),
+                )?;
+                let (a, b) = text.split_at(text.len() / 2);
+                for part in [a, b, "\nend\n"] {
+                    w.write_all(format!("{:x};ext=1\r\n{part}\r\n", part.len()).as_bytes())?;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                w.write_all(b"0\r\nX-Trailer: t\r\n\r\n")?;
+                w.set_read_timeout(Some(Duration::from_millis(100)))?;
+                continue;
+            }
+            (Behaviour::Big(n), _) => {
+                let mut text = echo(name, &line, &headers, &body).into_bytes();
+                text.resize(text.len() + n, b'x');
+                w.write_all(
+                    format!(
+                        "HTTP/1.1 200 X\r\nContent-Length: {}\r\nX-Backend: {name}\r\n\r\n",
+                        text.len()
+                    )
+                    .as_bytes(),
+                )?;
+                for piece in text.chunks(16 * 1024) {
+                    w.write_all(piece)?;
+                }
+                w.set_read_timeout(Some(Duration::from_millis(100)))?;
+                continue;
             }
             (Behaviour::CloseDelimited, _) => {
                 let text = echo(name, &line, &headers, &body);

@@ -1,0 +1,673 @@
+//! The lean loop's HTTP/1.1 exchange with an upstream server.
+//!
+//! `pingora-core`'s client session serializes a request header the proxy
+//! first copies and edits, and hands back a copy of the response header it
+//! parsed. For the lean loop's one shape of request (no body, no upgrade) this
+//! module does the same job without the copies: the request head is written
+//! in one piece from the client's header plus the forwarding fields, and the
+//! response is parsed with `httparse` straight into the `ResponseHeader` the
+//! hooks edit. The body is framed by Content-Length, chunked coding (decoded;
+//! the client side encodes it again) or the server's close.
+//!
+//! Errors carry the same types and retry flags as Pingora's client, so
+//! retries, passive health and error pages cannot tell the two apart: a
+//! connection that closes before any response byte is `ConnectionClosed`
+//! with `ReusedOnly` retry (a stale pooled connection), timeouts are
+//! `ReadTimedout` / `WriteTimedout`, and a response that breaks HTTP/1.1
+//! framing is `InvalidHTTPHeader`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pingora_core::protocols::http::HttpTask;
+use pingora_core::protocols::Stream;
+use pingora_core::{Error, ErrorType::*, OrErr, Result, RetryType};
+use pingora_http::{HeaderNameVariant, RequestHeader, ResponseHeader};
+use std::mem::MaybeUninit;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Most response header fields accepted, as in Pingora.
+const MAX_HEADERS: usize = 256;
+/// Largest response header accepted, as in Pingora.
+const MAX_HEADER_SIZE: usize = 1_048_575;
+/// Read size while waiting for the header.
+const HEADER_READ: usize = 4096;
+/// Read size for the body, as Pingora's body buffer.
+const BODY_READ: usize = 64 * 1024;
+
+/// Write the request head for `req`: its request line and header fields in
+/// the client's order and case, without `Connection` (the upstream
+/// connection's own business) and with `fields` in place of any field of the
+/// same name (`None`: left out). Fields the request lacks go at the end.
+/// `None` if the request target could not go on the wire.
+pub fn request_head(req: &RequestHeader, fields: &[(&'static str, Option<&str>)]) -> Option<BytesMut> {
+    let path = req.raw_path();
+    if path.iter().any(|&b| matches!(b, 0x00 | b'\n' | b'\r' | b' ')) {
+        return None;
+    }
+    let mut buf = BytesMut::with_capacity(512);
+    buf.put_slice(req.method.as_str().as_bytes());
+    buf.put_u8(b' ');
+    buf.put_slice(path);
+    buf.put_slice(b" HTTP/1.1\r\n");
+    let mut done = [false; 8];
+    let put = |buf: &mut BytesMut, name: &[u8], value: &[u8]| {
+        buf.put_slice(name);
+        buf.put_slice(b": ");
+        buf.put_slice(value);
+        buf.put_slice(b"\r\n");
+    };
+    let _ = req.map(|name, value| {
+        let name = match name {
+            HeaderNameVariant::Case(c) => c.as_slice(),
+            HeaderNameVariant::Titled(t) => t.as_bytes(),
+        };
+        if name.eq_ignore_ascii_case(b"connection") {
+            return Ok(());
+        }
+        match fields.iter().position(|(f, _)| name.eq_ignore_ascii_case(f.as_bytes())) {
+            Some(i) => {
+                if !std::mem::replace(&mut done[i], true) {
+                    if let Some(v) = fields[i].1 {
+                        put(&mut buf, fields[i].0.as_bytes(), v.as_bytes());
+                    }
+                }
+            }
+            None => put(&mut buf, name, value.as_bytes()),
+        }
+        Ok(())
+    });
+    for (i, (name, value)) in fields.iter().enumerate() {
+        if let (false, Some(v)) = (done.get(i).copied().unwrap_or(true), value) {
+            put(&mut buf, name.as_bytes(), v.as_bytes());
+        }
+    }
+    buf.put_slice(b"\r\n");
+    Some(buf)
+}
+
+/// How the response body ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Body {
+    /// The header has not arrived yet.
+    Header,
+    Length(u64),
+    Chunked(Chunk),
+    /// Ends when the server closes the connection.
+    Close,
+    Done,
+}
+
+/// Where a chunked body's decoder stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+}
+
+/// One request and its response on one upstream connection.
+pub struct Exchange {
+    stream: Stream,
+    buf: BytesMut,
+    body: Body,
+    /// The server lets the connection carry another request.
+    keepalive: bool,
+    head_request: bool,
+    pub read_timeout: Option<Duration>,
+    pub write_timeout: Option<Duration>,
+}
+
+impl Exchange {
+    pub fn new(stream: Stream) -> Self {
+        Exchange {
+            stream,
+            buf: BytesMut::new(),
+            body: Body::Header,
+            keepalive: false,
+            head_request: false,
+            read_timeout: None,
+            write_timeout: None,
+        }
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.stream.id()
+    }
+
+    /// Send the request head (the whole request: the lean loop's requests have no body).
+    pub async fn send(&mut self, head: &[u8], head_request: bool) -> Result<()> {
+        self.head_request = head_request;
+        let write = async {
+            self.stream.write_all(head).await?;
+            self.stream.flush().await
+        };
+        let sent = match self.write_timeout {
+            Some(t) => match pingora_timeout::timeout(t, write).await {
+                Ok(r) => r,
+                Err(_) => return Error::e_explain(WriteTimedout, "while writing request headers (timeout)"),
+            },
+            None => write.await,
+        };
+        sent.or_err(WriteError, "while writing request headers")
+    }
+
+    /// The next part of the response, as Pingora's client hands it out: the
+    /// header (1xx responses skipped), then body pieces, the last one marked.
+    pub async fn next(&mut self) -> Result<HttpTask> {
+        if self.body == Body::Header {
+            let header = self.read_header().await?;
+            return Ok(HttpTask::Header(header, self.body == Body::Done));
+        }
+        if self.body == Body::Done {
+            return Ok(HttpTask::Done);
+        }
+        let piece = self.read_body().await?;
+        Ok(HttpTask::Body(piece, self.body == Body::Done))
+    }
+
+    /// The body ends with the server's close (it is passed on chunked).
+    pub fn close_delimited(&self) -> bool {
+        self.body == Body::Close
+    }
+
+    /// The connection, if it may carry another request: the response was
+    /// read to its end, nothing more arrived, and the server keeps it open.
+    pub fn into_reusable(self) -> Option<Stream> {
+        (self.keepalive && self.body == Body::Done && self.buf.is_empty()).then_some(self.stream)
+    }
+
+    /// Read more from the server into the buffer; the number of bytes read.
+    async fn fill(&mut self, want: usize) -> Result<usize> {
+        if self.buf.capacity() - self.buf.len() < want / 2 {
+            self.buf.reserve(want);
+        }
+        let read = self.stream.read_buf(&mut self.buf);
+        let n = match self.read_timeout {
+            Some(t) => match pingora_timeout::timeout(t, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let what = if self.body == Body::Header {
+                        "response headers"
+                    } else {
+                        "body"
+                    };
+                    return Error::e_explain(ReadTimedout, format!("while reading {what}, timeout: {t:?}"));
+                }
+            },
+            None => read.await,
+        };
+        n.map_err(|e| {
+            let os_error = e.raw_os_error().is_some();
+            let mut e = Error::because(ReadError, "while reading from upstream", e);
+            if os_error && self.body == Body::Header && self.buf.is_empty() {
+                e.retry = RetryType::ReusedOnly; // likely a pooled connection the server dropped
+            }
+            e
+        })
+    }
+
+    async fn read_header(&mut self) -> Result<Box<ResponseHeader>> {
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(header) = self.parse_header()? {
+                    return Ok(header);
+                }
+            }
+            if self.buf.len() > MAX_HEADER_SIZE {
+                return Error::e_explain(
+                    InvalidHTTPHeader,
+                    format!("Response header larger than {MAX_HEADER_SIZE}"),
+                );
+            }
+            let already = self.buf.len();
+            if self.fill(HEADER_READ).await? == 0 {
+                let mut e = Error::explain(
+                    ConnectionClosed,
+                    format!("while reading response headers, bytes already read: {already}"),
+                );
+                e.retry = RetryType::ReusedOnly;
+                return Err(e);
+            }
+        }
+    }
+
+    /// Parse a complete header from the buffer, if there is one, and set up
+    /// the body's framing. 1xx responses are consumed and skipped.
+    fn parse_header(&mut self) -> Result<Option<Box<ResponseHeader>>> {
+        // (name start, name end, value start, value end) of each field in `buf`.
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let (len, code, version, reason, count, framing) = {
+            let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
+            let mut parser = httparse::ParserConfig::default();
+            parser.allow_spaces_after_header_name_in_responses(true);
+            parser.allow_obsolete_multiline_headers_in_responses(true);
+            let len = match parser.parse_response_with_uninit_headers(&mut resp, &self.buf, &mut fields) {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(e) => {
+                    return Err(Error::because(
+                        InvalidHTTPHeader,
+                        format!("buf: {}", self.buf.escape_ascii()),
+                        e,
+                    ))
+                }
+            };
+            let base = self.buf.as_ptr() as usize;
+            let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+            for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+                let (n, v) = (h.name.as_bytes(), h.value);
+                *span = (at(n), at(n) + n.len() as u32, at(v), at(v) + v.len() as u32);
+            }
+            let framing = Framing::of(resp.headers)?;
+            let reason = resp.reason.map(str::to_string);
+            (
+                len,
+                resp.code.unwrap_or(0),
+                resp.version,
+                reason,
+                resp.headers.len(),
+                framing,
+            )
+        };
+        let raw = self.buf.split_to(len).freeze();
+        if (100..200).contains(&code) {
+            return Ok(None); // informational: dropped, as nginx does; the real one follows
+        }
+        let mut header = ResponseHeader::build(code, Some(count))?;
+        header.set_version(if version == Some(0) {
+            http::Version::HTTP_10
+        } else {
+            http::Version::HTTP_11
+        });
+        header.set_reason_phrase(reason.as_deref())?;
+        for &(ns, ne, vs, ve) in &spans[..count] {
+            let name = raw.slice(ns as usize..ne as usize);
+            if framing.chunked.is_some() && name.eq_ignore_ascii_case(b"content-length") {
+                continue; // Transfer-Encoding overrides it (RFC 9112 6.3)
+            }
+            let value = pingora_http::header_value_from_raw(raw.slice(vs as usize..ve as usize));
+            header
+                .append_header(name, value)
+                .or_err(InvalidHTTPHeader, "while parsing response header")?;
+        }
+        self.keepalive = match version {
+            Some(1) => !framing.close,
+            _ => framing.keep_alive && framing.chunked.is_none(),
+        };
+        self.body = if self.head_request || code == 204 || code == 304 {
+            Body::Done
+        } else {
+            match (framing.chunked, framing.length) {
+                (Some(true), _) => Body::Chunked(Chunk::Size),
+                (Some(false), _) | (None, None) => Body::Close,
+                (None, Some(0)) => Body::Done,
+                (None, Some(n)) => Body::Length(n),
+            }
+        };
+        Ok(Some(Box::new(header)))
+    }
+
+    /// The next piece of the body; `None` once it is complete.
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            match self.body {
+                Body::Header | Body::Done => return Ok(None),
+                Body::Length(left) => {
+                    if self.buf.is_empty() && self.fill(BODY_READ).await? == 0 {
+                        return Error::e_explain(
+                            ConnectionClosed,
+                            format!("Peer prematurely closed connection with {left} bytes of body remaining to read"),
+                        );
+                    }
+                    let n = left.min(self.buf.len() as u64);
+                    self.body = if n == left { Body::Done } else { Body::Length(left - n) };
+                    return Ok(Some(self.buf.split_to(n as usize).freeze()));
+                }
+                Body::Close => {
+                    if self.buf.is_empty() && self.fill(BODY_READ).await? == 0 {
+                        self.body = Body::Done;
+                        self.keepalive = false;
+                        return Ok(None);
+                    }
+                    return Ok(Some(self.buf.split().freeze()));
+                }
+                Body::Chunked(state) => {
+                    if let Some(piece) = self.dechunk(state)? {
+                        return Ok(Some(piece));
+                    }
+                    if self.body == Body::Done {
+                        return Ok(None);
+                    }
+                    if self.fill(BODY_READ).await? == 0 {
+                        return Error::e_explain(ConnectionClosed, "Peer prematurely closed connection (chunked body)");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decode what the buffer holds of a chunked body: a piece of data, or
+    /// `None` when more bytes are needed or the body ended.
+    fn dechunk(&mut self, mut state: Chunk) -> Result<Option<Bytes>> {
+        let bad = |what: &str| Error::e_explain(InvalidHTTPHeader, format!("invalid chunked body: {what}"));
+        loop {
+            self.body = Body::Chunked(state);
+            match state {
+                Chunk::Size => match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        let _ = self.buf.split_to(used);
+                        state = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(None),
+                    Err(_) => return bad("chunk size"),
+                },
+                Chunk::Data(left) => {
+                    if self.buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = left.min(self.buf.len() as u64);
+                    self.body = Body::Chunked(if n == left {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left - n)
+                    });
+                    return Ok(Some(self.buf.split_to(n as usize).freeze()));
+                }
+                Chunk::DataEnd => {
+                    if self.buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &self.buf[..2] != b"\r\n" {
+                        return bad("no CRLF after chunk data");
+                    }
+                    let _ = self.buf.split_to(2);
+                    state = Chunk::Size;
+                }
+                Chunk::Trailers => {
+                    // Trailer fields are dropped (as Pingora does); an empty line ends the body.
+                    let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+                        if self.buf.len() > MAX_HEADER_SIZE {
+                            return bad("trailers too large");
+                        }
+                        return Ok(None);
+                    };
+                    let _ = self.buf.split_to(eol + 2);
+                    if eol == 0 {
+                        self.body = Body::Done;
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a response header says about its body and connection.
+struct Framing {
+    /// Transfer-Encoding present: `Some(true)` if its last coding is chunked.
+    chunked: Option<bool>,
+    length: Option<u64>,
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive` (for HTTP/1.0).
+    keep_alive: bool,
+}
+
+impl Framing {
+    fn of(fields: &[httparse::Header]) -> Result<Self> {
+        let mut f = Framing {
+            chunked: None,
+            length: None,
+            close: false,
+            keep_alive: false,
+        };
+        let mut lengths = Vec::new();
+        for h in fields {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                f.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                lengths.push(h.value);
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    f.close |= token.eq_ignore_ascii_case(b"close");
+                    f.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+        }
+        if f.chunked.is_none() {
+            // RFC 9110 8.6: repeated or comma-joined values must all agree.
+            for token in lengths
+                .iter()
+                .flat_map(|v| v.split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii)
+            {
+                let n = std::str::from_utf8(token)
+                    .ok()
+                    .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|t| t.parse::<u64>().ok());
+                match (n, f.length) {
+                    (Some(n), None) => f.length = Some(n),
+                    (Some(n), Some(m)) if n == m => {}
+                    _ => return Error::e_explain(InvalidHTTPHeader, "invalid or conflicting Content-Length"),
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    fn req(raw: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/p?q=1", None).unwrap();
+        for (k, v) in raw {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn request_head_keeps_order_and_case_and_replaces_fields() {
+        let r = req(&[
+            ("Host", "a"),
+            ("Connection", "keep-alive"),
+            ("X-Real-IP", "1.1.1.1"),
+            ("Accept", "*/*"),
+            ("X-Forwarded-Host", "spoof"),
+        ]);
+        let fields = [
+            ("x-forwarded-for", Some("9.9.9.9")),
+            ("x-real-ip", Some("9.9.9.9")),
+            ("x-forwarded-host", None),
+        ];
+        let head = request_head(&r, &fields).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&head).unwrap(),
+            "GET /p?q=1 HTTP/1.1\r\nHost: a\r\nx-real-ip: 9.9.9.9\r\nAccept: */*\r\nx-forwarded-for: 9.9.9.9\r\n\r\n"
+        );
+    }
+
+    async fn connected() -> (Exchange, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ours, theirs) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
+        let ours: pingora_core::protocols::l4::stream::Stream = ours.unwrap().into();
+        (Exchange::new(Box::new(ours)), theirs.unwrap().0)
+    }
+
+    /// `parse_header` over bytes already buffered.
+    async fn parsed(raw: &[u8], head_request: bool) -> Result<(Box<ResponseHeader>, Exchange)> {
+        let (mut x, _server) = connected().await;
+        x.head_request = head_request;
+        x.buf.extend_from_slice(raw);
+        let h = x.parse_header()?.expect("complete header");
+        Ok((h, x))
+    }
+
+    fn drain(x: &mut Exchange) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Body::Chunked(state) = x.body {
+            match x.dechunk(state)? {
+                Some(p) => out.extend_from_slice(&p),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn framing_from_the_header() {
+        let (h, x) = parsed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello", false)
+            .await
+            .unwrap();
+        assert_eq!(h.status, 200);
+        assert_eq!(h.headers.get("x-a").unwrap(), "b");
+        assert_eq!(x.body, Body::Length(5));
+        assert!(x.keepalive);
+        assert_eq!(&x.buf[..], b"hello", "the body stays buffered");
+
+        let (_, x) = parsed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true)
+            .await
+            .unwrap();
+        assert_eq!(x.body, Body::Done, "HEAD has no body");
+        let (_, x) = parsed(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", false)
+            .await
+            .unwrap();
+        assert_eq!(x.body, Body::Done);
+        let (_, x) = parsed(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .await
+        .unwrap();
+        assert!(!x.keepalive);
+        let (_, x) = parsed(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false)
+            .await
+            .unwrap();
+        assert!(!x.keepalive, "HTTP/1.0 without keep-alive");
+        let (_, x) = parsed(
+            b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1\r\n\r\n",
+            false,
+        )
+        .await
+        .unwrap();
+        assert!(x.keepalive);
+        let (_, x) = parsed(b"HTTP/1.1 200 OK\r\n\r\n", false).await.unwrap();
+        assert_eq!(x.body, Body::Close);
+        let (h, x) = parsed(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(x.body, Body::Chunked(Chunk::Size));
+        assert!(h.headers.get("content-length").is_none(), "TE overrides CL");
+        let (_, x) = parsed(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n",
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(x.body, Body::Length(3));
+        for bad in ["3, 4", "-1", "abc", ""] {
+            let raw = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");
+            let e = parsed(raw.as_bytes(), false).await.err().expect(bad);
+            assert_eq!(e.etype(), &InvalidHTTPHeader, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn informational_responses_are_skipped() {
+        let mut x = parsed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false)
+            .await
+            .unwrap()
+            .1;
+        x.body = Body::Header;
+        x.buf
+            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+        assert!(x.parse_header().unwrap().is_none(), "the 100 is consumed");
+        assert_eq!(x.parse_header().unwrap().unwrap().status, 201);
+        assert!(x.buf.is_empty());
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_are_decoded_in_pieces() {
+        let (_, mut x) = parsed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false)
+            .await
+            .unwrap();
+        x.buf.extend_from_slice(b"5;ext=1\r\nhello\r\n6\r\n wor");
+        assert_eq!(drain(&mut x).unwrap(), b"hello wor");
+        assert_eq!(x.body, Body::Chunked(Chunk::Data(2)));
+        x.buf.extend_from_slice(b"ld\r\n0\r\nTrailer: x\r\n\r\n");
+        assert_eq!(drain(&mut x).unwrap(), b"ld");
+        assert_eq!(x.body, Body::Done);
+        assert!(x.buf.is_empty());
+
+        let (_, mut x) = parsed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false)
+            .await
+            .unwrap();
+        x.buf.extend_from_slice(b"2\r\nabXX");
+        assert_eq!(drain(&mut x).unwrap_err().etype(), &InvalidHTTPHeader);
+    }
+
+    /// The whole exchange over a socket: request out, response in pieces, connection reusable.
+    #[tokio::test]
+    async fn a_chunked_response_arriving_in_pieces_is_read_whole() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut x, mut server) = connected().await;
+        x.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false).await.unwrap();
+        let mut got = [0u8; 64];
+        let n = server.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        let parts: [&[u8]; 4] = [
+            b"HTTP/1.1 200 OK\r\nTransfer-",
+            b"Encoding: chunked\r\n\r\n3\r\nab",
+            b"c\r\n",
+            b"0\r\n\r\n",
+        ];
+        let writer = tokio::spawn(async move {
+            for p in parts {
+                server.write_all(p).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            server
+        });
+        let mut body = Vec::new();
+        let mut status = 0;
+        loop {
+            match x.next().await.unwrap() {
+                HttpTask::Header(h, end) => {
+                    status = h.status.as_u16();
+                    assert!(!end);
+                }
+                HttpTask::Body(b, end) => {
+                    body.extend_from_slice(&b.unwrap_or_default());
+                    if end {
+                        break;
+                    }
+                }
+                HttpTask::Done => break,
+                _ => unreachable!(),
+            }
+        }
+        let _server = writer.await.unwrap();
+        assert_eq!((status, body.as_slice()), (200, &b"abc"[..]));
+        assert!(x.into_reusable().is_some(), "complete, kept alive, nothing extra");
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_the_response_may_be_retried_if_reused() {
+        let (mut x, server) = connected().await;
+        drop(server);
+        let e = x.next().await.unwrap_err();
+        assert_eq!(e.etype(), &ConnectionClosed);
+        assert!(matches!(e.retry, RetryType::ReusedOnly));
+    }
+}
