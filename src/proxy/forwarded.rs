@@ -11,62 +11,108 @@ use pingora_core::Result;
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
 
-/// The forwarding headers one request gets, in the order they are set.
-pub struct Forwarded {
-    xff: String,
-    real_ip: String,
-    proto: String,
+/// The forwarding headers one request gets, borrowed from the request where
+/// they come from it.
+pub struct Forwarded<'a> {
+    /// The client address as text.
+    ip: String,
+    /// Trusted incoming X-Forwarded-For plus the client; `None`: the client alone.
+    xff: Option<String>,
+    /// Trusted incoming X-Real-IP; `None`: the client.
+    real_ip: Option<&'a str>,
+    proto: &'a str,
     /// `None` removes X-Forwarded-Host.
-    host: Option<String>,
+    host: Option<&'a str>,
 }
 
-impl Forwarded {
+impl<'a> Forwarded<'a> {
     pub fn of(
-        req: &RequestHeader,
+        req: &'a RequestHeader,
         client_ip: Option<IpAddr>,
         trusted: bool,
         scheme: &'static str,
-        host: Option<&str>,
+        host: Option<&'a str>,
     ) -> Self {
-        let ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-        let incoming = |name: &str| -> Option<String> {
+        let ip = client_ip.map(ip_text).unwrap_or_default();
+        let incoming = |name: &str| -> Option<&'a str> {
             if !trusted {
                 return None;
             }
             let v = req.headers.get(name)?.to_str().ok()?.trim();
-            (!v.is_empty()).then(|| v.to_string())
+            (!v.is_empty()).then_some(v)
         };
         Forwarded {
-            xff: match incoming("x-forwarded-for") {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.clone(),
-            },
-            real_ip: incoming("x-real-ip").unwrap_or(ip),
-            proto: incoming("x-forwarded-proto").unwrap_or_else(|| scheme.to_string()),
-            host: incoming("x-forwarded-host").or_else(|| host.map(str::to_string)),
+            xff: incoming("x-forwarded-for").map(|prev| format!("{prev}, {ip}")),
+            ip,
+            real_ip: incoming("x-real-ip"),
+            proto: incoming("x-forwarded-proto").unwrap_or(scheme),
+            host: incoming("x-forwarded-host").or(host),
         }
     }
 
-    /// `(lower-case name, value)`; a `None` value means the header is removed.
+    /// `(lower-case name, value)` in the order they are set; a `None` value
+    /// means the header is removed.
     pub fn fields(&self) -> [(&'static str, Option<&str>); 4] {
         [
-            ("x-forwarded-for", Some(&self.xff)),
-            ("x-real-ip", Some(&self.real_ip)),
-            ("x-forwarded-proto", Some(&self.proto)),
-            ("x-forwarded-host", self.host.as_deref()),
+            ("x-forwarded-for", Some(self.xff.as_deref().unwrap_or(&self.ip))),
+            ("x-real-ip", Some(self.real_ip.unwrap_or(&self.ip))),
+            ("x-forwarded-proto", Some(self.proto)),
+            ("x-forwarded-host", self.host),
         ]
     }
 
-    pub fn apply(self, req: &mut RequestHeader) -> Result<()> {
-        req.insert_header("x-forwarded-for", self.xff)?;
-        req.insert_header("x-real-ip", self.real_ip)?;
-        req.insert_header("x-forwarded-proto", self.proto)?;
-        match self.host {
-            Some(h) => req.insert_header("x-forwarded-host", h)?,
-            None => {
-                req.remove_header("x-forwarded-host");
+    pub fn apply(&self, req: &mut RequestHeader) -> Result<()> {
+        for (name, value) in self.fields() {
+            match value {
+                Some(v) => req.insert_header(name, v)?,
+                None => {
+                    req.remove_header(name);
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// An address as text; IPv4 without `core::fmt`, which costs more than the
+/// rest of the forwarding headers together.
+fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut s = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if octet >= 100 {
+            s.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            s.push(char::from(b'0' + octet / 10 % 10));
+        }
+        s.push(char::from(b'0' + octet % 10));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_text_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.100.99.109",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
     }
 }

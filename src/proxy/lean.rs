@@ -146,9 +146,9 @@ impl LeanPath {
             Ok(false) => return None,
             Err(e) => {
                 if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                    let _ = down.respond_error(400).await;
+                    let _ = Box::pin(down.respond_error(400)).await; // rare; its future is large
                 }
-                down.shutdown().await;
+                Box::pin(down.shutdown()).await;
                 return None;
             }
         }
@@ -161,7 +161,7 @@ impl LeanPath {
         match gw.request_filter(&mut s, &mut ctx).await {
             Ok(true) => {
                 gw.logging(&mut s, None, &mut ctx).await;
-                return finish(s).await;
+                return Box::pin(finish(s)).await;
             }
             Ok(false) => {}
             Err(e) => {
@@ -203,7 +203,7 @@ impl LeanPath {
                 s.downstream_session.on_proxy_failure(e);
                 None
             }
-            None if reuse => finish(s).await,
+            None if reuse => Box::pin(finish(s)).await,
             None => None,
         }
     }
@@ -237,7 +237,8 @@ impl LeanPath {
         let key = peer.reuse_hash();
         let (stream, reused) = match self.idle.take(key) {
             Some(stream) => (stream, true),
-            None => match self.transport.new_stream(&*peer).await {
+            // Boxed: connecting is rare with pooled connections, and its future is large.
+            None => match Box::pin(self.transport.new_stream(&*peer)).await {
                 Ok(stream) => (stream, false),
                 Err(mut e) => {
                     e.as_up();
@@ -354,9 +355,17 @@ impl LeanPath {
 }
 
 /// Hand the connection back for the next request, with its keep-alive state.
+/// Finished as the HTTP/1 session it is (`ServerSession::finish`, written for
+/// every kind of session, makes a future of 4.5 KiB). Its callers box it: it
+/// holds the HTTP/1 session by value (3 KiB), which would otherwise make
+/// every request's future that much larger to set up and copy.
 async fn finish(s: Session) -> Option<(Stream, HttpPersistentSettings)> {
     let settings = HttpPersistentSettings::for_session(&s.downstream_session);
-    let reusable = s.downstream_session.finish().await.ok().flatten()?;
+    let ServerSession::H1(mut h1) = *s.downstream_session else {
+        return None; // the lean loop only ever serves HTTP/1
+    };
+    h1.finish_body().await.ok()?;
+    let reusable = h1.reuse().await.ok().flatten()?;
     let (stream, _prefix) = reusable.into_parts(); // pipelining stays off, as in Pingora's default
     Some((stream, settings))
 }

@@ -140,7 +140,7 @@ impl Gateway {
     }
 
     /// The forwarding headers (X-Forwarded-*, X-Real-IP) this request's upstream request gets.
-    pub fn forwarding(&self, s: &Session, ctx: &Ctx) -> forwarded::Forwarded {
+    pub fn forwarding<'s>(&self, s: &'s Session, ctx: &Ctx) -> forwarded::Forwarded<'s> {
         let snap = ctx.snap.as_ref().expect("routed");
         let trusted = ctx.client_ip.is_some_and(|ip| snap.is_trusted(&ip));
         let host = host_of(s);
