@@ -18,12 +18,12 @@
 //!   request.
 //! - The lean HTTP/1 path (`server.lean_proxy`, on by default): the
 //!   request's first bytes, read while waiting, decide whether it takes
-//!   Portico's short proxy loop (`crate::proxy::lean`) or Pingora's. They
-//!   are put back into the stream (`rewound.rs` for TLS streams), so either
-//!   loop reads the request whole.
+//!   Portico's short proxy loop (`crate::proxy::lean`), which gets the
+//!   request already parsed, or Pingora's, for which they are put back into
+//!   the stream (`rewound.rs` for TLS streams) to be read whole.
 
 use crate::live::Live;
-use crate::proxy::lean::{self, LeanPath};
+use crate::proxy::lean::{self, Head, LeanPath, LeanSession};
 use crate::proxy::Gateway;
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -88,39 +88,41 @@ fn read_now<S: AsyncRead + Unpin + ?Sized>(s: &mut S, buf: &mut [u8]) -> usize {
     }
 }
 
-/// After the first byte: read the rest of what has arrived (up to 4 KiB),
-/// ask `lean` about it, put it all back. No await in here, so the buffer is
-/// never part of the connection's (long-lived) future.
+/// After the first byte: read the rest of what has arrived (up to 4 KiB) and
+/// ask `lean` about it; if it declines, put it all back. No await in here, so
+/// the buffer is never part of the connection's (long-lived) future.
 fn look_ahead<S: ?Sized>(
     s: &mut S,
     first: u8,
     read: impl FnOnce(&mut S, &mut [u8]) -> usize,
     put_back: impl FnOnce(&mut S, &[u8]),
-    lean: impl FnOnce(&[u8]) -> bool,
-) -> bool {
+    lean: impl FnOnce(&[u8]) -> Option<Head>,
+) -> Option<Head> {
     let mut head = [0u8; 4096];
     head[0] = first;
     let n = 1 + read(s, &mut head[1..]);
-    let take_lean = lean(&head[..n]);
-    put_back(s, &head[..n]);
-    take_lean
+    let taken = lean(&head[..n]);
+    if taken.is_none() {
+        put_back(s, &head[..n]);
+    }
+    taken
 }
 
-/// Wait up to `wait` for the next request, read what has arrived of it, ask
-/// `lean` whether it is one for the lean loop, and put the bytes back, so
-/// whichever loop serves it reads the request whole. `None`: close the
-/// connection. A plain stream takes the bytes back itself; a TLS stream is
-/// wrapped in [`Rewound`] once. With `wait_lean` off, the stream goes
-/// straight on to Pingora's loop.
+/// Wait up to `wait` for the next request, read what has arrived of it, and
+/// ask `lean` whether it is one for the lean loop: if so, the request
+/// parsed; if not, the bytes are put back, so Pingora's loop reads the
+/// request whole. `None`: close the connection. A plain stream takes the
+/// bytes back itself; a TLS stream is wrapped in [`Rewound`] once. With
+/// `wait_lean` off, the stream goes straight on to Pingora's loop.
 async fn next_request(
     stream: Stream,
     wait_lean: bool,
     wait: Duration,
     shutdown: &ShutdownWatch,
-    lean: impl FnOnce(&[u8]) -> bool,
-) -> Option<(Stream, bool)> {
+    lean: impl FnOnce(&[u8]) -> Option<Head>,
+) -> Option<(Stream, Option<Head>)> {
     if !wait_lean {
-        return Some((stream, false));
+        return Some((stream, None));
     }
     if stream.as_any().is::<L4Stream>() {
         let mut l4: Box<L4Stream> = stream.into_any().downcast().ok()?;
@@ -134,7 +136,7 @@ async fn next_request(
         Box::new(Rewound::new(stream))
     };
     if rw.pending() {
-        return Some((rw, false)); // the next request is already here, read by nobody yet
+        return Some((rw, None)); // the next request is already here, read by nobody yet
     }
     let first = first_byte(rw.inner_mut(), wait, shutdown).await?;
     let take_lean = look_ahead(
@@ -166,36 +168,48 @@ impl ServerApp for Listener {
                 s.lean_proxy,
             )
         };
-        let reuses_left = self.options().and_then(|o| o.keepalive_request_limit);
+        let request_limit = self.options().and_then(|o| o.keepalive_request_limit);
         let mut wait = first_wait;
+        // Requests served on this connection so far.
+        let mut served: u32 = 0;
+        // Keep-alive state Pingora's loop hands on from a request it served.
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
-            let accepts = |head: &[u8]| lean_proxy && lean::accepts(head, &self.live.snapshot(), self.index);
-            let (s, take_lean) = next_request(stream, lean_keepalive || lean_proxy, wait, shutdown, accepts).await?;
-            // The previous request's keep-alive state; for the first request, Pingora's
-            // "keepalive" wait is the one that applies until the header is complete.
+            let accepts = |head: &[u8]| {
+                lean_proxy
+                    .then(|| lean::accepts(head, &self.live.snapshot(), self.index))
+                    .flatten()
+            };
+            let (s, lean_head) = next_request(stream, lean_keepalive || lean_proxy, wait, shutdown, accepts).await?;
+            // How many more requests the connection may carry after this one, as Pingora counts.
+            let reuses_left = request_limit.map(|l| l.saturating_sub(served));
+            served = served.saturating_add(1);
             let previous = settings.take();
-            let first_keepalive = (!*shutdown.borrow()).then_some(first_wait.as_secs());
-            let start = move |session: &mut ServerSession| match previous {
-                Some(st) => st.apply_to_session(session),
+            stream = match lean_head {
+                Some(head) => {
+                    let session = LeanSession::new(s, head, reuses_left);
+                    // Boxed, so the request's state is not part of the connection's idle future.
+                    Box::pin(self.lean.serve(session, shutdown)).await?
+                }
                 None => {
-                    session.set_keepalive(first_keepalive);
-                    session.set_keepalive_reuses_remaining(reuses_left);
+                    let mut session = ServerSession::new_http1(s);
+                    match previous {
+                        Some(st) => st.apply_to_session(&mut session),
+                        None => {
+                            // For the first request, Pingora's "keepalive" wait is the one that
+                            // applies until the header is complete.
+                            let keep = if served == 1 { first_wait } else { idle_wait };
+                            session.set_keepalive((!*shutdown.borrow()).then_some(keep.as_secs()));
+                            session.set_keepalive_reuses_remaining(reuses_left);
+                        }
+                    }
+                    let (s, next) = HttpServerApp::process_new_http(&self.proxy, session, shutdown)
+                        .await?
+                        .consume();
+                    settings = next;
+                    s
                 }
             };
-            let (s, next) = if take_lean {
-                // Boxed, so the request's state is not part of the connection's idle future.
-                let (s, st) = Box::pin(self.lean.serve(s, start, shutdown)).await?;
-                (s, Some(st))
-            } else {
-                let mut session = ServerSession::new_http1(s);
-                start(&mut session);
-                HttpServerApp::process_new_http(&self.proxy, session, shutdown)
-                    .await?
-                    .consume()
-            };
-            stream = s;
-            settings = next;
             wait = idle_wait;
         }
     }

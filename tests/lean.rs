@@ -245,3 +245,23 @@ fn chunked_and_long_bodies_arrive_whole_on_a_kept_upstream_connection() {
         );
     }
 }
+
+/// Two requests in one write (pipelining, which Portico does not do): the
+/// lean loop leaves them to Pingora's loop, which answers the first and
+/// closes the connection, so the client never waits on a lost request.
+#[test]
+fn pipelined_requests_are_left_to_pingora() {
+    let b = Backend::start("b");
+    let ap = free_port();
+    let g = Gateway::start(&conf(ap, &[&b], true));
+    let before = lean_count(ap);
+    let two = b"GET /plain/1 HTTP/1.1\r\nHost: localhost\r\n\r\nGET /plain/2 HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let start = std::time::Instant::now();
+    let out = raw_exchange(g.port, &[two], Duration::ZERO);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "the connection was closed, not left hanging"
+    );
+    assert_eq!(lean_count(ap) - before, 0, "declined by the lean loop");
+}

@@ -1,43 +1,47 @@
 //! The lean HTTP/1 path: Portico's own short proxy loop for the most common
 //! request, a plain HTTP/1.1 GET or HEAD without a body or upgrade.
 //!
-//! It is not a second gateway. It drives the same [`Gateway`] hooks in the
-//! same order as Pingora's `HttpProxy` (request_filter, upstream_peer,
-//! connected_to_upstream, upstream_request_filter, upstream_response_filter,
-//! response_filter, response_body_filter, fail_to_connect, error_while_proxy,
-//! fail_to_proxy, logging), with the same `pingora-core` HTTP/1 sessions and
-//! connection setup, so routing, retries, passive health, error pages,
-//! metrics and the access log are the very same code, and a client that
-//! leaves early abandons its request in both. What it leaves out is what
-//! such a request never needs: the two-task duplex relay with its channels,
-//! body retry buffers, caching, upgrades and HTTP/2. Its idle upstream
-//! connections are kept in a pool of its own ([`idle`]), without the watcher
-//! task Pingora's pool runs for each of them.
+//! It is not a second gateway. It runs the same [`Gateway`] steps in the
+//! same order as Pingora's `HttpProxy` runs them as hooks (request_filter,
+//! upstream_peer, connected_to_upstream, upstream_request_filter,
+//! upstream_response_filter, response_filter, response_body_filter,
+//! fail_to_connect, error_while_proxy, fail_to_proxy, logging), so routing,
+//! retries, passive health, error pages, metrics and the access log are the
+//! very same code, and a client that leaves early abandons its request in
+//! both. What it leaves out is what such a request never needs: the
+//! two-task duplex relay with its channels, body retry buffers, caching,
+//! upgrades and HTTP/2. It speaks HTTP/1.1 itself on both sides, for this
+//! one shape of request: [`session`] to the client, [`upstream`] to the
+//! server, both with the framing and fields Pingora writes. Its idle
+//! upstream connections are kept in a pool of its own ([`idle`]), without
+//! the watcher task Pingora's pool runs for each of them.
 //!
 //! [`accepts`] decides from the request's raw bytes, before any session
 //! exists, so a request it declines goes to Pingora untouched. It declines
 //! anything Pingora would have to rewrite beyond dropping a plain
 //! `Connection: keep-alive|close`: hop-by-hop headers, bodies, absolute-form
-//! targets, unusual Host values, and routes to HTTP/2 pools.
+//! targets, unusual Host values, pipelined requests, and routes to HTTP/2
+//! pools. A request it takes is parsed there, once.
 
 mod idle;
+mod session;
 mod upstream;
 
+use super::downstream::Downstream;
 use super::Gateway;
 use crate::live::{Action, Snapshot};
 use bytes::Bytes;
 use idle::IdlePool;
 use log::{error, warn};
-use pingora_core::apps::HttpPersistentSettings;
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::protocols::http::authority::validate_request_authority;
-use pingora_core::protocols::http::{HttpTask, ServerSession};
+use pingora_core::protocols::http::HttpTask;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_core::{Error, ErrorType};
-use pingora_proxy::{ProxyHttp, Session};
+pub use session::{Head, LeanSession};
 use std::sync::Arc;
 use upstream::Exchange;
 
@@ -63,20 +67,31 @@ fn plain_host(v: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'))
 }
 
-/// Can the lean path serve the request whose first bytes are `head`?
-/// Anything incomplete or unusual is declined (Pingora's loop serves it).
-pub fn accepts(head: &[u8], snap: &Snapshot, listener: usize) -> bool {
+/// Can the lean path serve the request whose first bytes are `head`? If so,
+/// the request, parsed. Anything incomplete or unusual is declined
+/// (Pingora's loop serves it).
+pub fn accepts(head: &[u8], snap: &Snapshot, listener: usize) -> Option<Head> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
-    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
-        return false;
+    // Exactly one request: bytes after it would be a pipelined one.
+    if req.parse(head) != Ok(httparse::Status::Complete(head.len())) {
+        return None;
     }
+    if !shape_ok(&req) || (snap.has_http2_pool && to_http2_pool(&req, snap, listener)) {
+        return None;
+    }
+    Head::build(head, &req)
+}
+
+/// A GET or HEAD with a plain Host, no body and no hop-by-hop field beyond
+/// `Connection: keep-alive|close`.
+fn shape_ok(req: &httparse::Request) -> bool {
     if req.version != Some(1) || !matches!(req.method, Some("GET" | "HEAD")) {
         return false;
     }
-    let Some(path) = req.path.filter(|p| p.starts_with('/')) else {
+    if !req.path.is_some_and(|p| p.starts_with('/')) {
         return false;
-    };
+    }
     let mut host = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("host") {
@@ -92,19 +107,21 @@ pub fn accepts(head: &[u8], snap: &Snapshot, listener: usize) -> bool {
             return false;
         }
     }
-    let Some(host) = host else { return false };
-    if !snap.has_http2_pool {
-        return true;
-    }
-    // Only here does the route matter: an HTTP/2 pool needs Pingora's loop.
-    let host = std::str::from_utf8(host).unwrap_or("");
+    host.is_some()
+}
+
+/// Does the request route to an HTTP/2 pool (which needs Pingora's loop)?
+fn to_http2_pool(req: &httparse::Request, snap: &Snapshot, listener: usize) -> bool {
+    let host = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("host"));
+    let host = host.and_then(|h| std::str::from_utf8(h.value).ok()).unwrap_or("");
+    let path = req.path.unwrap_or("/");
     let path = path.split('?').next().unwrap_or(path);
     let loc = snap
         .listeners
         .get(listener)
         .and_then(|l| l.hosts.lookup(host))
         .and_then(|h| h.paths.lookup(path));
-    !matches!(loc.map(|l| &l.action), Some(Action::Proxy(p)) if p.http2)
+    matches!(loc.map(|l| &l.action), Some(Action::Proxy(p)) if p.http2)
 }
 
 /// One listener's lean path: its gateway hooks and its own upstream pool.
@@ -129,45 +146,24 @@ impl LeanPath {
         }
     }
 
-    /// Serve one request from `stream` (which [`accepts`] approved), its
-    /// session set up by `start` (the connection's keep-alive state).
-    /// Returns the connection if it may carry another request.
-    pub async fn serve(
-        &self,
-        stream: Stream,
-        start: impl FnOnce(&mut ServerSession),
-        shutdown: &ShutdownWatch,
-    ) -> Option<(Stream, HttpPersistentSettings)> {
-        let mut s = Session::new_h1(stream);
-        let down = s.as_downstream_mut();
-        start(down);
-        match down.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                    let _ = Box::pin(down.respond_error(400)).await; // rare; its future is large
-                }
-                Box::pin(down.shutdown()).await;
-                return None;
-            }
-        }
+    /// Serve the request `s` holds. Returns the connection if it may carry
+    /// another request.
+    pub async fn serve(&self, mut s: LeanSession, shutdown: &ShutdownWatch) -> Option<Stream> {
         crate::metrics::get().lean_requests.inc();
         if *shutdown.borrow() {
             s.set_keepalive(None);
         }
         let gw = &self.gw;
-        let mut ctx = gw.new_ctx();
+        let mut ctx = super::Ctx::new();
         match gw.request_filter(&mut s, &mut ctx).await {
             Ok(true) => {
-                gw.logging(&mut s, None, &mut ctx).await;
-                return Box::pin(finish(s)).await;
+                gw.logging(&s, &mut ctx);
+                return s.finish().await;
             }
             Ok(false) => {}
             Err(e) => {
-                self.fail(&mut s, &mut ctx, &e, "Fail to filter request:").await;
-                gw.logging(&mut s, Some(&e), &mut ctx).await;
-                s.downstream_session.on_proxy_failure(e);
+                self.fail(&mut s, &e, "Fail to filter request:").await;
+                gw.logging(&s, &mut ctx);
                 return None;
             }
         }
@@ -179,11 +175,8 @@ impl LeanPath {
             reuse = r;
             match e {
                 Some(e) if e.retry() => {
-                    if !gw.suppress_error_log(&s, &ctx, &e) {
-                        warn!(
-                            "Fail to proxy: {e}, tries: {tries}, retry: true, {}",
-                            gw.request_summary(&s, &ctx)
-                        );
+                    if !gw.suppress_error_log(&e) {
+                        warn!("Fail to proxy: {e}, tries: {tries}, retry: true, {}", s.summary());
                     }
                     failure = Some(e);
                 }
@@ -195,35 +188,27 @@ impl LeanPath {
         }
         if let Some(e) = &failure {
             let context = format!("Fail to proxy (tries: {tries}, retry: false):");
-            self.fail(&mut s, &mut ctx, e, &context).await;
+            self.fail(&mut s, e, &context).await;
         }
-        gw.logging(&mut s, failure.as_deref(), &mut ctx).await;
+        gw.logging(&s, &mut ctx);
         match failure {
-            Some(e) => {
-                s.downstream_session.on_proxy_failure(e);
-                None
-            }
-            None if reuse => Box::pin(finish(s)).await,
-            None => None,
+            None if reuse => s.finish().await,
+            _ => None,
         }
     }
 
     /// The final error: the error page (`fail_to_proxy`) and, unless
     /// suppressed, one error log line, as Pingora writes them.
-    async fn fail(&self, s: &mut Session, ctx: &mut super::Ctx, e: &Error, context: &str) {
+    async fn fail(&self, s: &mut LeanSession, e: &Error, context: &str) {
         let gw = &self.gw;
-        let res = gw.fail_to_proxy(s, e, ctx).await;
-        if !gw.suppress_error_log(s, ctx, e) {
-            error!(
-                "{context} {e}, status: {}, {}",
-                res.error_code,
-                gw.request_summary(s, ctx)
-            );
+        let res = gw.fail_to_proxy(s, e).await;
+        if !gw.suppress_error_log(e) {
+            error!("{context} {e}, status: {}, {}", res.error_code, s.summary());
         }
     }
 
     /// One attempt at one server: pick, connect, relay.
-    async fn attempt(&self, s: &mut Session, ctx: &mut super::Ctx) -> Outcome {
+    async fn attempt(&self, s: &mut LeanSession, ctx: &mut super::Ctx) -> Outcome {
         let gw = &self.gw;
         let peer = match gw.upstream_peer(s, ctx).await {
             Ok(p) => p,
@@ -248,10 +233,8 @@ impl LeanPath {
         };
         let mut up = Exchange::new(stream);
         let fd = up.fd();
-        let (down_reuse, up_reuse, e) = match gw.connected_to_upstream(s, reused, &peer, fd, None, ctx).await {
-            Ok(()) => self.relay(s, &mut up, &peer, ctx).await,
-            Err(e) => (false, false, Some(e)),
-        };
+        gw.connected_to_upstream(s, fd, ctx);
+        let (down_reuse, up_reuse, e) = self.relay(s, &mut up, &peer, ctx).await;
         if up_reuse {
             if let Some(stream) = up.into_reusable() {
                 let limit = ctx.pool.as_ref().map_or(1, |p| p.keepalive);
@@ -270,7 +253,7 @@ impl LeanPath {
     /// `upstream_request_filter` on, as Pingora's loop does for every request.
     async fn relay(
         &self,
-        s: &mut Session,
+        s: &mut LeanSession,
         up: &mut Exchange,
         peer: &HttpPeer,
         ctx: &mut super::Ctx,
@@ -280,7 +263,7 @@ impl LeanPath {
         up.write_timeout = peer.options.write_timeout;
         let edits = ctx.loc.as_ref().is_some_and(|l| l.edits_upstream_request());
         let head = if edits {
-            let mut req = s.req_header().clone();
+            let mut req = s.req().clone();
             req.remove_header(&http::header::CONNECTION);
             if let Err(e) = gw.upstream_request_filter(s, &mut req, ctx).await {
                 return (false, true, Some(e));
@@ -290,16 +273,16 @@ impl LeanPath {
             }
             upstream::request_head(&req, &[])
         } else {
-            if let Err(e) = validate_request_authority(s.req_header()) {
+            if let Err(e) = validate_request_authority(s.req()) {
                 return (false, true, Some(e.into_in()));
             }
-            upstream::request_head(s.req_header(), &gw.forwarding(s, ctx).fields())
+            upstream::request_head(s.req(), &gw.forwarding(s, ctx).fields())
         };
         let Some(head) = head else {
             let e = Error::explain(ErrorType::InvalidHTTPHeader, "request target has forbidden bytes");
             return (false, true, Some(e.into_up()));
         };
-        let is_head = s.req_header().method == http::Method::HEAD;
+        let is_head = s.req().method == http::Method::HEAD;
         if let Err(e) = up.send(&head, is_head).await {
             return (false, false, Some(e.into_up()));
         }
@@ -309,10 +292,7 @@ impl LeanPath {
             let next = tokio::select! {
                 biased;
                 t = up.next() => t.map_err(|e| e.into_up()),
-                e = s.downstream_session.read_body_or_idle(true) => match e {
-                    Err(e) => Err(e.into_down()),
-                    Ok(_) => continue, // nothing to act on
-                },
+                e = s.client_gone() => Err(e.into_down()),
             };
             let task = match next {
                 Ok(t) => t,
@@ -321,7 +301,7 @@ impl LeanPath {
             let done = task.is_end();
             let sent = match task {
                 HttpTask::Header(mut resp, end) => {
-                    if let Err(e) = gw.upstream_response_filter(s, &mut resp, ctx).await {
+                    if let Err(e) = gw.upstream_response_filter(s, &mut resp, ctx) {
                         return (false, false, Some(e));
                     }
                     if up.close_delimited() {
@@ -331,16 +311,14 @@ impl LeanPath {
                             return (false, false, Some(e));
                         }
                     }
-                    if let Err(e) = gw.response_filter(s, &mut resp, ctx).await {
-                        return (false, false, Some(e));
-                    }
-                    s.write_response_header(resp, end).await
+                    gw.response_filter(&mut resp, ctx);
+                    s.send_header(resp, end).await
                 }
-                HttpTask::Body(mut body, end) => match gw.response_body_filter(s, &mut body, end, ctx) {
-                    Ok(_) => s.write_response_body(body, end).await,
-                    Err(e) => return (false, false, Some(e)),
-                },
-                HttpTask::Done => s.write_response_body(None::<Bytes>, true).await,
+                HttpTask::Body(body, end) => {
+                    gw.response_body_filter(&body, ctx);
+                    s.send_body(body, end).await
+                }
+                HttpTask::Done => s.send_body(None::<Bytes>, true).await,
                 _ => Ok(()),
             };
             if let Err(e) = sent {
@@ -352,20 +330,4 @@ impl LeanPath {
             }
         }
     }
-}
-
-/// Hand the connection back for the next request, with its keep-alive state.
-/// Finished as the HTTP/1 session it is (`ServerSession::finish`, written for
-/// every kind of session, makes a future of 4.5 KiB). Its callers box it: it
-/// holds the HTTP/1 session by value (3 KiB), which would otherwise make
-/// every request's future that much larger to set up and copy.
-async fn finish(s: Session) -> Option<(Stream, HttpPersistentSettings)> {
-    let settings = HttpPersistentSettings::for_session(&s.downstream_session);
-    let ServerSession::H1(mut h1) = *s.downstream_session else {
-        return None; // the lean loop only ever serves HTTP/1
-    };
-    h1.finish_body().await.ok()?;
-    let reusable = h1.reuse().await.ok().flatten()?;
-    let (stream, _prefix) = reusable.into_parts(); // pipelining stays off, as in Pingora's default
-    Some((stream, settings))
 }

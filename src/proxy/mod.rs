@@ -14,6 +14,7 @@
 //! | `logging`                 | access log; in-flight slot released on drop    | `access_log`      |
 
 pub mod ctx;
+pub mod downstream;
 pub mod forwarded;
 pub mod header_watch;
 pub mod lean;
@@ -30,6 +31,7 @@ use crate::upstream::state::InflightGuard;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::{Attempt, Ctx, RequestGauge};
+use downstream::Downstream;
 use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpPeer, HttpUpstreamRequestPolicy};
 use pingora_core::{Error, ErrorSource, ErrorType, Result, RetryType};
@@ -49,8 +51,8 @@ pub struct Gateway {
     pub access_log: Option<Arc<AccessLog>>,
 }
 
-fn host_of(s: &Session) -> &str {
-    let req = s.req_header();
+fn host_of<D: Downstream>(s: &D) -> &str {
+    let req = s.req();
     req.headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -79,7 +81,7 @@ impl Gateway {
     /// Record a failed attempt against its server (nginx `max_fails`) and
     /// decide whether the request may move on to another server. The attempt
     /// ends if it moves on or if `end_attempt` (nothing usable came back).
-    fn on_failure(&self, s: &Session, ctx: &mut Ctx, f: Failure, why: &str, end_attempt: bool) -> bool {
+    fn on_failure<D: Downstream>(&self, s: &D, ctx: &mut Ctx, f: Failure, why: &str, end_attempt: bool) -> bool {
         let (Some(pool), Some(loc)) = (ctx.pool.clone(), ctx.loc.clone()) else {
             return false;
         };
@@ -89,9 +91,9 @@ impl Gateway {
                 pool.servers[i].record_failure(&pool.name, why);
             }
         }
-        let idempotent = s.req_header().method.is_idempotent();
+        let idempotent = s.req().method.is_idempotent();
         let tried = &ctx.tried;
-        let retry = s.response_written().is_none()
+        let retry = s.response_status().is_none()
             && loc
                 .retry
                 .may_retry(f, idempotent, ctx.attempts, ctx.elapsed_since_first_attempt())
@@ -111,8 +113,8 @@ impl Gateway {
 /// Plugin hooks. `ctx.plugin` exists only on locations with plugins, so a
 /// location without any pays nothing.
 impl Gateway {
-    async fn run_request_plugins(&self, s: &mut Session, ctx: &mut Ctx, loc: &Location) -> Option<Reply> {
-        let req = s.req_header();
+    async fn run_request_plugins<D: Downstream>(&self, s: &mut D, ctx: &mut Ctx, loc: &Location) -> Option<Reply> {
+        let req = s.req();
         let mut pc = Box::new(api::Ctx {
             client_ip: ctx.client_ip,
             scheme: self.scheme,
@@ -130,7 +132,7 @@ impl Gateway {
         });
         let mut answer = None;
         for p in &loc.plugins {
-            if let Flow::Respond(r) = p.request(&mut pc, &mut ReqHeaders(s.req_header_mut())).await {
+            if let Flow::Respond(r) = p.request(&mut pc, &mut ReqHeaders(s.req_mut())).await {
                 answer = Some(r);
                 break;
             }
@@ -140,17 +142,17 @@ impl Gateway {
     }
 
     /// The forwarding headers (X-Forwarded-*, X-Real-IP) this request's upstream request gets.
-    pub fn forwarding<'s>(&self, s: &'s Session, ctx: &Ctx) -> forwarded::Forwarded<'s> {
+    pub fn forwarding<'s, D: Downstream>(&self, s: &'s D, ctx: &Ctx) -> forwarded::Forwarded<'s> {
         let snap = ctx.snap.as_ref().expect("routed");
         let trusted = ctx.client_ip.is_some_and(|ip| snap.is_trusted(&ip));
         let host = host_of(s);
         let host = (!host.is_empty()).then_some(host);
-        forwarded::Forwarded::of(s.req_header(), ctx.client_ip, trusted, self.scheme, host)
+        forwarded::Forwarded::of(s.req(), ctx.client_ip, trusted, self.scheme, host)
     }
 
     /// Expand a config template (`$host`, `$request_uri`, ...) for this request.
-    fn expand(&self, s: &Session, ctx: &Ctx, t: &Template) -> String {
-        let req = s.req_header();
+    fn expand<D: Downstream>(&self, s: &D, ctx: &Ctx, t: &Template) -> String {
+        let req = s.req();
         let ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
         t.expand(&Vars {
             scheme: self.scheme,
@@ -171,31 +173,27 @@ impl Gateway {
     }
 
     /// Write an answer the gateway made itself, through the response plugins.
-    async fn reply(&self, s: &mut Session, ctx: &mut Ctx, mut r: ResponseHeader, body: Bytes) -> Result<()> {
+    async fn reply<D: Downstream>(&self, s: &mut D, ctx: &mut Ctx, mut r: ResponseHeader, body: Bytes) -> Result<()> {
         Self::run_response_plugins(ctx, &mut r);
         respond::write(s, r, body).await
     }
 }
 
-#[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = Ctx;
-
-    fn new_ctx(&self) -> Ctx {
-        Ctx::new()
-    }
-
+/// The steps of a request, in the order they run. Pingora's loop reaches them
+/// through the `ProxyHttp` impl at the end of this file, the lean loop calls
+/// them directly with its own session; each is the hook of the same name.
+impl Gateway {
     /// Built-in endpoints, then routing: find the location for Host + path.
-    async fn request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    pub async fn request_filter<D: Downstream>(&self, s: &mut D, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.live.snapshot();
-        if s.get_keepalive().is_some() {
+        if s.keepalive_allowed() {
             // Only where the client allows it (not HTTP/1.0 without keep-alive, not `Connection: close`).
             s.set_keepalive(Some(snap.cfg.server.keepalive_timeout.0.as_secs()));
         }
         ctx.snap = Some(snap.clone());
         ctx.in_flight = Some(RequestGauge::new());
-        ctx.client_ip = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let req = s.req_header();
+        ctx.client_ip = s.client_ip();
+        let req = s.req();
         if let Some(hp) = &snap.health_path {
             if req.uri.path() == hp && matches!(req.method, http::Method::GET | http::Method::HEAD) {
                 respond::send(s, 200, "text/plain", Bytes::from_static(b"ok"), None).await?;
@@ -206,7 +204,7 @@ impl ProxyHttp for Gateway {
             .listeners
             .get(self.listener)
             .and_then(|l| l.hosts.lookup(host_of(s)))
-            .and_then(|h| h.paths.lookup(s.req_header().uri.path()))
+            .and_then(|h| h.paths.lookup(s.req().uri.path()))
             .cloned();
         let Some(loc) = loc else {
             respond::send(s, 404, "text/plain", respond::error_body(404), None).await?;
@@ -214,7 +212,7 @@ impl ProxyHttp for Gateway {
         };
         if let Some(max) = loc.max_body {
             let len = s
-                .req_header()
+                .req()
                 .headers
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
@@ -263,10 +261,10 @@ impl ProxyHttp for Gateway {
     }
 
     /// Choose the server for this attempt (called again on every retry).
-    async fn upstream_peer(&self, s: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    pub async fn upstream_peer<D: Downstream>(&self, s: &mut D, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let pool = ctx.pool.clone().expect("routed in request_filter");
         let loc = ctx.loc.clone().expect("routed in request_filter");
-        let Some(i) = pick::choose(&pool, s, ctx, self.scheme == "https") else {
+        let Some(i) = pick::choose(&pool, s.req(), ctx, self.scheme == "https") else {
             // Nothing usable left: report what the last attempt saw, as nginx does.
             let (code, msg) = match ctx.last_failure {
                 Some(Failure::Connect { timeout: true }) | Some(Failure::NoResponse { timeout: true }) => {
@@ -322,7 +320,13 @@ impl ProxyHttp for Gateway {
     }
 
     /// Connect failed: nothing was sent, so any method may move on.
-    fn fail_to_connect(&self, s: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    pub fn fail_to_connect<D: Downstream>(
+        &self,
+        s: &mut D,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         let why = e.to_string();
         let retry = self.on_failure(s, ctx, classify(&e), &why, true);
         e.set_retry(retry);
@@ -330,24 +334,20 @@ impl ProxyHttp for Gateway {
     }
 
     /// Connected (or reused a pooled connection): arm `header_timeout`.
-    async fn connected_to_upstream(
-        &self,
-        s: &mut Session,
-        _reused: bool,
-        _peer: &HttpPeer,
-        fd: std::os::unix::io::RawFd,
-        _digest: Option<&pingora_core::protocols::Digest>,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
+    pub fn connected_to_upstream<D: Downstream>(&self, s: &D, fd: std::os::unix::io::RawFd, ctx: &mut Ctx) {
         ctx.header_watch = match ctx.loc.as_ref().and_then(|l| l.timeouts.header) {
             Some(t) if !s.is_upgrade_req() => header_watch::HeaderWatch::start(fd, t),
             _ => None,
         };
-        Ok(())
     }
 
     /// Forwarding headers and the location's header rules.
-    async fn upstream_request_filter(&self, s: &mut Session, up: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    pub async fn upstream_request_filter<D: Downstream>(
+        &self,
+        s: &mut D,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         self.forwarding(s, ctx).apply(up)?;
         let loc = ctx.loc.as_ref().expect("routed");
         for h in &loc.remove_headers {
@@ -365,13 +365,7 @@ impl ProxyHttp for Gateway {
     }
 
     /// `client_max_body_size` for bodies without Content-Length.
-    async fn request_body_filter(
-        &self,
-        _s: &mut Session,
-        body: &mut Option<Bytes>,
-        _eos: bool,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
+    pub fn request_body_filter(&self, body: &Option<Bytes>, ctx: &mut Ctx) -> Result<()> {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if ctx
@@ -388,7 +382,12 @@ impl ProxyHttp for Gateway {
 
     /// The response header arrived: retry on a configured status if another
     /// server can still take the request, else pass the real response on.
-    async fn upstream_response_filter(&self, s: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    pub fn upstream_response_filter<D: Downstream>(
+        &self,
+        s: &mut D,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         let code = resp.status.as_u16();
         if code < 200 && code != 101 {
             return Ok(());
@@ -432,30 +431,22 @@ impl ProxyHttp for Gateway {
     }
 
     /// Just before the response header goes to the client.
-    async fn response_filter(&self, _s: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    pub fn response_filter(&self, resp: &mut ResponseHeader, ctx: &mut Ctx) {
         Self::run_response_plugins(ctx, resp);
-        Ok(())
     }
 
-    fn response_body_filter(
-        &self,
-        _s: &mut Session,
-        body: &mut Option<Bytes>,
-        _eos: bool,
-        ctx: &mut Ctx,
-    ) -> Result<Option<std::time::Duration>> {
+    pub fn response_body_filter(&self, body: &Option<Bytes>, ctx: &mut Ctx) {
         if let Some(b) = body {
             ctx.sent_bytes += b.len() as u64;
         }
-        Ok(None)
     }
 
     /// An error after connecting (send failure, reset, timeout, bad header,
     /// or our own status-code retry).
-    fn error_while_proxy(
+    pub fn error_while_proxy<D: Downstream>(
         &self,
         peer: &HttpPeer,
-        s: &mut Session,
+        s: &mut D,
         e: Box<Error>,
         ctx: &mut Ctx,
         client_reused: bool,
@@ -481,7 +472,7 @@ impl ProxyHttp for Gateway {
             return e;
         }
         // A stale pooled connection closed under us: the server never saw the request.
-        if matches!(e.retry, RetryType::ReusedOnly) && client_reused && s.response_written().is_none() {
+        if matches!(e.retry, RetryType::ReusedOnly) && client_reused && s.response_status().is_none() {
             e.set_retry(true);
             if let Some(a) = ctx.current.take() {
                 ctx.upstream_log.push((a.server, a.started.elapsed()));
@@ -489,13 +480,13 @@ impl ProxyHttp for Gateway {
             return e;
         }
         let why = e.to_string();
-        let retry = self.on_failure(s, ctx, classify(&e), &why, true) && !s.as_ref().retry_buffer_truncated();
+        let retry = self.on_failure(s, ctx, classify(&e), &why, true) && !s.retry_buffer_truncated();
         e.set_retry(retry);
         e
     }
 
     /// A client that goes away is routine, not an error worth a log line (nginx logs it at info).
-    fn suppress_error_log(&self, _s: &Session, _ctx: &Ctx, e: &Error) -> bool {
+    pub fn suppress_error_log(&self, e: &Error) -> bool {
         e.esource() == &ErrorSource::Downstream
             && matches!(
                 e.etype(),
@@ -504,7 +495,7 @@ impl ProxyHttp for Gateway {
     }
 
     /// The final error: map it to a status and write a short page.
-    async fn fail_to_proxy(&self, s: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+    pub async fn fail_to_proxy<D: Downstream>(&self, s: &mut D, e: &Error) -> FailToProxy {
         use ErrorType::*;
         let code = match e.etype() {
             HTTPStatus(c) => *c,
@@ -519,7 +510,7 @@ impl ProxyHttp for Gateway {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
-        if code > 0 && s.response_written().is_none() {
+        if code > 0 && s.response_status().is_none() {
             s.set_keepalive(None);
             let _ = respond::send(s, code, "text/plain", respond::error_body(code), None).await;
         }
@@ -530,8 +521,8 @@ impl ProxyHttp for Gateway {
     }
 
     /// One access-log line; the in-flight slot is released when `ctx` drops.
-    async fn logging(&self, s: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let status = s.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+    pub fn logging<D: Downstream>(&self, s: &D, ctx: &mut Ctx) {
+        let status = s.response_status().unwrap_or(0);
         match (&ctx.loc, &ctx.snap) {
             (Some(loc), _) => loc.metrics[self.listener].count(status),
             (None, Some(snap)) => snap.listeners[self.listener].unrouted.count(status),
@@ -544,7 +535,7 @@ impl ProxyHttp for Gateway {
             }
         }
         let Some(log) = &self.access_log else { return };
-        let req = s.req_header();
+        let req = s.req();
         let ua = req
             .headers
             .get(http::header::USER_AGENT)
@@ -599,5 +590,97 @@ impl ProxyHttp for Gateway {
             line.push('\n');
         }
         log.write(&line);
+    }
+}
+
+/// Pingora's loop: each hook is the step of the same name above.
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    async fn request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        Gateway::request_filter(self, s, ctx).await
+    }
+
+    async fn upstream_peer(&self, s: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        Gateway::upstream_peer(self, s, ctx).await
+    }
+
+    fn fail_to_connect(&self, s: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, e: Box<Error>) -> Box<Error> {
+        Gateway::fail_to_connect(self, s, peer, ctx, e)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        s: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        Gateway::connected_to_upstream(self, s, fd, ctx);
+        Ok(())
+    }
+
+    async fn upstream_request_filter(&self, s: &mut Session, up: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        Gateway::upstream_request_filter(self, s, up, ctx).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<Bytes>,
+        _eos: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        Gateway::request_body_filter(self, body, ctx)
+    }
+
+    async fn upstream_response_filter(&self, s: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        Gateway::upstream_response_filter(self, s, resp, ctx)
+    }
+
+    async fn response_filter(&self, _s: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        Gateway::response_filter(self, resp, ctx);
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<Bytes>,
+        _eos: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        Gateway::response_body_filter(self, body, ctx);
+        Ok(None)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        s: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        Gateway::error_while_proxy(self, peer, s, e, ctx, client_reused)
+    }
+
+    fn suppress_error_log(&self, _s: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        Gateway::suppress_error_log(self, e)
+    }
+
+    async fn fail_to_proxy(&self, s: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        Gateway::fail_to_proxy(self, s, e).await
+    }
+
+    async fn logging(&self, s: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        Gateway::logging(self, s, ctx)
     }
 }

@@ -5,23 +5,21 @@
 use super::ctx::Ctx;
 use crate::upstream::sticky::{cookie_value, Mode};
 use crate::upstream::{HashKey, Pool};
-use pingora_proxy::Session;
+use pingora_http::RequestHeader;
 use std::borrow::Cow;
 
-fn cookie<'a>(s: &'a Session, name: &str) -> Option<&'a str> {
-    s.req_header()
-        .headers
+fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find_map(|v| cookie_value(v, name))
 }
 
-fn key<'a>(pool: &Pool, s: &'a Session, ctx: &Ctx) -> Cow<'a, [u8]> {
+fn key<'a>(pool: &Pool, req: &'a RequestHeader, ctx: &Ctx) -> Cow<'a, [u8]> {
     let Some(k) = &pool.hash_key else {
         return Cow::Borrowed(&[]);
     };
-    let req = s.req_header();
     match k {
         HashKey::ClientIp => match ctx.client_ip {
             Some(std::net::IpAddr::V4(ip)) => Cow::Owned(ip.octets().to_vec()),
@@ -30,7 +28,7 @@ fn key<'a>(pool: &Pool, s: &'a Session, ctx: &Ctx) -> Cow<'a, [u8]> {
         },
         HashKey::Uri => Cow::Borrowed(req.uri.path().as_bytes()),
         HashKey::Header(h) => Cow::Borrowed(req.headers.get(h.as_str()).map(|v| v.as_bytes()).unwrap_or(&[])),
-        HashKey::Cookie(c) => Cow::Borrowed(cookie(s, c).unwrap_or("").as_bytes()),
+        HashKey::Cookie(c) => Cow::Borrowed(cookie(req, c).unwrap_or("").as_bytes()),
         HashKey::Arg(a) => Cow::Borrowed(
             req.uri
                 .query()
@@ -47,13 +45,13 @@ fn key<'a>(pool: &Pool, s: &'a Session, ctx: &Ctx) -> Cow<'a, [u8]> {
 }
 
 /// Pick a server index for the next attempt, or `None` if none is usable.
-pub fn choose(pool: &Pool, s: &Session, ctx: &mut Ctx, https: bool) -> Option<usize> {
+pub fn choose(pool: &Pool, req: &RequestHeader, ctx: &mut Ctx, https: bool) -> Option<usize> {
     let tried = &ctx.tried;
     let skip = |i: usize| tried.contains(&i);
     if let Some(st) = &pool.sticky {
         match st.mode {
             Mode::Insert => {
-                let pinned = cookie(s, &st.cookie)
+                let pinned = cookie(req, &st.cookie)
                     .and_then(|v| st.decode(v))
                     .and_then(|id| pool.server_by_sticky_id(id))
                     .filter(|&i| !skip(i) && pool.servers[i].state.usable());
@@ -65,11 +63,11 @@ pub fn choose(pool: &Pool, s: &Session, ctx: &mut Ctx, https: bool) -> Option<us
                 return Some(i);
             }
             Mode::Hash => {
-                let v = cookie(s, &st.cookie).unwrap_or("");
+                let v = cookie(req, &st.cookie).unwrap_or("");
                 return pool.select(v.as_bytes(), &skip);
             }
         }
     }
-    let k = key(pool, s, ctx);
+    let k = key(pool, req, ctx);
     pool.select(&k, &skip)
 }

@@ -2,10 +2,10 @@
 //! locations, plugin answers and error pages. Every one carries a
 //! Content-Length so keep-alive clients never hang waiting for the end of a body.
 
+use super::downstream::Downstream;
 use bytes::Bytes;
 use pingora_core::Result;
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 
 /// A response header with the usual fields of a gateway-made answer.
 pub fn header(status: u16, content_type: &str, body_len: usize, location: Option<String>) -> Result<ResponseHeader> {
@@ -22,18 +22,17 @@ pub fn header(status: u16, content_type: &str, body_len: usize, location: Option
 }
 
 /// Write `r` and `body` (no body for HEAD).
-pub async fn write(s: &mut Session, r: ResponseHeader, body: Bytes) -> Result<()> {
-    let head_only = s.req_header().method == http::Method::HEAD;
-    s.write_response_header(Box::new(r), head_only || body.is_empty())
-        .await?;
+pub async fn write<D: Downstream>(s: &mut D, r: ResponseHeader, body: Bytes) -> Result<()> {
+    let head_only = s.req().method == http::Method::HEAD;
+    s.send_header(Box::new(r), head_only || body.is_empty()).await?;
     if !head_only && !body.is_empty() {
-        s.write_response_body(Some(body), true).await?;
+        s.send_body(Some(body), true).await?;
     }
     Ok(())
 }
 
-pub async fn send(
-    s: &mut Session,
+pub async fn send<D: Downstream>(
+    s: &mut D,
     status: u16,
     content_type: &str,
     body: Bytes,

@@ -1,0 +1,89 @@
+//! What the gateway's steps need from the client side of a request.
+//!
+//! Pingora's `Session` provides it in Pingora's loop; the lean loop's own
+//! HTTP/1 session (`lean::session`) provides it in the lean loop. Every step
+//! in `proxy/mod.rs` is written against this trait, so both loops run the
+//! same routing, balancing, retry, header, error-page and logging code.
+
+use bytes::Bytes;
+use pingora_core::Result;
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::Duration;
+
+pub trait Downstream: Send + Sync {
+    fn req(&self) -> &RequestHeader;
+    fn req_mut(&mut self) -> &mut RequestHeader;
+    fn client_ip(&self) -> Option<IpAddr>;
+    /// Does the client let the connection carry another request (not
+    /// `Connection: close`, not HTTP/1.0 without keep-alive)?
+    fn keepalive_allowed(&self) -> bool;
+    /// Keep the connection after this response for `Some(seconds)` idle
+    /// (0: no limit), or close it (`None`).
+    fn set_keepalive(&mut self, seconds: Option<u64>);
+    fn set_read_timeout(&mut self, timeout: Option<Duration>);
+    fn is_upgrade_req(&self) -> bool;
+    /// The status of the response header sent so far, if any.
+    fn response_status(&self) -> Option<u16>;
+    /// A request body was too large to keep for a retry.
+    fn retry_buffer_truncated(&self) -> bool;
+    /// `METHOD uri, Host: host`, for error logs.
+    fn summary(&self) -> String;
+    fn send_header(&mut self, resp: Box<ResponseHeader>, end: bool) -> impl Future<Output = Result<()>> + Send;
+    fn send_body(&mut self, body: Option<Bytes>, end: bool) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl Downstream for Session {
+    fn req(&self) -> &RequestHeader {
+        self.as_downstream().req_header()
+    }
+
+    fn req_mut(&mut self) -> &mut RequestHeader {
+        self.as_downstream_mut().req_header_mut()
+    }
+
+    fn client_ip(&self) -> Option<IpAddr> {
+        self.as_downstream()
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+    }
+
+    fn keepalive_allowed(&self) -> bool {
+        self.as_downstream().get_keepalive().is_some()
+    }
+
+    fn set_keepalive(&mut self, seconds: Option<u64>) {
+        self.as_downstream_mut().set_keepalive(seconds);
+    }
+
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.as_downstream_mut().set_read_timeout(timeout);
+    }
+
+    fn is_upgrade_req(&self) -> bool {
+        self.as_downstream().is_upgrade_req()
+    }
+
+    fn response_status(&self) -> Option<u16> {
+        self.as_downstream().response_written().map(|r| r.status.as_u16())
+    }
+
+    fn retry_buffer_truncated(&self) -> bool {
+        self.as_downstream().retry_buffer_truncated()
+    }
+
+    fn summary(&self) -> String {
+        self.as_downstream().request_summary()
+    }
+
+    async fn send_header(&mut self, resp: Box<ResponseHeader>, end: bool) -> Result<()> {
+        Session::write_response_header(self, resp, end).await
+    }
+
+    async fn send_body(&mut self, body: Option<Bytes>, end: bool) -> Result<()> {
+        Session::write_response_body(self, body, end).await
+    }
+}

@@ -1,0 +1,333 @@
+//! The lean loop's HTTP/1.1 server side: the client's request, parsed once
+//! from the bytes the listener read while it waited, and the response
+//! written back with the same framing and fields Pingora's server session
+//! writes (`Date` and `Connection` set, `Content-Length` or chunked bodies,
+//! none for HEAD, 204 and 304).
+//!
+//! It exists because `pingora-core`'s server session, built for every kind
+//! of request, costs more than the rest of a lean request together: a
+//! second parse of the request, a header map rebuilt on every response to
+//! add two fields, body reader and writer state, and a 4.5 KiB finishing
+//! future. What the gateway's steps need from it is the [`Downstream`]
+//! trait, which this type implements.
+
+use crate::proxy::downstream::Downstream;
+use bytes::{BufMut, Bytes, BytesMut};
+use log::warn;
+use pingora_core::protocols::http::date::get_cached_date;
+use pingora_core::protocols::Stream;
+use pingora_core::{Error, ErrorType, OrErr, Result};
+use pingora_http::{HeaderNameVariant, RequestHeader, ResponseHeader};
+use std::net::IpAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A request head the lean loop takes, parsed once.
+pub struct Head {
+    req: RequestHeader,
+    /// The client sent `Connection: close`.
+    close: bool,
+}
+
+impl Head {
+    /// Build the request from `head` (exactly one complete request head) as
+    /// `httparse` saw it in `parsed`. `None` if Pingora's header types
+    /// refuse it (Pingora's loop then serves it, with its own errors).
+    pub fn build(head: &[u8], parsed: &httparse::Request) -> Option<Head> {
+        let raw = Bytes::copy_from_slice(head);
+        let base = head.as_ptr() as usize;
+        let at = |s: &[u8]| {
+            let start = s.as_ptr() as usize - base;
+            raw.slice(start..start + s.len())
+        };
+        let mut req = RequestHeader::build(parsed.method?, parsed.path?.as_bytes(), Some(parsed.headers.len())).ok()?;
+        req.set_version(http::Version::HTTP_11);
+        let mut close = false;
+        for h in parsed.headers.iter() {
+            if h.name.eq_ignore_ascii_case("connection") {
+                close |= h.value.eq_ignore_ascii_case(b"close");
+            }
+            let value = pingora_http::header_value_from_raw(at(h.value));
+            req.append_header(at(h.name.as_bytes()), value).ok()?;
+        }
+        Some(Head { req, close })
+    }
+
+    pub fn req(&self) -> &RequestHeader {
+        &self.req
+    }
+}
+
+/// How the response body goes out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Out {
+    /// No header sent yet.
+    Header,
+    /// No body (HEAD, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Ends with the connection (no length known, the client is HTTP/1.1
+    /// but the response says nothing): the connection is not kept.
+    Close,
+}
+
+pub struct LeanSession {
+    stream: Stream,
+    req: RequestHeader,
+    client_ip: Option<IpAddr>,
+    /// `Some(idle seconds)` (0: no limit) keeps the connection after this
+    /// response; `None` closes it.
+    keepalive: Option<u64>,
+    /// Requests this connection may still carry after this one (`None`: no limit).
+    reuses_left: Option<u32>,
+    status: Option<u16>,
+    out: Out,
+    /// The response went out whole.
+    complete: bool,
+    /// The client sent more while its response was awaited (pipelining,
+    /// which Portico does not do): the connection closes after this response.
+    extra: bool,
+}
+
+impl LeanSession {
+    pub fn new(stream: Stream, head: Head, reuses_left: Option<u32>) -> Self {
+        let client_ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().cloned())
+            .and_then(|a| a.as_inet().map(|a| a.ip()));
+        LeanSession {
+            stream,
+            req: head.req,
+            client_ip,
+            keepalive: (!head.close).then_some(0),
+            reuses_left,
+            status: None,
+            out: Out::Header,
+            complete: false,
+            extra: false,
+        }
+    }
+
+    fn will_keepalive(&self) -> bool {
+        self.keepalive.is_some() && self.reuses_left != Some(0) && !self.extra
+    }
+
+    /// Resolves once the client goes away while its response is awaited
+    /// (the request is then abandoned, as in Pingora's loop). Bytes it sends
+    /// meanwhile only end keep-alive.
+    pub async fn client_gone(&mut self) -> Box<Error> {
+        let mut byte = [0u8; 1];
+        loop {
+            if self.extra {
+                std::future::pending::<()>().await;
+            }
+            match self.stream.read(&mut byte).await {
+                Ok(0) => return Error::explain(ErrorType::ConnectionClosed, "client closed the connection"),
+                Ok(_) => self.extra = true,
+                Err(e) => return Error::because(ErrorType::ReadError, "while waiting for the response", e),
+            }
+        }
+    }
+
+    /// The connection, if it may carry another request; closed otherwise.
+    pub async fn finish(mut self) -> Option<Stream> {
+        if self.complete && self.will_keepalive() {
+            return Some(self.stream);
+        }
+        let _ = self.stream.shutdown().await;
+        None
+    }
+
+    async fn write(&mut self, bytes: &[u8], flush: bool) -> Result<()> {
+        self.stream
+            .write_all(bytes)
+            .await
+            .or_err(ErrorType::WriteError, "while writing to the client")?;
+        if flush {
+            self.stream
+                .flush()
+                .await
+                .or_err(ErrorType::WriteError, "while flushing to the client")?;
+        }
+        Ok(())
+    }
+
+    /// The response line and fields as Pingora writes them: `Date` and
+    /// `Connection` replace any the response carries, or follow the rest.
+    fn serialize(&self, resp: &ResponseHeader, keep: bool) -> Result<BytesMut> {
+        let mut buf = BytesMut::with_capacity(512);
+        buf.put_slice(match resp.version {
+            http::Version::HTTP_10 => b"HTTP/1.0 ",
+            http::Version::HTTP_11 => b"HTTP/1.1 ",
+            _ => return Error::e_explain(ErrorType::WriteError, "serializing response header"),
+        });
+        buf.put_slice(resp.status.as_str().as_bytes());
+        buf.put_u8(b' ');
+        if let Some(reason) = resp.get_reason_phrase() {
+            buf.put_slice(reason.as_bytes());
+        }
+        buf.put_slice(b"\r\n");
+        let date = get_cached_date();
+        let ours: [(&[u8], &[u8]); 2] = [
+            (b"Date", date.as_bytes()),
+            (b"Connection", if keep { b"keep-alive" } else { b"close" }),
+        ];
+        let mut done = [false; 2];
+        let put = |buf: &mut BytesMut, name: &[u8], value: &[u8]| {
+            buf.put_slice(name);
+            buf.put_slice(b": ");
+            buf.put_slice(value);
+            buf.put_slice(b"\r\n");
+        };
+        resp.map(|name, value| {
+            let name = match name {
+                HeaderNameVariant::Case(c) => c.as_slice(),
+                HeaderNameVariant::Titled(t) => t.as_bytes(),
+            };
+            match ours.iter().position(|(n, _)| name.eq_ignore_ascii_case(n)) {
+                Some(i) if done[i] => {}
+                Some(i) => {
+                    done[i] = true;
+                    put(&mut buf, ours[i].0, ours[i].1);
+                }
+                None => put(&mut buf, name, value.as_bytes()),
+            }
+            Ok(())
+        })?;
+        for (i, (name, value)) in ours.iter().enumerate() {
+            if !done[i] {
+                put(&mut buf, name, value);
+            }
+        }
+        buf.put_slice(b"\r\n");
+        Ok(buf)
+    }
+}
+
+/// How a response header frames its body.
+fn framing(resp: &ResponseHeader, head_request: bool) -> Out {
+    let code = resp.status.as_u16();
+    if head_request || code == 204 || code == 304 {
+        return Out::Empty;
+    }
+    let headers = &resp.headers;
+    if let Some(te) = headers.get_all(http::header::TRANSFER_ENCODING).iter().next_back() {
+        let last = te.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
+        if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Out::Chunked;
+        }
+    }
+    match headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        Some(n) => Out::Length(n),
+        None => Out::Close,
+    }
+}
+
+impl Downstream for LeanSession {
+    fn req(&self) -> &RequestHeader {
+        &self.req
+    }
+
+    fn req_mut(&mut self) -> &mut RequestHeader {
+        &mut self.req
+    }
+
+    fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    fn keepalive_allowed(&self) -> bool {
+        self.keepalive.is_some()
+    }
+
+    fn set_keepalive(&mut self, seconds: Option<u64>) {
+        self.keepalive = seconds;
+    }
+
+    fn set_read_timeout(&mut self, _timeout: Option<Duration>) {
+        // No body is read: nothing to time.
+    }
+
+    fn is_upgrade_req(&self) -> bool {
+        false // the lean loop declines upgrades
+    }
+
+    fn response_status(&self) -> Option<u16> {
+        self.status
+    }
+
+    fn retry_buffer_truncated(&self) -> bool {
+        false // no body to buffer
+    }
+
+    fn summary(&self) -> String {
+        let host = self.req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok());
+        format!(
+            "{} {}, Host: {}",
+            self.req.method,
+            self.req.uri,
+            host.unwrap_or_default()
+        )
+    }
+
+    async fn send_header(&mut self, resp: Box<ResponseHeader>, end: bool) -> Result<()> {
+        if self.status.is_some() || resp.status.is_informational() {
+            return Ok(()); // one final response per request; 1xx are not passed on
+        }
+        self.out = framing(&resp, self.req.method == http::Method::HEAD);
+        if self.out == Out::Close {
+            self.keepalive = None;
+        }
+        let buf = self.serialize(&resp, self.will_keepalive())?;
+        // Flushed now unless a Content-Length body follows (as Pingora does).
+        let flush = end || !matches!(self.out, Out::Length(n) if n > 0);
+        self.write(&buf, flush).await?;
+        self.status = Some(resp.status.as_u16());
+        if end {
+            self.send_body(None, true).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_body(&mut self, body: Option<Bytes>, end: bool) -> Result<()> {
+        if let Some(b) = body.filter(|b| !b.is_empty()) {
+            match self.out {
+                Out::Length(left) => {
+                    let n = left.min(b.len() as u64);
+                    if n < b.len() as u64 {
+                        warn!("Trying to write data over content-length: {left} bytes left");
+                    }
+                    self.out = Out::Length(left - n);
+                    self.write(&b[..n as usize], left == n).await?;
+                }
+                Out::Chunked => {
+                    let size = format!("{:X}\r\n", b.len());
+                    self.write(size.as_bytes(), false).await?;
+                    self.write(&b, false).await?;
+                    self.write(b"\r\n", true).await?;
+                }
+                Out::Close => self.write(&b, true).await?,
+                Out::Header | Out::Empty => {}
+            }
+        }
+        if end && !self.complete {
+            match self.out {
+                Out::Length(left) if left > 0 => {
+                    return Error::e_explain(
+                        ErrorType::WriteError,
+                        format!("response body ended {left} bytes short of its Content-Length"),
+                    );
+                }
+                Out::Chunked => self.write(b"0\r\n\r\n", true).await?,
+                _ => {}
+            }
+            self.complete = true;
+        }
+        Ok(())
+    }
+}
