@@ -237,7 +237,7 @@ impl Exchange {
     /// the body's framing. 1xx responses are consumed and skipped.
     fn parse_header(&mut self) -> Result<Option<Box<ResponseHeader>>> {
         // (name start, name end, value start, value end) of each field in `buf`.
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let mut spans = Vec::new();
         let (len, code, version, reason, count, framing) = {
             let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut []);
@@ -257,9 +257,10 @@ impl Exchange {
             };
             let base = self.buf.as_ptr() as usize;
             let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-            for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+            spans.reserve_exact(resp.headers.len());
+            for h in resp.headers.iter() {
                 let (n, v) = (h.name.as_bytes(), h.value);
-                *span = (at(n), at(n) + n.len() as u32, at(v), at(v) + v.len() as u32);
+                spans.push((at(n), at(n) + n.len() as u32, at(v), at(v) + v.len() as u32));
             }
             let framing = Framing::of(resp.headers)?;
             let reason = resp.reason.map(str::to_string);
@@ -283,7 +284,7 @@ impl Exchange {
             http::Version::HTTP_11
         });
         header.set_reason_phrase(reason.as_deref())?;
-        for &(ns, ne, vs, ve) in &spans[..count] {
+        for &(ns, ne, vs, ve) in &spans {
             let name = raw.slice(ns as usize..ne as usize);
             if framing.chunked.is_some() && name.eq_ignore_ascii_case(b"content-length") {
                 continue; // Transfer-Encoding overrides it (RFC 9112 6.3)
