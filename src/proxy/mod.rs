@@ -1,5 +1,8 @@
-//! The Pingora `ProxyHttp` implementation. Each hook is one step of a
-//! request's life and delegates the real work to a module:
+//! The steps of a request's life, each named after the Pingora `ProxyHttp`
+//! hook it is, delegating the real work to a module. They are written
+//! against [`Downstream`] (the client side of a request), so Pingora's loop
+//! (through the `ProxyHttp` impl at the end of this file) and the lean loop
+//! (`lean.rs`, with its own HTTP/1 session) run the very same code:
 //!
 //! | hook                      | step                                           | module            |
 //! |---------------------------|------------------------------------------------|-------------------|
