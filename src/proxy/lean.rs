@@ -35,7 +35,6 @@ use idle::IdlePool;
 use log::{error, warn};
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::protocols::http::authority::validate_request_authority;
-use pingora_core::protocols::http::HttpTask;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
@@ -43,7 +42,7 @@ use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_core::{Error, ErrorType};
 pub use session::{Head, LeanSession};
 use std::sync::Arc;
-use upstream::Exchange;
+use upstream::{Exchange, Part};
 
 /// Headers whose presence sends a request to Pingora's loop: hop-by-hop
 /// fields it would strip or act on, and anything implying a body.
@@ -298,28 +297,29 @@ impl LeanPath {
                 Ok(t) => t,
                 Err(e) => return (false, false, Some(e)),
             };
-            let done = task.is_end();
+            let done = matches!(task, Part::Head(_, true) | Part::Body(_, true) | Part::Done);
             let sent = match task {
-                HttpTask::Header(mut resp, end) => {
-                    if let Err(e) = gw.upstream_response_filter(s, &mut resp, ctx) {
-                        return (false, false, Some(e));
+                Part::Head(head, end) => {
+                    match gw.upstream_status(s, head.status.as_u16(), ctx) {
+                        Ok(true) => {}
+                        Ok(false) => continue, // not a final answer (cannot happen: 1xx are skipped)
+                        Err(e) => return (false, false, Some(e)),
                     }
-                    if up.close_delimited() {
-                        // A close-delimited (HTTP/1.0 style) body goes on chunked, so the client connection stays.
-                        resp.set_version(http::Version::HTTP_11);
-                        if let Err(e) = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked") {
-                            return (false, false, Some(e));
+                    if !up.close_delimited() && head.passes_as_is() && !Gateway::edits_response(ctx) {
+                        // Nothing edits it: the fields go on as they came.
+                        s.send_fields(&head, end).await
+                    } else {
+                        match self.edited(&head, up.close_delimited(), ctx) {
+                            Ok(resp) => s.send_header(resp, end).await,
+                            Err(e) => return (false, false, Some(e)),
                         }
                     }
-                    gw.response_filter(&mut resp, ctx);
-                    s.send_header(resp, end).await
                 }
-                HttpTask::Body(body, end) => {
+                Part::Body(body, end) => {
                     gw.response_body_filter(&body, ctx);
                     s.send_body(body, end).await
                 }
-                HttpTask::Done => s.send_body(None::<Bytes>, true).await,
-                _ => Ok(()),
+                Part::Done => s.send_body(None::<Bytes>, true).await,
             };
             if let Err(e) = sent {
                 // The client could not take it: the upstream connection has unread bytes unless done.
@@ -329,5 +329,24 @@ impl LeanPath {
                 return (true, true, None);
             }
         }
+    }
+
+    /// The response header built for the steps that edit it: the sticky
+    /// cookie, plugins, and a close-delimited body turned chunked.
+    fn edited(
+        &self,
+        head: &upstream::ResponseHead,
+        close_delimited: bool,
+        ctx: &mut super::Ctx,
+    ) -> Result<Box<pingora_http::ResponseHeader>, Box<Error>> {
+        let mut resp = head.build()?;
+        Gateway::upstream_response_edits(&mut resp, ctx)?;
+        if close_delimited {
+            // A close-delimited (HTTP/1.0 style) body goes on chunked, so the client connection stays.
+            resp.set_version(http::Version::HTTP_11);
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+        self.gw.response_filter(&mut resp, ctx);
+        Ok(resp)
     }
 }

@@ -384,20 +384,30 @@ impl Gateway {
     }
 
     /// The response header arrived: retry on a configured status if another
-    /// server can still take the request, else pass the real response on.
+    /// server can still take the request, else pass the real response on,
+    /// with the sticky cookie and the plugins' edits.
     pub fn upstream_response_filter<D: Downstream>(
         &self,
         s: &mut D,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let code = resp.status.as_u16();
+        if self.upstream_status(s, resp.status.as_u16(), ctx)? {
+            Self::upstream_response_edits(resp, ctx)?;
+        }
+        Ok(())
+    }
+
+    /// What the response's status means for the attempt (latency, passive
+    /// health, status-code retry, upgrades). `Ok(false)`: nothing more to do
+    /// with this header (informational, or no route).
+    pub fn upstream_status<D: Downstream>(&self, s: &mut D, code: u16, ctx: &mut Ctx) -> Result<bool> {
         if code < 200 && code != 101 {
-            return Ok(());
+            return Ok(false);
         }
         ctx.header_watch = None;
         let (Some(pool), Some(loc)) = (ctx.pool.clone(), ctx.loc.clone()) else {
-            return Ok(());
+            return Ok(false);
         };
         if let Some(a) = ctx.current.as_mut() {
             let t = a.started.elapsed();
@@ -422,10 +432,22 @@ impl Gateway {
             ctx.upgraded = true;
             metrics::get().upgrades.inc();
         }
+        Ok(true)
+    }
+
+    /// Will anything edit this response's header (a sticky cookie to set,
+    /// plugins)? If not, it can go to the client as it came.
+    pub fn edits_response(ctx: &Ctx) -> bool {
+        ctx.sticky_cookie.is_some() || ctx.plugin.is_some()
+    }
+
+    /// The sticky cookie and the plugins' `upstream_response` edits.
+    pub fn upstream_response_edits(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         if let Some(c) = ctx.sticky_cookie.take() {
             resp.append_header(http::header::SET_COOKIE, c)?;
         }
-        if let Some(pc) = ctx.plugin.as_mut() {
+        if let (Some(loc), Some(pc)) = (ctx.loc.as_ref(), ctx.plugin.as_mut()) {
+            let code = resp.status.as_u16();
             for p in &loc.plugins {
                 p.upstream_response(pc, code, &mut RespHeaders(resp));
             }

@@ -11,6 +11,7 @@
 //! future. What the gateway's steps need from it is the [`Downstream`]
 //! trait, which this type implements.
 
+use super::upstream::ResponseHead;
 use crate::proxy::downstream::Downstream;
 use bytes::{BufMut, Bytes, BytesMut};
 use log::warn;
@@ -153,55 +154,124 @@ impl LeanSession {
         Ok(())
     }
 
-    /// The response line and fields as Pingora writes them: `Date` and
-    /// `Connection` replace any the response carries, or follow the rest.
-    fn serialize(&self, resp: &ResponseHeader, keep: bool) -> Result<BytesMut> {
-        let mut buf = BytesMut::with_capacity(512);
-        buf.put_slice(match resp.version {
-            http::Version::HTTP_10 => b"HTTP/1.0 ",
-            http::Version::HTTP_11 => b"HTTP/1.1 ",
+    /// The response line and fields of `resp` as Pingora writes them.
+    fn serialize(resp: &ResponseHeader, keep: bool) -> Result<BytesMut> {
+        let http10 = match resp.version {
+            http::Version::HTTP_10 => true,
+            http::Version::HTTP_11 => false,
             _ => return Error::e_explain(ErrorType::WriteError, "serializing response header"),
-        });
-        buf.put_slice(resp.status.as_str().as_bytes());
-        buf.put_u8(b' ');
-        if let Some(reason) = resp.get_reason_phrase() {
-            buf.put_slice(reason.as_bytes());
-        }
-        buf.put_slice(b"\r\n");
-        let date = get_cached_date();
-        let ours: [(&[u8], &[u8]); 2] = [
-            (b"Date", date.as_bytes()),
-            (b"Connection", if keep { b"keep-alive" } else { b"close" }),
-        ];
-        let mut done = [false; 2];
-        let put = |buf: &mut BytesMut, name: &[u8], value: &[u8]| {
-            buf.put_slice(name);
-            buf.put_slice(b": ");
-            buf.put_slice(value);
-            buf.put_slice(b"\r\n");
         };
+        let reason = resp.get_reason_phrase().map(str::as_bytes);
+        let mut w = HeadWriter::new(http10, resp.status, reason, keep);
         resp.map(|name, value| {
             let name = match name {
                 HeaderNameVariant::Case(c) => c.as_slice(),
                 HeaderNameVariant::Titled(t) => t.as_bytes(),
             };
-            match ours.iter().position(|(n, _)| name.eq_ignore_ascii_case(n)) {
-                Some(i) if done[i] => {}
-                Some(i) => {
-                    done[i] = true;
-                    put(&mut buf, ours[i].0, ours[i].1);
-                }
-                None => put(&mut buf, name, value.as_bytes()),
-            }
+            w.field(name, value.as_bytes());
             Ok(())
         })?;
-        for (i, (name, value)) in ours.iter().enumerate() {
-            if !done[i] {
-                put(&mut buf, name, value);
+        Ok(w.finish())
+    }
+
+    /// Write the response header and note what was sent.
+    async fn send_head(&mut self, buf: BytesMut, status: u16, end: bool) -> Result<()> {
+        // Flushed now unless a Content-Length body follows (as Pingora does).
+        let flush = end || !matches!(self.out, Out::Length(n) if n > 0);
+        self.write(&buf, flush).await?;
+        self.status = Some(status);
+        if end {
+            self.send_body(None, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Send a response header that nothing edits with its fields as they
+    /// came, without building a `ResponseHeader` (`Date` and `Connection`
+    /// set as for any other).
+    pub async fn send_fields(&mut self, head: &ResponseHead, end: bool) -> Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        let code = head.status.as_u16();
+        self.out = if self.req.method == http::Method::HEAD || code == 204 || code == 304 {
+            Out::Empty
+        } else if head.chunked {
+            Out::Chunked
+        } else {
+            head.length.map_or(Out::Close, Out::Length)
+        };
+        if self.out == Out::Close {
+            self.keepalive = None;
+        }
+        let mut w = HeadWriter::new(head.http10, head.status, Some(head.reason()), self.will_keepalive());
+        for (name, value) in head.fields() {
+            w.field(name, value);
+        }
+        self.send_head(w.finish(), code, end).await
+    }
+}
+
+/// Writes a response head: `Date` and `Connection` replace any the response
+/// carries, in their place, or follow the other fields (as Pingora's
+/// `insert_header` places them).
+struct HeadWriter {
+    buf: BytesMut,
+    date: http::HeaderValue,
+    connection: &'static [u8],
+    /// Date, Connection written.
+    done: [bool; 2],
+}
+
+impl HeadWriter {
+    fn new(http10: bool, status: http::StatusCode, reason: Option<&[u8]>, keep: bool) -> Self {
+        let mut buf = BytesMut::with_capacity(512);
+        buf.put_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+        buf.put_slice(status.as_str().as_bytes());
+        buf.put_u8(b' ');
+        buf.put_slice(reason.unwrap_or_default());
+        buf.put_slice(b"\r\n");
+        HeadWriter {
+            buf,
+            date: get_cached_date(),
+            connection: if keep { b"keep-alive" } else { b"close" },
+            done: [false; 2],
+        }
+    }
+
+    fn put(&mut self, name: &[u8], value: &[u8]) {
+        self.buf.put_slice(name);
+        self.buf.put_slice(b": ");
+        self.buf.put_slice(value);
+        self.buf.put_slice(b"\r\n");
+    }
+
+    fn ours(&mut self, i: usize) {
+        if !std::mem::replace(&mut self.done[i], true) {
+            if i == 0 {
+                let date = self.date.clone();
+                self.put(b"Date", date.as_bytes());
+            } else {
+                self.put(b"Connection", self.connection);
             }
         }
-        buf.put_slice(b"\r\n");
-        Ok(buf)
+    }
+
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(b"date") {
+            self.ours(0);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            self.ours(1);
+        } else {
+            self.put(name, value);
+        }
+    }
+
+    fn finish(mut self) -> BytesMut {
+        self.ours(0);
+        self.ours(1);
+        self.buf.put_slice(b"\r\n");
+        self.buf
     }
 }
 
@@ -283,15 +353,8 @@ impl Downstream for LeanSession {
         if self.out == Out::Close {
             self.keepalive = None;
         }
-        let buf = self.serialize(&resp, self.will_keepalive())?;
-        // Flushed now unless a Content-Length body follows (as Pingora does).
-        let flush = end || !matches!(self.out, Out::Length(n) if n > 0);
-        self.write(&buf, flush).await?;
-        self.status = Some(resp.status.as_u16());
-        if end {
-            self.send_body(None, true).await?;
-        }
-        Ok(())
+        let buf = Self::serialize(&resp, self.will_keepalive())?;
+        self.send_head(buf, resp.status.as_u16(), end).await
     }
 
     async fn send_body(&mut self, body: Option<Bytes>, end: bool) -> Result<()> {

@@ -17,7 +17,6 @@
 //! framing is `InvalidHTTPHeader`.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use pingora_core::protocols::http::HttpTask;
 use pingora_core::protocols::Stream;
 use pingora_core::{Error, ErrorType::*, OrErr, Result, RetryType};
 use pingora_http::{HeaderNameVariant, RequestHeader, ResponseHeader};
@@ -155,16 +154,16 @@ impl Exchange {
 
     /// The next part of the response, as Pingora's client hands it out: the
     /// header (1xx responses skipped), then body pieces, the last one marked.
-    pub async fn next(&mut self) -> Result<HttpTask> {
+    pub async fn next(&mut self) -> Result<Part> {
         if self.body == Body::Header {
-            let header = self.read_header().await?;
-            return Ok(HttpTask::Header(header, self.body == Body::Done));
+            let head = self.read_header().await?;
+            return Ok(Part::Head(head, self.body == Body::Done));
         }
         if self.body == Body::Done {
-            return Ok(HttpTask::Done);
+            return Ok(Part::Done);
         }
         let piece = self.read_body().await?;
-        Ok(HttpTask::Body(piece, self.body == Body::Done))
+        Ok(Part::Body(piece, self.body == Body::Done))
     }
 
     /// The body ends with the server's close (it is passed on chunked).
@@ -208,7 +207,7 @@ impl Exchange {
         })
     }
 
-    async fn read_header(&mut self) -> Result<Box<ResponseHeader>> {
+    async fn read_header(&mut self) -> Result<ResponseHead> {
         loop {
             if !self.buf.is_empty() {
                 if let Some(header) = self.parse_header()? {
@@ -235,16 +234,15 @@ impl Exchange {
 
     /// Parse a complete header from the buffer, if there is one, and set up
     /// the body's framing. 1xx responses are consumed and skipped.
-    fn parse_header(&mut self) -> Result<Option<Box<ResponseHeader>>> {
-        // (name start, name end, value start, value end) of each field in `buf`.
-        let mut spans = Vec::new();
-        let (len, code, version, reason, count, framing) = {
-            let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    fn parse_header(&mut self) -> Result<Option<ResponseHead>> {
+        let mut fields = Vec::new();
+        let (len, code, http10, reason, framing, folded) = {
+            let mut parsed = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut []);
             let mut parser = httparse::ParserConfig::default();
             parser.allow_spaces_after_header_name_in_responses(true);
             parser.allow_obsolete_multiline_headers_in_responses(true);
-            let len = match parser.parse_response_with_uninit_headers(&mut resp, &self.buf, &mut fields) {
+            let len = match parser.parse_response_with_uninit_headers(&mut resp, &self.buf, &mut parsed) {
                 Ok(httparse::Status::Complete(n)) => n,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(e) => {
@@ -256,47 +254,38 @@ impl Exchange {
                 }
             };
             let base = self.buf.as_ptr() as usize;
-            let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-            spans.reserve_exact(resp.headers.len());
+            let span = |s: &[u8]| {
+                let start = (s.as_ptr() as usize - base) as u32;
+                (start, start + s.len() as u32)
+            };
+            fields.reserve_exact(resp.headers.len());
+            let mut folded = false;
             for h in resp.headers.iter() {
-                let (n, v) = (h.name.as_bytes(), h.value);
-                spans.push((at(n), at(n) + n.len() as u32, at(v), at(v) + v.len() as u32));
+                folded |= h.value.iter().any(|&b| b == b'\r' || b == b'\n');
+                fields.push((span(h.name.as_bytes()), span(h.value)));
             }
             let framing = Framing::of(resp.headers)?;
-            let reason = resp.reason.map(str::to_string);
+            let reason = resp.reason.map_or((0, 0), |r| span(r.as_bytes()));
             (
                 len,
                 resp.code.unwrap_or(0),
-                resp.version,
+                resp.version == Some(0),
                 reason,
-                resp.headers.len(),
                 framing,
+                folded,
             )
         };
         let raw = self.buf.split_to(len).freeze();
         if (100..200).contains(&code) {
             return Ok(None); // informational: dropped, as nginx does; the real one follows
         }
-        let mut header = ResponseHeader::build(code, Some(count))?;
-        header.set_version(if version == Some(0) {
-            http::Version::HTTP_10
+        let Ok(status) = http::StatusCode::from_u16(code) else {
+            return Error::e_explain(InvalidHTTPHeader, format!("invalid status code {code}"));
+        };
+        self.keepalive = if http10 {
+            framing.keep_alive && framing.chunked.is_none()
         } else {
-            http::Version::HTTP_11
-        });
-        header.set_reason_phrase(reason.as_deref())?;
-        for &(ns, ne, vs, ve) in &spans {
-            let name = raw.slice(ns as usize..ne as usize);
-            if framing.chunked.is_some() && name.eq_ignore_ascii_case(b"content-length") {
-                continue; // Transfer-Encoding overrides it (RFC 9112 6.3)
-            }
-            let value = pingora_http::header_value_from_raw(raw.slice(vs as usize..ve as usize));
-            header
-                .append_header(name, value)
-                .or_err(InvalidHTTPHeader, "while parsing response header")?;
-        }
-        self.keepalive = match version {
-            Some(1) => !framing.close,
-            _ => framing.keep_alive && framing.chunked.is_none(),
+            !framing.close
         };
         self.body = if self.head_request || code == 204 || code == 304 {
             Body::Done
@@ -308,7 +297,16 @@ impl Exchange {
                 (None, Some(n)) => Body::Length(n),
             }
         };
-        Ok(Some(Box::new(header)))
+        Ok(Some(ResponseHead {
+            status,
+            http10,
+            raw,
+            reason,
+            fields,
+            chunked: framing.chunked == Some(true),
+            length: framing.length,
+            folded,
+        }))
     }
 
     /// The next piece of the body; `None` once it is complete.
@@ -403,6 +401,78 @@ impl Exchange {
                 }
             }
         }
+    }
+}
+
+/// A part of the response, in the order it arrives.
+pub enum Part {
+    /// The header, and whether the response ends with it.
+    Head(ResponseHead, bool),
+    /// A piece of the body, and whether it is the last.
+    Body(Option<Bytes>, bool),
+    Done,
+}
+
+/// A response header as it arrived: its status and fields, not yet built
+/// into the `ResponseHeader` the steps edit. When nothing edits it, its
+/// fields go on as they came (`LeanSession::send_fields`).
+pub struct ResponseHead {
+    pub status: http::StatusCode,
+    pub http10: bool,
+    /// The header block; `reason` and `fields` are spans of it.
+    raw: Bytes,
+    reason: (u32, u32),
+    fields: Vec<((u32, u32), (u32, u32))>,
+    /// Transfer-Encoding ends with chunked (Content-Length is then ignored).
+    pub chunked: bool,
+    pub length: Option<u64>,
+    /// A value spans lines (obsolete folding), which building normalizes.
+    folded: bool,
+}
+
+impl ResponseHead {
+    fn at(&self, (start, end): (u32, u32)) -> &[u8] {
+        &self.raw[start as usize..end as usize]
+    }
+
+    pub fn reason(&self) -> &[u8] {
+        self.at(self.reason)
+    }
+
+    /// The fields to pass on, as `(name, value)`: all of them, less
+    /// Content-Length when Transfer-Encoding frames the body (RFC 9112 6.3).
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.fields
+            .iter()
+            .map(|&(n, v)| (self.at(n), self.at(v)))
+            .filter(|(n, _)| !(self.chunked && n.eq_ignore_ascii_case(b"content-length")))
+    }
+
+    /// Can the fields go on as they came (no folded values to normalize)?
+    pub fn passes_as_is(&self) -> bool {
+        !self.folded
+    }
+
+    /// The `ResponseHeader` the steps and plugins edit (what Pingora's client makes).
+    pub fn build(&self) -> Result<Box<ResponseHeader>> {
+        let mut header = ResponseHeader::build(self.status, Some(self.fields.len()))?;
+        header.set_version(if self.http10 {
+            http::Version::HTTP_10
+        } else {
+            http::Version::HTTP_11
+        });
+        header.set_reason_phrase(std::str::from_utf8(self.reason()).ok())?;
+        for &(n, v) in &self.fields {
+            let name = self.raw.slice(n.0 as usize..n.1 as usize);
+            if self.chunked && name.eq_ignore_ascii_case(b"content-length") {
+                continue;
+            }
+            let value = pingora_http::header_value_from_raw(self.raw.slice(v.0 as usize..v.1 as usize));
+            header
+                .append_header(name, value)
+                .or_err(InvalidHTTPHeader, "while parsing response header")?;
+        }
+        Ok(Box::new(header))
     }
 }
 
@@ -508,7 +578,7 @@ mod tests {
         let (mut x, _server) = connected().await;
         x.head_request = head_request;
         x.buf.extend_from_slice(raw);
-        let h = x.parse_header()?.expect("complete header");
+        let h = x.parse_header()?.expect("complete header").build()?;
         Ok((h, x))
     }
 
@@ -585,6 +655,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn fields_pass_on_as_they_came_unless_folded() {
+        let raw =
+            b"HTTP/1.1 201 Made It\r\nX-A: 1\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\nX-A: 2\r\n\r\n";
+        let (mut x, _server) = connected().await;
+        x.buf.extend_from_slice(raw);
+        let head = x.parse_header().unwrap().unwrap();
+        assert_eq!(
+            (head.status.as_u16(), head.reason(), head.http10),
+            (201, &b"Made It"[..], false)
+        );
+        let fields: Vec<_> = head.fields().collect();
+        let expected: [(&[u8], &[u8]); 3] = [(b"X-A", b"1"), (b"Transfer-Encoding", b"chunked"), (b"X-A", b"2")];
+        assert_eq!(fields, expected, "in order, Content-Length left out");
+        assert!(head.passes_as_is());
+        x.body = Body::Header;
+        x.buf
+            .extend_from_slice(b"HTTP/1.1 200 OK\r\nX-Long: a\r\n b\r\nContent-Length: 0\r\n\r\n");
+        assert!(
+            !x.parse_header().unwrap().unwrap().passes_as_is(),
+            "folded values are normalized by building"
+        );
+        x.body = Body::Header;
+        x.buf.extend_from_slice(b"HTTP/1.1 042 Odd\r\n\r\n");
+        assert_eq!(x.parse_header().err().unwrap().etype(), &InvalidHTTPHeader);
+    }
+
+    #[tokio::test]
     async fn informational_responses_are_skipped() {
         let mut x = parsed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false)
             .await
@@ -644,18 +741,17 @@ mod tests {
         let mut status = 0;
         loop {
             match x.next().await.unwrap() {
-                HttpTask::Header(h, end) => {
+                Part::Head(h, end) => {
                     status = h.status.as_u16();
                     assert!(!end);
                 }
-                HttpTask::Body(b, end) => {
+                Part::Body(b, end) => {
                     body.extend_from_slice(&b.unwrap_or_default());
                     if end {
                         break;
                     }
                 }
-                HttpTask::Done => break,
-                _ => unreachable!(),
+                Part::Done => break,
             }
         }
         let _server = writer.await.unwrap();
@@ -667,7 +763,9 @@ mod tests {
     async fn a_connection_closed_before_the_response_may_be_retried_if_reused() {
         let (mut x, server) = connected().await;
         drop(server);
-        let e = x.next().await.unwrap_err();
+        let Err(e) = x.next().await else {
+            panic!("a response from a closed connection")
+        };
         assert_eq!(e.etype(), &ConnectionClosed);
         assert!(matches!(e.retry, RetryType::ReusedOnly));
     }
