@@ -68,13 +68,14 @@ async fn stopping(shutdown: &ShutdownWatch) {
 }
 
 /// Wait up to `wait` for a request's first byte. `None`: timed out, client
-/// gone, or the server is shutting down.
+/// gone, or the server is shutting down. Timed with Pingora's coarse shared
+/// timers (10 ms buckets), which cost less per wait than a tokio timer.
 async fn first_byte<S: AsyncRead + Unpin + ?Sized>(s: &mut S, wait: Duration, shutdown: &ShutdownWatch) -> Option<u8> {
     let mut first = [0u8; 1];
     tokio::select! {
         // Read first: a request that has already arrived is served, not dropped, at shutdown.
         biased;
-        r = tokio::time::timeout(wait, s.read(&mut first)) => matches!(r, Ok(Ok(1))).then_some(first[0]),
+        r = pingora_timeout::timeout(wait, s.read(&mut first)) => matches!(r, Ok(Ok(1))).then_some(first[0]),
         _ = stopping(shutdown) => None,
     }
 }
