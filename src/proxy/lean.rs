@@ -300,10 +300,9 @@ impl LeanPath {
             let done = matches!(task, Part::Head(_, true) | Part::Body(_, true) | Part::Done);
             let sent = match task {
                 Part::Head(head, end) => {
-                    match gw.upstream_status(s, head.status.as_u16(), ctx) {
-                        Ok(true) => {}
-                        Ok(false) => continue, // not a final answer (cannot happen: 1xx are skipped)
-                        Err(e) => return (false, false, Some(e)),
+                    // Always a final, routed answer here (1xx are skipped), so the bool says nothing.
+                    if let Err(e) = gw.upstream_status(s, head.status.as_u16(), ctx) {
+                        return (false, false, Some(e));
                     }
                     if !up.close_delimited() && head.passes_as_is() && !Gateway::edits_response(ctx) {
                         // Nothing edits it: the fields go on as they came.

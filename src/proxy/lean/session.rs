@@ -11,7 +11,7 @@
 //! future. What the gateway's steps need from it is the [`Downstream`]
 //! trait, which this type implements.
 
-use super::upstream::ResponseHead;
+use super::upstream::{ends_chunked, put_field, ResponseHead};
 use crate::proxy::downstream::Downstream;
 use bytes::{BufMut, Bytes, BytesMut};
 use log::warn;
@@ -174,6 +174,22 @@ impl LeanSession {
         Ok(w.finish())
     }
 
+    /// How the response body goes out, as Pingora frames it: none for HEAD,
+    /// 204 and 304, else chunked, Content-Length, or until the connection
+    /// closes (which then is not kept).
+    fn frame(&mut self, code: u16, chunked: bool, length: Option<u64>) {
+        self.out = if self.req.method == http::Method::HEAD || code == 204 || code == 304 {
+            Out::Empty
+        } else if chunked {
+            Out::Chunked
+        } else {
+            length.map_or(Out::Close, Out::Length)
+        };
+        if self.out == Out::Close {
+            self.keepalive = None;
+        }
+    }
+
     /// Write the response header and note what was sent.
     async fn send_head(&mut self, buf: BytesMut, status: u16, end: bool) -> Result<()> {
         // Flushed now unless a Content-Length body follows (as Pingora does).
@@ -194,16 +210,7 @@ impl LeanSession {
             return Ok(());
         }
         let code = head.status.as_u16();
-        self.out = if self.req.method == http::Method::HEAD || code == 204 || code == 304 {
-            Out::Empty
-        } else if head.chunked {
-            Out::Chunked
-        } else {
-            head.length.map_or(Out::Close, Out::Length)
-        };
-        if self.out == Out::Close {
-            self.keepalive = None;
-        }
+        self.frame(code, head.chunked, head.length);
         let mut w = HeadWriter::new(head.http10, head.status, Some(head.reason()), self.will_keepalive());
         for (name, value) in head.fields() {
             w.field(name, value);
@@ -239,20 +246,12 @@ impl HeadWriter {
         }
     }
 
-    fn put(&mut self, name: &[u8], value: &[u8]) {
-        self.buf.put_slice(name);
-        self.buf.put_slice(b": ");
-        self.buf.put_slice(value);
-        self.buf.put_slice(b"\r\n");
-    }
-
     fn ours(&mut self, i: usize) {
         if !std::mem::replace(&mut self.done[i], true) {
             if i == 0 {
-                let date = self.date.clone();
-                self.put(b"Date", date.as_bytes());
+                put_field(&mut self.buf, b"Date", self.date.as_bytes());
             } else {
-                self.put(b"Connection", self.connection);
+                put_field(&mut self.buf, b"Connection", self.connection);
             }
         }
     }
@@ -263,7 +262,7 @@ impl HeadWriter {
         } else if name.eq_ignore_ascii_case(b"connection") {
             self.ours(1);
         } else {
-            self.put(name, value);
+            put_field(&mut self.buf, name, value);
         }
     }
 
@@ -272,29 +271,6 @@ impl HeadWriter {
         self.ours(1);
         self.buf.put_slice(b"\r\n");
         self.buf
-    }
-}
-
-/// How a response header frames its body.
-fn framing(resp: &ResponseHeader, head_request: bool) -> Out {
-    let code = resp.status.as_u16();
-    if head_request || code == 204 || code == 304 {
-        return Out::Empty;
-    }
-    let headers = &resp.headers;
-    if let Some(te) = headers.get_all(http::header::TRANSFER_ENCODING).iter().next_back() {
-        let last = te.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
-        if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-            return Out::Chunked;
-        }
-    }
-    match headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        Some(n) => Out::Length(n),
-        None => Out::Close,
     }
 }
 
@@ -349,10 +325,14 @@ impl Downstream for LeanSession {
         if self.status.is_some() || resp.status.is_informational() {
             return Ok(()); // one final response per request; 1xx are not passed on
         }
-        self.out = framing(&resp, self.req.method == http::Method::HEAD);
-        if self.out == Out::Close {
-            self.keepalive = None;
-        }
+        let headers = &resp.headers;
+        let chunked = (headers.get_all(http::header::TRANSFER_ENCODING).iter().next_back())
+            .is_some_and(|te| ends_chunked(te.as_bytes()));
+        let length = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        self.frame(resp.status.as_u16(), chunked, length);
         let buf = Self::serialize(&resp, self.will_keepalive())?;
         self.send_head(buf, resp.status.as_u16(), end).await
     }

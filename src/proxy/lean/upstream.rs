@@ -48,13 +48,9 @@ pub fn request_head(req: &RequestHeader, fields: &[(&'static str, Option<&str>)]
     buf.put_u8(b' ');
     buf.put_slice(path);
     buf.put_slice(b" HTTP/1.1\r\n");
-    let mut done = [false; 8];
-    let put = |buf: &mut BytesMut, name: &[u8], value: &[u8]| {
-        buf.put_slice(name);
-        buf.put_slice(b": ");
-        buf.put_slice(value);
-        buf.put_slice(b"\r\n");
-    };
+    // Which of `fields` have been written (bit i: fields[i]).
+    let mut done = 0u64;
+    assert!(fields.len() <= 64, "at most 64 replacement fields");
     let _ = req.map(|name, value| {
         let name = match name {
             HeaderNameVariant::Case(c) => c.as_slice(),
@@ -65,23 +61,38 @@ pub fn request_head(req: &RequestHeader, fields: &[(&'static str, Option<&str>)]
         }
         match fields.iter().position(|(f, _)| name.eq_ignore_ascii_case(f.as_bytes())) {
             Some(i) => {
-                if !std::mem::replace(&mut done[i], true) {
+                if done & (1 << i) == 0 {
+                    done |= 1 << i;
                     if let Some(v) = fields[i].1 {
-                        put(&mut buf, fields[i].0.as_bytes(), v.as_bytes());
+                        put_field(&mut buf, fields[i].0.as_bytes(), v.as_bytes());
                     }
                 }
             }
-            None => put(&mut buf, name, value.as_bytes()),
+            None => put_field(&mut buf, name, value.as_bytes()),
         }
         Ok(())
     });
     for (i, (name, value)) in fields.iter().enumerate() {
-        if let (false, Some(v)) = (done.get(i).copied().unwrap_or(true), value) {
-            put(&mut buf, name.as_bytes(), v.as_bytes());
+        if let (0, Some(v)) = (done & (1 << i), value) {
+            put_field(&mut buf, name.as_bytes(), v.as_bytes());
         }
     }
     buf.put_slice(b"\r\n");
     Some(buf)
+}
+
+/// Write one header field line: `name: value` CRLF.
+pub fn put_field(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
+    buf.put_slice(name);
+    buf.put_slice(b": ");
+    buf.put_slice(value);
+    buf.put_slice(b"\r\n");
+}
+
+/// Does a Transfer-Encoding value end with the chunked coding?
+pub fn ends_chunked(value: &[u8]) -> bool {
+    let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
 /// How the response body ends.
@@ -499,8 +510,7 @@ impl Framing {
         for h in fields {
             let name = h.name.as_bytes();
             if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
-                f.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                f.chunked = Some(ends_chunked(h.value));
             } else if name.eq_ignore_ascii_case(b"content-length") {
                 lengths.push(h.value);
             } else if name.eq_ignore_ascii_case(b"connection") {
