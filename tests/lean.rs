@@ -265,3 +265,137 @@ fn pipelined_requests_are_left_to_pingora() {
     );
     assert_eq!(lean_count(ap) - before, 0, "declined by the lean loop");
 }
+
+/// A backend that answers a WebSocket handshake with a 101 and, in the same
+/// write, its first bytes of the new protocol ("hello"); then it echoes
+/// what it reads upper-cased, until "quit": it answers "bye" and closes.
+/// It keeps each handshake it read, byte for byte.
+fn switching_backend() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::Read;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                seen.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
+                let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\nhello");
+                let mut buf = [0u8; 1024];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) if &buf[..n] == b"quit" => break,
+                        Ok(n) => {
+                            let _ = s.write_all(&buf[..n].to_ascii_uppercase());
+                        }
+                    }
+                }
+                let _ = s.write_all(b"bye");
+            });
+        }
+    });
+    (port, heads)
+}
+
+/// Read from `s` until what was read ends with `end`.
+fn read_until(s: &mut TcpStream, end: &[u8]) -> String {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(end) {
+        let n = s.read(&mut buf).expect("read before the timeout");
+        assert!(n > 0, "closed early, after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A WebSocket handshake takes the lean loop, which then passes the
+/// connection's bytes both ways (the server's first ones arriving with its
+/// 101); the server's last bytes reach the client before its close does.
+/// Both loops send the server the same handshake and the client the same
+/// 101, with and without a header rule.
+#[test]
+fn websocket_handshakes_take_the_lean_loop_and_tunnel_both_ways() {
+    let (port, heads) = switching_backend();
+    let conf = |admin: u16, lean: bool| {
+        format!(
+            "{}admin: {{ listen: \"127.0.0.1:{admin}\", token: {TOKEN} }}\nlisteners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  ws:\n    servers:\n      - address: 127.0.0.1:{port}\nvirtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: ws\n        proxy_set_header: {{ X-Route: \"$host$request_uri\" }}\n      - path: /plain/\n        proxy_pass: ws\n",
+            server_section(&[&format!("lean_proxy: {lean}")]),
+        )
+    };
+    let (ap_lean, ap_pingora) = (free_port(), free_port());
+    let lean = Gateway::start(&conf(ap_lean, true));
+    let pingora = Gateway::start(&conf(ap_pingora, false));
+    let before = (lean_count(ap_lean), lean_count(ap_pingora));
+    for path in ["/ws", "/plain/ws"] {
+        let mut seen = Vec::new();
+        for g in [&lean, &pingora] {
+            let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let handshake = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n");
+            s.write_all(handshake.as_bytes()).unwrap();
+            let switched = read_until(&mut s, b"\r\n\r\nhello");
+            assert!(switched.starts_with("HTTP/1.1 101 "), "{switched}");
+            for word in ["abc", "defg"] {
+                s.write_all(word.as_bytes()).unwrap();
+                assert_eq!(read_until(&mut s, word.to_uppercase().as_bytes()), word.to_uppercase());
+            }
+            s.write_all(b"quit").unwrap();
+            let mut rest = String::new();
+            use std::io::Read;
+            s.read_to_string(&mut rest).unwrap();
+            assert_eq!(rest, "bye", "{path}: the server's last bytes, then its close");
+            let handshake_seen = heads.lock().unwrap().pop().expect("the server got the handshake");
+            seen.push((switched, handshake_seen));
+        }
+        let (lean_side, pingora_side) = (&seen[0], &seen[1]);
+        assert_eq!(lean_side.0, pingora_side.0, "{path}: the same 101 to the client");
+        // Field order may differ (see "field order" in docs/operations.md): compare the fields as a set.
+        let fields = |head: &str| {
+            let mut lines: Vec<String> = head
+                .lines()
+                .skip(1)
+                .map(|l| {
+                    let (name, value) = l.split_once(':').unwrap_or((l, ""));
+                    format!("{}:{value}", name.to_ascii_lowercase())
+                })
+                .collect();
+            lines.sort();
+            (head.lines().next().map(str::to_string), lines)
+        };
+        assert_eq!(
+            fields(&lean_side.1),
+            fields(&pingora_side.1),
+            "{path}: the same handshake to the server"
+        );
+        assert!(
+            lean_side
+                .1
+                .contains("\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"),
+            "{}",
+            lean_side.1
+        );
+        assert!(
+            lean_side
+                .1
+                .to_ascii_lowercase()
+                .contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
+            "{}",
+            lean_side.1
+        );
+    }
+    assert_eq!(lean_count(ap_lean) - before.0, 2, "both handshakes took the lean loop");
+    assert_eq!(lean_count(ap_pingora) - before.1, 0);
+}

@@ -71,13 +71,24 @@ async fn ws_server(name: &str) -> WsServer {
     }
 }
 
+/// A gateway with the default loops (WebSocket handshakes take the lean one).
 fn gateway(servers: &[&WsServer], pool_extra: &str, loc_extra: &str) -> Gateway {
+    start("", servers, pool_extra, loc_extra)
+}
+
+/// `lean`: WebSocket handshakes take the lean loop; else Pingora's.
+fn gateway_on(lean: bool, servers: &[&WsServer], pool_extra: &str, loc_extra: &str) -> Gateway {
+    let server = server_section(&[&format!("lean_proxy: {lean}")]);
+    start(&server, servers, pool_extra, loc_extra)
+}
+
+fn start(server: &str, servers: &[&WsServer], pool_extra: &str, loc_extra: &str) -> Gateway {
     let list: String = servers
         .iter()
         .map(|s| format!("      - address: {}\n", s.addr))
         .collect();
     Gateway::start(&format!(
-        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  ws:\n    read_timeout: 1s\n{pool_extra}    servers:\n{list}\nvirtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: ws\n{loc_extra}"
+        "{server}listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  ws:\n    read_timeout: 1s\n{pool_extra}    servers:\n{list}\nvirtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: ws\n{loc_extra}"
     ))
 }
 
@@ -91,9 +102,15 @@ fn rt() -> tokio::runtime::Runtime {
 
 #[test]
 fn messages_echo_in_order_including_a_large_frame_and_ping() {
+    for lean in [true, false] {
+        echo_through(lean);
+    }
+}
+
+fn echo_through(lean: bool) {
     rt().block_on(async {
         let s = ws_server("one").await;
-        let g = gateway(&[&s], "", "");
+        let g = gateway_on(lean, &[&s], "", "");
         let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/chat", g.port))
             .await
             .unwrap();
@@ -122,9 +139,15 @@ fn messages_echo_in_order_including_a_large_frame_and_ping() {
 
 #[test]
 fn close_codes_travel_both_ways() {
+    for lean in [true, false] {
+        close_codes_through(lean);
+    }
+}
+
+fn close_codes_through(lean: bool) {
     rt().block_on(async {
         let s = ws_server("one").await;
-        let g = gateway(&[&s], "", "");
+        let g = gateway_on(lean, &[&s], "", "");
         let url = format!("ws://127.0.0.1:{}/", g.port);
         // Client closes with 4321: the server sees it.
         let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();

@@ -78,13 +78,13 @@ pub struct ServerSection {
     /// buffer), 16k on TLS listeners (one TLS record per read).
     pub read_buffer: Option<Size>,
     /// Idle HTTP/1 keep-alive connections hold only their socket until the
-    /// next request's first byte arrives (about 7 instead of 24 KiB each),
-    /// at the cost of one extra 1-byte read per request.
+    /// next request's first byte arrives (about 7 instead of 24 KiB each).
     pub lean_keepalive: bool,
-    /// HTTP/1.1 GET and HEAD requests without a body or upgrade take
-    /// Portico's own short proxy loop (`src/proxy/lean.rs`), which runs the
-    /// same hooks as Pingora's loop for less CPU. Everything else (bodies,
-    /// upgrades, HTTP/1.0, HTTP/2) always takes Pingora's loop.
+    /// HTTP/1.1 GET and HEAD requests without a body, and WebSocket
+    /// handshakes, take Portico's own short proxy loop (`src/proxy/lean.rs`),
+    /// which runs the same hooks as Pingora's loop for less CPU and memory.
+    /// Everything else (bodies, other upgrades, HTTP/1.0, HTTP/2) always
+    /// takes Pingora's loop.
     pub lean_proxy: bool,
 }
 

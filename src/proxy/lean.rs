@@ -1,5 +1,6 @@
 //! The lean HTTP/1 path: Portico's own short proxy loop for the most common
-//! request, a plain HTTP/1.1 GET or HEAD without a body or upgrade.
+//! requests: a plain HTTP/1.1 GET or HEAD without a body, and a WebSocket
+//! handshake (whose connection then becomes a [`tunnel`]).
 //!
 //! It is not a second gateway. It runs the same [`Gateway`] steps in the
 //! same order as Pingora's `HttpProxy` runs them as hooks (request_filter,
@@ -10,7 +11,7 @@
 //! very same code, and a client that leaves early abandons its request in
 //! both. What it leaves out is what such a request never needs: the
 //! two-task duplex relay with its channels, body retry buffers, caching,
-//! upgrades and HTTP/2. It speaks HTTP/1.1 itself on both sides, for this
+//! other upgrades and HTTP/2. It speaks HTTP/1.1 itself on both sides, for this
 //! one shape of request: [`session`] to the client, [`upstream`] to the
 //! server, both with the framing and fields Pingora writes. Its idle
 //! upstream connections are kept in a pool of its own ([`idle`]), without
@@ -21,15 +22,18 @@
 //! anything Pingora would have to rewrite beyond dropping a plain
 //! `Connection: keep-alive|close`: hop-by-hop headers, bodies, absolute-form
 //! targets, unusual Host values, pipelined requests, and routes to HTTP/2
-//! pools. A request it takes is parsed there, once.
+//! pools; upgrades other than a WebSocket handshake to a location that
+//! passes WebSockets the standard way (`upgrade: websocket`, the default).
+//! A request it takes is parsed there, once.
 
 mod idle;
 mod session;
+mod tunnel;
 mod upstream;
 
 use super::downstream::Downstream;
 use super::Gateway;
-use crate::live::{Action, Snapshot};
+use crate::live::{Action, Snapshot, Upgrade};
 use bytes::Bytes;
 use idle::IdlePool;
 use log::{error, warn};
@@ -42,6 +46,7 @@ use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_core::{Error, ErrorType};
 pub use session::{Head, LeanSession};
 use std::sync::Arc;
+use std::time::Duration;
 use upstream::{Exchange, Part};
 
 /// Headers whose presence sends a request to Pingora's loop: hop-by-hop
@@ -76,41 +81,63 @@ pub fn accepts(head: &[u8], snap: &Snapshot, listener: usize) -> Option<Head> {
     if req.parse(head) != Ok(httparse::Status::Complete(head.len())) {
         return None;
     }
-    if !shape_ok(&req) || (snap.has_http2_pool && to_http2_pool(&req, snap, listener)) {
+    let websocket = shape(&req)?;
+    if (websocket || snap.has_http2_pool) && !route_ok(&req, snap, listener, websocket) {
         return None;
     }
-    Head::build(head, &req)
+    Head::build(head, &req, websocket)
 }
 
 /// A GET or HEAD with a plain Host, no body and no hop-by-hop field beyond
-/// `Connection: keep-alive|close`.
-fn shape_ok(req: &httparse::Request) -> bool {
+/// `Connection: keep-alive|close`: `Some(false)`. A WebSocket handshake (a
+/// GET with `Upgrade: websocket` and `Connection: upgrade`, perhaps with
+/// `keep-alive`): `Some(true)`.
+fn shape(req: &httparse::Request) -> Option<bool> {
     if req.version != Some(1) || !matches!(req.method, Some("GET" | "HEAD")) {
-        return false;
+        return None;
     }
     if !req.path.is_some_and(|p| p.starts_with('/')) {
-        return false;
+        return None;
     }
     let mut host = None;
+    // `Upgrade: websocket` seen; `upgrade` among the Connection tokens.
+    let (mut websocket, mut conn_upgrade) = (false, false);
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("host") {
             if host.is_some() || !plain_host(h.value) {
-                return false;
+                return None;
             }
             host = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("connection") {
-            if !(h.value.eq_ignore_ascii_case(b"keep-alive") || h.value.eq_ignore_ascii_case(b"close")) {
-                return false;
+            if h.value.eq_ignore_ascii_case(b"keep-alive") || h.value.eq_ignore_ascii_case(b"close") {
+                continue;
             }
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"upgrade") {
+                    conn_upgrade = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                    return None;
+                }
+            }
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            if websocket || !h.value.eq_ignore_ascii_case(b"websocket") {
+                return None;
+            }
+            websocket = true;
         } else if DECLINE.iter().any(|d| h.name.eq_ignore_ascii_case(d)) {
-            return false;
+            return None;
         }
     }
-    host.is_some()
+    if websocket != conn_upgrade || (websocket && req.method != Some("GET")) {
+        return None;
+    }
+    host.map(|_| websocket)
 }
 
-/// Does the request route to an HTTP/2 pool (which needs Pingora's loop)?
-fn to_http2_pool(req: &httparse::Request, snap: &Snapshot, listener: usize) -> bool {
+/// Can the lean loop proxy to the request's route? Not to an HTTP/2 pool,
+/// and a WebSocket handshake only to a location that proxies upgrades the
+/// standard way (other policies rewrite the request: Pingora's loop).
+fn route_ok(req: &httparse::Request, snap: &Snapshot, listener: usize, websocket: bool) -> bool {
     let host = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("host"));
     let host = host.and_then(|h| std::str::from_utf8(h.value).ok()).unwrap_or("");
     let path = req.path.unwrap_or("/");
@@ -120,7 +147,13 @@ fn to_http2_pool(req: &httparse::Request, snap: &Snapshot, listener: usize) -> b
         .get(listener)
         .and_then(|l| l.hosts.lookup(host))
         .and_then(|h| h.paths.lookup(path));
-    matches!(loc.map(|l| &l.action), Some(Action::Proxy(p)) if p.http2)
+    match loc {
+        Some(l) => match &l.action {
+            Action::Proxy(p) => !p.http2 && (!websocket || l.upgrade == Upgrade::WebSocket),
+            Action::Return { .. } => !websocket,
+        },
+        None => !websocket,
+    }
 }
 
 /// One listener's lean path: its gateway hooks and its own upstream pool.
@@ -261,37 +294,47 @@ impl LeanPath {
         up.read_timeout = peer.options.read_timeout;
         up.write_timeout = peer.options.write_timeout;
         let edits = ctx.loc.as_ref().is_some_and(|l| l.edits_upstream_request());
+        let websocket = s.is_upgrade_req();
         let head = if edits {
             let mut req = s.req().clone();
             req.remove_header(&http::header::CONNECTION);
+            if websocket {
+                // As Pingora's standard policy: the handshake fields are written after the others.
+                req.remove_header(&http::header::UPGRADE);
+            }
             if let Err(e) = gw.upstream_request_filter(s, &mut req, ctx).await {
                 return (false, true, Some(e));
             }
             if let Err(e) = validate_request_authority(&req) {
                 return (false, true, Some(e.into_in()));
             }
-            upstream::request_head(&req, &[])
+            upstream::request_head(&req, &[], websocket)
         } else {
             if let Err(e) = validate_request_authority(s.req()) {
                 return (false, true, Some(e.into_in()));
             }
-            upstream::request_head(s.req(), &gw.forwarding(s, ctx).fields())
+            upstream::request_head(s.req(), &gw.forwarding(s, ctx).fields(), websocket)
         };
         let Some(head) = head else {
             let e = Error::explain(ErrorType::InvalidHTTPHeader, "request target has forbidden bytes");
             return (false, true, Some(e.into_up()));
         };
         let is_head = s.req().method == http::Method::HEAD;
-        if let Err(e) = up.send(&head, is_head).await {
+        if let Err(e) = up.send(&head, is_head, websocket).await {
             return (false, false, Some(e.into_up()));
         }
         loop {
             // While waiting on the server, notice a client that goes away (or
             // sends more before its answer): abandon the request, as Pingora does.
-            let next = tokio::select! {
-                biased;
-                t = up.next() => t.map_err(|e| e.into_up()),
-                e = s.client_gone() => Err(e.into_down()),
+            // A handshake's client may send its first frames early: they wait.
+            let next = if websocket {
+                up.next().await.map_err(|e| e.into_up())
+            } else {
+                tokio::select! {
+                    biased;
+                    t = up.next() => t.map_err(|e| e.into_up()),
+                    e = s.client_gone() => Err(e.into_down()),
+                }
             };
             let task = match next {
                 Ok(t) => t,
@@ -323,6 +366,15 @@ impl LeanPath {
             if let Err(e) = sent {
                 // The client could not take it: the upstream connection has unread bytes unless done.
                 return (false, done, Some(e.into_down()));
+            }
+            if up.upgraded() {
+                // 101 sent: the connection is the new protocol's, both ways, until it ends.
+                let idle = ctx.loc.as_ref().map_or(Duration::from_secs(3600), |l| l.ws_idle);
+                let (server, early) = up.tunnel_parts();
+                let moved = tunnel::run(s.stream_mut(), server, early, idle).await;
+                ctx.body_bytes += moved.up;
+                ctx.sent_bytes += moved.down;
+                return (false, false, None);
             }
             if done {
                 return (true, true, None);

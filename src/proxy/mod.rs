@@ -367,15 +367,17 @@ impl Gateway {
         Ok(())
     }
 
-    /// `client_max_body_size` for bodies without Content-Length.
+    /// `client_max_body_size` for bodies without Content-Length (not for the
+    /// bytes of an upgraded connection, as in nginx).
     pub fn request_body_filter(&self, body: &Option<Bytes>, ctx: &mut Ctx) -> Result<()> {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
-            if ctx
-                .loc
-                .as_ref()
-                .and_then(|l| l.max_body)
-                .is_some_and(|max| ctx.body_bytes > max)
+            if !ctx.upgraded
+                && ctx
+                    .loc
+                    .as_ref()
+                    .and_then(|l| l.max_body)
+                    .is_some_and(|max| ctx.body_bytes > max)
             {
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body exceeds client_max_body_size");
             }

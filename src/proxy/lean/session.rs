@@ -28,13 +28,15 @@ pub struct Head {
     req: RequestHeader,
     /// The client sent `Connection: close`.
     close: bool,
+    /// A WebSocket handshake (`Upgrade: websocket`).
+    upgrade: bool,
 }
 
 impl Head {
     /// Build the request from `head` (exactly one complete request head) as
     /// `httparse` saw it in `parsed`. `None` if Pingora's header types
     /// refuse it (Pingora's loop then serves it, with its own errors).
-    pub fn build(head: &[u8], parsed: &httparse::Request) -> Option<Head> {
+    pub fn build(head: &[u8], parsed: &httparse::Request, upgrade: bool) -> Option<Head> {
         let raw = Bytes::copy_from_slice(head);
         let base = head.as_ptr() as usize;
         let at = |s: &[u8]| {
@@ -51,7 +53,7 @@ impl Head {
             let value = pingora_http::header_value_from_raw(at(h.value));
             req.append_header(at(h.name.as_bytes()), value).ok()?;
         }
-        Some(Head { req, close })
+        Some(Head { req, close, upgrade })
     }
 
     pub fn req(&self) -> &RequestHeader {
@@ -71,6 +73,8 @@ enum Out {
     /// Ends with the connection (no length known, the client is HTTP/1.1
     /// but the response says nothing): the connection is not kept.
     Close,
+    /// Switched protocols (101): the connection is a tunnel now.
+    Switched,
 }
 
 pub struct LeanSession {
@@ -89,6 +93,8 @@ pub struct LeanSession {
     /// The client sent more while its response was awaited (pipelining,
     /// which Portico does not do): the connection closes after this response.
     extra: bool,
+    /// A WebSocket handshake.
+    upgrade: bool,
 }
 
 impl LeanSession {
@@ -107,7 +113,13 @@ impl LeanSession {
             out: Out::Header,
             complete: false,
             extra: false,
+            upgrade: head.upgrade,
         }
+    }
+
+    /// The client connection, for the tunnel after a protocol switch.
+    pub fn stream_mut(&mut self) -> &mut Stream {
+        &mut self.stream
     }
 
     fn will_keepalive(&self) -> bool {
@@ -155,7 +167,7 @@ impl LeanSession {
     }
 
     /// The response line and fields of `resp` as Pingora writes them.
-    fn serialize(resp: &ResponseHeader, keep: bool) -> Result<BytesMut> {
+    fn serialize(resp: &ResponseHeader, keep: Option<bool>) -> Result<BytesMut> {
         let http10 = match resp.version {
             http::Version::HTTP_10 => true,
             http::Version::HTTP_11 => false,
@@ -178,16 +190,25 @@ impl LeanSession {
     /// 204 and 304, else chunked, Content-Length, or until the connection
     /// closes (which then is not kept).
     fn frame(&mut self, code: u16, chunked: bool, length: Option<u64>) {
-        self.out = if self.req.method == http::Method::HEAD || code == 204 || code == 304 {
+        self.out = if code == 101 {
+            Out::Switched
+        } else if self.req.method == http::Method::HEAD || code == 204 || code == 304 {
             Out::Empty
         } else if chunked {
             Out::Chunked
         } else {
             length.map_or(Out::Close, Out::Length)
         };
-        if self.out == Out::Close {
+        if matches!(self.out, Out::Close | Out::Switched) {
             self.keepalive = None;
         }
+    }
+
+    /// What `Connection` the response header gets: keep-alive or close, or
+    /// (`None`) the fields as they are, for a protocol switch, which Pingora
+    /// also writes as it came.
+    fn connection(&self) -> Option<bool> {
+        (self.out != Out::Switched).then(|| self.will_keepalive())
     }
 
     /// Write the response header and note what was sent.
@@ -211,7 +232,7 @@ impl LeanSession {
         }
         let code = head.status.as_u16();
         self.frame(code, head.chunked, head.length);
-        let mut w = HeadWriter::new(head.http10, head.status, Some(head.reason()), self.will_keepalive());
+        let mut w = HeadWriter::new(head.http10, head.status, Some(head.reason()), self.connection());
         for (name, value) in head.fields() {
             w.field(name, value);
         }
@@ -221,17 +242,18 @@ impl LeanSession {
 
 /// Writes a response head: `Date` and `Connection` replace any the response
 /// carries, in their place, or follow the other fields (as Pingora's
-/// `insert_header` places them).
+/// `insert_header` places them). With `keep` `None`, the fields go as they are.
 struct HeadWriter {
     buf: BytesMut,
     date: http::HeaderValue,
     connection: &'static [u8],
-    /// Date, Connection written.
+    /// Date, Connection written (or not to be written).
     done: [bool; 2],
+    as_is: bool,
 }
 
 impl HeadWriter {
-    fn new(http10: bool, status: http::StatusCode, reason: Option<&[u8]>, keep: bool) -> Self {
+    fn new(http10: bool, status: http::StatusCode, reason: Option<&[u8]>, keep: Option<bool>) -> Self {
         let mut buf = BytesMut::with_capacity(512);
         buf.put_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
         buf.put_slice(status.as_str().as_bytes());
@@ -241,8 +263,9 @@ impl HeadWriter {
         HeadWriter {
             buf,
             date: get_cached_date(),
-            connection: if keep { b"keep-alive" } else { b"close" },
-            done: [false; 2],
+            connection: if keep == Some(true) { b"keep-alive" } else { b"close" },
+            done: [keep.is_none(); 2],
+            as_is: keep.is_none(),
         }
     }
 
@@ -257,7 +280,9 @@ impl HeadWriter {
     }
 
     fn field(&mut self, name: &[u8], value: &[u8]) {
-        if name.eq_ignore_ascii_case(b"date") {
+        if self.as_is {
+            put_field(&mut self.buf, name, value);
+        } else if name.eq_ignore_ascii_case(b"date") {
             self.ours(0);
         } else if name.eq_ignore_ascii_case(b"connection") {
             self.ours(1);
@@ -300,7 +325,7 @@ impl Downstream for LeanSession {
     }
 
     fn is_upgrade_req(&self) -> bool {
-        false // the lean loop declines upgrades
+        self.upgrade
     }
 
     fn response_status(&self) -> Option<u16> {
@@ -322,8 +347,9 @@ impl Downstream for LeanSession {
     }
 
     async fn send_header(&mut self, resp: Box<ResponseHeader>, end: bool) -> Result<()> {
-        if self.status.is_some() || resp.status.is_informational() {
-            return Ok(()); // one final response per request; 1xx are not passed on
+        let switch = resp.status == http::StatusCode::SWITCHING_PROTOCOLS && self.upgrade;
+        if self.status.is_some() || (resp.status.is_informational() && !switch) {
+            return Ok(()); // one final response per request; 1xx but a protocol switch are not passed on
         }
         let headers = &resp.headers;
         let chunked = (headers.get_all(http::header::TRANSFER_ENCODING).iter().next_back())
@@ -333,7 +359,7 @@ impl Downstream for LeanSession {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
         self.frame(resp.status.as_u16(), chunked, length);
-        let buf = Self::serialize(&resp, self.will_keepalive())?;
+        let buf = Self::serialize(&resp, self.connection())?;
         self.send_head(buf, resp.status.as_u16(), end).await
     }
 
@@ -355,7 +381,7 @@ impl Downstream for LeanSession {
                     self.write(b"\r\n", true).await?;
                 }
                 Out::Close => self.write(&b, true).await?,
-                Out::Header | Out::Empty => {}
+                Out::Header | Out::Empty | Out::Switched => {}
             }
         }
         if end && !self.complete {

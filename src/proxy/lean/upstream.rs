@@ -37,8 +37,11 @@ const BODY_READ: usize = 64 * 1024;
 /// the client's order and case, without `Connection` (the upstream
 /// connection's own business) and with `fields` in place of any field of the
 /// same name (`None`: left out). Fields the request lacks go at the end.
-/// `None` if the request target could not go on the wire.
-pub fn request_head(req: &RequestHeader, fields: &[(&'static str, Option<&str>)]) -> Option<BytesMut> {
+/// For a WebSocket handshake (`websocket`), the client's `Upgrade` is left
+/// out too and `Connection: Upgrade`, `Upgrade: websocket` follow the
+/// request's fields, as Pingora's standard upstream request policy writes
+/// them. `None` if the request target could not go on the wire.
+pub fn request_head(req: &RequestHeader, fields: &[(&'static str, Option<&str>)], websocket: bool) -> Option<BytesMut> {
     let path = req.raw_path();
     if path.iter().any(|&b| matches!(b, 0x00 | b'\n' | b'\r' | b' ')) {
         return None;
@@ -56,7 +59,7 @@ pub fn request_head(req: &RequestHeader, fields: &[(&'static str, Option<&str>)]
             HeaderNameVariant::Case(c) => c.as_slice(),
             HeaderNameVariant::Titled(t) => t.as_bytes(),
         };
-        if name.eq_ignore_ascii_case(b"connection") {
+        if name.eq_ignore_ascii_case(b"connection") || (websocket && name.eq_ignore_ascii_case(b"upgrade")) {
             return Ok(());
         }
         match fields.iter().position(|(f, _)| name.eq_ignore_ascii_case(f.as_bytes())) {
@@ -72,6 +75,10 @@ pub fn request_head(req: &RequestHeader, fields: &[(&'static str, Option<&str>)]
         }
         Ok(())
     });
+    if websocket {
+        put_field(&mut buf, b"Connection", b"Upgrade");
+        put_field(&mut buf, b"Upgrade", b"websocket");
+    }
     for (i, (name, value)) in fields.iter().enumerate() {
         if let (0, Some(v)) = (done & (1 << i), value) {
             put_field(&mut buf, name.as_bytes(), v.as_bytes());
@@ -104,6 +111,8 @@ enum Body {
     Chunked(Chunk),
     /// Ends when the server closes the connection.
     Close,
+    /// The server switched protocols (101): what follows is no longer HTTP.
+    Upgraded,
     Done,
 }
 
@@ -125,6 +134,8 @@ pub struct Exchange {
     /// The server lets the connection carry another request.
     keepalive: bool,
     head_request: bool,
+    /// The request asks for a protocol switch: a 101 is its answer, not an interim one.
+    upgrade_request: bool,
     pub read_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
 }
@@ -137,6 +148,7 @@ impl Exchange {
             body: Body::Header,
             keepalive: false,
             head_request: false,
+            upgrade_request: false,
             read_timeout: None,
             write_timeout: None,
         }
@@ -147,8 +159,9 @@ impl Exchange {
     }
 
     /// Send the request head (the whole request: the lean loop's requests have no body).
-    pub async fn send(&mut self, head: &[u8], head_request: bool) -> Result<()> {
+    pub async fn send(&mut self, head: &[u8], head_request: bool, upgrade_request: bool) -> Result<()> {
         self.head_request = head_request;
+        self.upgrade_request = upgrade_request;
         let write = async {
             self.stream.write_all(head).await?;
             self.stream.flush().await
@@ -180,6 +193,20 @@ impl Exchange {
     /// The body ends with the server's close (it is passed on chunked).
     pub fn close_delimited(&self) -> bool {
         self.body == Body::Close
+    }
+
+    /// The server switched protocols (a 101 to an upgrade request).
+    pub fn upgraded(&self) -> bool {
+        self.body == Body::Upgraded
+    }
+
+    /// After a 101: the connection, and the bytes that arrived behind the
+    /// response header (already the new protocol's). The read buffer is
+    /// released: a tunnel keeps none while idle.
+    pub fn tunnel_parts(&mut self) -> (&mut Stream, Vec<u8>) {
+        let early = self.buf.to_vec();
+        self.buf = BytesMut::new();
+        (&mut self.stream, early)
     }
 
     /// The connection, if it may carry another request: the response was
@@ -287,7 +314,8 @@ impl Exchange {
             )
         };
         let raw = self.buf.split_to(len).freeze();
-        if (100..200).contains(&code) {
+        let switched = code == 101 && self.upgrade_request && !http10;
+        if (100..200).contains(&code) && !switched {
             return Ok(None); // informational: dropped, as nginx does; the real one follows
         }
         let Ok(status) = http::StatusCode::from_u16(code) else {
@@ -298,7 +326,10 @@ impl Exchange {
         } else {
             !framing.close
         };
-        self.body = if self.head_request || code == 204 || code == 304 {
+        self.body = if switched {
+            self.keepalive = false;
+            Body::Upgraded
+        } else if self.head_request || code == 204 || code == 304 {
             Body::Done
         } else {
             match (framing.chunked, framing.length) {
@@ -324,7 +355,7 @@ impl Exchange {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
         loop {
             match self.body {
-                Body::Header | Body::Done => return Ok(None),
+                Body::Header | Body::Upgraded | Body::Done => return Ok(None),
                 Body::Length(left) => {
                     if self.buf.is_empty() && self.fill(BODY_READ).await? == 0 {
                         return Error::e_explain(
@@ -569,7 +600,7 @@ mod tests {
             ("x-real-ip", Some("9.9.9.9")),
             ("x-forwarded-host", None),
         ];
-        let head = request_head(&r, &fields).unwrap();
+        let head = request_head(&r, &fields, false).unwrap();
         assert_eq!(
             std::str::from_utf8(&head).unwrap(),
             "GET /p?q=1 HTTP/1.1\r\nHost: a\r\nx-real-ip: 9.9.9.9\r\nAccept: */*\r\nx-forwarded-for: 9.9.9.9\r\n\r\n"
@@ -706,6 +737,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_101_switches_only_an_upgrade_request() {
+        let (mut x, _server) = connected().await;
+        let switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nframe";
+        x.buf.extend_from_slice(switch);
+        assert!(
+            x.parse_header().unwrap().is_none(),
+            "an interim answer to a plain request"
+        );
+        x.upgrade_request = true;
+        x.buf.clear();
+        x.buf.extend_from_slice(switch);
+        assert_eq!(x.parse_header().unwrap().unwrap().status, 101);
+        assert!(x.upgraded() && !x.keepalive);
+        assert_eq!(
+            &x.tunnel_parts().1[..],
+            b"frame",
+            "the new protocol's first bytes are kept"
+        );
+        assert!(x.into_reusable().is_none());
+    }
+
+    #[tokio::test]
     async fn chunked_bodies_are_decoded_in_pieces() {
         let (_, mut x) = parsed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false)
             .await
@@ -730,7 +783,9 @@ mod tests {
     async fn a_chunked_response_arriving_in_pieces_is_read_whole() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut x, mut server) = connected().await;
-        x.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false).await.unwrap();
+        x.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false, false)
+            .await
+            .unwrap();
         let mut got = [0u8; 64];
         let n = server.read(&mut got).await.unwrap();
         assert_eq!(&got[..n], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
