@@ -60,7 +60,7 @@ pub struct Ctx {
     /// The current error is a status-code retry decided in `upstream_response_filter`.
     pub status_retry: bool,
     /// Set-Cookie value to issue for sticky sessions.
-    pub sticky_cookie: Option<String>,
+    pub sticky_cookie: Option<http::HeaderValue>,
     /// Request body bytes from the client (also upgraded bytes).
     pub body_bytes: u64,
     /// Response body bytes sent downstream.

@@ -348,8 +348,8 @@ impl LeanPath {
                         return (false, false, Some(e));
                     }
                     if !up.close_delimited() && head.passes_as_is() && !Gateway::edits_response(ctx) {
-                        // Nothing edits it: the fields go on as they came.
-                        s.send_fields(&head, end).await
+                        // Nothing edits it: the fields go on as they came, then any sticky cookie.
+                        s.send_fields(&head, ctx.sticky_cookie.take().as_ref(), end).await
                     } else {
                         match self.edited(&head, up.close_delimited(), ctx) {
                             Ok(resp) => s.send_header(resp, end).await,

@@ -437,10 +437,11 @@ impl Gateway {
         Ok(true)
     }
 
-    /// Will anything edit this response's header (a sticky cookie to set,
-    /// plugins)? If not, it can go to the client as it came.
+    /// Do plugins see this response's header? If not, it can go to the
+    /// client with its fields as they came (plus any sticky cookie, which
+    /// [`Self::upstream_response_edits`] appends last as well).
     pub fn edits_response(ctx: &Ctx) -> bool {
-        ctx.sticky_cookie.is_some() || ctx.plugin.is_some()
+        ctx.plugin.is_some()
     }
 
     /// The sticky cookie and the plugins' `upstream_response` edits.

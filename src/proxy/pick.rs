@@ -59,7 +59,7 @@ pub fn choose(pool: &Pool, req: &RequestHeader, ctx: &mut Ctx, https: bool) -> O
                     return pinned;
                 }
                 let i = pool.select(&[], &skip)?;
-                ctx.sticky_cookie = Some(st.set_cookie(&st.encode(&pool.sticky_ids[i]), https));
+                ctx.sticky_cookie = pool.sticky_cookie(i, https);
                 return Some(i);
             }
             Mode::Hash => {

@@ -199,6 +199,9 @@ pub struct Pool {
     /// Sticky cookie id of each server, and the reverse map.
     pub sticky_ids: Vec<String>,
     sticky_index: HashMap<String, usize>,
+    /// Each server's `Set-Cookie` value (plain, then HTTPS) when it never
+    /// changes (no `max_age`, so no expiry in it): made once, not per request.
+    sticky_fixed: Vec<[http::HeaderValue; 2]>,
     pub hash_key: Option<HashKey>,
     pub sticky: Option<sticky::Sticky>,
     pub timeouts: Timeouts,
@@ -283,6 +286,13 @@ impl Pool {
             },
             servers: spec.servers,
             sticky_index: sticky_ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect(),
+            sticky_fixed: match &spec.sticky {
+                Some(st) if st.max_age.is_none() => sticky_ids
+                    .iter()
+                    .filter_map(|id| Some([sticky_cookie(st, id, false)?, sticky_cookie(st, id, true)?]))
+                    .collect(),
+                _ => Vec::new(),
+            },
             sticky_ids,
             primary,
             backup,
@@ -331,7 +341,21 @@ impl Pool {
         self.sticky_index.get(id).copied()
     }
 
+    /// The `Set-Cookie` value that pins a client to server `i`.
+    pub fn sticky_cookie(&self, i: usize, https: bool) -> Option<http::HeaderValue> {
+        match self.sticky_fixed.get(i) {
+            Some(both) => Some(both[usize::from(https)].clone()),
+            None => sticky_cookie(self.sticky.as_ref()?, self.sticky_ids.get(i)?, https),
+        }
+    }
+
     pub fn index_of_addr(&self, addr: &str) -> Option<usize> {
         self.servers.iter().position(|s| s.addr == addr)
     }
+}
+
+/// `Set-Cookie` value pinning a client to the server with sticky id `id`.
+fn sticky_cookie(st: &sticky::Sticky, id: &str, https: bool) -> Option<http::HeaderValue> {
+    let value = st.set_cookie(&st.encode(id), https);
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
 }

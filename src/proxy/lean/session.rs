@@ -225,8 +225,14 @@ impl LeanSession {
 
     /// Send a response header that nothing edits with its fields as they
     /// came, without building a `ResponseHeader` (`Date` and `Connection`
-    /// set as for any other).
-    pub async fn send_fields(&mut self, head: &ResponseHead, end: bool) -> Result<()> {
+    /// set as for any other), and `set_cookie` after them, where Pingora's
+    /// `append_header` would put it.
+    pub async fn send_fields(
+        &mut self,
+        head: &ResponseHead,
+        set_cookie: Option<&http::HeaderValue>,
+        end: bool,
+    ) -> Result<()> {
         if self.status.is_some() {
             return Ok(());
         }
@@ -235,6 +241,9 @@ impl LeanSession {
         let mut w = HeadWriter::new(head.http10, head.status, Some(head.reason()), self.connection());
         for (name, value) in head.fields() {
             w.field(name, value);
+        }
+        if let Some(c) = set_cookie {
+            w.field(b"Set-Cookie", c.as_bytes());
         }
         self.send_head(w.finish(), code, end).await
     }
