@@ -447,3 +447,52 @@ fn sticky_cookies_are_set_alike_in_both_loops() {
         }
     }
 }
+
+/// Plugins edit a response's fields in both loops alike: Pingora's loop on
+/// the header it builds, the lean loop on the fields as they came (a field
+/// set in place of the server's, one removed, ones added, the request id).
+#[test]
+fn plugins_edit_responses_alike_in_both_loops() {
+    let b = Backend::start("b");
+    let conf = |admin: u16, lean: bool| {
+        format!(
+            "{}admin: {{ listen: \"127.0.0.1:{admin}\", token: {TOKEN} }}\nlisteners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app:\n    servers:\n{}\nvirtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: app\n        plugins:\n          - request_id: {{}}\n          - headers: {{ response_set: {{ Content-Type: text/html, X-New: \"n $host\" }}, response_add: {{ Cache-Control: no-store }}, response_remove: [X-Backend] }}\n",
+            server_section(&[&format!("lean_proxy: {lean}")]),
+            servers_yaml(&[&b], "")
+        )
+    };
+    let (ap_lean, ap_pingora) = (free_port(), free_port());
+    let lean = Gateway::start(&conf(ap_lean, true));
+    let pingora = Gateway::start(&conf(ap_pingora, false));
+    let before = lean_count(ap_lean);
+    let without_id = |r: &Response| {
+        let (status, headers, body) = comparable(r);
+        let id = headers
+            .iter()
+            .find(|(k, _)| k == "x-request-id")
+            .map(|(_, v)| v.clone());
+        let headers: Vec<_> = headers.into_iter().filter(|(k, _)| k != "x-request-id").collect();
+        // The backend echoes the (random) id it got: it is the one the client gets.
+        let body = body.replace(id.as_deref().unwrap_or("no id"), "ID");
+        (status, headers, body, id)
+    };
+    for path in ["/a", "/b?x=1"] {
+        let (a, p) = (
+            without_id(&request(lean.port, "GET", path, &[], b"")),
+            without_id(&request(pingora.port, "GET", path, &[], b"")),
+        );
+        assert_eq!((&a.0, &a.1, &a.2), (&p.0, &p.1, &p.2), "{path}: lean vs Pingora loop");
+        assert!(a.3.is_some_and(|id| id.len() == 32), "a request id");
+        let h = &a.1;
+        let get = |n: &str| h.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(get("content-type"), Some("text/html"), "{h:?}");
+        assert_eq!(get("x-new"), Some("n localhost"));
+        assert_eq!(get("cache-control"), Some("no-store"));
+        assert_eq!(get("x-backend"), None);
+        assert!(get("content-length").is_some(), "the server's framing kept");
+    }
+    // An id the client sent is kept (and its form checked).
+    let r = request(lean.port, "GET", "/c", &[("X-Request-Id", "abc-123")], b"");
+    assert_eq!(r.header("x-request-id"), Some("abc-123"));
+    assert_eq!(lean_count(ap_lean) - before, 3, "the lean loop served them");
+}

@@ -13,6 +13,7 @@
 use crate::api::{self, Ctx, Flow, Headers, Plugin};
 use async_trait::async_trait;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 #[derive(Deserialize, Default)]
@@ -50,19 +51,19 @@ pub fn build(v: &serde_yaml::Value) -> Result<Box<dyn Plugin>, String> {
     Ok(Box::new(HeaderRules(s)))
 }
 
-fn expand(v: &str, ctx: &Ctx, request_id: Option<&str>) -> String {
+/// `v` with its variables filled in; borrowed as it is when it has none.
+fn expand<'v>(v: &'v str, ctx: &Ctx) -> Cow<'v, str> {
     if !v.contains('$') {
-        return v.to_string();
+        return Cow::Borrowed(v);
     }
-    v.replace("$remote_addr", &crate::ip_text(ctx))
-        .replace("$host", &ctx.host)
-        .replace("$scheme", ctx.scheme)
-        .replace("$uri", &ctx.path)
-        .replace("$request_id", request_id.unwrap_or("-"))
-}
-
-fn request_id(ctx: &Ctx) -> Option<String> {
-    ctx.log_fields.iter().find(|(k, _)| k == "request_id").map(|(_, v)| v.clone())
+    let request_id = ctx.log_fields.iter().find(|(k, _)| k == "request_id").map(|(_, v)| v.as_str());
+    Cow::Owned(
+        v.replace("$remote_addr", &crate::ip_text(ctx))
+            .replace("$host", &ctx.host)
+            .replace("$scheme", ctx.scheme)
+            .replace("$uri", &ctx.path)
+            .replace("$request_id", request_id.unwrap_or("-")),
+    )
 }
 
 fn apply(
@@ -72,15 +73,14 @@ fn apply(
     add: &BTreeMap<String, String>,
     remove: &[String],
 ) {
-    let rid = request_id(ctx);
     for k in remove {
         h.remove(k);
     }
     for (k, v) in set {
-        let _ = h.set(k, &expand(v, ctx, rid.as_deref()));
+        let _ = h.set(k, &expand(v, ctx));
     }
     for (k, v) in add {
-        let _ = h.append(k, &expand(v, ctx, rid.as_deref()));
+        let _ = h.append(k, &expand(v, ctx));
     }
 }
 

@@ -38,8 +38,9 @@ fn acceptable(id: &str) -> bool {
 }
 
 fn new_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let r: u128 = rand::random();
-    format!("{r:032x}")
+    (0..32).rev().map(|i| HEX[((r >> (4 * i)) & 15) as usize] as char).collect()
 }
 
 #[async_trait]
@@ -65,5 +66,19 @@ impl Plugin for RequestId {
         if let Some(Id(id)) = ctx.scratch.get::<Id>() {
             let _ = h.set(&self.0.header, id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_ids_are_32_hex_digits_and_differ() {
+        let (a, b) = (new_id(), new_id());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)), "{a}");
+        assert!(acceptable(&a));
+        assert_ne!(a, b);
     }
 }

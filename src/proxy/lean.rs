@@ -26,6 +26,7 @@
 //! passes WebSockets the standard way (`upgrade: websocket`, the default).
 //! A request it takes is parsed there, once.
 
+mod edits;
 mod idle;
 mod session;
 mod tunnel;
@@ -34,7 +35,9 @@ mod upstream;
 use super::downstream::Downstream;
 use super::Gateway;
 use crate::live::{Action, Snapshot, Upgrade};
+use crate::plugins::RespHeaders;
 use bytes::Bytes;
+use edits::FieldEdits;
 use idle::IdlePool;
 use log::{error, warn};
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
@@ -347,14 +350,28 @@ impl LeanPath {
                     if let Err(e) = gw.upstream_status(s, head.status.as_u16(), ctx) {
                         return (false, false, Some(e));
                     }
-                    if !up.close_delimited() && head.passes_as_is() && !Gateway::edits_response(ctx) {
-                        // Nothing edits it: the fields go on as they came, then any sticky cookie.
-                        s.send_fields(&head, ctx.sticky_cookie.take().as_ref(), end).await
-                    } else {
+                    if up.close_delimited() || !head.passes_as_is() {
+                        // Reframed or normalized: through a built header, as Pingora's loop.
                         match self.edited(&head, up.close_delimited(), ctx) {
                             Ok(resp) => s.send_header(resp, end).await,
                             Err(e) => return (false, false, Some(e)),
                         }
+                    } else if Gateway::edits_response(ctx) {
+                        // Plugins edit the fields as they came; no header map is built.
+                        let code = head.status.as_u16();
+                        let mut fields = FieldEdits::new(&head);
+                        if let Err(e) = Gateway::upstream_response_edits(code, &mut fields, ctx) {
+                            return (false, false, Some(e));
+                        }
+                        gw.response_filter(code, &mut fields, ctx);
+                        let (chunked, length) = fields.framing();
+                        s.send_fields(&head, fields.fields(), chunked, length, end).await
+                    } else {
+                        // Nothing edits it: the fields go on as they came, then any sticky cookie.
+                        let cookie = ctx.sticky_cookie.take();
+                        let cookie = cookie.as_ref().map(|c| (&b"Set-Cookie"[..], c.as_bytes()));
+                        s.send_fields(&head, head.fields().chain(cookie), head.chunked, head.length, end)
+                            .await
                     }
                 }
                 Part::Body(body, end) => {
@@ -382,8 +399,9 @@ impl LeanPath {
         }
     }
 
-    /// The response header built for the steps that edit it: the sticky
-    /// cookie, plugins, and a close-delimited body turned chunked.
+    /// The response header built for a response whose fields cannot go on
+    /// as they came (folded values, or a close-delimited body turned
+    /// chunked), edited by the sticky cookie and plugins.
     fn edited(
         &self,
         head: &upstream::ResponseHead,
@@ -391,13 +409,14 @@ impl LeanPath {
         ctx: &mut super::Ctx,
     ) -> Result<Box<pingora_http::ResponseHeader>, Box<Error>> {
         let mut resp = head.build()?;
-        Gateway::upstream_response_edits(&mut resp, ctx)?;
+        let code = resp.status.as_u16();
+        Gateway::upstream_response_edits(code, &mut RespHeaders(&mut resp), ctx)?;
         if close_delimited {
             // A close-delimited (HTTP/1.0 style) body goes on chunked, so the client connection stays.
             resp.set_version(http::Version::HTTP_11);
             resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
-        self.gw.response_filter(&mut resp, ctx);
+        self.gw.response_filter(code, &mut RespHeaders(&mut resp), ctx);
         Ok(resp)
     }
 }

@@ -37,10 +37,10 @@ use ctx::{Attempt, Ctx, RequestGauge};
 use downstream::Downstream;
 use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpPeer, HttpUpstreamRequestPolicy};
-use pingora_core::{Error, ErrorSource, ErrorType, Result, RetryType};
+use pingora_core::{Error, ErrorSource, ErrorType, OrErr, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use portico_plugin_api::{self as api, Flow, Reply};
+use portico_plugin_api::{self as api, Flow, Headers, Reply};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -125,9 +125,9 @@ impl Gateway {
             host: crate::routing::strip_port(host_of(s)).to_string(),
             path: req.uri.path().to_string(),
             query: req.uri.query().map(str::to_string),
-            route: loc.name.to_string(),
+            route: loc.name.clone(),
             pool: match &loc.action {
-                Action::Proxy(p) => Some(p.name.to_string()),
+                Action::Proxy(p) => Some(p.name.clone()),
                 Action::Return { .. } => None,
             },
             scratch: Default::default(),
@@ -166,18 +166,17 @@ impl Gateway {
         })
     }
 
-    fn run_response_plugins(ctx: &mut Ctx, r: &mut ResponseHeader) {
+    fn run_response_plugins(ctx: &mut Ctx, status: u16, h: &mut dyn Headers) {
         if let (Some(loc), Some(pc)) = (ctx.loc.as_ref(), ctx.plugin.as_mut()) {
-            let status = r.status.as_u16();
             for p in &loc.plugins {
-                p.response(pc, status, &mut RespHeaders(r));
+                p.response(pc, status, h);
             }
         }
     }
 
     /// Write an answer the gateway made itself, through the response plugins.
     async fn reply<D: Downstream>(&self, s: &mut D, ctx: &mut Ctx, mut r: ResponseHeader, body: Bytes) -> Result<()> {
-        Self::run_response_plugins(ctx, &mut r);
+        Self::run_response_plugins(ctx, r.status.as_u16(), &mut RespHeaders(&mut r));
         respond::write(s, r, body).await
     }
 }
@@ -394,8 +393,9 @@ impl Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if self.upstream_status(s, resp.status.as_u16(), ctx)? {
-            Self::upstream_response_edits(resp, ctx)?;
+        let code = resp.status.as_u16();
+        if self.upstream_status(s, code, ctx)? {
+            Self::upstream_response_edits(code, &mut RespHeaders(resp), ctx)?;
         }
         Ok(())
     }
@@ -444,23 +444,25 @@ impl Gateway {
         ctx.plugin.is_some()
     }
 
-    /// The sticky cookie and the plugins' `upstream_response` edits.
-    pub fn upstream_response_edits(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    /// The sticky cookie and the plugins' `upstream_response` edits, on the
+    /// fields of a response with status `code`.
+    pub fn upstream_response_edits(code: u16, h: &mut dyn Headers, ctx: &mut Ctx) -> Result<()> {
         if let Some(c) = ctx.sticky_cookie.take() {
-            resp.append_header(http::header::SET_COOKIE, c)?;
+            let c = c.to_str().or_err(ErrorType::InternalError, "sticky cookie")?;
+            h.append("Set-Cookie", c)
+                .or_err(ErrorType::InternalError, "sticky cookie")?;
         }
         if let (Some(loc), Some(pc)) = (ctx.loc.as_ref(), ctx.plugin.as_mut()) {
-            let code = resp.status.as_u16();
             for p in &loc.plugins {
-                p.upstream_response(pc, code, &mut RespHeaders(resp));
+                p.upstream_response(pc, code, h);
             }
         }
         Ok(())
     }
 
-    /// Just before the response header goes to the client.
-    pub fn response_filter(&self, resp: &mut ResponseHeader, ctx: &mut Ctx) {
-        Self::run_response_plugins(ctx, resp);
+    /// Just before the response header (status `code`) goes to the client.
+    pub fn response_filter(&self, code: u16, h: &mut dyn Headers, ctx: &mut Ctx) {
+        Self::run_response_plugins(ctx, code, h);
     }
 
     pub fn response_body_filter(&self, body: &Option<Bytes>, ctx: &mut Ctx) {
@@ -674,7 +676,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn response_filter(&self, _s: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-        Gateway::response_filter(self, resp, ctx);
+        Gateway::response_filter(self, resp.status.as_u16(), &mut RespHeaders(resp), ctx);
         Ok(())
     }
 

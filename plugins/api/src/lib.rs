@@ -21,6 +21,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Header access that keeps the gateway's own bookkeeping right.
 pub trait Headers: Send {
@@ -42,9 +43,9 @@ pub struct Ctx {
     pub path: String,
     pub query: Option<String>,
     /// `host path` of the matched location.
-    pub route: String,
+    pub route: Arc<str>,
     /// Upstream pool, when the location proxies.
-    pub pool: Option<String>,
+    pub pool: Option<Arc<str>>,
     /// Per-request storage shared by all plugins (typed map).
     pub scratch: http::Extensions,
     /// `key=value` fields appended to the access-log line.

@@ -223,27 +223,26 @@ impl LeanSession {
         Ok(())
     }
 
-    /// Send a response header that nothing edits with its fields as they
-    /// came, without building a `ResponseHeader` (`Date` and `Connection`
-    /// set as for any other), and `set_cookie` after them, where Pingora's
-    /// `append_header` would put it.
-    pub async fn send_fields(
+    /// Send the response header of `head` with `fields` (its fields, as
+    /// they came or edited) without building a `ResponseHeader`: `Date` and
+    /// `Connection` set as for any other, the body framed by `chunked` or
+    /// `length`.
+    pub async fn send_fields<'f>(
         &mut self,
         head: &ResponseHead,
-        set_cookie: Option<&http::HeaderValue>,
+        fields: impl Iterator<Item = (&'f [u8], &'f [u8])>,
+        chunked: bool,
+        length: Option<u64>,
         end: bool,
     ) -> Result<()> {
         if self.status.is_some() {
             return Ok(());
         }
         let code = head.status.as_u16();
-        self.frame(code, head.chunked, head.length);
+        self.frame(code, chunked, length);
         let mut w = HeadWriter::new(head.http10, head.status, Some(head.reason()), self.connection());
-        for (name, value) in head.fields() {
+        for (name, value) in fields {
             w.field(name, value);
-        }
-        if let Some(c) = set_cookie {
-            w.field(b"Set-Cookie", c.as_bytes());
         }
         self.send_head(w.finish(), code, end).await
     }

@@ -574,7 +574,7 @@ impl Framing {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use tokio::net::{TcpListener, TcpStream};
 
@@ -605,6 +605,13 @@ mod tests {
             std::str::from_utf8(&head).unwrap(),
             "GET /p?q=1 HTTP/1.1\r\nHost: a\r\nx-real-ip: 9.9.9.9\r\nAccept: */*\r\nx-forwarded-for: 9.9.9.9\r\n\r\n"
         );
+    }
+
+    /// The parsed head of the response header `raw` (for other modules' tests).
+    pub(in crate::proxy::lean) async fn head_of(raw: &[u8]) -> ResponseHead {
+        let (mut x, _server) = connected().await;
+        x.buf.extend_from_slice(raw);
+        x.parse_header().unwrap().expect("complete header")
     }
 
     async fn connected() -> (Exchange, TcpStream) {

@@ -1,0 +1,206 @@
+//! Response header edits without a header map: the lean loop lets the
+//! response steps (sticky cookie, plugins) edit a response's fields as they
+//! came from the server through the same [`Headers`] interface a
+//! `ResponseHeader` offers them, and writes the result straight out, instead
+//! of building the `ResponseHeader` (two maps) and serializing it again.
+//!
+//! Edits mean what they mean on a `ResponseHeader`: `set` replaces the
+//! field's first occurrence in its place (with the name as given) and drops
+//! the others, or adds it at the end; `append` adds at the end; `remove`
+//! drops every occurrence. Names are case-insensitive; invalid names and
+//! values are refused as `http` refuses them.
+
+use super::upstream::{ends_chunked, ResponseHead};
+use portico_plugin_api::Headers;
+
+/// What became of one of the server's fields.
+#[derive(Clone)]
+enum Field {
+    AsItCame,
+    Removed,
+    /// Replaced in its place, by `(name, value)`.
+    Replaced(String, String),
+}
+
+pub struct FieldEdits<'h> {
+    head: &'h ResponseHead,
+    /// Per field of `head.fields()`; empty until the first edit.
+    fields: Vec<Field>,
+    added: Vec<(String, String)>,
+    /// An edit touched Content-Length or Transfer-Encoding.
+    reframed: bool,
+}
+
+fn valid_name(name: &str) -> bool {
+    http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+}
+
+fn valid_value(value: &str) -> bool {
+    value.bytes().all(|b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+}
+
+impl<'h> FieldEdits<'h> {
+    pub fn new(head: &'h ResponseHead) -> Self {
+        FieldEdits {
+            head,
+            fields: Vec::new(),
+            added: Vec::new(),
+            reframed: false,
+        }
+    }
+
+    /// The fields as they stand: the server's, edited, then the added ones.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let edited = self
+            .head
+            .fields()
+            .enumerate()
+            .filter_map(|(i, (n, v))| match self.fields.get(i) {
+                None | Some(Field::AsItCame) => Some((n, v)),
+                Some(Field::Removed) => None,
+                Some(Field::Replaced(n, v)) => Some((n.as_bytes(), v.as_bytes())),
+            });
+        edited.chain(self.added.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+    }
+
+    /// `(chunked, content length)` of the edited fields, as for a built header.
+    pub fn framing(&self) -> (bool, Option<u64>) {
+        if !self.reframed {
+            return (self.head.chunked, self.head.length);
+        }
+        let (mut chunked, mut length) = (false, None);
+        for (n, v) in self.fields() {
+            if n.eq_ignore_ascii_case(b"transfer-encoding") {
+                chunked = ends_chunked(v);
+            } else if n.eq_ignore_ascii_case(b"content-length") && length.is_none() {
+                length = std::str::from_utf8(v).ok().and_then(|v| v.trim().parse().ok());
+            }
+        }
+        (chunked, length)
+    }
+
+    fn touch(&mut self, name: &str) {
+        if self.fields.is_empty() {
+            self.fields = vec![Field::AsItCame; self.head.fields().count()];
+        }
+        self.reframed |= name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding");
+    }
+
+    /// Indexes of the server's fields currently named `name`.
+    fn positions(&self, name: &str) -> Vec<usize> {
+        self.head
+            .fields()
+            .enumerate()
+            .filter(|(i, (n, _))| match &self.fields[*i] {
+                Field::AsItCame => n.eq_ignore_ascii_case(name.as_bytes()),
+                Field::Removed => false,
+                Field::Replaced(n, _) => n.eq_ignore_ascii_case(name),
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+impl Headers for FieldEdits<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.fields()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .filter(|v| v.bytes().all(|b| (0x20..0x7f).contains(&b) || b == b'\t'))
+    }
+
+    fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        if !valid_name(name) || !valid_value(value) {
+            return Err(format!("invalid header field {name:?}"));
+        }
+        self.touch(name);
+        self.added.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        let at = self.positions(name);
+        match at.split_first() {
+            Some((&first, rest)) => {
+                self.fields[first] = Field::Replaced(name.to_string(), value.to_string());
+                for &i in rest {
+                    self.fields[i] = Field::Removed;
+                }
+            }
+            None => self.added.push((name.to_string(), value.to_string())),
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, name: &str, value: &str) -> Result<(), String> {
+        if !valid_name(name) || !valid_value(value) {
+            return Err(format!("invalid header field {name:?}"));
+        }
+        self.touch(name);
+        self.added.push((name.to_string(), value.to_string()));
+        Ok(())
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.touch(name);
+        for i in self.positions(name) {
+            self.fields[i] = Field::Removed;
+        }
+        self.added.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::lean::upstream::tests::head_of;
+
+    const RAW: &[u8] =
+        b"HTTP/1.1 200 OK\r\nA: 1\r\nSet-Cookie: x=1\r\nB: 2\r\nSet-Cookie: y=2\r\nContent-Length: 5\r\n\r\n";
+
+    fn text(e: &FieldEdits) -> Vec<String> {
+        e.fields()
+            .map(|(n, v)| format!("{}: {}", String::from_utf8_lossy(n), String::from_utf8_lossy(v)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn edits_mean_what_they_mean_on_a_header_map() {
+        let head = head_of(RAW).await;
+        let mut e = FieldEdits::new(&head);
+        assert_eq!(
+            text(&e),
+            [
+                "A: 1",
+                "Set-Cookie: x=1",
+                "B: 2",
+                "Set-Cookie: y=2",
+                "Content-Length: 5"
+            ]
+        );
+        assert_eq!(e.get("set-cookie"), Some("x=1"), "the first value");
+        e.set("set-cookie", "z=3").unwrap();
+        assert_eq!(
+            text(&e),
+            ["A: 1", "set-cookie: z=3", "B: 2", "Content-Length: 5"],
+            "in place, once"
+        );
+        e.set("C", "new").unwrap();
+        e.append("a", "again").unwrap();
+        e.remove("B");
+        assert_eq!(
+            text(&e),
+            ["A: 1", "set-cookie: z=3", "Content-Length: 5", "C: new", "a: again"]
+        );
+        assert_eq!((e.get("b"), e.get("c")), (None, Some("new")));
+        e.remove("c");
+        e.set("A", "only").unwrap();
+        assert_eq!(
+            text(&e),
+            ["A: only", "set-cookie: z=3", "Content-Length: 5"],
+            "set drops appended values too"
+        );
+        assert!(e.set("bad name", "v").is_err() && e.append("X", "a\r\nB: smuggled").is_err());
+        assert_eq!(e.framing(), (false, Some(5)), "framing as the server sent it");
+        e.set("Content-Length", "7").unwrap();
+        assert_eq!(e.framing(), (false, Some(7)));
+        e.append("Transfer-Encoding", "chunked").unwrap();
+        assert!(e.framing().0);
+    }
+}
