@@ -313,9 +313,8 @@ impl LeanPath {
             }
             upstream::request_head(&req, &[], websocket)
         } else {
-            if let Err(e) = validate_request_authority(s.req()) {
-                return (false, true, Some(e.into_in()));
-            }
+            // Unedited, the request is as `accepts` let it in: an origin-form target and one
+            // plain Host (no userinfo), so Pingora's authority check has nothing to find.
             upstream::request_head(s.req(), &gw.forwarding(s, ctx).fields(), websocket)
         };
         let Some(head) = head else {

@@ -9,6 +9,7 @@
 use futures::FutureExt;
 use pingora_core::protocols::Stream;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
@@ -25,9 +26,29 @@ impl Idle {
     }
 }
 
+/// The pool's keys are already hashes (`Peer::reuse_hash`): used as they are.
+#[derive(Default)]
+struct KeyHash(u64);
+
+impl Hasher for KeyHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 pub struct IdlePool {
     /// Keyed by `Peer::reuse_hash` (address, TLS settings, ...).
-    lists: Mutex<HashMap<u64, VecDeque<Idle>>>,
+    lists: Mutex<HashMap<u64, VecDeque<Idle>, BuildHasherDefault<KeyHash>>>,
     sweeper: Once,
 }
 

@@ -90,10 +90,12 @@ pub fn request_head(req: &RequestHeader, fields: &[(&'static str, Option<&str>)]
 
 /// Write one header field line: `name: value` CRLF.
 pub fn put_field(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
+    buf.reserve(name.len() + value.len() + 4);
     buf.put_slice(name);
-    buf.put_slice(b": ");
+    // The two-byte pieces as integers: no copy calls for them.
+    buf.put_u16(u16::from_be_bytes(*b": "));
     buf.put_slice(value);
-    buf.put_slice(b"\r\n");
+    buf.put_u16(u16::from_be_bytes(*b"\r\n"));
 }
 
 /// Does a Transfer-Encoding value end with the chunked coding?
@@ -299,7 +301,8 @@ impl Exchange {
             fields.reserve_exact(resp.headers.len());
             let mut folded = false;
             for h in resp.headers.iter() {
-                folded |= h.value.iter().any(|&b| b == b'\r' || b == b'\n');
+                // An obsolete line fold keeps its CRLF in the value (a lone CR is refused by httparse).
+                folded |= h.value.contains(&b'\n');
                 fields.push((span(h.name.as_bytes()), span(h.value)));
             }
             let framing = Framing::of(resp.headers)?;
@@ -518,6 +521,18 @@ impl ResponseHead {
     }
 }
 
+/// A non-empty run of ASCII digits as a number (`None` if not one, or too large).
+fn decimal(token: &[u8]) -> Option<u64> {
+    if token.is_empty() {
+        return None;
+    }
+    token.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+            .flatten()
+    })
+}
+
 /// What a response header says about its body and connection.
 struct Framing {
     /// Transfer-Encoding present: `Some(true)` if its last coding is chunked.
@@ -537,13 +552,20 @@ impl Framing {
             close: false,
             keep_alive: false,
         };
-        let mut lengths = Vec::new();
+        // RFC 9110 8.6: repeated or comma-joined Content-Length values must all agree.
+        let mut bad_length = false;
         for h in fields {
             let name = h.name.as_bytes();
             if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 f.chunked = Some(ends_chunked(h.value));
             } else if name.eq_ignore_ascii_case(b"content-length") {
-                lengths.push(h.value);
+                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    match (decimal(token), f.length) {
+                        (Some(n), None) => f.length = Some(n),
+                        (Some(n), Some(m)) if n == m => {}
+                        _ => bad_length = true,
+                    }
+                }
             } else if name.eq_ignore_ascii_case(b"connection") {
                 for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                     f.close |= token.eq_ignore_ascii_case(b"close");
@@ -551,23 +573,10 @@ impl Framing {
                 }
             }
         }
-        if f.chunked.is_none() {
-            // RFC 9110 8.6: repeated or comma-joined values must all agree.
-            for token in lengths
-                .iter()
-                .flat_map(|v| v.split(|&b| b == b','))
-                .map(<[u8]>::trim_ascii)
-            {
-                let n = std::str::from_utf8(token)
-                    .ok()
-                    .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|t| t.parse::<u64>().ok());
-                match (n, f.length) {
-                    (Some(n), None) => f.length = Some(n),
-                    (Some(n), Some(m)) if n == m => {}
-                    _ => return Error::e_explain(InvalidHTTPHeader, "invalid or conflicting Content-Length"),
-                }
-            }
+        if f.chunked.is_some() {
+            f.length = None; // Transfer-Encoding frames the body; Content-Length is ignored
+        } else if bad_length {
+            return Error::e_explain(InvalidHTTPHeader, "invalid or conflicting Content-Length");
         }
         Ok(f)
     }
