@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, nginx vs portico, counted by
+# valgrind's callgrind: a deterministic figure (about 0.3% between runs)
+# for changes too small for the wall-clock benchmark's noise to show.
+#   ./dev bench-instructions [--requests N]
+# Each proxy runs under callgrind in front of one nginx origin; after 300
+# warm-up requests the counters are zeroed, N keep-alive requests go through
+# 4 connections (bench/ka_client.py), and the counters are dumped.
+# Kernel time is not counted: wall-clock CPU is bench/run.sh's job.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=3000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --requests) N=${2:?}; shift ;;
+    *) sed -n '2,10p' "$0"; exit 2 ;;
+  esac
+  shift
+done
+PORTICO_BIN=${PORTICO_BIN:-$PWD/target/release/portico}
+[ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --bin portico
+BASE=${BENCH_BASE_PORT:-18170}
+ORIGIN=$((BASE + 1)) NGINX_PORT=$((BASE + 2)) PORTICO_PORT=$((BASE + 3))
+SCRATCH=$(mktemp -d /tmp/portico-instr.XXXXXX)
+cleanup() { pkill -f "$SCRATCH" 2>/dev/null || true; sleep 0.5; pkill -9 -f "$SCRATCH" 2>/dev/null || true; }
+trap cleanup EXIT
+nginx_conf() { # NAME BODY
+  mkdir -p "$SCRATCH/$1"
+  cat >"$SCRATCH/$1.conf" <<EOC
+worker_processes 1;
+master_process off;
+daemon off;
+pid $SCRATCH/$1.pid;
+error_log $SCRATCH/$1.error.log warn;
+events { worker_connections 1024; }
+http {
+    client_body_temp_path $SCRATCH/$1/body; proxy_temp_path $SCRATCH/$1/proxy;
+    fastcgi_temp_path $SCRATCH/$1/fcgi; uwsgi_temp_path $SCRATCH/$1/uwsgi; scgi_temp_path $SCRATCH/$1/scgi;
+    access_log off;
+    $2
+}
+EOC
+}
+nginx_conf origin "keepalive_requests 1000000; server { listen 127.0.0.1:$ORIGIN; location / { return 200 \"ok\"; } }"
+nginx_conf proxy "upstream backend { server 127.0.0.1:$ORIGIN; keepalive 64; }
+    server { listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://backend; proxy_http_version 1.1;
+        proxy_set_header Connection \"\"; proxy_set_header Host \$host; proxy_set_header X-Real-IP \$remote_addr;
+        proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }"
+cat >"$SCRATCH/portico.yaml" <<EOC
+server: { threads: 1, pid_file: $SCRATCH/p.pid, upgrade_sock: $SCRATCH/u.sock, grace_period: 1s, graceful_shutdown_timeout: 1s }
+listeners: [{ listen: "127.0.0.1:$PORTICO_PORT" }]
+upstreams: { backend: { keepalive: 64, servers: [{ address: "127.0.0.1:$ORIGIN" }] } }
+virtual_hosts: [{ default: true, locations: [{ path: /, proxy_pass: backend }] }]
+access_log: "off"
+EOC
+(nginx -c "$SCRATCH/origin.conf" -p "$SCRATCH" >/dev/null 2>&1 &)
+# count NAME PORT CMD... : prints instructions per request
+count() {
+  local name=$1 port=$2; shift 2
+  (valgrind --tool=callgrind --callgrind-out-file="$SCRATCH/$name.%p.cg" "$@" >"$SCRATCH/$name.vg.log" 2>&1 &)
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.2; done
+  python3 bench/ka_client.py "$port" 300 4 >/dev/null
+  local pid; pid=$(pgrep -f "callgrind-out-file=$SCRATCH/$name" | head -1)
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  python3 bench/ka_client.py "$port" "$N" 4 >/dev/null
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  sleep 0.5
+  local ir; ir=$(grep -h '^summary:' "$SCRATCH/$name".*.cg.1 | awk '{print $2}')
+  kill -INT "$pid" 2>/dev/null || true
+  echo $((ir / N))
+}
+ng=$(count nginx "$NGINX_PORT" nginx -c "$SCRATCH/proxy.conf" -p "$SCRATCH")
+po=$(count portico "$PORTICO_PORT" "$PORTICO_BIN" -c "$SCRATCH/portico.yaml")
+echo "### User-space instructions per proxied request: $(date -u '+%Y-%m-%d %H:%M') UTC"
+echo
+echo "$N keep-alive requests over 4 connections, one origin, callgrind; portico: $(basename "$PORTICO_BIN") ($(git rev-parse --short HEAD))."
+echo
+echo "| nginx | portico | portico ÷ nginx |"
+echo "|--:|--:|--:|"
+awk -v n="$ng" -v p="$po" 'BEGIN{printf "| %d | %d | %.2fx |\n", n, p, p/n}'
