@@ -85,10 +85,8 @@ pub fn accepts(head: &[u8], snap: &Snapshot, listener: usize) -> Option<Head> {
         return None;
     }
     let websocket = shape(&req)?;
-    if (websocket || snap.has_http2_pool) && !route_ok(&req, snap, listener, websocket) {
-        return None;
-    }
-    Head::build(head, &req, websocket)
+    let edited = route(&req, snap, listener, websocket)?;
+    Head::build(head, &req, websocket, edited)
 }
 
 /// A GET or HEAD with a plain Host, no body and no hop-by-hop field beyond
@@ -139,8 +137,10 @@ fn shape(req: &httparse::Request) -> Option<bool> {
 
 /// Can the lean loop proxy to the request's route? Not to an HTTP/2 pool,
 /// and a WebSocket handshake only to a location that proxies upgrades the
-/// standard way (other policies rewrite the request: Pingora's loop).
-fn route_ok(req: &httparse::Request, snap: &Snapshot, listener: usize, websocket: bool) -> bool {
+/// standard way (other policies rewrite the request: Pingora's loop). If
+/// so, whether header rules or plugins edit the upstream request there
+/// (which then works on a copy of the header that keeps the client's case).
+fn route(req: &httparse::Request, snap: &Snapshot, listener: usize, websocket: bool) -> Option<bool> {
     let host = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("host"));
     let host = host.and_then(|h| std::str::from_utf8(h.value).ok()).unwrap_or("");
     let path = req.path.unwrap_or("/");
@@ -150,13 +150,14 @@ fn route_ok(req: &httparse::Request, snap: &Snapshot, listener: usize, websocket
         .get(listener)
         .and_then(|l| l.hosts.lookup(host))
         .and_then(|h| h.paths.lookup(path));
-    match loc {
+    let ok = match loc {
         Some(l) => match &l.action {
             Action::Proxy(p) => !p.http2 && (!websocket || l.upgrade == Upgrade::WebSocket),
             Action::Return { .. } => !websocket,
         },
         None => !websocket,
-    }
+    };
+    ok.then(|| loc.is_some_and(|l| l.edits_upstream_request()))
 }
 
 /// One listener's lean path: its gateway hooks and its own upstream pool.
@@ -315,7 +316,12 @@ impl LeanPath {
         } else {
             // Unedited, the request is as `accepts` let it in: an origin-form target and one
             // plain Host (no userinfo), so Pingora's authority check has nothing to find.
-            upstream::request_head(s.req(), &gw.forwarding(s, ctx).fields(), websocket)
+            let forwarding = gw.forwarding(s, ctx);
+            let fields = forwarding.fields();
+            match s.lines() {
+                Some(lines) => Some(upstream::request_head_from(lines, &fields, websocket)),
+                None => upstream::request_head(s.req(), &fields, websocket),
+            }
         };
         let Some(head) = head else {
             let e = Error::explain(ErrorType::InvalidHTTPHeader, "request target has forbidden bytes");

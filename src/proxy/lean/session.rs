@@ -30,34 +30,137 @@ pub struct Head {
     close: bool,
     /// A WebSocket handshake (`Upgrade: websocket`).
     upgrade: bool,
+    /// The head as it came, for writing the upstream request from it.
+    lines: Option<Lines>,
+}
+
+/// A request head as the client sent it, and which of its field lines
+/// cannot be copied to the upstream request as they are: see
+/// [`super::upstream::request_head_from`].
+pub struct Lines {
+    pub raw: Bytes,
+    /// Where the field lines end (the final CRLF).
+    pub end: usize,
+    /// Lines to rewrite or leave out, in order.
+    pub special: Vec<Special>,
+}
+
+/// A field line not copied as it is: not written `name: value` CRLF, or a
+/// field the upstream request gets its own way (`Connection`, `Upgrade`,
+/// the forwarding fields).
+pub struct Special {
+    pub line: std::ops::Range<usize>,
+    pub name: std::ops::Range<usize>,
+    pub value: std::ops::Range<usize>,
+}
+
+/// Fields the upstream request writes its own way (by length, then name).
+fn rewritten(name: &[u8]) -> bool {
+    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    match name.len() {
+        7 => is(b"upgrade"),
+        9 => is(b"x-real-ip"),
+        10 => is(b"connection"),
+        15 => is(b"x-forwarded-for"),
+        16 => is(b"x-forwarded-host"),
+        17 => is(b"x-forwarded-proto"),
+        _ => false,
+    }
 }
 
 impl Head {
     /// Build the request from `head` (exactly one complete request head) as
     /// `httparse` saw it in `parsed`. `None` if Pingora's header types
     /// refuse it (Pingora's loop then serves it, with its own errors).
-    pub fn build(head: &[u8], parsed: &httparse::Request, upgrade: bool) -> Option<Head> {
+    ///
+    /// With `edited` (header rules or plugins edit the upstream request,
+    /// which is then written from a copy of this header) the header keeps
+    /// each field name's case. Otherwise it does not, which costs half as
+    /// much: the upstream request is written from the lines as they came.
+    pub fn build(head: &[u8], parsed: &httparse::Request, upgrade: bool, edited: bool) -> Option<Head> {
         let raw = Bytes::copy_from_slice(head);
         let base = head.as_ptr() as usize;
-        let at = |s: &[u8]| {
+        let span = |s: &[u8]| {
             let start = s.as_ptr() as usize - base;
-            raw.slice(start..start + s.len())
+            start..start + s.len()
         };
-        let mut req = RequestHeader::build(parsed.method?, parsed.path?.as_bytes(), Some(parsed.headers.len())).ok()?;
+        let lines = if edited {
+            None
+        } else {
+            Lines::of(head, &raw, parsed, &span)
+        };
+        let (method, path, n) = (parsed.method?, parsed.path?.as_bytes(), Some(parsed.headers.len()));
+        let mut req = if lines.is_some() {
+            RequestHeader::build_no_case(method, path, n)
+        } else {
+            RequestHeader::build(method, path, n)
+        }
+        .ok()?;
         req.set_version(http::Version::HTTP_11);
         let mut close = false;
         for h in parsed.headers.iter() {
-            if h.name.eq_ignore_ascii_case("connection") {
+            if h.name.len() == 10 && h.name.eq_ignore_ascii_case("connection") {
                 close |= h.value.eq_ignore_ascii_case(b"close");
             }
-            let value = pingora_http::header_value_from_raw(at(h.value));
-            req.append_header(at(h.name.as_bytes()), value).ok()?;
+            let value = pingora_http::header_value_from_raw(raw.slice(span(h.value)));
+            req.append_header(raw.slice(span(h.name.as_bytes())), value).ok()?;
         }
-        Some(Head { req, close, upgrade })
+        Some(Head {
+            req,
+            close,
+            upgrade,
+            lines,
+        })
     }
 
     pub fn req(&self) -> &RequestHeader {
         &self.req
+    }
+
+    #[cfg(test)]
+    pub fn lines(&self) -> Option<&Lines> {
+        self.lines.as_ref()
+    }
+}
+
+impl Lines {
+    /// `None` unless every line ends with CRLF (a bare LF, which `httparse`
+    /// allows, is not passed on).
+    fn of(
+        head: &[u8],
+        raw: &Bytes,
+        parsed: &httparse::Request,
+        span: &impl Fn(&[u8]) -> std::ops::Range<usize>,
+    ) -> Option<Lines> {
+        let first = head.iter().position(|&b| b == b'\n')?;
+        if !head.ends_with(b"\r\n\r\n") || first == 0 || head[first - 1] != b'\r' {
+            return None;
+        }
+        let end = head.len() - 2;
+        let mut special = Vec::new();
+        let headers = parsed.headers.iter();
+        let starts = parsed.headers.iter().skip(1).map(|h| span(h.name.as_bytes()).start);
+        for (h, next) in headers.zip(starts.map(Some).chain([None])) {
+            let (name, value) = (span(h.name.as_bytes()), span(h.value));
+            let line = name.start..next.unwrap_or(end);
+            // `name: value` CRLF exactly, as the upstream request would have it written?
+            let plain = value.start == name.end + 2
+                && head[name.end..value.start] == *b": "
+                && line.end == value.end + 2
+                && head[value.end..line.end] == *b"\r\n";
+            if !plain || rewritten(h.name.as_bytes()) {
+                // Not copied as it is; a line broken by a bare LF is not passed on at all.
+                if !head[line.clone()].ends_with(b"\r\n") {
+                    return None;
+                }
+                special.push(Special { line, name, value });
+            }
+        }
+        Some(Lines {
+            raw: raw.clone(),
+            end,
+            special,
+        })
     }
 }
 
@@ -95,6 +198,8 @@ pub struct LeanSession {
     extra: bool,
     /// A WebSocket handshake.
     upgrade: bool,
+    /// The request head as it came (unless the upstream request is edited).
+    lines: Option<Lines>,
 }
 
 impl LeanSession {
@@ -106,6 +211,7 @@ impl LeanSession {
         LeanSession {
             stream,
             req: head.req,
+            lines: head.lines,
             client_ip,
             keepalive: (!head.close).then_some(0),
             reuses_left,
@@ -115,6 +221,11 @@ impl LeanSession {
             extra: false,
             upgrade: head.upgrade,
         }
+    }
+
+    /// The request head as it came, when the upstream request is written from it.
+    pub fn lines(&self) -> Option<&Lines> {
+        self.lines.as_ref()
     }
 
     /// The client connection, for the tunnel after a protocol switch.
@@ -290,9 +401,9 @@ impl HeadWriter {
     fn field(&mut self, name: &[u8], value: &[u8]) {
         if self.as_is {
             put_field(&mut self.buf, name, value);
-        } else if name.eq_ignore_ascii_case(b"date") {
+        } else if name.len() == 4 && name.eq_ignore_ascii_case(b"date") {
             self.ours(0);
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if name.len() == 10 && name.eq_ignore_ascii_case(b"connection") {
             self.ours(1);
         } else {
             put_field(&mut self.buf, name, value);

@@ -16,6 +16,7 @@
 //! `ReadTimedout` / `WriteTimedout`, and a response that breaks HTTP/1.1
 //! framing is `InvalidHTTPHeader`.
 
+use super::session::Lines;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora_core::protocols::Stream;
 use pingora_core::{Error, ErrorType::*, OrErr, Result, RetryType};
@@ -51,41 +52,91 @@ pub fn request_head(req: &RequestHeader, fields: &[(&'static str, Option<&str>)]
     buf.put_u8(b' ');
     buf.put_slice(path);
     buf.put_slice(b" HTTP/1.1\r\n");
-    // Which of `fields` have been written (bit i: fields[i]).
-    let mut done = 0u64;
-    assert!(fields.len() <= 64, "at most 64 replacement fields");
+    let mut w = FieldLines::new(fields, websocket);
     let _ = req.map(|name, value| {
         let name = match name {
             HeaderNameVariant::Case(c) => c.as_slice(),
             HeaderNameVariant::Titled(t) => t.as_bytes(),
         };
-        if name.eq_ignore_ascii_case(b"connection") || (websocket && name.eq_ignore_ascii_case(b"upgrade")) {
-            return Ok(());
+        w.line(&mut buf, name, value.as_bytes());
+        Ok(())
+    });
+    w.finish(&mut buf);
+    Some(buf)
+}
+
+/// The same request head as [`request_head`] writes, from the request's
+/// lines as they came: copied in runs, but for the few that are rewritten
+/// or left out ([`Lines::special`]).
+pub fn request_head_from(lines: &Lines, fields: &[(&'static str, Option<&str>)], websocket: bool) -> BytesMut {
+    let raw = &lines.raw[..];
+    let mut buf = BytesMut::with_capacity(raw.len() + 160);
+    let mut w = FieldLines::new(fields, websocket);
+    let mut copied = 0;
+    for sp in &lines.special {
+        buf.put_slice(&raw[copied..sp.line.start]);
+        copied = sp.line.end;
+        w.line(&mut buf, &raw[sp.name.clone()], &raw[sp.value.clone()]);
+    }
+    buf.put_slice(&raw[copied..lines.end]);
+    w.finish(&mut buf);
+    buf
+}
+
+/// Writes a request's field lines: `Connection` (and a WebSocket
+/// handshake's `Upgrade`) left out, `fields` in place of the first field of
+/// the same name and the others of that name dropped, missing ones at the end.
+struct FieldLines<'f> {
+    fields: &'f [(&'static str, Option<&'f str>)],
+    /// Which of `fields` have been written (bit i: fields[i]).
+    done: u64,
+    websocket: bool,
+}
+
+impl<'f> FieldLines<'f> {
+    fn new(fields: &'f [(&'static str, Option<&'f str>)], websocket: bool) -> Self {
+        assert!(fields.len() <= 64, "at most 64 replacement fields");
+        FieldLines {
+            fields,
+            done: 0,
+            websocket,
         }
-        match fields.iter().position(|(f, _)| name.eq_ignore_ascii_case(f.as_bytes())) {
+    }
+
+    fn line(&mut self, buf: &mut BytesMut, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(b"connection") || (self.websocket && name.eq_ignore_ascii_case(b"upgrade")) {
+            return;
+        }
+        match self
+            .fields
+            .iter()
+            .position(|(f, _)| name.eq_ignore_ascii_case(f.as_bytes()))
+        {
             Some(i) => {
-                if done & (1 << i) == 0 {
-                    done |= 1 << i;
-                    if let Some(v) = fields[i].1 {
-                        put_field(&mut buf, fields[i].0.as_bytes(), v.as_bytes());
+                if self.done & (1 << i) == 0 {
+                    self.done |= 1 << i;
+                    if let Some(v) = self.fields[i].1 {
+                        put_field(buf, self.fields[i].0.as_bytes(), v.as_bytes());
                     }
                 }
             }
-            None => put_field(&mut buf, name, value.as_bytes()),
-        }
-        Ok(())
-    });
-    if websocket {
-        put_field(&mut buf, b"Connection", b"Upgrade");
-        put_field(&mut buf, b"Upgrade", b"websocket");
-    }
-    for (i, (name, value)) in fields.iter().enumerate() {
-        if let (0, Some(v)) = (done & (1 << i), value) {
-            put_field(&mut buf, name.as_bytes(), v.as_bytes());
+            None => put_field(buf, name, value),
         }
     }
-    buf.put_slice(b"\r\n");
-    Some(buf)
+
+    /// The handshake's fields, the replacement fields not written yet, the end of the head.
+    fn finish(self, buf: &mut BytesMut) {
+        if self.websocket {
+            put_field(buf, b"Connection", b"Upgrade");
+            put_field(buf, b"Upgrade", b"websocket");
+        }
+        for (i, (name, value)) in self.fields.iter().enumerate() {
+            if let (0, Some(v)) = (self.done & (1 << i), value) {
+                put_field(buf, name.as_bytes(), v.as_bytes());
+            }
+        }
+        buf.put_slice(b"\r\n");
+    }
 }
 
 /// Write one header field line: `name: value` CRLF.
@@ -556,9 +607,11 @@ impl Framing {
         let mut bad_length = false;
         for h in fields {
             let name = h.name.as_bytes();
-            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // By length first: one comparison per field at most.
+            let is = |known: &[u8]| name.len() == known.len() && name.eq_ignore_ascii_case(known);
+            if is(b"transfer-encoding") {
                 f.chunked = Some(ends_chunked(h.value));
-            } else if name.eq_ignore_ascii_case(b"content-length") {
+            } else if is(b"content-length") {
                 for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                     match (decimal(token), f.length) {
                         (Some(n), None) => f.length = Some(n),
@@ -566,10 +619,13 @@ impl Framing {
                         _ => bad_length = true,
                     }
                 }
-            } else if name.eq_ignore_ascii_case(b"connection") {
+            } else if is(b"connection") {
                 for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    f.close |= token.eq_ignore_ascii_case(b"close");
-                    f.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                    match token.len() {
+                        5 => f.close |= token.eq_ignore_ascii_case(b"close"),
+                        10 => f.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive"),
+                        _ => {}
+                    }
                 }
             }
         }
@@ -614,6 +670,41 @@ pub(super) mod tests {
             std::str::from_utf8(&head).unwrap(),
             "GET /p?q=1 HTTP/1.1\r\nHost: a\r\nx-real-ip: 9.9.9.9\r\nAccept: */*\r\nx-forwarded-for: 9.9.9.9\r\n\r\n"
         );
+    }
+
+    /// The request `raw` as the lean loop takes it (unedited: from its lines).
+    fn taken(raw: &[u8]) -> Option<crate::proxy::lean::Head> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert!(parsed.parse(raw).unwrap().is_complete());
+        crate::proxy::lean::Head::build(raw, &parsed, false, false)
+    }
+
+    #[test]
+    fn request_heads_from_the_lines_as_they_came() {
+        let fields = [
+            ("x-forwarded-for", Some("9.9.9.9")),
+            ("x-real-ip", Some("9.9.9.9")),
+            ("x-forwarded-host", None),
+        ];
+        let write = |raw: &[u8]| {
+            let head = taken(raw).expect("taken");
+            let lines = head.lines().expect("written from its lines");
+            String::from_utf8(request_head_from(lines, &fields, false).to_vec()).unwrap()
+        };
+        // Copied as they came, but for the forwarding fields and Connection; repeated fields keep their order.
+        assert_eq!(
+            write(b"GET /p?q=1 HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nX-Real-IP: 1.1.1.1\r\nx-b: 1\r\nAccept: */*\r\nx-b: 2\r\nX-Forwarded-Host: spoof\r\n\r\n"),
+            "GET /p?q=1 HTTP/1.1\r\nHost: a\r\nx-real-ip: 9.9.9.9\r\nx-b: 1\r\nAccept: */*\r\nx-b: 2\r\nx-forwarded-for: 9.9.9.9\r\n\r\n"
+        );
+        // Lines not written `name: value` CRLF are written so, as from a built header.
+        assert_eq!(
+            write(b"GET / HTTP/1.1\r\nHost:a\r\nX-Pad:   v  \r\nAccept: */*\r\n\r\n"),
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: v\r\nAccept: */*\r\nx-forwarded-for: 9.9.9.9\r\nx-real-ip: 9.9.9.9\r\n\r\n"
+        );
+        // Bare LF line ends are not passed on: the head is written from the built header instead.
+        let head = taken(b"GET / HTTP/1.1\nHost: a\nAccept: */*\n\n").unwrap();
+        assert!(head.lines().is_none());
     }
 
     /// The parsed head of the response header `raw` (for other modules' tests).
