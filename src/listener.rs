@@ -106,8 +106,8 @@ fn look_ahead<S: ?Sized>(
     s: &mut S,
     bytes: &[u8],
     put_back: impl FnOnce(&mut S, &[u8]),
-    lean: impl FnOnce(&[u8]) -> Option<Head>,
-) -> Option<Head> {
+    lean: impl FnOnce(&[u8]) -> Option<Box<Head>>,
+) -> Option<Box<Head>> {
     let taken = lean(bytes);
     if taken.is_none() {
         put_back(s, bytes);
@@ -126,8 +126,8 @@ async fn next_request(
     wait_lean: bool,
     wait: Duration,
     shutdown: &ShutdownWatch,
-    lean: impl FnOnce(&[u8]) -> Option<Head>,
-) -> Option<(Stream, Option<Head>)> {
+    lean: impl FnOnce(&[u8]) -> Option<Box<Head>>,
+) -> Option<(Stream, Option<Box<Head>>)> {
     if !wait_lean {
         return Some((stream, None));
     }

@@ -77,7 +77,7 @@ fn plain_host(v: &[u8]) -> bool {
 /// Can the lean path serve the request whose first bytes are `head`? If so,
 /// the request, parsed. Anything incomplete or unusual is declined
 /// (Pingora's loop serves it).
-pub fn accepts(head: &[u8], snap: &Snapshot, listener: usize) -> Option<Head> {
+pub fn accepts(head: &[u8], snap: &Snapshot, listener: usize) -> Option<Box<Head>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     // Exactly one request: bytes after it would be a pipelined one.
@@ -86,7 +86,7 @@ pub fn accepts(head: &[u8], snap: &Snapshot, listener: usize) -> Option<Head> {
     }
     let websocket = shape(&req)?;
     let edited = route(&req, snap, listener, websocket)?;
-    Head::build(head, &req, websocket, edited)
+    Head::build(head, &req, websocket, edited).map(Box::new)
 }
 
 /// A GET or HEAD with a plain Host, no body and no hop-by-hop field beyond

@@ -203,7 +203,8 @@ pub struct LeanSession {
 }
 
 impl LeanSession {
-    pub fn new(stream: Stream, head: Head, reuses_left: Option<u32>) -> Self {
+    pub fn new(stream: Stream, head: Box<Head>, reuses_left: Option<u32>) -> Self {
+        let head = *head;
         let client_ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned())
