@@ -182,7 +182,8 @@ enum Out {
 
 pub struct LeanSession {
     stream: Stream,
-    req: RequestHeader,
+    /// The request (boxed since it was parsed: moved around as a pointer).
+    head: Box<Head>,
     client_ip: Option<IpAddr>,
     /// `Some(idle seconds)` (0: no limit) keeps the connection after this
     /// response; `None` closes it.
@@ -196,37 +197,30 @@ pub struct LeanSession {
     /// The client sent more while its response was awaited (pipelining,
     /// which Portico does not do): the connection closes after this response.
     extra: bool,
-    /// A WebSocket handshake.
-    upgrade: bool,
-    /// The request head as it came (unless the upstream request is edited).
-    lines: Option<Lines>,
 }
 
 impl LeanSession {
     pub fn new(stream: Stream, head: Box<Head>, reuses_left: Option<u32>) -> Self {
-        let head = *head;
         let client_ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned())
             .and_then(|a| a.as_inet().map(|a| a.ip()));
         LeanSession {
             stream,
-            req: head.req,
-            lines: head.lines,
-            client_ip,
             keepalive: (!head.close).then_some(0),
+            head,
+            client_ip,
             reuses_left,
             status: None,
             out: Out::Header,
             complete: false,
             extra: false,
-            upgrade: head.upgrade,
         }
     }
 
     /// The request head as it came, when the upstream request is written from it.
     pub fn lines(&self) -> Option<&Lines> {
-        self.lines.as_ref()
+        self.head.lines.as_ref()
     }
 
     /// The client connection, for the tunnel after a protocol switch.
@@ -304,7 +298,7 @@ impl LeanSession {
     fn frame(&mut self, code: u16, chunked: bool, length: Option<u64>) {
         self.out = if code == 101 {
             Out::Switched
-        } else if self.req.method == http::Method::HEAD || code == 204 || code == 304 {
+        } else if self.head.req.method == http::Method::HEAD || code == 204 || code == 304 {
             Out::Empty
         } else if chunked {
             Out::Chunked
@@ -421,11 +415,11 @@ impl HeadWriter {
 
 impl Downstream for LeanSession {
     fn req(&self) -> &RequestHeader {
-        &self.req
+        &self.head.req
     }
 
     fn req_mut(&mut self) -> &mut RequestHeader {
-        &mut self.req
+        &mut self.head.req
     }
 
     fn client_ip(&self) -> Option<IpAddr> {
@@ -445,7 +439,7 @@ impl Downstream for LeanSession {
     }
 
     fn is_upgrade_req(&self) -> bool {
-        self.upgrade
+        self.head.upgrade
     }
 
     fn response_status(&self) -> Option<u16> {
@@ -457,17 +451,13 @@ impl Downstream for LeanSession {
     }
 
     fn summary(&self) -> String {
-        let host = self.req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok());
-        format!(
-            "{} {}, Host: {}",
-            self.req.method,
-            self.req.uri,
-            host.unwrap_or_default()
-        )
+        let req = &self.head.req;
+        let host = req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok());
+        format!("{} {}, Host: {}", req.method, req.uri, host.unwrap_or_default())
     }
 
     async fn send_header(&mut self, resp: Box<ResponseHeader>, end: bool) -> Result<()> {
-        let switch = resp.status == http::StatusCode::SWITCHING_PROTOCOLS && self.upgrade;
+        let switch = resp.status == http::StatusCode::SWITCHING_PROTOCOLS && self.head.upgrade;
         if self.status.is_some() || (resp.status.is_informational() && !switch) {
             return Ok(()); // one final response per request; 1xx but a protocol switch are not passed on
         }
