@@ -6,8 +6,10 @@
 //! used directly if marked `^~`; otherwise regexes are tried in file order
 //! and the first match wins; otherwise the longest prefix is used.
 
+// FNV: the tables are filled from the config only; client names are looked up, never
+// inserted, so a cheap hash is safe here.
+use fnv::FnvHashMap as HashMap;
 use regex::Regex;
-use std::collections::HashMap;
 
 pub enum PathMatch {
     Exact(String),
@@ -52,7 +54,7 @@ pub struct PathTable<T> {
 impl<T: Clone> PathTable<T> {
     pub fn new(entries: Vec<(PathMatch, T)>) -> Self {
         let mut t = PathTable {
-            exact: HashMap::new(),
+            exact: HashMap::default(),
             prefixes: Vec::new(),
             regexes: Vec::new(),
         };
@@ -100,7 +102,7 @@ pub struct HostTable<H> {
 impl<H: Clone> HostTable<H> {
     pub fn new() -> Self {
         HostTable {
-            exact: HashMap::new(),
+            exact: HashMap::default(),
             wildcards: Vec::new(),
             default: None,
         }
@@ -138,6 +140,9 @@ impl<H: Clone> HostTable<H> {
 
     /// `host` is the Host header value, possibly with a port and any case.
     pub fn lookup(&self, host: &str) -> Option<&H> {
+        if self.exact.is_empty() && self.wildcards.is_empty() {
+            return self.default.as_ref();
+        }
         let host = strip_port(host);
         let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             self.find(&host.to_ascii_lowercase())
