@@ -702,6 +702,11 @@ pub(super) mod tests {
             write(b"GET / HTTP/1.1\r\nHost:a\r\nX-Pad:   v  \r\nAccept: */*\r\n\r\n"),
             "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: v\r\nAccept: */*\r\nx-forwarded-for: 9.9.9.9\r\nx-real-ip: 9.9.9.9\r\n\r\n"
         );
+        // Empty values.
+        assert_eq!(
+            write(b"GET / HTTP/1.1\r\nHost: a\r\nX-E:\r\nX-F: \r\n\r\n"),
+            "GET / HTTP/1.1\r\nHost: a\r\nX-E: \r\nX-F: \r\nx-forwarded-for: 9.9.9.9\r\nx-real-ip: 9.9.9.9\r\n\r\n"
+        );
         // Bare LF line ends are not passed on: the head is written from the built header instead.
         let head = taken(b"GET / HTTP/1.1\nHost: a\nAccept: */*\n\n").unwrap();
         assert!(head.lines().is_none());
