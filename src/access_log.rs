@@ -54,6 +54,19 @@ impl AccessLog {
     }
 
     /// Append one line (with its newline).
+    /// Write the line `build` makes, in a buffer this thread keeps.
+    pub fn write_line(&self, build: impl FnOnce(&mut String)) {
+        thread_local! {
+            static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+        }
+        LINE.with(|l| {
+            let mut l = l.borrow_mut();
+            l.clear();
+            build(&mut l);
+            self.write(&l);
+        });
+    }
+
     pub fn write(&self, line: &str) {
         let mut buf = self.shared.buf.lock().unwrap();
         buf.extend_from_slice(line.as_bytes());
@@ -86,7 +99,39 @@ pub fn flush_global() {
 }
 
 /// `[25/Nov/2026:16:30:00 +0000]`-style local time (UTC), formatted once per second per thread.
-pub fn time_local() -> String {
+/// Append `n` in decimal (without `core::fmt`, as the rest of a log line).
+pub fn push_num(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+}
+
+/// Append a time in seconds with milliseconds (`0.004`), rounded, as nginx
+/// writes `$request_time`.
+pub fn push_secs(out: &mut String, d: Duration) {
+    let ms = (d.as_micros() + 500) / 1000;
+    push_num(out, (ms / 1000) as u64);
+    out.push('.');
+    let frac = (ms % 1000) as u16;
+    for div in [100, 10, 1] {
+        out.push(char::from(b'0' + (frac / div % 10) as u8));
+    }
+}
+
+/// Append the time as `25/Nov/2026:16:30:00 +0000`.
+pub fn push_time_local(out: &mut String) {
+    with_time_local(|t| out.push_str(t));
+}
+
+fn with_time_local(f: impl FnOnce(&str)) {
     thread_local! {
         static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
@@ -102,6 +147,33 @@ pub fn time_local() -> String {
                 time::macros::format_description!("[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000");
             *c = (secs, t.format(&fmt).unwrap_or_default());
         }
-        c.1.clone()
+        f(&c.1);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_times_read_as_core_fmt_writes_them() {
+        for n in [0u64, 7, 10, 99, 100, 12345, u64::MAX] {
+            let mut s = String::new();
+            push_num(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
+        for micros in [0u64, 400, 500, 4_000, 999_499, 999_500, 1_234_567, 61_000_000] {
+            let d = Duration::from_micros(micros);
+            let mut s = String::new();
+            push_secs(&mut s, d);
+            assert_eq!(
+                s,
+                format!("{:.3}", (micros as f64 / 1000.0).round() / 1000.0),
+                "{micros} µs"
+            );
+        }
+        let mut t = String::new();
+        push_time_local(&mut t);
+        assert_eq!(t.len(), "25/Nov/2026:16:30:00 +0000".len(), "{t}");
+    }
 }

@@ -23,6 +23,13 @@ fn get_survives_a_stopped_server() {
         let r = g.get("/");
         assert_eq!((r.status, r.backend().as_str()), (200, "b"), "request {i}");
     }
+    // The request that met the stopped server logs both attempts, as nginx does.
+    std::thread::sleep(Duration::from_millis(200));
+    let both = format!("{}, {} ", a.addr, b.addr);
+    let line = g.access_log().lines().find(|l| l.contains(&both)).map(str::to_string);
+    let line = line.unwrap_or_else(|| panic!("no line with {both:?} in {}", g.access_log()));
+    let times = line.rsplit('"').next().unwrap().split_whitespace().nth(2).unwrap_or("");
+    assert!(times.ends_with(','), "two upstream times, comma-separated: {line}");
 }
 
 #[test]

@@ -302,6 +302,18 @@ fn access_log_has_upstream_address_and_times() {
     assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
     assert!(line.contains("\"GET /logged?q=1 HTTP/1.1\" 200 "), "{line}");
     assert!(line.contains(&b.addr.to_string()), "{line}");
+    // ... 200 <bytes> "<referer>" "<user agent>" <upstream address> <upstream time> <request time>
+    let tail: Vec<&str> = line.rsplit('"').next().unwrap().split_whitespace().collect();
+    assert_eq!(tail.len(), 3, "{line}");
+    assert_eq!(tail[0], b.addr.to_string(), "{line}");
+    let secs = |t: &str| {
+        t.split_once('.')
+            .is_some_and(|(s, ms)| s.parse::<u64>().is_ok() && ms.len() == 3)
+    };
+    assert!(
+        secs(tail[1]) && secs(tail[2]),
+        "times in seconds with milliseconds: {line}"
+    );
 }
 
 #[test]

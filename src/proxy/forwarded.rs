@@ -77,10 +77,18 @@ impl<'a> Forwarded<'a> {
 /// An address as text; IPv4 without `core::fmt`, which costs more than the
 /// rest of the forwarding headers together.
 fn ip_text(ip: IpAddr) -> String {
-    let IpAddr::V4(v4) = ip else {
-        return ip.to_string();
-    };
     let mut s = String::with_capacity(15);
+    push_ip(&mut s, ip);
+    s
+}
+
+/// Append an address as text (see [`ip_text`]).
+pub fn push_ip(s: &mut String, ip: IpAddr) {
+    let IpAddr::V4(v4) = ip else {
+        use std::fmt::Write;
+        let _ = write!(s, "{ip}");
+        return;
+    };
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
             s.push('.');
@@ -93,7 +101,6 @@ fn ip_text(ip: IpAddr) -> String {
         }
         s.push(char::from(b'0' + octet % 10));
     }
-    s
 }
 
 #[cfg(test)]
