@@ -40,7 +40,8 @@ fn acceptable(id: &str) -> bool {
 fn new_id() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let r: u128 = rand::random();
-    (0..32).rev().map(|i| HEX[((r >> (4 * i)) & 15) as usize] as char).collect()
+    let digits: Vec<u8> = (0..32).rev().map(|i| HEX[((r >> (4 * i)) & 15) as usize]).collect();
+    String::from_utf8(digits).expect("hex digits are ASCII")
 }
 
 #[async_trait]
@@ -58,7 +59,10 @@ impl Plugin for RequestId {
 
     async fn upstream_request(&self, ctx: &mut Ctx, h: &mut dyn Headers) {
         if let Some(Id(id)) = ctx.scratch.get::<Id>() {
-            let _ = h.set(&self.0.header, id);
+            // Usually already there: the upstream copy is made from the request `request` edited.
+            if h.get(&self.0.header) != Some(id.as_str()) {
+                let _ = h.set(&self.0.header, id);
+            }
         }
     }
 

@@ -31,8 +31,14 @@ pub struct FieldEdits<'h> {
     reframed: bool,
 }
 
+/// A field name `http` would take: an RFC 9110 token (checked without
+/// building a `HeaderName`, which copies a name it does not know).
 fn valid_name(name: &str) -> bool {
-    http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+    !name.is_empty()
+        && name.len() < 1 << 16
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn valid_value(value: &str) -> bool {
@@ -86,18 +92,13 @@ impl<'h> FieldEdits<'h> {
         self.reframed |= name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding");
     }
 
-    /// Indexes of the server's fields currently named `name`.
-    fn positions(&self, name: &str) -> Vec<usize> {
-        self.head
-            .fields()
-            .enumerate()
-            .filter(|(i, (n, _))| match &self.fields[*i] {
-                Field::AsItCame => n.eq_ignore_ascii_case(name.as_bytes()),
-                Field::Removed => false,
-                Field::Replaced(n, _) => n.eq_ignore_ascii_case(name),
-            })
-            .map(|(i, _)| i)
-            .collect()
+    /// Is the server's field `i` (named `original`) currently named `name`?
+    fn named(&self, i: usize, original: &[u8], name: &str) -> bool {
+        match &self.fields[i] {
+            Field::AsItCame => original.eq_ignore_ascii_case(name.as_bytes()),
+            Field::Removed => false,
+            Field::Replaced(n, _) => n.eq_ignore_ascii_case(name),
+        }
     }
 }
 
@@ -115,15 +116,19 @@ impl Headers for FieldEdits<'_> {
         }
         self.touch(name);
         self.added.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        let at = self.positions(name);
-        match at.split_first() {
-            Some((&first, rest)) => {
-                self.fields[first] = Field::Replaced(name.to_string(), value.to_string());
-                for &i in rest {
-                    self.fields[i] = Field::Removed;
-                }
+        let mut replaced = false;
+        for (i, (original, _)) in self.head.fields().enumerate() {
+            if self.named(i, original, name) {
+                self.fields[i] = if replaced {
+                    Field::Removed
+                } else {
+                    Field::Replaced(name.to_string(), value.to_string())
+                };
+                replaced = true;
             }
-            None => self.added.push((name.to_string(), value.to_string())),
+        }
+        if !replaced {
+            self.added.push((name.to_string(), value.to_string()));
         }
         Ok(())
     }
@@ -139,8 +144,10 @@ impl Headers for FieldEdits<'_> {
 
     fn remove(&mut self, name: &str) {
         self.touch(name);
-        for i in self.positions(name) {
-            self.fields[i] = Field::Removed;
+        for (i, (original, _)) in self.head.fields().enumerate() {
+            if self.named(i, original, name) {
+                self.fields[i] = Field::Removed;
+            }
         }
         self.added.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
     }
