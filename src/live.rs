@@ -45,7 +45,8 @@ pub struct Location {
     pub max_body: Option<u64>,
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
-    pub set_headers: Vec<(HeaderName, Template)>,
+    /// `proxy_set_header`: names as written in the config (sent so, as nginx does).
+    pub set_headers: Vec<(String, Template)>,
     pub remove_headers: Vec<HeaderName>,
     pub upgrade: Upgrade,
     pub ws_idle: Duration,
@@ -511,10 +512,9 @@ fn build_location(
     let mut set_headers = Vec::new();
     for (k, v) in &loc.proxy_set_header {
         let hp = format!("{path}.proxy_set_header.{k}");
-        let name =
-            HeaderName::from_bytes(k.as_bytes()).map_err(|_| l.err(&hp, format!("invalid header name {k:?}")))?;
+        HeaderName::from_bytes(k.as_bytes()).map_err(|_| l.err(&hp, format!("invalid header name {k:?}")))?;
         HeaderValue::from_str(v).map_err(|_| l.err(&hp, "invalid header value"))?;
-        set_headers.push((name, template(l, &hp, v)?));
+        set_headers.push((k.clone(), template(l, &hp, v)?));
     }
     let mut remove_headers = Vec::new();
     for (i, k) in loc.proxy_remove_header.iter().enumerate() {

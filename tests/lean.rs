@@ -13,9 +13,10 @@ use std::time::Duration;
 
 const TOKEN: &str = "lean-token";
 
-/// `/` has a header rule (the lean loop copies the header to edit it, as
-/// Pingora does); `/plain/` has none (the lean loop writes the request
-/// straight from the client's header plus the forwarding fields).
+/// `/` has a header rule (the lean loop keeps the edits and applies them as
+/// it writes the request; Pingora's loop edits a copy of the header);
+/// `/plain/` has none (the lean loop writes the request from the client's
+/// lines plus the forwarding fields).
 fn conf(admin_port: u16, backends: &[&Backend], lean: bool) -> String {
     format!(
         "{}admin: {{ listen: \"127.0.0.1:{admin_port}\", token: {TOKEN} }}\nlisteners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app:\n    servers:\n{}\nvirtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: app\n        proxy_set_header: {{ X-Route: \"$host$request_uri\" }}\n      - path: /plain/\n        proxy_pass: app\n",

@@ -3,11 +3,11 @@
 //! client address appended; from anyone else they are replaced, so a client
 //! cannot spoof its address.
 //!
-//! [`Forwarded::of`] works the values out once; they are then either set on a
-//! `RequestHeader` ([`Forwarded::apply`], Pingora's loop) or written straight
-//! into the upstream request ([`Forwarded::fields`], the lean loop).
+//! [`Forwarded::of`] works the values out once; [`Forwarded::fields`] gives
+//! them to the upstream request step, which sets them on the upstream copy of
+//! the header (Pingora's loop) or writes them straight into the upstream
+//! request head (the lean loop).
 
-use pingora_core::Result;
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
 
@@ -59,18 +59,6 @@ impl<'a> Forwarded<'a> {
             ("x-forwarded-proto", Some(self.proto)),
             ("x-forwarded-host", self.host),
         ]
-    }
-
-    pub fn apply(&self, req: &mut RequestHeader) -> Result<()> {
-        for (name, value) in self.fields() {
-            match value {
-                Some(v) => req.insert_header(name, v)?,
-                None => {
-                    req.remove_header(name);
-                }
-            }
-        }
-        Ok(())
     }
 }
 

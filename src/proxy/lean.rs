@@ -37,11 +37,10 @@ use super::Gateway;
 use crate::live::{Action, Snapshot, Upgrade};
 use crate::plugins::RespHeaders;
 use bytes::Bytes;
-use edits::FieldEdits;
+use edits::{FieldEdits, RequestEdits};
 use idle::IdlePool;
 use log::{error, warn};
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
-use pingora_core::protocols::http::authority::validate_request_authority;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
@@ -139,7 +138,7 @@ fn shape(req: &httparse::Request) -> Option<bool> {
 /// and a WebSocket handshake only to a location that proxies upgrades the
 /// standard way (other policies rewrite the request: Pingora's loop). If
 /// so, whether header rules or plugins edit the upstream request there
-/// (which then works on a copy of the header that keeps the client's case).
+/// (which is then written from a header that keeps the client's case).
 fn route(req: &httparse::Request, snap: &Snapshot, listener: usize, websocket: bool) -> Option<bool> {
     let host = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("host"));
     let host = host.and_then(|h| std::str::from_utf8(h.value).ok()).unwrap_or("");
@@ -283,10 +282,11 @@ impl LeanPath {
     /// Send the request header, then pass the response through the response
     /// hooks to the client. `(downstream reusable, upstream reusable, error)`.
     ///
-    /// The request head is written from the client's header plus the
-    /// forwarding fields; only a location whose header rules or plugins edit
-    /// the request pays for a copy of the header to run
-    /// `upstream_request_filter` on, as Pingora's loop does for every request.
+    /// The request head is written from the client's lines plus the
+    /// forwarding fields; where header rules or plugins edit the request,
+    /// `upstream_request_filter` runs on edits kept by name over the
+    /// client's header ([`RequestEdits`]), applied as the head is written.
+    /// Pingora's loop runs it on a copy of the header.
     async fn relay(
         &self,
         s: &mut LeanSession,
@@ -300,19 +300,17 @@ impl LeanPath {
         let edits = ctx.loc.as_ref().is_some_and(|l| l.edits_upstream_request());
         let websocket = s.is_upgrade_req();
         let head = if edits {
-            let mut req = s.req().clone();
-            req.remove_header(&http::header::CONNECTION);
-            if websocket {
-                // As Pingora's standard policy: the handshake fields are written after the others.
-                req.remove_header(&http::header::UPGRADE);
-            }
-            if let Err(e) = gw.upstream_request_filter(s, &mut req, ctx).await {
+            // The steps' edits are kept by name and applied as the head is written (no copy).
+            let mut fields = RequestEdits::new(s.req());
+            if let Err(e) = gw.upstream_request_filter(&*s, &mut fields, ctx).await {
                 return (false, true, Some(e));
             }
-            if let Err(e) = validate_request_authority(&req) {
+            if !fields.host_ok() {
+                let e = Error::explain(ErrorType::InvalidHTTPHeader, "edited Host: several, or with userinfo");
                 return (false, true, Some(e.into_in()));
             }
-            upstream::request_head(&req, &[], websocket)
+            let (named, added) = fields.parts();
+            upstream::request_head(s.req(), &named, &added, websocket)
         } else {
             // Unedited, the request is as `accepts` let it in: an origin-form target and one
             // plain Host (no userinfo), so Pingora's authority check has nothing to find.
@@ -320,7 +318,7 @@ impl LeanPath {
             let fields = forwarding.fields();
             match s.lines() {
                 Some(lines) => Some(upstream::request_head_from(lines, &fields, websocket)),
-                None => upstream::request_head(s.req(), &fields, websocket),
+                None => upstream::request_head(s.req(), &fields, &[], websocket),
             }
         };
         let Some(head) = head else {

@@ -356,23 +356,31 @@ impl Gateway {
     }
 
     /// Forwarding headers and the location's header rules.
+    /// `up`: the upstream request's fields (a copy of the client's header in
+    /// Pingora's loop, edits kept over it in the lean loop).
     pub async fn upstream_request_filter<D: Downstream>(
         &self,
-        s: &mut D,
-        up: &mut RequestHeader,
+        s: &D,
+        up: &mut dyn Headers,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        self.forwarding(s, ctx).apply(up)?;
+        let bad = |e: String| Error::explain(ErrorType::InvalidHTTPHeader, e);
+        for (name, value) in self.forwarding(s, ctx).fields() {
+            match value {
+                Some(v) => up.set(name, v).map_err(bad)?,
+                None => up.remove(name),
+            }
+        }
         let loc = ctx.loc.as_ref().expect("routed");
         for h in &loc.remove_headers {
-            up.remove_header(h);
+            up.remove(h.as_str());
         }
         for (name, t) in &loc.set_headers {
-            up.insert_header(name.clone(), self.expand(s, ctx, t))?;
+            up.set(name, &self.expand(s, ctx, t)).map_err(bad)?;
         }
         if let Some(pc) = ctx.plugin.as_mut() {
             for p in &loc.plugins {
-                p.upstream_request(pc, &mut ReqHeaders(up)).await;
+                p.upstream_request(pc, up).await;
             }
         }
         Ok(())
@@ -673,7 +681,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_request_filter(&self, s: &mut Session, up: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
-        Gateway::upstream_request_filter(self, s, up, ctx).await
+        Gateway::upstream_request_filter(self, &*s, &mut ReqHeaders(up), ctx).await
     }
 
     async fn request_body_filter(

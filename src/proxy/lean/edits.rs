@@ -1,4 +1,5 @@
-//! Response header edits without a header map: the lean loop lets the
+//! Header edits without a header map. Requests: [`RequestEdits`], kept by
+//! name and applied as the upstream head is written. Responses: the lean loop lets the
 //! response steps (sticky cookie, plugins) edit a response's fields as they
 //! came from the server through the same [`Headers`] interface a
 //! `ResponseHeader` offers them, and writes the result straight out, instead
@@ -11,6 +12,7 @@
 //! values are refused as `http` refuses them.
 
 use super::upstream::{ends_chunked, ResponseHead};
+use pingora_http::RequestHeader;
 use portico_plugin_api::Headers;
 
 /// What became of one of the server's fields.
@@ -153,10 +155,109 @@ impl Headers for FieldEdits<'_> {
     }
 }
 
+/// Edits to the upstream copy of a request (forwarding fields, header
+/// rules, plugins), kept by name and applied while the request head is
+/// written ([`super::upstream::request_head`]), instead of on a copy of the
+/// header. They mean what they mean on a `RequestHeader`, which Pingora's
+/// loop edits: `set` in place of the first field of that name (the others
+/// dropped) or at the end, `append` at the end, `remove` all of that name.
+pub struct RequestEdits<'r> {
+    req: &'r RequestHeader,
+    /// Set (`Some`) or removed (`None`), by name as given, in the order first edited.
+    named: Vec<(String, Option<String>)>,
+    added: Vec<(String, String)>,
+}
+
+/// [`RequestEdits`] as [`super::upstream::request_head`] takes them.
+pub type Parts<'a> = (Vec<(&'a str, Option<&'a str>)>, Vec<(&'a str, &'a str)>);
+
+impl<'r> RequestEdits<'r> {
+    pub fn new(req: &'r RequestHeader) -> Self {
+        RequestEdits {
+            req,
+            named: Vec::new(),
+            added: Vec::new(),
+        }
+    }
+
+    fn set_entry(&self, name: &str) -> Option<&Option<String>> {
+        let found = self.named.iter().find(|(n, _)| n.eq_ignore_ascii_case(name));
+        found.map(|(_, v)| v)
+    }
+
+    /// The replacements and the appended fields.
+    pub fn parts(&self) -> Parts<'_> {
+        let named = self.named.iter().map(|(n, v)| (n.as_str(), v.as_deref())).collect();
+        let added = self.added.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        (named, added)
+    }
+
+    /// At most one Host, without userinfo (what Pingora checks on the copy it sends).
+    pub fn host_ok(&self) -> bool {
+        let base: Vec<&[u8]> = match self.set_entry("host") {
+            Some(v) => v.iter().map(|v| v.as_bytes()).collect(),
+            None => (self.req.headers.get_all(http::header::HOST).iter())
+                .map(|v| v.as_bytes())
+                .collect(),
+        };
+        let added = (self.added.iter())
+            .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+            .map(|(_, v)| v.as_bytes());
+        let hosts: Vec<&[u8]> = base.into_iter().chain(added).collect();
+        hosts.len() <= 1 && hosts.iter().all(|h| !h.contains(&b'@'))
+    }
+}
+
+impl Headers for RequestEdits<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        let base = match self.set_entry(name) {
+            Some(v) => v.as_deref(),
+            // The client's Connection is not passed on (Pingora's copy drops it first).
+            None if name.eq_ignore_ascii_case("connection") => None,
+            None => self.req.headers.get(name).and_then(|v| v.to_str().ok()),
+        };
+        base.or_else(|| {
+            (self.added.iter())
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        })
+    }
+
+    fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        if !valid_name(name) || !valid_value(value) {
+            return Err(format!("invalid header field {name:?}"));
+        }
+        self.added.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        let entry = (name.to_string(), Some(value.to_string()));
+        match self.named.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            Some(e) => *e = entry,
+            None => self.named.push(entry),
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, name: &str, value: &str) -> Result<(), String> {
+        if !valid_name(name) || !valid_value(value) {
+            return Err(format!("invalid header field {name:?}"));
+        }
+        self.added.push((name.to_string(), value.to_string()));
+        Ok(())
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.added.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        match self.named.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            Some(e) => e.1 = None,
+            None => self.named.push((name.to_string(), None)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::lean::upstream::tests::head_of;
+    use crate::proxy::lean::upstream::request_head;
+    use crate::proxy::lean::upstream::tests::{head_of, req};
 
     const RAW: &[u8] =
         b"HTTP/1.1 200 OK\r\nA: 1\r\nSet-Cookie: x=1\r\nB: 2\r\nSet-Cookie: y=2\r\nContent-Length: 5\r\n\r\n";
@@ -209,5 +310,47 @@ mod tests {
         assert_eq!(e.framing(), (false, Some(7)));
         e.append("Transfer-Encoding", "chunked").unwrap();
         assert!(e.framing().0);
+    }
+
+    #[test]
+    fn request_edits_are_applied_as_the_head_is_written() {
+        let r = req(&[
+            ("Host", "h"),
+            ("Connection", "keep-alive"),
+            ("X-A", "1"),
+            ("x-a", "2"),
+            ("X-B", "b"),
+            ("X-Forwarded-For", "10.0.0.9"),
+        ]);
+        let mut e = RequestEdits::new(&r);
+        assert_eq!(
+            (e.get("x-a"), e.get("connection")),
+            (Some("1"), None),
+            "no Connection upstream"
+        );
+        e.set("x-forwarded-for", "127.0.0.1").unwrap();
+        e.set("X-A", "new").unwrap();
+        e.remove("x-b");
+        e.append("X-C", "c1").unwrap();
+        e.set("X-D", "d").unwrap();
+        e.append("X-C", "c2").unwrap();
+        assert_eq!(
+            (e.get("x-a"), e.get("X-B"), e.get("x-c")),
+            (Some("new"), None, Some("c1"))
+        );
+        assert!(e.set("X-E", "a\nb").is_err() && e.append("bad name", "v").is_err());
+        assert!(e.host_ok());
+        let (named, added) = e.parts();
+        let head = request_head(&r, &named, &added, false).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&head),
+            "GET /p?q=1 HTTP/1.1\r\nHost: h\r\nX-A: new\r\nx-forwarded-for: 127.0.0.1\r\nX-D: d\r\nX-C: c1\r\nX-C: c2\r\n\r\n"
+        );
+        e.append("Host", "second").unwrap();
+        assert!(!e.host_ok(), "two Hosts");
+        e.set("host", "user@evil").unwrap();
+        assert!(!e.host_ok(), "userinfo");
+        e.set("host", "fine").unwrap();
+        assert!(e.host_ok());
     }
 }

@@ -37,12 +37,17 @@ const BODY_READ: usize = 64 * 1024;
 /// Write the request head for `req`: its request line and header fields in
 /// the client's order and case, without `Connection` (the upstream
 /// connection's own business) and with `fields` in place of any field of the
-/// same name (`None`: left out). Fields the request lacks go at the end.
-/// For a WebSocket handshake (`websocket`), the client's `Upgrade` is left
-/// out too and `Connection: Upgrade`, `Upgrade: websocket` follow the
-/// request's fields, as Pingora's standard upstream request policy writes
-/// them. `None` if the request target could not go on the wire.
-pub fn request_head(req: &RequestHeader, fields: &[(&'static str, Option<&str>)], websocket: bool) -> Option<BytesMut> {
+/// same name (`None`: left out). Fields the request lacks go at the end, then
+/// `added`. For a WebSocket handshake (`websocket`), the client's `Upgrade`
+/// is left out too and `Connection: Upgrade`, `Upgrade: websocket` follow
+/// the request's fields, as Pingora's standard upstream request policy
+/// writes them. `None` if the request target could not go on the wire.
+pub fn request_head(
+    req: &RequestHeader,
+    fields: Replacements,
+    added: &[(&str, &str)],
+    websocket: bool,
+) -> Option<BytesMut> {
     let path = req.raw_path();
     if path.iter().any(|&b| matches!(b, 0x00 | b'\n' | b'\r' | b' ')) {
         return None;
@@ -52,7 +57,7 @@ pub fn request_head(req: &RequestHeader, fields: &[(&'static str, Option<&str>)]
     buf.put_u8(b' ');
     buf.put_slice(path);
     buf.put_slice(b" HTTP/1.1\r\n");
-    let mut w = FieldLines::new(fields, websocket);
+    let mut w = FieldLines::new(fields, added, websocket);
     let _ = req.map(|name, value| {
         let name = match name {
             HeaderNameVariant::Case(c) => c.as_slice(),
@@ -68,10 +73,10 @@ pub fn request_head(req: &RequestHeader, fields: &[(&'static str, Option<&str>)]
 /// The same request head as [`request_head`] writes, from the request's
 /// lines as they came: copied in runs, but for the few that are rewritten
 /// or left out ([`Lines::special`]).
-pub fn request_head_from(lines: &Lines, fields: &[(&'static str, Option<&str>)], websocket: bool) -> BytesMut {
+pub fn request_head_from(lines: &Lines, fields: Replacements, websocket: bool) -> BytesMut {
     let raw = &lines.raw[..];
     let mut buf = BytesMut::with_capacity(raw.len() + 160);
-    let mut w = FieldLines::new(fields, websocket);
+    let mut w = FieldLines::new(fields, &[], websocket);
     let mut copied = 0;
     for sp in &lines.special {
         buf.put_slice(&raw[copied..sp.line.start]);
@@ -87,18 +92,44 @@ pub fn request_head_from(lines: &Lines, fields: &[(&'static str, Option<&str>)],
 /// handshake's `Upgrade`) left out, `fields` in place of the first field of
 /// the same name and the others of that name dropped, missing ones at the end.
 struct FieldLines<'f> {
-    fields: &'f [(&'static str, Option<&'f str>)],
-    /// Which of `fields` have been written (bit i: fields[i]).
-    done: u64,
+    fields: Replacements<'f>,
+    added: &'f [(&'f str, &'f str)],
+    /// Which of `fields` have been written (on the stack unless there are many).
+    done: Done,
     websocket: bool,
 }
 
+/// Fields that replace the request's own of the same name: `(name, value)`,
+/// `None` to leave it out.
+pub type Replacements<'f> = &'f [(&'f str, Option<&'f str>)];
+
+/// Which of a request's replacement fields have been written.
+enum Done {
+    Few(u64),
+    Many(Vec<bool>),
+}
+
+impl Done {
+    /// Mark field `i` written; whether it was already.
+    fn mark(&mut self, i: usize) -> bool {
+        match self {
+            Done::Few(bits) => std::mem::replace(bits, *bits | 1 << i) & 1 << i != 0,
+            Done::Many(v) => std::mem::replace(&mut v[i], true),
+        }
+    }
+}
+
 impl<'f> FieldLines<'f> {
-    fn new(fields: &'f [(&'static str, Option<&'f str>)], websocket: bool) -> Self {
-        assert!(fields.len() <= 64, "at most 64 replacement fields");
+    fn new(fields: Replacements<'f>, added: &'f [(&'f str, &'f str)], websocket: bool) -> Self {
+        let done = if fields.len() <= 64 {
+            Done::Few(0)
+        } else {
+            Done::Many(vec![false; fields.len()])
+        };
         FieldLines {
             fields,
-            done: 0,
+            added,
+            done,
             websocket,
         }
     }
@@ -113,8 +144,7 @@ impl<'f> FieldLines<'f> {
             .position(|(f, _)| name.eq_ignore_ascii_case(f.as_bytes()))
         {
             Some(i) => {
-                if self.done & (1 << i) == 0 {
-                    self.done |= 1 << i;
+                if !self.done.mark(i) {
                     if let Some(v) = self.fields[i].1 {
                         put_field(buf, self.fields[i].0.as_bytes(), v.as_bytes());
                     }
@@ -124,16 +154,20 @@ impl<'f> FieldLines<'f> {
         }
     }
 
-    /// The handshake's fields, the replacement fields not written yet, the end of the head.
-    fn finish(self, buf: &mut BytesMut) {
+    /// The handshake's fields, the replacement fields not written yet, the
+    /// added ones, the end of the head.
+    fn finish(mut self, buf: &mut BytesMut) {
         if self.websocket {
             put_field(buf, b"Connection", b"Upgrade");
             put_field(buf, b"Upgrade", b"websocket");
         }
         for (i, (name, value)) in self.fields.iter().enumerate() {
-            if let (0, Some(v)) = (self.done & (1 << i), value) {
+            if let (false, Some(v)) = (self.done.mark(i), value) {
                 put_field(buf, name.as_bytes(), v.as_bytes());
             }
+        }
+        for (name, value) in self.added {
+            put_field(buf, name.as_bytes(), value.as_bytes());
         }
         buf.put_slice(b"\r\n");
     }
@@ -643,7 +677,7 @@ pub(super) mod tests {
     use super::*;
     use tokio::net::{TcpListener, TcpStream};
 
-    fn req(raw: &[(&str, &str)]) -> RequestHeader {
+    pub(in crate::proxy::lean) fn req(raw: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/p?q=1", None).unwrap();
         for (k, v) in raw {
             r.append_header(k.to_string(), *v).unwrap();
@@ -665,7 +699,7 @@ pub(super) mod tests {
             ("x-real-ip", Some("9.9.9.9")),
             ("x-forwarded-host", None),
         ];
-        let head = request_head(&r, &fields, false).unwrap();
+        let head = request_head(&r, &fields, &[], false).unwrap();
         assert_eq!(
             std::str::from_utf8(&head).unwrap(),
             "GET /p?q=1 HTTP/1.1\r\nHost: a\r\nx-real-ip: 9.9.9.9\r\nAccept: */*\r\nx-forwarded-for: 9.9.9.9\r\n\r\n"
