@@ -69,6 +69,11 @@ impl Template {
         Ok(Template(parts))
     }
 
+    /// Does the template use `$remote_addr` (which costs writing the address)?
+    pub fn uses_remote_addr(&self) -> bool {
+        self.0.iter().any(|p| matches!(p, Part::Var(Var::RemoteAddr)))
+    }
+
     pub fn expand(&self, v: &Vars) -> String {
         let mut out = String::new();
         for p in &self.0 {
@@ -102,5 +107,7 @@ mod tests {
         assert_eq!(t.expand(&v), "https://a.com/x?y=1");
         assert!(Template::parse("$nope").is_err());
         assert_eq!(Template::parse("cost $ 5").unwrap().expand(&v), "cost $ 5");
+        assert!(Template::parse("$remote_addr via $scheme").unwrap().uses_remote_addr());
+        assert!(!t.uses_remote_addr());
     }
 }

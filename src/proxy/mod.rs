@@ -168,7 +168,10 @@ impl Gateway {
     /// Expand a config template (`$host`, `$request_uri`, ...) for this request.
     fn expand<D: Downstream>(&self, s: &D, ctx: &Ctx, t: &Template) -> String {
         let req = s.req();
-        let ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
+        let mut ip = String::new();
+        if let Some(addr) = ctx.client_ip.filter(|_| t.uses_remote_addr()) {
+            forwarded::push_ip(&mut ip, addr);
+        }
         t.expand(&Vars {
             scheme: self.scheme,
             host: crate::routing::strip_port(host_of(s)),
