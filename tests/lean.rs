@@ -83,6 +83,10 @@ fn both_loops_send_and_return_the_same_bytes() {
             assert_eq!(a.echoed("x-forwarded-for").as_deref(), Some("127.0.0.1"));
             let route = (!path.starts_with("/plain/")).then(|| format!("localhost{path}"));
             assert_eq!(a.echoed("x-route"), route);
+            if let Some(route) = route {
+                // The rule's name goes upstream as the config writes it, in both loops (compared above).
+                assert!(a.body.contains(&format!("header=X-Route: {route}\n")), "{}", a.body);
+            }
             assert_eq!(a.echoed("x-real-ip").as_deref(), Some("127.0.0.1"), "{path}");
             assert_eq!(a.echoed("x-forwarded-proto").as_deref(), Some("http"), "{path}");
             assert_eq!(a.echoed("x-forwarded-host").as_deref(), Some("localhost"), "{path}");

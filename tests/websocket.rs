@@ -323,6 +323,27 @@ fn least_conn_counts_sockets_for_their_whole_life() {
     });
 }
 
+/// `client_max_body_size` limits request bodies, not the bytes of a
+/// WebSocket (nginx's rule), in both loops.
+#[test]
+fn body_size_limit_does_not_cut_websockets() {
+    for lean in [true, false] {
+        rt().block_on(async {
+            let s = ws_server("one").await;
+            let g = gateway_on(lean, &[&s], "", "        client_max_body_size: 1k\n");
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/", g.port))
+                .await
+                .unwrap();
+            for i in 0..4 {
+                let big = format!("{i}").repeat(4096);
+                ws.send(Message::text(big.clone())).await.unwrap();
+                let back = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+                assert_eq!(back.unwrap().unwrap().unwrap(), Message::text(big), "lean: {lean}");
+            }
+        });
+    }
+}
+
 #[test]
 fn upgrades_can_be_refused_per_location() {
     rt().block_on(async {
