@@ -67,7 +67,7 @@ impl AccessLog {
         });
     }
 
-    pub fn write(&self, line: &str) {
+    fn write(&self, line: &str) {
         let mut buf = self.shared.buf.lock().unwrap();
         buf.extend_from_slice(line.as_bytes());
         if buf.len() >= FLUSH_BYTES {

@@ -50,17 +50,21 @@ impl<'a> Forwarded<'a> {
         }
     }
 
-    /// `(lower-case name, value)` in the order they are set; a `None` value
-    /// means the header is removed.
+    /// `(lower-case name, value)` in the order they are set ([`NAMES`]); a
+    /// `None` value means the header is removed.
     pub fn fields(&self) -> [(&'static str, Option<&str>); 4] {
+        let [xff, real_ip, proto, host] = NAMES;
         [
-            ("x-forwarded-for", Some(self.xff.as_deref().unwrap_or(&self.ip))),
-            ("x-real-ip", Some(self.real_ip.unwrap_or(&self.ip))),
-            ("x-forwarded-proto", Some(self.proto)),
-            ("x-forwarded-host", self.host),
+            (xff, Some(self.xff.as_deref().unwrap_or(&self.ip))),
+            (real_ip, Some(self.real_ip.unwrap_or(&self.ip))),
+            (proto, Some(self.proto)),
+            (host, self.host),
         ]
     }
 }
+
+/// The forwarding fields, in the order they are set.
+pub const NAMES: [&str; 4] = ["x-forwarded-for", "x-real-ip", "x-forwarded-proto", "x-forwarded-host"];
 
 /// An address as text; IPv4 without `core::fmt`, which costs more than the
 /// rest of the forwarding headers together.

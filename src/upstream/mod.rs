@@ -289,7 +289,7 @@ impl Pool {
             sticky_fixed: match &spec.sticky {
                 Some(st) if st.max_age.is_none() => sticky_ids
                     .iter()
-                    .filter_map(|id| Some([sticky_cookie(st, id, false)?, sticky_cookie(st, id, true)?]))
+                    .filter_map(|id| Some([st.header_for(id, false)?, st.header_for(id, true)?]))
                     .collect(),
                 _ => Vec::new(),
             },
@@ -345,17 +345,11 @@ impl Pool {
     pub fn sticky_cookie(&self, i: usize, https: bool) -> Option<http::HeaderValue> {
         match self.sticky_fixed.get(i) {
             Some(both) => Some(both[usize::from(https)].clone()),
-            None => sticky_cookie(self.sticky.as_ref()?, self.sticky_ids.get(i)?, https),
+            None => self.sticky.as_ref()?.header_for(self.sticky_ids.get(i)?, https),
         }
     }
 
     pub fn index_of_addr(&self, addr: &str) -> Option<usize> {
         self.servers.iter().position(|s| s.addr == addr)
     }
-}
-
-/// `Set-Cookie` value pinning a client to the server with sticky id `id`.
-fn sticky_cookie(st: &sticky::Sticky, id: &str, https: bool) -> Option<http::HeaderValue> {
-    let value = st.set_cookie(&st.encode(id), https);
-    http::HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
 }

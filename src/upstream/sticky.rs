@@ -119,6 +119,12 @@ impl Sticky {
         Some(id)
     }
 
+    /// The `Set-Cookie` value that pins a client to the server with sticky id `id`.
+    pub fn header_for(&self, id: &str, https: bool) -> Option<http::HeaderValue> {
+        let value = self.set_cookie(&self.encode(id), https);
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
+    }
+
     /// The `Set-Cookie` header value.
     pub fn set_cookie(&self, value: &str, https: bool) -> String {
         let mut c = format!("{}={}; Path={}", self.cookie, value, self.path);

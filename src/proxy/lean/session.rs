@@ -54,18 +54,11 @@ pub struct Special {
     pub value: std::ops::Range<usize>,
 }
 
-/// Fields the upstream request writes its own way (by length, then name).
+/// Fields the upstream request writes its own way: `Connection`, `Upgrade`
+/// and the forwarding fields (compared by length first).
 fn rewritten(name: &[u8]) -> bool {
-    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
-    match name.len() {
-        7 => is(b"upgrade"),
-        9 => is(b"x-real-ip"),
-        10 => is(b"connection"),
-        15 => is(b"x-forwarded-for"),
-        16 => is(b"x-forwarded-host"),
-        17 => is(b"x-forwarded-proto"),
-        _ => false,
-    }
+    let is = |known: &str| name.len() == known.len() && name.eq_ignore_ascii_case(known.as_bytes());
+    is("connection") || is("upgrade") || crate::proxy::forwarded::NAMES.into_iter().any(is)
 }
 
 impl Head {
@@ -360,10 +353,10 @@ impl LeanSession {
 struct HeadWriter {
     buf: BytesMut,
     date: http::HeaderValue,
-    connection: &'static [u8],
-    /// Date, Connection written (or not to be written).
+    /// `keep-alive` or `close`; `None`: the fields go as they are.
+    connection: Option<&'static [u8]>,
+    /// Date, Connection written.
     done: [bool; 2],
-    as_is: bool,
 }
 
 impl HeadWriter {
@@ -377,24 +370,24 @@ impl HeadWriter {
         HeadWriter {
             buf,
             date: get_cached_date(),
-            connection: if keep == Some(true) { b"keep-alive" } else { b"close" },
-            done: [keep.is_none(); 2],
-            as_is: keep.is_none(),
+            connection: keep.map(|k| if k { &b"keep-alive"[..] } else { b"close" }),
+            done: [false; 2],
         }
     }
 
     fn ours(&mut self, i: usize) {
+        let Some(connection) = self.connection else { return };
         if !std::mem::replace(&mut self.done[i], true) {
             if i == 0 {
                 put_field(&mut self.buf, b"Date", self.date.as_bytes());
             } else {
-                put_field(&mut self.buf, b"Connection", self.connection);
+                put_field(&mut self.buf, b"Connection", connection);
             }
         }
     }
 
     fn field(&mut self, name: &[u8], value: &[u8]) {
-        if self.as_is {
+        if self.connection.is_none() {
             put_field(&mut self.buf, name, value);
         } else if name.len() == 4 && name.eq_ignore_ascii_case(b"date") {
             self.ours(0);
