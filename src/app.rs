@@ -7,8 +7,6 @@ use crate::proxy::Gateway;
 use crate::upstream::{health, state::StateRegistry};
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
-use pingora_core::listeners::tls::TlsSettings;
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -214,33 +212,28 @@ pub fn run(args: Args) -> i32 {
             live: live.clone(),
             index: i,
         };
-        let mut svc = pingora_core::services::listening::Service::new(format!("listener {}", l.listen), app);
-        let endpoint =
-            ListenerConfig::tcp(l.listen.as_str()).l4_buffer(L4BufferSettings::default().read(match s.read_buffer {
-                Some(b) => b.0 as usize,
-                None if l.tls.is_some() => 16 * 1024,
-                None => 0,
-            }));
-        match &l.tls {
-            None => svc.add_listener(endpoint),
+        let read_ahead = match s.read_buffer {
+            Some(b) => b.0 as usize,
+            None if l.tls.is_some() => 16 * 1024,
+            None => 0,
+        };
+        let tls = match &l.tls {
+            None => None,
             Some(t) => {
                 let cb = crate::tls::SniCallback {
                     live: live.clone(),
                     listener: i,
                 };
-                let mut settings = match TlsSettings::with_callbacks(Box::new(cb)) {
-                    Ok(s) => s,
+                match crate::listener::Tls::new(Box::new(cb), t.http2) {
+                    Ok(tls) => Some(tls),
                     Err(e) => {
                         eprintln!("portico: TLS setup for {}: {e}", l.listen);
                         return 1;
                     }
-                };
-                if t.http2 {
-                    settings.enable_h2();
                 }
-                svc.add_listener(endpoint.tls(settings));
             }
-        }
+        };
+        let svc = crate::listener::Accepting::new(&l.listen, app, tls, read_ahead);
         server.add_service(svc);
     }
     server.add_service(background_service("health checks", HealthChecks(live.clone())));

@@ -1,21 +1,24 @@
-//! The listening application: Pingora's `HttpProxy` behind one small layer
-//! that runs the HTTP/1 keep-alive loop itself (the same steps as Pingora's
-//! own, through its public session API) and hands HTTP/2, h2c and custom
-//! protocols to Pingora untouched. It exists for three things Pingora does
-//! not offer:
+//! The listening application: Portico's own accept loop (`accept.rs`)
+//! hands each client connection (`conn.rs`) to a small layer that runs the
+//! HTTP/1 keep-alive loop itself (the same steps as Pingora's own, through
+//! its public session API) in front of Pingora's `HttpProxy`, and hands
+//! HTTP/2, h2c and custom protocols to Pingora untouched. It exists for
+//! three things Pingora does not offer:
 //!
 //! - `server.client_header_timeout` (nginx's `client_header_timeout`): how
-//!   long a new connection may take to send its first request header.
-//!   Pingora fixes that wait at 60 s. Like Pingora's, the limit applies to
-//!   each read while the header is awaited; between requests
-//!   `server.keepalive_timeout` governs the wait instead.
+//!   long a new connection may take to send its first request header (and,
+//!   on TLS, to complete its handshake). Pingora fixes both waits at 60 s.
+//!   Like Pingora's, the limit applies to each read while the header is
+//!   awaited; between requests `server.keepalive_timeout` governs the wait
+//!   instead.
 //! - Lean idle connections (`server.lean_keepalive`, on by default): until
 //!   the first byte of a request arrives, a connection holds only its
-//!   socket (and, on TLS, its TLS state). Pingora's per-request future
-//!   (about 9 KiB) and its 4 KiB header buffer are made once there is
-//!   something to read, not for the whole idle time. Measured: 23.8 -> 7.1
-//!   KiB per idle keep-alive connection. The wait reads into a buffer on
-//!   the stack of the poll that finds data, so it costs no extra read.
+//!   socket (and, on TLS, its TLS state) and a small future. Pingora's
+//!   per-request future (about 9 KiB) and its 4 KiB header buffer are made
+//!   once there is something to read, not for the whole idle time; so is
+//!   the state of a request in Pingora's loop (boxed, not part of the
+//!   connection's future). The wait reads into a buffer on the stack of the
+//!   poll that finds data, so it costs no extra read.
 //! - The lean HTTP/1 path (`server.lean_proxy`, on by default): the
 //!   request's first bytes, read while waiting, decide whether it takes
 //!   Portico's short proxy loop (`crate::proxy::lean`), which gets the
@@ -25,10 +28,8 @@
 use crate::live::Live;
 use crate::proxy::lean::{self, Head, LeanPath, LeanSession};
 use crate::proxy::Gateway;
-use async_trait::async_trait;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ServerApp};
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
@@ -40,7 +41,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, ReadBuf};
 
+mod accept;
+mod conn;
 mod rewound;
+pub use accept::{Accepting, Tls};
+pub use conn::Conn;
 use rewound::Rewound;
 
 pub struct Listener {
@@ -131,12 +136,16 @@ async fn next_request(
     if !wait_lean {
         return Some((stream, None));
     }
-    if stream.as_any().is::<L4Stream>() {
-        let mut l4: Box<L4Stream> = stream.into_any().downcast().ok()?;
-        let read = |s: &mut L4Stream, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>| Pin::new(s).poll_read(cx, buf);
-        let arrived = |s: &mut L4Stream, bytes: &[u8]| look_ahead(s, bytes, |s, b| s.rewind(b), lean);
-        let take_lean = first_bytes(&mut *l4, wait, shutdown, read, arrived).await?;
-        return Some((l4, take_lean));
+    if stream.as_any().is::<Conn>() {
+        let mut conn: Box<Conn> = stream.into_any().downcast().ok()?;
+        if conn.pending() {
+            return Some((conn, None)); // the next request is already here, read by nobody yet
+        }
+        conn.rest();
+        let read = |s: &mut Conn, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>| s.poll_read_socket(cx, buf);
+        let arrived = |s: &mut Conn, bytes: &[u8]| look_ahead(s, bytes, |s, b| s.rewind(b), lean);
+        let take_lean = first_bytes(&mut *conn, wait, shutdown, read, arrived).await?;
+        return Some((conn, take_lean));
     }
     let mut rw: Box<Rewound> = if stream.as_any().is::<Rewound>() {
         stream.into_any().downcast().ok()?
@@ -153,9 +162,51 @@ async fn next_request(
     Some((rw, take_lean))
 }
 
-#[async_trait]
-impl ServerApp for Listener {
-    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+/// A request for Pingora's HTTP/1 loop: keep-alive as the previous request
+/// on the connection left it, or else `keep` (seconds, `None`: close) and
+/// `reuses_left`. For the first request, Pingora's "keepalive" wait is the
+/// one that applies until the header is complete.
+fn pingora_session(
+    s: Stream,
+    previous: Option<HttpPersistentSettings>,
+    keep: Option<u64>,
+    reuses_left: Option<u32>,
+) -> ServerSession {
+    let mut session = ServerSession::new_http1(s);
+    match previous {
+        Some(st) => st.apply_to_session(&mut session),
+        None => {
+            session.set_keepalive(keep);
+            session.set_keepalive_reuses_remaining(reuses_left);
+        }
+    }
+    session
+}
+
+impl Listener {
+    /// The wait for a new connection's first request header, which also
+    /// bounds its TLS handshake (nginx's `client_header_timeout`).
+    fn header_timeout(&self) -> Duration {
+        self.live
+            .snapshot()
+            .cfg
+            .server
+            .client_header_timeout
+            .0
+            .max(Duration::from_secs(1))
+    }
+
+    /// Serve one client connection until it closes.
+    async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let mut next = Some(stream);
+        while let Some(s) = next {
+            next = self.process(s, shutdown).await;
+        }
+    }
+
+    /// Serve requests on `stream`; HTTP/2 and custom protocols go to
+    /// Pingora whole. `Some`: a stream Pingora hands back for reuse.
+    async fn process(&self, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let h2c = self.options().is_some_and(|o| o.h2c || o.force_custom);
         let alpn = stream.selected_alpn_proto();
         if h2c || matches!(alpn, Some(ALPN::H2) | Some(ALPN::Custom(_))) {
@@ -196,17 +247,9 @@ impl ServerApp for Listener {
                     Box::pin(self.lean.serve(session, shutdown)).await?
                 }
                 None => {
-                    let mut session = ServerSession::new_http1(s);
-                    match previous {
-                        Some(st) => st.apply_to_session(&mut session),
-                        None => {
-                            // For the first request, Pingora's "keepalive" wait is the one that
-                            // applies until the header is complete.
-                            let keep = if served == 1 { first_wait } else { idle_wait };
-                            session.set_keepalive((!*shutdown.borrow()).then_some(keep.as_secs()));
-                            session.set_keepalive_reuses_remaining(reuses_left);
-                        }
-                    }
+                    let keep = if served == 1 { first_wait } else { idle_wait };
+                    let keep = (!*shutdown.borrow()).then_some(keep.as_secs());
+                    let session = pingora_session(s, previous, keep, reuses_left);
                     let (s, next) = HttpServerApp::process_new_http(&self.proxy, session, shutdown)
                         .await?
                         .consume();

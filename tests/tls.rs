@@ -343,3 +343,36 @@ fn https_requests_take_the_lean_loop_and_the_rest_pingoras_on_one_connection() {
         "the three GETs took the lean loop, the POST Pingora's"
     );
 }
+
+#[test]
+fn client_header_timeout_bounds_the_tls_handshake() {
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let dir = temp_dir();
+    let a = issue(&["a.test"], None, -1, 30, false);
+    let (cert, key) = write(&dir, "a", &a);
+    let backend = Backend::start("app");
+    let g = Gateway::start(&format!(
+        "{}listeners:\n  - listen: 127.0.0.1:{{PORT}}\n    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
+        server_section(&["client_header_timeout: 1s"]),
+        cert.display(),
+        key.display(),
+        backend.addr
+    ));
+    // A client that connects and never starts its handshake: closed after about 1 s (Pingora's
+    // own listener waited 60 s).
+    let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    let n = s.read(&mut [0u8; 64]).expect("closed, not timed out on our side");
+    assert_eq!(n, 0);
+    let closed = t.elapsed();
+    assert!(
+        closed >= Duration::from_millis(800) && closed < Duration::from_secs(3),
+        "{closed:?}"
+    );
+    // Handshakes that finish in time still work.
+    let (cn, resp) = https_get(g.port, "a.test", "/");
+    assert_eq!(cn, "a.test");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}

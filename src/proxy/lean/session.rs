@@ -194,10 +194,13 @@ pub struct LeanSession {
 
 impl LeanSession {
     pub fn new(stream: Stream, head: Box<Head>, reuses_left: Option<u32>) -> Self {
-        let client_ip = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().cloned())
-            .and_then(|a| a.as_inet().map(|a| a.ip()));
+        let client_ip = match stream.as_any().downcast_ref::<crate::listener::Conn>() {
+            Some(c) => Some(c.peer().ip()),
+            None => stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().cloned())
+                .and_then(|a| a.as_inet().map(|a| a.ip())),
+        };
         LeanSession {
             stream,
             keepalive: (!head.close).then_some(0),

@@ -1,0 +1,216 @@
+//! The listening service: binds (or, on a graceful upgrade, takes over) a
+//! listener's socket, accepts connections, runs the TLS handshake, and
+//! hands each connection to [`Listener::serve`]. It replaces Pingora's
+//! `listening::Service` for client listeners (the admin listener still
+//! uses Pingora's) for what a connection costs while it waits:
+//!
+//! - Pingora spawns each connection as one task whose future is sized for
+//!   its TLS handshake with a 60 s timeout (2.5 KiB held for the
+//!   connection's life) and wraps the socket in an `l4::Stream` with a
+//!   write buffer and digests (1.8 KiB more). Here the handshake future is
+//!   boxed and gone once done, and the socket is a [`Conn`].
+//! - The TLS handshake is bounded by `server.client_header_timeout`, as in
+//!   nginx, instead of Pingora's fixed 60 s.
+//!
+//! Sockets are bound and registered in Pingora's table of listening file
+//! descriptors exactly as Pingora's own service does, so graceful upgrades
+//! hand them over the same way.
+
+use super::conn::Conn;
+use super::Listener;
+use async_trait::async_trait;
+use openssl::ssl::{select_next_proto, AlpnError, SslAcceptor, SslMethod};
+use pingora_core::listeners::TlsAccept;
+use pingora_core::protocols::tls::server::handshake_with_callback;
+use pingora_core::protocols::Stream;
+use pingora_core::server::{ListenFds, ShutdownWatch};
+use pingora_core::services::Service;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// Pending connections the kernel may queue (Pingora's and nginx's value).
+const BACKLOG: u32 = 65535;
+/// How long to keep trying a listen address still in use (a previous
+/// process shutting down), as Pingora does.
+const BIND_TRIES: u32 = 30;
+
+/// A TLS listener's handshake settings.
+pub struct Tls {
+    acceptor: SslAcceptor,
+    callbacks: Box<dyn TlsAccept + Send + Sync>,
+}
+
+impl Tls {
+    /// Mozilla's "intermediate" profile, as Pingora's listeners use; with
+    /// `http2`, ALPN prefers h2 over HTTP/1.1, else no protocol is chosen
+    /// (HTTP/1.1).
+    pub fn new(callbacks: Box<dyn TlsAccept + Send + Sync>, http2: bool) -> Result<Tls, String> {
+        let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(|e| e.to_string())?;
+        if http2 {
+            b.set_alpn_select_callback(|_, offered| {
+                select_next_proto(b"\x02h2\x08http/1.1", offered).ok_or(AlpnError::NOACK)
+            });
+        }
+        Ok(Tls {
+            acceptor: b.build(),
+            callbacks,
+        })
+    }
+}
+
+pub struct Accepting {
+    name: String,
+    addr: String,
+    tls: Option<Tls>,
+    /// Bytes a short read asks the socket for (`server.read_buffer`).
+    read_ahead: usize,
+    app: Option<Listener>,
+}
+
+impl Accepting {
+    pub fn new(addr: &str, app: Listener, tls: Option<Tls>, read_ahead: usize) -> Accepting {
+        Accepting {
+            name: format!("listener {addr}"),
+            addr: addr.to_string(),
+            read_ahead,
+            tls,
+            app: Some(app),
+        }
+    }
+}
+
+/// What every connection of one listener shares.
+struct Shared {
+    app: Listener,
+    tls: Option<Tls>,
+    read_ahead: usize,
+}
+
+#[async_trait]
+impl Service for Accepting {
+    async fn start_service(&mut self, fds: Option<ListenFds>, shutdown: ShutdownWatch, listeners_per_fd: usize) {
+        let listener = match listen(&self.addr, fds).await {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                log::error!("cannot listen on {}: {e}", self.addr);
+                eprintln!("portico: cannot listen on {}: {e}", self.addr);
+                std::process::exit(1);
+            }
+        };
+        let shared = Arc::new(Shared {
+            app: self.app.take().expect("a service starts once"),
+            tls: self.tls.take(),
+            read_ahead: self.read_ahead,
+        });
+        let loops: Vec<_> = (0..listeners_per_fd.max(1))
+            .map(|_| tokio::spawn(accept_loop(shared.clone(), listener.clone(), shutdown.clone())))
+            .collect();
+        for l in loops {
+            let _ = l.await;
+        }
+        shared.app.cleanup().await;
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(vec![self.addr.clone()])
+    }
+}
+
+/// The socket handed over by the previous process, or a new one (registered
+/// for the next upgrade).
+async fn listen(addr: &str, fds: Option<ListenFds>) -> io::Result<TcpListener> {
+    if let Some(fd) = fds.as_ref().and_then(|t| t.lock().get(addr).copied()) {
+        // SAFETY: the fd table holds listening sockets this process owns.
+        let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+        std.set_nonblocking(true)?;
+        // listen() again on a listening socket only updates its backlog (Linux).
+        return TcpSocket::from_std_stream(std).listen(BACKLOG);
+    }
+    let l = bind(addr).await?;
+    if let Some(t) = fds {
+        t.lock().add(addr.to_string(), l.as_raw_fd());
+    }
+    Ok(l)
+}
+
+async fn bind(addr: &str) -> io::Result<TcpListener> {
+    let sock_addr: SocketAddr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing"))?;
+    let mut tries = 0;
+    loop {
+        let s = match sock_addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        s.set_reuseaddr(true)?;
+        match s.bind(sock_addr) {
+            Ok(()) => return s.listen(BACKLOG),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries + 1 < BIND_TRIES => {
+                tries += 1;
+                log::warn!("{addr} is in use, trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Accept until the server shuts down; each connection runs in its own task.
+async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>, mut shutdown: ShutdownWatch) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            changed = shutdown.changed() => match changed {
+                Ok(()) if !*shutdown.borrow() => continue,
+                _ => return,
+            },
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(connection(shared.clone(), tcp, peer, shutdown.clone()));
+            }
+            Err(e) => {
+                log::error!("accept() failed: {e}");
+                // Out of file descriptors (ENFILE, EMFILE): let connections close before trying again.
+                if matches!(e.raw_os_error(), Some(23 | 24)) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown: ShutdownWatch) {
+    let conn = Conn::new(tcp, peer, shared.read_ahead);
+    let stream: Stream = match &shared.tls {
+        None => Box::new(conn),
+        Some(tls) => {
+            let wait = shared.app.header_timeout();
+            // Boxed: the handshake's state is gone once it is done.
+            let handshake = Box::pin(handshake_with_callback(&tls.acceptor, conn, tls.callbacks.as_ref()));
+            match pingora_timeout::timeout(wait, handshake).await {
+                Ok(Ok(s)) => Box::new(s),
+                Ok(Err(e)) => {
+                    log::info!("TLS handshake with {peer} failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    log::info!("TLS handshake with {peer} timed out");
+                    return;
+                }
+            }
+        }
+    };
+    shared.app.serve(stream, &shutdown).await;
+}

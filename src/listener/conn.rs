@@ -1,0 +1,346 @@
+//! A client's TCP connection as the listener accepts it: the socket, the
+//! peer's address, and two buffers that exist only while they hold bytes.
+//! It stands where Pingora's `l4::Stream` stood, for what an idle
+//! connection costs: that one keeps a write buffer (1.4 KiB), a boxed
+//! socket digest (0.4 KiB) and timing bookkeeping for the connection's
+//! whole life. This one is about a hundred bytes while idle.
+//!
+//! - Writes are gathered until a flush (or until [`GATHER`] bytes), so a
+//!   response head and a short body leave in one `sendto`, as through
+//!   Pingora's buffered stream. The buffer is freed once flushed.
+//! - Bytes can be put back to be read again ([`Conn::rewind`]): the
+//!   listener reads a request's first bytes ahead of the loop that serves it.
+//! - With `read_ahead` (TLS listeners, `server.read_buffer`), a short read
+//!   asks the socket for that many bytes and keeps the rest for the next
+//!   reads, so OpenSSL's 5-byte record-header reads cost no syscall each.
+//! - The socket digest Pingora's sessions ask for (the client address) is
+//!   made when first asked for, and let go by [`Conn::rest`].
+
+use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::{GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest};
+use pingora_core::protocols::{Peek, Shutdown, Ssl, UniqueID, UniqueIDType};
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Writes shorter than this are gathered until a flush.
+pub const GATHER: usize = 4096;
+
+#[derive(Debug)]
+pub struct Conn {
+    tcp: TcpStream,
+    peer: SocketAddr,
+    /// Bytes to hand out before reading the socket again, from `pos` on.
+    back: Vec<u8>,
+    pos: usize,
+    /// Gathered writes not sent yet.
+    out: Vec<u8>,
+    read_ahead: usize,
+    digest: OnceLock<Arc<SocketDigest>>,
+}
+
+impl Conn {
+    pub fn new(tcp: TcpStream, peer: SocketAddr, read_ahead: usize) -> Conn {
+        Conn {
+            tcp,
+            peer,
+            back: Vec::new(),
+            pos: 0,
+            out: Vec::new(),
+            read_ahead,
+            digest: OnceLock::new(),
+        }
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Put `data` back to be read first. Only called when nothing is pending.
+    pub fn rewind(&mut self, data: &[u8]) {
+        debug_assert!(!self.pending(), "rewind over unread bytes");
+        self.back.clear();
+        self.back.extend_from_slice(data);
+        self.pos = 0;
+    }
+
+    /// Bytes put back or read ahead, not handed out yet.
+    pub fn pending(&self) -> bool {
+        self.pos < self.back.len()
+    }
+
+    /// Read from the socket itself, past anything pending.
+    pub fn poll_read_socket(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+
+    /// Let go of what only a request in flight needs, before the connection
+    /// waits idle.
+    pub fn rest(&mut self) {
+        self.digest = OnceLock::new();
+        if self.out.is_empty() {
+            self.out = Vec::new();
+        }
+    }
+
+    /// Hand out pending bytes into `buf`, freeing them once all are out.
+    fn take_back(&mut self, buf: &mut ReadBuf<'_>) {
+        let n = (self.back.len() - self.pos).min(buf.remaining());
+        buf.put_slice(&self.back[self.pos..self.pos + n]);
+        self.pos += n;
+        if self.pos == self.back.len() {
+            self.back = Vec::new();
+            self.pos = 0;
+        }
+    }
+
+    /// Send gathered bytes until none are left.
+    fn poll_send_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut sent = 0;
+        let r = loop {
+            if sent == self.out.len() {
+                break Poll::Ready(Ok(()));
+            }
+            match Pin::new(&mut self.tcp).poll_write(cx, &self.out[sent..]) {
+                Poll::Ready(Ok(0)) => break Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => sent += n,
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Pending => break Poll::Pending,
+            }
+        };
+        if sent == self.out.len() {
+            self.out = Vec::new();
+        } else {
+            self.out.drain(..sent);
+        }
+        r
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pending() {
+            this.take_back(buf);
+            return Poll::Ready(Ok(()));
+        }
+        if this.read_ahead <= buf.remaining() {
+            return Pin::new(&mut this.tcp).poll_read(cx, buf);
+        }
+        let mut ahead = Vec::with_capacity(this.read_ahead);
+        let mut rb = ReadBuf::uninit(ahead.spare_capacity_mut());
+        ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        if n > 0 {
+            // SAFETY: the socket initialized the first `n` bytes.
+            unsafe { ahead.set_len(n) };
+            this.back = ahead;
+            this.pos = 0;
+            this.take_back(buf);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.out.len() + buf.len() <= GATHER {
+            if this.out.capacity() == 0 {
+                this.out.reserve_exact(GATHER);
+            }
+            this.out.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        if this.out.is_empty() {
+            return Pin::new(&mut this.tcp).poll_write(cx, buf);
+        }
+        // Gathered bytes and this write together, in one call.
+        let held = this.out.len();
+        let n = ready!(Pin::new(&mut this.tcp).poll_write_vectored(cx, &[IoSlice::new(&this.out), IoSlice::new(buf)]))?;
+        if n >= held {
+            this.out = Vec::new();
+            if n > held {
+                return Poll::Ready(Ok(n - held));
+            }
+            // Nothing of `buf` went: it waits in the buffer, bounded by GATHER.
+        } else {
+            this.out.drain(..n);
+        }
+        let take = buf.len().min(GATHER);
+        this.out.extend_from_slice(&buf[..take]);
+        Poll::Ready(Ok(take))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_out(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_out(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+#[async_trait::async_trait]
+impl Shutdown for Conn {
+    async fn shutdown(&mut self) {
+        let _ = tokio::io::AsyncWriteExt::shutdown(self).await;
+    }
+}
+
+impl UniqueID for Conn {
+    fn id(&self) -> UniqueIDType {
+        self.tcp.as_raw_fd()
+    }
+}
+
+impl Ssl for Conn {}
+
+impl GetTimingDigest for Conn {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        Vec::new()
+    }
+}
+
+impl GetProxyDigest for Conn {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for Conn {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        let d = self.digest.get_or_init(|| {
+            let d = SocketDigest::from_raw_fd(self.tcp.as_raw_fd());
+            let _ = d.peer_addr.set(Some(PeerAddr::Inet(self.peer)));
+            Arc::new(d)
+        });
+        Some(d.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Peek for Conn {
+    /// Fill `buf` with the next bytes without consuming them (for Pingora's
+    /// h2c preface check).
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        if self.pos > 0 {
+            self.back.drain(..self.pos);
+            self.pos = 0;
+        }
+        while self.back.len() < buf.len() {
+            let mut chunk = [0u8; 64];
+            let n = tokio::io::AsyncReadExt::read(&mut self.tcp, &mut chunk).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.back.extend_from_slice(&chunk[..n]);
+        }
+        buf.copy_from_slice(&self.back[..buf.len()]);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected pair: our side as a `Conn`, the peer as a plain socket.
+    async fn pair(read_ahead: usize) -> (Conn, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (ours, addr) = l.accept().await.unwrap();
+        (Conn::new(ours, addr, read_ahead), peer)
+    }
+
+    #[tokio::test]
+    async fn short_writes_wait_for_the_flush_long_ones_go_at_once() {
+        let (mut c, mut peer) = pair(0).await;
+        c.write_all(b"head ").await.unwrap();
+        c.write_all(b"body").await.unwrap();
+        let mut byte = [0u8; 1];
+        let early = tokio::time::timeout(Duration::from_millis(50), peer.read(&mut byte)).await;
+        assert!(early.is_err(), "gathered bytes left before the flush");
+        c.flush().await.unwrap();
+        let mut got = [0u8; 9];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"head body");
+        assert_eq!(c.out.capacity(), 0, "the buffer is freed once flushed");
+
+        // Gathered bytes plus a write too long to gather: both go, in order.
+        c.write_all(b"x").await.unwrap();
+        let long = vec![b'y'; GATHER * 3];
+        c.write_all(&long).await.unwrap();
+        c.flush().await.unwrap();
+        let mut got = vec![0u8; 1 + long.len()];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got[0], b'x');
+        assert!(got[1..].iter().all(|&b| b == b'y'));
+    }
+
+    #[tokio::test]
+    async fn bytes_put_back_and_peeked_are_read_again() {
+        let (mut c, mut peer) = pair(0).await;
+        peer.write_all(b"PRI * HTTP/2.0 and more").await.unwrap();
+        let mut head = [0u8; 3];
+        assert!(c.try_peek(&mut head).await.unwrap());
+        assert_eq!(&head, b"PRI");
+        c.rest();
+        let mut got = [0u8; 8];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"PRI * HT");
+        assert!(c.pending(), "peeked bytes beyond the read stay pending");
+        let mut rest = vec![0u8; 15];
+        c.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"TP/2.0 and more");
+        assert!(!c.pending());
+        c.rewind(b"again");
+        let mut got = [0u8; 5];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"again");
+        assert_eq!(c.back.capacity(), 0, "read-back bytes are freed once read");
+    }
+
+    #[tokio::test]
+    async fn read_ahead_keeps_the_rest_for_the_next_reads() {
+        let (mut c, mut peer) = pair(1024).await;
+        peer.write_all(b"12345abcdefgh").await.unwrap();
+        peer.shutdown().await.unwrap();
+        let mut five = [0u8; 5];
+        c.read_exact(&mut five).await.unwrap();
+        assert_eq!(&five, b"12345");
+        assert!(c.pending(), "the rest of the read waits in the connection");
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"abcdefgh");
+        assert_eq!(c.back.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_socket_digest_names_the_peer_until_rest() {
+        let (mut c, peer) = pair(0).await;
+        let d = c.get_socket_digest().unwrap();
+        let want = peer.local_addr().unwrap();
+        assert_eq!(d.peer_addr().and_then(|a| a.as_inet()).copied(), Some(want));
+        assert!(
+            Arc::ptr_eq(&d, &c.get_socket_digest().unwrap()),
+            "made once per request"
+        );
+        c.rest();
+        assert!(c.digest.get().is_none());
+        assert_eq!(c.peer(), want);
+    }
+}
