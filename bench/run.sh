@@ -391,7 +391,12 @@ write_portico portico_plugins round_robin off '' 'plugins:
   - headers: { response_set: { X-Served-By: portico } }'
 
 # Contenders in run order: id, label, and the nginx contender its ratios use.
+# BENCH_CONTENDERS="direct nginx_tls portico_tls" runs a subset (keep each
+# portico contender's nginx one, and direct, for the ratios).
 CONTENDERS=(direct nginx_off portico_off nginx_log portico_log portico_lc portico_sticky portico_plugins nginx_tls portico_tls)
+if [ -n "${BENCH_CONTENDERS:-}" ]; then
+  read -r -a CONTENDERS <<<"$BENCH_CONTENDERS"
+fi
 {
   printf 'direct\torigin direct (no proxy; the limit)\t-\n'
   printf 'nginx_off\tnginx proxy, access log off\t-\n'
