@@ -233,7 +233,7 @@ pub fn run(args: Args) -> i32 {
                 }
             }
         };
-        let svc = crate::listener::Accepting::new(&l.listen, app, tls, read_ahead);
+        let svc = crate::listener::Accepting::new(&l.listen, app, tls, read_ahead, s.threads);
         server.add_service(svc);
     }
     server.add_service(background_service("health checks", HealthChecks(live.clone())));

@@ -376,3 +376,43 @@ fn client_header_timeout_bounds_the_tls_handshake() {
     assert_eq!(cn, "a.test");
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 }
+
+#[test]
+fn stalled_handshakes_do_not_hold_up_others() {
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let dir = temp_dir();
+    let a = issue(&["a.test"], None, -1, 30, false);
+    let (cert, key) = write(&dir, "a", &a);
+    let backend = Backend::start("app");
+    // One worker thread: one handshake computes at a time.
+    let g = Gateway::start(&format!(
+        "{}listeners:\n  - listen: 127.0.0.1:{{PORT}}\n    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
+        server_section(&["threads: 1", "client_header_timeout: 20s"]),
+        cert.display(),
+        key.display(),
+        backend.addr
+    ));
+    // Clients that send the start of a ClientHello and stall: their handshakes wait for the
+    // rest, and must not keep the compute slot meanwhile.
+    let stalled: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03])
+                .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (t, port) = (Instant::now(), g.port);
+    let clients: Vec<_> = (0..16)
+        .map(|_| std::thread::spawn(move || https_get(port, "a.test", "/")))
+        .collect();
+    for c in clients {
+        let (cn, resp) = c.join().unwrap();
+        assert_eq!(cn, "a.test");
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    drop(stalled);
+}

@@ -28,6 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Writes shorter than this are gathered until a flush.
 pub const GATHER: usize = 4096;
@@ -43,6 +44,8 @@ pub struct Conn {
     out: Vec<u8>,
     read_ahead: usize,
     digest: OnceLock<Arc<SocketDigest>>,
+    /// A TLS handshake's compute slot, let go when a read next waits.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Conn {
@@ -55,7 +58,28 @@ impl Conn {
             out: Vec::new(),
             read_ahead,
             digest: OnceLock::new(),
+            slot: None,
         }
+    }
+
+    /// Hold `slot` until a read finds nothing to read: a TLS handshake
+    /// computes its part between two waits for the client.
+    pub fn hold_until_read_waits(&mut self, slot: OwnedSemaphorePermit) {
+        self.slot = Some(slot);
+    }
+
+    /// Resolves once the client has sent something (or closed).
+    pub async fn readable(&self) -> io::Result<()> {
+        self.tcp.readable().await
+    }
+
+    /// Read from the socket; a read that has to wait lets the slot go.
+    fn poll_socket(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.tcp).poll_read(cx, buf);
+        if r.is_pending() {
+            self.slot = None;
+        }
+        r
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -77,7 +101,7 @@ impl Conn {
 
     /// Read from the socket itself, past anything pending.
     pub fn poll_read_socket(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        self.poll_socket(cx, buf)
     }
 
     /// Let go of what only a request in flight needs, before the connection
@@ -131,11 +155,11 @@ impl AsyncRead for Conn {
             return Poll::Ready(Ok(()));
         }
         if this.read_ahead <= buf.remaining() {
-            return Pin::new(&mut this.tcp).poll_read(cx, buf);
+            return this.poll_socket(cx, buf);
         }
         let mut ahead = Vec::with_capacity(this.read_ahead);
         let mut rb = ReadBuf::uninit(ahead.spare_capacity_mut());
-        ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut rb))?;
+        ready!(this.poll_socket(cx, &mut rb))?;
         let n = rb.filled().len();
         if n > 0 {
             // SAFETY: the socket initialized the first `n` bytes.
