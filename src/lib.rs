@@ -16,6 +16,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod alloc;
 pub mod app;
 pub mod config;
 pub mod demo;
