@@ -1,6 +1,9 @@
 //! `X-Request-Id`: keep a well-formed incoming id (or always make a new one
 //! with `trust_incoming: false`), pass it upstream, return it to the client
-//! and write it to the access log as `request_id=...`.
+//! and write it to the access log as `request_id=...`. Like nginx's
+//! `proxy_set_header X-Request-Id $request_id`, it edits the upstream copy
+//! of the request, not the client's; later plugins find the id among the
+//! log fields (`$request_id` in the `headers` plugin).
 
 use crate::api::{self, Ctx, Flow, Headers, Plugin};
 use async_trait::async_trait;
@@ -24,8 +27,12 @@ fn yes() -> bool {
 
 struct RequestId(Settings);
 
-#[derive(Clone)]
-struct Id(String);
+/// The log field that holds the request's id.
+const FIELD: &str = "request_id";
+
+fn id_of(ctx: &Ctx) -> Option<&str> {
+    ctx.log_fields.iter().find(|(k, _)| k == FIELD).map(|(_, v)| v.as_str())
+}
 
 pub fn build(v: &serde_yaml::Value) -> Result<Box<dyn Plugin>, String> {
     let s: Settings = api::settings(v)?;
@@ -40,8 +47,9 @@ fn acceptable(id: &str) -> bool {
 fn new_id() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let r: u128 = rand::random();
-    let digits: Vec<u8> = (0..32).rev().map(|i| HEX[((r >> (4 * i)) & 15) as usize]).collect();
-    String::from_utf8(digits).expect("hex digits are ASCII")
+    let mut id = String::with_capacity(32);
+    id.extend((0..32).rev().map(|i| HEX[((r >> (4 * i)) & 15) as usize] as char));
+    id
 }
 
 #[async_trait]
@@ -51,23 +59,18 @@ impl Plugin for RequestId {
             Some(v) if self.0.trust_incoming && acceptable(v) => v.to_string(),
             _ => new_id(),
         };
-        let _ = h.set(&self.0.header, &id);
-        ctx.log_fields.push(("request_id".into(), id.clone()));
-        ctx.scratch.insert(Id(id));
+        ctx.log_fields.push((FIELD.into(), id));
         Flow::Continue
     }
 
     async fn upstream_request(&self, ctx: &mut Ctx, h: &mut dyn Headers) {
-        if let Some(Id(id)) = ctx.scratch.get::<Id>() {
-            // Usually already there: the upstream copy is made from the request `request` edited.
-            if h.get(&self.0.header) != Some(id.as_str()) {
-                let _ = h.set(&self.0.header, id);
-            }
+        if let Some(id) = id_of(ctx) {
+            let _ = h.set(&self.0.header, id);
         }
     }
 
     fn response(&self, ctx: &mut Ctx, _status: u16, h: &mut dyn Headers) {
-        if let Some(Id(id)) = ctx.scratch.get::<Id>() {
+        if let Some(id) = id_of(ctx) {
             let _ = h.set(&self.0.header, id);
         }
     }

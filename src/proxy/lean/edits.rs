@@ -15,20 +15,44 @@ use super::upstream::{ends_chunked, ResponseHead};
 use pingora_http::RequestHeader;
 use portico_plugin_api::Headers;
 
+/// Where a kept name or value is in [`Kept`].
+type Span = (u32, u32);
+
+/// The names and values edits keep, in one buffer (one allocation for all
+/// of a request's edits instead of two per edit).
+#[derive(Default)]
+struct Kept(String);
+
+impl Kept {
+    fn keep(&mut self, text: &str) -> Span {
+        if self.0.capacity() == 0 {
+            self.0.reserve(256);
+        }
+        let start = self.0.len() as u32;
+        self.0.push_str(text);
+        (start, self.0.len() as u32)
+    }
+
+    fn at(&self, (start, end): Span) -> &str {
+        &self.0[start as usize..end as usize]
+    }
+}
+
 /// What became of one of the server's fields.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 enum Field {
     AsItCame,
     Removed,
     /// Replaced in its place, by `(name, value)`.
-    Replaced(String, String),
+    Replaced(Span, Span),
 }
 
 pub struct FieldEdits<'h> {
     head: &'h ResponseHead,
     /// Per field of `head.fields()`; empty until the first edit.
     fields: Vec<Field>,
-    added: Vec<(String, String)>,
+    added: Vec<(Span, Span)>,
+    kept: Kept,
     /// An edit touched Content-Length or Transfer-Encoding.
     reframed: bool,
 }
@@ -36,11 +60,19 @@ pub struct FieldEdits<'h> {
 /// A field name `http` would take: an RFC 9110 token (checked without
 /// building a `HeaderName`, which copies a name it does not know).
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() < 1 << 16
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    /// The token characters: letters, digits and `!#$%&'*+-.^_`|~`.
+    const TOKEN: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            let b = i as u8;
+            t[i] = b.is_ascii_alphanumeric()
+                || matches!(b, b'!' | b'#'..=b'\'' | b'*' | b'+' | b'-' | b'.' | b'^'..=b'`' | b'|' | b'~');
+            i += 1;
+        }
+        t
+    };
+    !name.is_empty() && name.len() < 1 << 16 && name.bytes().all(|b| TOKEN[b as usize])
 }
 
 fn valid_value(value: &str) -> bool {
@@ -53,6 +85,7 @@ impl<'h> FieldEdits<'h> {
             head,
             fields: Vec::new(),
             added: Vec::new(),
+            kept: Kept::default(),
             reframed: false,
         }
     }
@@ -66,9 +99,9 @@ impl<'h> FieldEdits<'h> {
             .filter_map(|(i, (n, v))| match self.fields.get(i) {
                 None | Some(Field::AsItCame) => Some((n, v)),
                 Some(Field::Removed) => None,
-                Some(Field::Replaced(n, v)) => Some((n.as_bytes(), v.as_bytes())),
+                Some(&Field::Replaced(n, v)) => Some((self.kept.at(n).as_bytes(), self.kept.at(v).as_bytes())),
             });
-        edited.chain(self.added.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+        edited.chain((self.added.iter()).map(|&(n, v)| (self.kept.at(n).as_bytes(), self.kept.at(v).as_bytes())))
     }
 
     /// `(chunked, content length)` of the edited fields, as for a built header.
@@ -96,11 +129,21 @@ impl<'h> FieldEdits<'h> {
 
     /// Is the server's field `i` (named `original`) currently named `name`?
     fn named(&self, i: usize, original: &[u8], name: &str) -> bool {
-        match &self.fields[i] {
+        match self.fields[i] {
             Field::AsItCame => original.eq_ignore_ascii_case(name.as_bytes()),
             Field::Removed => false,
-            Field::Replaced(n, _) => n.eq_ignore_ascii_case(name),
+            Field::Replaced(n, _) => self.kept.at(n).eq_ignore_ascii_case(name),
         }
+    }
+
+    fn drop_added(&mut self, name: &str) {
+        let kept = &self.kept;
+        self.added.retain(|&(n, _)| !kept.at(n).eq_ignore_ascii_case(name));
+    }
+
+    fn add(&mut self, name: &str, value: &str) {
+        let field = (self.kept.keep(name), self.kept.keep(value));
+        self.added.push(field);
     }
 }
 
@@ -117,20 +160,20 @@ impl Headers for FieldEdits<'_> {
             return Err(format!("invalid header field {name:?}"));
         }
         self.touch(name);
-        self.added.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.drop_added(name);
         let mut replaced = false;
         for (i, (original, _)) in self.head.fields().enumerate() {
             if self.named(i, original, name) {
                 self.fields[i] = if replaced {
                     Field::Removed
                 } else {
-                    Field::Replaced(name.to_string(), value.to_string())
+                    Field::Replaced(self.kept.keep(name), self.kept.keep(value))
                 };
                 replaced = true;
             }
         }
         if !replaced {
-            self.added.push((name.to_string(), value.to_string()));
+            self.add(name, value);
         }
         Ok(())
     }
@@ -140,7 +183,7 @@ impl Headers for FieldEdits<'_> {
             return Err(format!("invalid header field {name:?}"));
         }
         self.touch(name);
-        self.added.push((name.to_string(), value.to_string()));
+        self.add(name, value);
         Ok(())
     }
 
@@ -151,7 +194,7 @@ impl Headers for FieldEdits<'_> {
                 self.fields[i] = Field::Removed;
             }
         }
-        self.added.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.drop_added(name);
     }
 }
 
@@ -164,8 +207,9 @@ impl Headers for FieldEdits<'_> {
 pub struct RequestEdits<'r> {
     req: &'r RequestHeader,
     /// Set (`Some`) or removed (`None`), by name as given, in the order first edited.
-    named: Vec<(String, Option<String>)>,
-    added: Vec<(String, String)>,
+    named: Vec<(Span, Option<Span>)>,
+    added: Vec<(Span, Span)>,
+    kept: Kept,
 }
 
 /// [`RequestEdits`] as [`super::upstream::request_head`] takes them.
@@ -177,49 +221,90 @@ impl<'r> RequestEdits<'r> {
             req,
             named: Vec::new(),
             added: Vec::new(),
+            kept: Kept::default(),
         }
     }
 
-    fn set_entry(&self, name: &str) -> Option<&Option<String>> {
-        let found = self.named.iter().find(|(n, _)| n.eq_ignore_ascii_case(name));
-        found.map(|(_, v)| v)
+    /// Position in `named` of the entry for `name`.
+    fn entry(&self, name: &str) -> Option<usize> {
+        (self.named.iter()).position(|&(n, _)| self.kept.at(n).eq_ignore_ascii_case(name))
+    }
+
+    /// `Some(value)` set, `Some(None)` removed, `None` not edited by name.
+    fn set_entry(&self, name: &str) -> Option<Option<&str>> {
+        self.entry(name).map(|i| self.named[i].1.map(|v| self.kept.at(v)))
+    }
+
+    fn added_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        (self.added.iter())
+            .filter(move |&&(n, _)| self.kept.at(n).eq_ignore_ascii_case(name))
+            .map(|&(_, v)| self.kept.at(v))
+    }
+
+    fn drop_added(&mut self, name: &str) {
+        let kept = &self.kept;
+        self.added.retain(|&(n, _)| !kept.at(n).eq_ignore_ascii_case(name));
+    }
+
+    fn name_entry(&mut self, name: &str, value: Option<&str>) {
+        let value = value.map(|v| self.kept.keep(v));
+        match self.entry(name) {
+            Some(i) => self.named[i].1 = value,
+            None => {
+                let name = self.kept.keep(name);
+                if self.named.capacity() == 0 {
+                    self.named.reserve(8);
+                }
+                self.named.push((name, value));
+            }
+        }
     }
 
     /// The replacements and the appended fields.
     pub fn parts(&self) -> Parts<'_> {
-        let named = self.named.iter().map(|(n, v)| (n.as_str(), v.as_deref())).collect();
-        let added = self.added.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let named = (self.named.iter())
+            .map(|&(n, v)| (self.kept.at(n), v.map(|v| self.kept.at(v))))
+            .collect();
+        let added = (self.added.iter())
+            .map(|&(n, v)| (self.kept.at(n), self.kept.at(v)))
+            .collect();
         (named, added)
     }
 
     /// At most one Host, without userinfo (what Pingora checks on the copy it sends).
     pub fn host_ok(&self) -> bool {
-        let base: Vec<&[u8]> = match self.set_entry("host") {
-            Some(v) => v.iter().map(|v| v.as_bytes()).collect(),
-            None => (self.req.headers.get_all(http::header::HOST).iter())
-                .map(|v| v.as_bytes())
-                .collect(),
-        };
-        let added = (self.added.iter())
-            .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
-            .map(|(_, v)| v.as_bytes());
-        let hosts: Vec<&[u8]> = base.into_iter().chain(added).collect();
-        hosts.len() <= 1 && hosts.iter().all(|h| !h.contains(&b'@'))
+        let ok = |h: &[u8]| !h.contains(&b'@');
+        let (mut count, mut clean) = (0, true);
+        match self.set_entry("host") {
+            Some(v) => v.iter().for_each(|v| {
+                count += 1;
+                clean &= ok(v.as_bytes());
+            }),
+            None => (self.req.headers.get_all(http::header::HOST).iter()).for_each(|v| {
+                count += 1;
+                clean &= ok(v.as_bytes());
+            }),
+        }
+        self.added_named("host").for_each(|v| {
+            count += 1;
+            clean &= ok(v.as_bytes());
+        });
+        count <= 1 && clean
     }
 }
 
 impl Headers for RequestEdits<'_> {
     fn get(&self, name: &str) -> Option<&str> {
         let base = match self.set_entry(name) {
-            Some(v) => v.as_deref(),
+            Some(v) => v,
             // The client's Connection is not passed on (Pingora's copy drops it first).
             None if name.eq_ignore_ascii_case("connection") => None,
             None => self.req.headers.get(name).and_then(|v| v.to_str().ok()),
         };
         base.or_else(|| {
             (self.added.iter())
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
+                .find(|&&(n, _)| self.kept.at(n).eq_ignore_ascii_case(name))
+                .map(|&(_, v)| self.kept.at(v))
         })
     }
 
@@ -227,12 +312,8 @@ impl Headers for RequestEdits<'_> {
         if !valid_name(name) || !valid_value(value) {
             return Err(format!("invalid header field {name:?}"));
         }
-        self.added.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        let entry = (name.to_string(), Some(value.to_string()));
-        match self.named.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            Some(e) => *e = entry,
-            None => self.named.push(entry),
-        }
+        self.drop_added(name);
+        self.name_entry(name, Some(value));
         Ok(())
     }
 
@@ -240,16 +321,14 @@ impl Headers for RequestEdits<'_> {
         if !valid_name(name) || !valid_value(value) {
             return Err(format!("invalid header field {name:?}"));
         }
-        self.added.push((name.to_string(), value.to_string()));
+        let field = (self.kept.keep(name), self.kept.keep(value));
+        self.added.push(field);
         Ok(())
     }
 
     fn remove(&mut self, name: &str) {
-        self.added.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        match self.named.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            Some(e) => e.1 = None,
-            None => self.named.push((name.to_string(), None)),
-        }
+        self.drop_added(name);
+        self.name_entry(name, None);
     }
 }
 
@@ -258,6 +337,23 @@ mod tests {
     use super::*;
     use crate::proxy::lean::upstream::request_head;
     use crate::proxy::lean::upstream::tests::{head_of, req};
+
+    #[test]
+    fn field_names_are_the_tokens_http_takes() {
+        for b in 0u8..128 {
+            let one = (b as char).to_string();
+            let http_takes = http::HeaderName::from_bytes(one.as_bytes()).is_ok();
+            assert_eq!(valid_name(&one), http_takes, "byte {b:#x}");
+            let within = format!("x{one}y");
+            assert_eq!(
+                valid_name(&within),
+                http::HeaderName::from_bytes(within.as_bytes()).is_ok(),
+                "byte {b:#x}"
+            );
+        }
+        assert!(!valid_name(""));
+        assert!(!valid_name("é"));
+    }
 
     const RAW: &[u8] =
         b"HTTP/1.1 200 OK\r\nA: 1\r\nSet-Cookie: x=1\r\nB: 2\r\nSet-Cookie: y=2\r\nContent-Length: 5\r\n\r\n";
