@@ -107,6 +107,19 @@ fn start_tls(backend: &Backend, certs: &[(PathBuf, PathBuf)]) -> Gateway {
     ))
 }
 
+/// A TLS listener with one certificate for `a.test` and the given `server:` settings.
+fn start_tls_a(backend: &Backend, server: &[&str]) -> Gateway {
+    let dir = temp_dir();
+    let (cert, key) = write(&dir, "a", &issue(&["a.test"], None, -1, 30, false));
+    Gateway::start(&format!(
+        "{}listeners:\n  - listen: 127.0.0.1:{{PORT}}\n    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
+        server_section(server),
+        cert.display(),
+        key.display(),
+        backend.addr
+    ))
+}
+
 #[test]
 fn sni_picks_the_certificate_and_headers_say_https() {
     let dir = temp_dir();
@@ -348,17 +361,8 @@ fn https_requests_take_the_lean_loop_and_the_rest_pingoras_on_one_connection() {
 fn client_header_timeout_bounds_the_tls_handshake() {
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
-    let dir = temp_dir();
-    let a = issue(&["a.test"], None, -1, 30, false);
-    let (cert, key) = write(&dir, "a", &a);
     let backend = Backend::start("app");
-    let g = Gateway::start(&format!(
-        "{}listeners:\n  - listen: 127.0.0.1:{{PORT}}\n    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
-        server_section(&["client_header_timeout: 1s"]),
-        cert.display(),
-        key.display(),
-        backend.addr
-    ));
+    let g = start_tls_a(&backend, &["client_header_timeout: 1s"]);
     // A client that connects and never starts its handshake: closed after about 1 s (Pingora's
     // own listener waited 60 s).
     let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
@@ -381,18 +385,9 @@ fn client_header_timeout_bounds_the_tls_handshake() {
 fn stalled_handshakes_do_not_hold_up_others() {
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
-    let dir = temp_dir();
-    let a = issue(&["a.test"], None, -1, 30, false);
-    let (cert, key) = write(&dir, "a", &a);
     let backend = Backend::start("app");
     // One worker thread: one handshake computes at a time.
-    let g = Gateway::start(&format!(
-        "{}listeners:\n  - listen: 127.0.0.1:{{PORT}}\n    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
-        server_section(&["threads: 1", "client_header_timeout: 20s"]),
-        cert.display(),
-        key.display(),
-        backend.addr
-    ));
+    let g = start_tls_a(&backend, &["threads: 1", "client_header_timeout: 20s"]);
     // Clients that send the start of a ClientHello and stall: their handshakes wait for the
     // rest, and must not keep the compute slot meanwhile.
     let stalled: Vec<TcpStream> = (0..4)
