@@ -3,6 +3,7 @@
 //! plugin API's `Headers`.
 
 use crate::config::{schema::PluginEntry, ConfigError, Loaded};
+use crate::proxy::downstream::Downstream;
 use pingora_http::{RequestHeader, ResponseHeader};
 use portico_plugin_api::{Headers, Plugin};
 use std::sync::Arc;
@@ -69,3 +70,24 @@ macro_rules! headers_impl {
 
 headers_impl!(ReqHeaders);
 headers_impl!(RespHeaders);
+
+/// The client's request header for the plugins' `request` hook. It asks
+/// the session for the header mutably only to edit it: in the lean loop
+/// that makes the upstream request be written from the header instead of
+/// the lines as they came, so a hook that only reads must not.
+pub struct ClientHeaders<'a, D: Downstream>(pub &'a mut D);
+
+impl<D: Downstream> Headers for ClientHeaders<'_, D> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.req().headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        ReqHeaders(self.0.req_mut()).set(name, value)
+    }
+    fn append(&mut self, name: &str, value: &str) -> Result<(), String> {
+        ReqHeaders(self.0.req_mut()).append(name, value)
+    }
+    fn remove(&mut self, name: &str) {
+        ReqHeaders(self.0.req_mut()).remove(name)
+    }
+}

@@ -310,14 +310,17 @@ impl LeanPath {
                 return (false, true, Some(e.into_in()));
             }
             let (named, added) = fields.parts();
-            upstream::request_head(s.req(), &named, &added, websocket)
+            match s.lines().filter(|l| l.every) {
+                Some(lines) => Some(upstream::request_head_from(lines, &named, &added, websocket)),
+                None => upstream::request_head(s.req(), &named, &added, websocket),
+            }
         } else {
             // Unedited, the request is as `accepts` let it in: an origin-form target and one
             // plain Host (no userinfo), so Pingora's authority check has nothing to find.
             let forwarding = gw.forwarding(s, ctx);
             let fields = forwarding.fields();
             match s.lines() {
-                Some(lines) => Some(upstream::request_head_from(lines, &fields, websocket)),
+                Some(lines) => Some(upstream::request_head_from(lines, &fields, &[], websocket)),
                 None => upstream::request_head(s.req(), &fields, &[], websocket),
             }
         };

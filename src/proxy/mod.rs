@@ -27,7 +27,7 @@ pub mod respond;
 use crate::access_log::{self, AccessLog};
 use crate::live::{Action, Live, Location, Upgrade};
 use crate::metrics;
-use crate::plugins::{ReqHeaders, RespHeaders};
+use crate::plugins::{ClientHeaders, ReqHeaders, RespHeaders};
 use crate::retry::Failure;
 use crate::template::{Template, Vars};
 use crate::upstream::state::InflightGuard;
@@ -147,7 +147,7 @@ impl Gateway {
         });
         let mut answer = None;
         for p in &loc.plugins {
-            if let Flow::Respond(r) = p.request(&mut pc, &mut ReqHeaders(s.req_mut())).await {
+            if let Flow::Respond(r) = p.request(&mut pc, &mut ClientHeaders(&mut *s)).await {
                 answer = Some(r);
                 break;
             }

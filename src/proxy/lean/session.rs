@@ -43,6 +43,9 @@ pub struct Lines {
     pub end: usize,
     /// Lines to rewrite or leave out, in order.
     pub special: Vec<Special>,
+    /// Every line is in `special`: a request whose upstream copy header
+    /// rules or plugins edit, so any line may be replaced or left out.
+    pub every: bool,
 }
 
 /// A field line not copied as it is: not written `name: value` CRLF, or a
@@ -66,10 +69,11 @@ impl Head {
     /// `httparse` saw it in `parsed`. `None` if Pingora's header types
     /// refuse it (Pingora's loop then serves it, with its own errors).
     ///
-    /// With `edited` (header rules or plugins edit the upstream request,
-    /// which is then written from a copy of this header) the header keeps
-    /// each field name's case. Otherwise it does not, which costs half as
-    /// much: the upstream request is written from the lines as they came.
+    /// The upstream request is written from the lines as they came, so the
+    /// header does without the map that keeps field names' case (half its
+    /// cost). With `edited` (header rules or plugins edit the upstream
+    /// request) every line is looked at as it is written. Only a head with
+    /// a bare LF line end keeps the case map: it is written from the header.
     pub fn build(head: &[u8], parsed: &httparse::Request, upgrade: bool, edited: bool) -> Option<Head> {
         let raw = Bytes::copy_from_slice(head);
         let base = head.as_ptr() as usize;
@@ -77,11 +81,7 @@ impl Head {
             let start = s.as_ptr() as usize - base;
             start..start + s.len()
         };
-        let lines = if edited {
-            None
-        } else {
-            Lines::of(head, &raw, parsed, &span)
-        };
+        let lines = Lines::of(head, &raw, parsed, &span, edited);
         let (method, path, n) = (parsed.method?, parsed.path?.as_bytes(), Some(parsed.headers.len()));
         let mut req = if lines.is_some() {
             RequestHeader::build_no_case(method, path, n)
@@ -124,6 +124,7 @@ impl Lines {
         raw: &Bytes,
         parsed: &httparse::Request,
         span: &impl Fn(&[u8]) -> std::ops::Range<usize>,
+        every: bool,
     ) -> Option<Lines> {
         let first = head.iter().position(|&b| b == b'\n')?;
         if !head.ends_with(b"\r\n\r\n") || first == 0 || head[first - 1] != b'\r' {
@@ -141,7 +142,7 @@ impl Lines {
                 && head[name.end..value.start] == *b": "
                 && line.end == value.end + 2
                 && head[value.end..line.end] == *b"\r\n";
-            if !plain || rewritten(h.name.as_bytes()) {
+            if every || !plain || rewritten(h.name.as_bytes()) {
                 // Not copied as it is; a line broken by a bare LF is not passed on at all.
                 if !head[line.clone()].ends_with(b"\r\n") {
                     return None;
@@ -153,6 +154,7 @@ impl Lines {
             raw: raw.clone(),
             end,
             special,
+            every,
         })
     }
 }
@@ -414,7 +416,10 @@ impl Downstream for LeanSession {
         &self.head.req
     }
 
+    /// The header, to edit: the lines as they came no longer say what it
+    /// holds, so the upstream request is written from the header.
     fn req_mut(&mut self) -> &mut RequestHeader {
+        self.head.lines = None;
         &mut self.head.req
     }
 

@@ -73,10 +73,10 @@ pub fn request_head(
 /// The same request head as [`request_head`] writes, from the request's
 /// lines as they came: copied in runs, but for the few that are rewritten
 /// or left out ([`Lines::special`]).
-pub fn request_head_from(lines: &Lines, fields: Replacements, websocket: bool) -> BytesMut {
+pub fn request_head_from(lines: &Lines, fields: Replacements, added: &[(&str, &str)], websocket: bool) -> BytesMut {
     let raw = &lines.raw[..];
     let mut buf = BytesMut::with_capacity(raw.len() + 160);
-    let mut w = FieldLines::new(fields, &[], websocket);
+    let mut w = FieldLines::new(fields, added, websocket);
     let mut copied = 0;
     for sp in &lines.special {
         buf.put_slice(&raw[copied..sp.line.start]);
@@ -724,7 +724,7 @@ pub(super) mod tests {
         let write = |raw: &[u8]| {
             let head = taken(raw).expect("taken");
             let lines = head.lines().expect("written from its lines");
-            String::from_utf8(request_head_from(lines, &fields, false).to_vec()).unwrap()
+            String::from_utf8(request_head_from(lines, &fields, &[], false).to_vec()).unwrap()
         };
         // Copied as they came, but for the forwarding fields and Connection; repeated fields keep their order.
         assert_eq!(
@@ -744,6 +744,36 @@ pub(super) mod tests {
         // Bare LF line ends are not passed on: the head is written from the built header instead.
         let head = taken(b"GET / HTTP/1.1\nHost: a\nAccept: */*\n\n").unwrap();
         assert!(head.lines().is_none());
+    }
+
+    #[test]
+    fn edited_requests_from_their_lines_are_as_from_the_header() {
+        // Header rules or plugins: set in place (others of the name dropped), removed, added.
+        let named = [
+            ("X-Env", Some("prod")),
+            ("x-forwarded-for", Some("9.9.9.9")),
+            ("accept", None),
+            ("X-New", Some("n")),
+        ];
+        let added = [("X-Add", "1"), ("x-b", "3")];
+        for raw in [
+            &b"GET /p HTTP/1.1\r\nHost: a\r\nx-env: dev\r\nAccept: */*\r\nx-b: 1\r\nX-ENV: again\r\nConnection: keep-alive\r\nx-b: 2\r\n\r\n"[..],
+            &b"GET / HTTP/1.1\r\nHost:a\r\nX-Pad:   v  \r\nX-Forwarded-For: 1.1.1.1\r\n\r\n"[..],
+        ] {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut parsed = httparse::Request::new(&mut headers);
+            assert!(parsed.parse(raw).unwrap().is_complete());
+            let edited = crate::proxy::lean::Head::build(raw, &parsed, false, true).unwrap();
+            let lines = edited.lines().expect("written from its lines");
+            assert!(lines.every);
+            let from_lines = request_head_from(lines, &named, &added, false);
+            let mut r = RequestHeader::build("GET", std::str::from_utf8(parsed.path.unwrap().as_bytes()).unwrap().as_bytes(), None).unwrap();
+            for h in parsed.headers.iter() {
+                r.append_header(h.name.to_string(), h.value.trim_ascii()).unwrap();
+            }
+            let from_header = request_head(&r, &named, &added, false).unwrap();
+            assert_eq!(std::str::from_utf8(&from_lines).unwrap(), std::str::from_utf8(&from_header).unwrap());
+        }
     }
 
     /// The parsed head of the response header `raw` (for other modules' tests).
