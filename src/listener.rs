@@ -25,6 +25,7 @@
 //!   request already parsed, or Pingora's, for which they are put back into
 //!   the stream (`rewound.rs` for TLS streams) to be read whole.
 
+use crate::config::schema::ServerSection;
 use crate::live::Live;
 use crate::proxy::lean::{self, Head, LeanPath, LeanSession};
 use crate::proxy::Gateway;
@@ -45,8 +46,23 @@ mod accept;
 mod conn;
 mod rewound;
 pub use accept::{Accepting, Tls};
-pub use conn::Conn;
+use conn::Conn;
 use rewound::Rewound;
+
+/// The client's address, read from the connection itself (plain, or TLS as
+/// the listener wraps it), so no socket digest is made for it.
+pub fn peer_of(stream: &Stream) -> Option<std::net::SocketAddr> {
+    let any = stream.as_any();
+    if let Some(c) = any.downcast_ref::<Conn>() {
+        return Some(c.peer());
+    }
+    let tls = any.downcast_ref::<Rewound>()?.inner().as_any();
+    Some(
+        tls.downcast_ref::<pingora_core::protocols::tls::SslStream<Conn>>()?
+            .get_ref()
+            .peer(),
+    )
+}
 
 pub struct Listener {
     pub proxy: Arc<HttpProxy<Gateway>>,
@@ -162,6 +178,11 @@ async fn next_request(
     Some((rw, take_lean))
 }
 
+/// `client_header_timeout`, at least a second.
+fn first_wait(s: &ServerSection) -> Duration {
+    s.client_header_timeout.0.max(Duration::from_secs(1))
+}
+
 /// A request for Pingora's HTTP/1 loop: keep-alive as the previous request
 /// on the connection left it, or else `keep` (seconds, `None`: close) and
 /// `reuses_left`. For the first request, Pingora's "keepalive" wait is the
@@ -187,13 +208,7 @@ impl Listener {
     /// The wait for a new connection's first request header, which also
     /// bounds its TLS handshake (nginx's `client_header_timeout`).
     fn header_timeout(&self) -> Duration {
-        self.live
-            .snapshot()
-            .cfg
-            .server
-            .client_header_timeout
-            .0
-            .max(Duration::from_secs(1))
+        first_wait(&self.live.snapshot().cfg.server)
     }
 
     /// Serve one client connection until it closes.
@@ -216,12 +231,7 @@ impl Listener {
         let (first_wait, idle_wait, lean_keepalive, lean_proxy) = {
             let snap = self.live.snapshot();
             let s = &snap.cfg.server;
-            (
-                s.client_header_timeout.0.max(Duration::from_secs(1)),
-                s.keepalive_timeout.0,
-                s.lean_keepalive,
-                s.lean_proxy,
-            )
+            (first_wait(s), s.keepalive_timeout.0, s.lean_keepalive, s.lean_proxy)
         };
         let request_limit = self.options().and_then(|o| o.keepalive_request_limit);
         let mut wait = first_wait;

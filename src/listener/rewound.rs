@@ -32,6 +32,11 @@ impl Rewound {
         }
     }
 
+    /// The wrapped stream.
+    pub fn inner(&self) -> &Stream {
+        &self.inner
+    }
+
     /// The wrapped stream, for reading ahead (bypasses any put-back bytes).
     pub fn inner_mut(&mut self) -> &mut Stream {
         &mut self.inner

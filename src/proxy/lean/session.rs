@@ -196,8 +196,8 @@ pub struct LeanSession {
 
 impl LeanSession {
     pub fn new(stream: Stream, head: Box<Head>, reuses_left: Option<u32>) -> Self {
-        let client_ip = match stream.as_any().downcast_ref::<crate::listener::Conn>() {
-            Some(c) => Some(c.peer().ip()),
+        let client_ip = match crate::listener::peer_of(&stream) {
+            Some(peer) => Some(peer.ip()),
             None => stream
                 .get_socket_digest()
                 .and_then(|d| d.peer_addr().cloned())
