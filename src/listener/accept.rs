@@ -115,7 +115,6 @@ impl Service for Accepting {
         let listener = match listen(&self.addr, fds).await {
             Ok(l) => Arc::new(l),
             Err(e) => {
-                log::error!("cannot listen on {}: {e}", self.addr);
                 eprintln!("portico: cannot listen on {}: {e}", self.addr);
                 std::process::exit(1);
             }
