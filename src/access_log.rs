@@ -98,7 +98,6 @@ pub fn flush_global() {
     }
 }
 
-/// `[25/Nov/2026:16:30:00 +0000]`-style local time (UTC), formatted once per second per thread.
 /// Append `n` in decimal (without `core::fmt`, as the rest of a log line).
 pub fn push_num(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
@@ -131,6 +130,7 @@ pub fn push_time_local(out: &mut String) {
     with_time_local(|t| out.push_str(t));
 }
 
+/// Local time (UTC) as `25/Nov/2026:16:30:00 +0000`, formatted once per second per thread.
 fn with_time_local(f: impl FnOnce(&str)) {
     thread_local! {
         static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };

@@ -158,7 +158,7 @@ async fn next_request(
             return Some((conn, None)); // the next request is already here, read by nobody yet
         }
         conn.rest();
-        let read = |s: &mut Conn, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>| s.poll_read_socket(cx, buf);
+        let read = |s: &mut Conn, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>| s.poll_socket(cx, buf);
         let arrived = |s: &mut Conn, bytes: &[u8]| look_ahead(s, bytes, |s, b| s.rewind(b), lean);
         let take_lean = first_bytes(&mut *conn, wait, shutdown, read, arrived).await?;
         return Some((conn, take_lean));

@@ -73,8 +73,9 @@ impl Conn {
         self.tcp.readable().await
     }
 
-    /// Read from the socket; a read that has to wait lets the slot go.
-    fn poll_socket(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    /// Read from the socket itself, past anything pending; a read that has
+    /// to wait lets the handshake slot go.
+    pub fn poll_socket(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.tcp).poll_read(cx, buf);
         if r.is_pending() {
             self.slot = None;
@@ -97,11 +98,6 @@ impl Conn {
     /// Bytes put back or read ahead, not handed out yet.
     pub fn pending(&self) -> bool {
         self.pos < self.back.len()
-    }
-
-    /// Read from the socket itself, past anything pending.
-    pub fn poll_read_socket(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        self.poll_socket(cx, buf)
     }
 
     /// Let go of what only a request in flight needs, before the connection

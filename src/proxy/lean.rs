@@ -138,7 +138,7 @@ fn shape(req: &httparse::Request) -> Option<bool> {
 /// and a WebSocket handshake only to a location that proxies upgrades the
 /// standard way (other policies rewrite the request: Pingora's loop). If
 /// so, whether header rules or plugins edit the upstream request there
-/// (which is then written from a header that keeps the client's case).
+/// (every line of the request is then matched against the edits).
 fn route(req: &httparse::Request, snap: &Snapshot, listener: usize, websocket: bool) -> Option<bool> {
     let host = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("host"));
     let host = host.and_then(|h| std::str::from_utf8(h.value).ok()).unwrap_or("");

@@ -18,23 +18,52 @@ use portico_plugin_api::Headers;
 /// Where a kept name or value is in [`Kept`].
 type Span = (u32, u32);
 
-/// The names and values edits keep, in one buffer (one allocation for all
-/// of a request's edits instead of two per edit).
+/// What edits keep: their names and values in one buffer (one allocation
+/// for all of a message's edits instead of two per edit), and the fields
+/// they add at the end.
 #[derive(Default)]
-struct Kept(String);
+struct Kept {
+    text: String,
+    added: Vec<(Span, Span)>,
+}
 
 impl Kept {
     fn keep(&mut self, text: &str) -> Span {
-        if self.0.capacity() == 0 {
-            self.0.reserve(256);
+        if self.text.capacity() == 0 {
+            self.text.reserve(256);
         }
-        let start = self.0.len() as u32;
-        self.0.push_str(text);
-        (start, self.0.len() as u32)
+        let start = self.text.len() as u32;
+        self.text.push_str(text);
+        (start, self.text.len() as u32)
     }
 
     fn at(&self, (start, end): Span) -> &str {
-        &self.0[start as usize..end as usize]
+        &self.text[start as usize..end as usize]
+    }
+
+    fn add(&mut self, name: &str, value: &str) {
+        let field = (self.keep(name), self.keep(value));
+        self.added.push(field);
+    }
+
+    /// The added fields, in order.
+    fn added(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.added.iter().map(|&(n, v)| (self.at(n), self.at(v)))
+    }
+
+    fn drop_added(&mut self, name: &str) {
+        let mut added = std::mem::take(&mut self.added);
+        added.retain(|&(n, _)| !self.at(n).eq_ignore_ascii_case(name));
+        self.added = added;
+    }
+}
+
+/// A field `http` would take, or the error to give for it.
+fn checked(name: &str, value: &str) -> Result<(), String> {
+    if valid_name(name) && valid_value(value) {
+        Ok(())
+    } else {
+        Err(format!("invalid header field {name:?}"))
     }
 }
 
@@ -51,7 +80,6 @@ pub struct FieldEdits<'h> {
     head: &'h ResponseHead,
     /// Per field of `head.fields()`; empty until the first edit.
     fields: Vec<Field>,
-    added: Vec<(Span, Span)>,
     kept: Kept,
     /// An edit touched Content-Length or Transfer-Encoding.
     reframed: bool,
@@ -84,7 +112,6 @@ impl<'h> FieldEdits<'h> {
         FieldEdits {
             head,
             fields: Vec::new(),
-            added: Vec::new(),
             kept: Kept::default(),
             reframed: false,
         }
@@ -101,7 +128,7 @@ impl<'h> FieldEdits<'h> {
                 Some(Field::Removed) => None,
                 Some(&Field::Replaced(n, v)) => Some((self.kept.at(n).as_bytes(), self.kept.at(v).as_bytes())),
             });
-        edited.chain((self.added.iter()).map(|&(n, v)| (self.kept.at(n).as_bytes(), self.kept.at(v).as_bytes())))
+        edited.chain(self.kept.added().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
     }
 
     /// `(chunked, content length)` of the edited fields, as for a built header.
@@ -135,16 +162,6 @@ impl<'h> FieldEdits<'h> {
             Field::Replaced(n, _) => self.kept.at(n).eq_ignore_ascii_case(name),
         }
     }
-
-    fn drop_added(&mut self, name: &str) {
-        let kept = &self.kept;
-        self.added.retain(|&(n, _)| !kept.at(n).eq_ignore_ascii_case(name));
-    }
-
-    fn add(&mut self, name: &str, value: &str) {
-        let field = (self.kept.keep(name), self.kept.keep(value));
-        self.added.push(field);
-    }
 }
 
 impl Headers for FieldEdits<'_> {
@@ -156,11 +173,9 @@ impl Headers for FieldEdits<'_> {
     }
 
     fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
-        if !valid_name(name) || !valid_value(value) {
-            return Err(format!("invalid header field {name:?}"));
-        }
+        checked(name, value)?;
         self.touch(name);
-        self.drop_added(name);
+        self.kept.drop_added(name);
         let mut replaced = false;
         for (i, (original, _)) in self.head.fields().enumerate() {
             if self.named(i, original, name) {
@@ -173,17 +188,15 @@ impl Headers for FieldEdits<'_> {
             }
         }
         if !replaced {
-            self.add(name, value);
+            self.kept.add(name, value);
         }
         Ok(())
     }
 
     fn append(&mut self, name: &str, value: &str) -> Result<(), String> {
-        if !valid_name(name) || !valid_value(value) {
-            return Err(format!("invalid header field {name:?}"));
-        }
+        checked(name, value)?;
         self.touch(name);
-        self.add(name, value);
+        self.kept.add(name, value);
         Ok(())
     }
 
@@ -194,7 +207,7 @@ impl Headers for FieldEdits<'_> {
                 self.fields[i] = Field::Removed;
             }
         }
-        self.drop_added(name);
+        self.kept.drop_added(name);
     }
 }
 
@@ -208,7 +221,6 @@ pub struct RequestEdits<'r> {
     req: &'r RequestHeader,
     /// Set (`Some`) or removed (`None`), by name as given, in the order first edited.
     named: Vec<(Span, Option<Span>)>,
-    added: Vec<(Span, Span)>,
     kept: Kept,
 }
 
@@ -220,7 +232,6 @@ impl<'r> RequestEdits<'r> {
         RequestEdits {
             req,
             named: Vec::new(),
-            added: Vec::new(),
             kept: Kept::default(),
         }
     }
@@ -233,17 +244,6 @@ impl<'r> RequestEdits<'r> {
     /// `Some(value)` set, `Some(None)` removed, `None` not edited by name.
     fn set_entry(&self, name: &str) -> Option<Option<&str>> {
         self.entry(name).map(|i| self.named[i].1.map(|v| self.kept.at(v)))
-    }
-
-    fn added_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        (self.added.iter())
-            .filter(move |&&(n, _)| self.kept.at(n).eq_ignore_ascii_case(name))
-            .map(|&(_, v)| self.kept.at(v))
-    }
-
-    fn drop_added(&mut self, name: &str) {
-        let kept = &self.kept;
-        self.added.retain(|&(n, _)| !kept.at(n).eq_ignore_ascii_case(name));
     }
 
     fn name_entry(&mut self, name: &str, value: Option<&str>) {
@@ -265,30 +265,31 @@ impl<'r> RequestEdits<'r> {
         let named = (self.named.iter())
             .map(|&(n, v)| (self.kept.at(n), v.map(|v| self.kept.at(v))))
             .collect();
-        let added = (self.added.iter())
-            .map(|&(n, v)| (self.kept.at(n), self.kept.at(v)))
-            .collect();
+        let added = self.kept.added().collect();
         (named, added)
     }
 
     /// At most one Host, without userinfo (what Pingora checks on the copy it sends).
     pub fn host_ok(&self) -> bool {
-        let ok = |h: &[u8]| !h.contains(&b'@');
+        let set = self.set_entry("host");
+        let client = (set.is_none().then(|| {
+            self.req
+                .headers
+                .get_all(http::header::HOST)
+                .iter()
+                .map(|v| v.as_bytes())
+        }))
+        .into_iter()
+        .flatten();
+        let added = (self.kept.added()).filter(|(n, _)| n.eq_ignore_ascii_case("host"));
+        let hosts = (set.flatten().map(str::as_bytes).into_iter())
+            .chain(client)
+            .chain(added.map(|(_, v)| v.as_bytes()));
         let (mut count, mut clean) = (0, true);
-        match self.set_entry("host") {
-            Some(v) => v.iter().for_each(|v| {
-                count += 1;
-                clean &= ok(v.as_bytes());
-            }),
-            None => (self.req.headers.get_all(http::header::HOST).iter()).for_each(|v| {
-                count += 1;
-                clean &= ok(v.as_bytes());
-            }),
-        }
-        self.added_named("host").for_each(|v| {
+        for h in hosts {
             count += 1;
-            clean &= ok(v.as_bytes());
-        });
+            clean &= !h.contains(&b'@');
+        }
         count <= 1 && clean
     }
 }
@@ -302,32 +303,28 @@ impl Headers for RequestEdits<'_> {
             None => self.req.headers.get(name).and_then(|v| v.to_str().ok()),
         };
         base.or_else(|| {
-            (self.added.iter())
-                .find(|&&(n, _)| self.kept.at(n).eq_ignore_ascii_case(name))
-                .map(|&(_, v)| self.kept.at(v))
+            self.kept
+                .added()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
         })
     }
 
     fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
-        if !valid_name(name) || !valid_value(value) {
-            return Err(format!("invalid header field {name:?}"));
-        }
-        self.drop_added(name);
+        checked(name, value)?;
+        self.kept.drop_added(name);
         self.name_entry(name, Some(value));
         Ok(())
     }
 
     fn append(&mut self, name: &str, value: &str) -> Result<(), String> {
-        if !valid_name(name) || !valid_value(value) {
-            return Err(format!("invalid header field {name:?}"));
-        }
-        let field = (self.kept.keep(name), self.kept.keep(value));
-        self.added.push(field);
+        checked(name, value)?;
+        self.kept.add(name, value);
         Ok(())
     }
 
     fn remove(&mut self, name: &str) {
-        self.drop_added(name);
+        self.kept.drop_added(name);
         self.name_entry(name, None);
     }
 }
