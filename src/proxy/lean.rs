@@ -301,8 +301,9 @@ impl LeanPath {
         let websocket = s.is_upgrade_req();
         let head = if edits {
             // The steps' edits are kept by name and applied as the head is written (no copy).
-            let mut fields = RequestEdits::new(s.req());
-            if let Err(e) = gw.upstream_request_filter(&*s, &mut fields, ctx).await {
+            let forwarding = gw.forwarding(s, ctx);
+            let mut fields = RequestEdits::forwarded(s.req(), &forwarding.fields());
+            if let Err(e) = gw.upstream_request_edits(&*s, &mut fields, ctx).await {
                 return (false, true, Some(e));
             }
             if !fields.host_ok() {

@@ -358,22 +358,35 @@ impl Gateway {
         };
     }
 
-    /// Forwarding headers and the location's header rules.
-    /// `up`: the upstream request's fields (a copy of the client's header in
-    /// Pingora's loop, edits kept over it in the lean loop).
+    /// Forwarding headers, then the location's header rules and plugins,
+    /// on `up`, a copy of the client's header (Pingora's loop).
     pub async fn upstream_request_filter<D: Downstream>(
         &self,
         s: &D,
         up: &mut dyn Headers,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let bad = |e: String| Error::explain(ErrorType::InvalidHTTPHeader, e);
         for (name, value) in self.forwarding(s, ctx).fields() {
             match value {
-                Some(v) => up.set(name, v).map_err(bad)?,
+                Some(v) => up
+                    .set(name, v)
+                    .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e))?,
                 None => up.remove(name),
             }
         }
+        self.upstream_request_edits(s, up, ctx).await
+    }
+
+    /// The location's header rules and plugins, on the upstream request's
+    /// fields `up` (the forwarding fields already set: the lean loop keeps
+    /// them as edits over the client's header, [`lean::edits::RequestEdits`]).
+    pub async fn upstream_request_edits<D: Downstream>(
+        &self,
+        s: &D,
+        up: &mut dyn Headers,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let bad = |e: String| Error::explain(ErrorType::InvalidHTTPHeader, e);
         let loc = ctx.loc.as_ref().expect("routed");
         for h in &loc.remove_headers {
             up.remove(h.as_str());

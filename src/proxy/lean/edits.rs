@@ -52,6 +52,9 @@ impl Kept {
     }
 
     fn drop_added(&mut self, name: &str) {
+        if self.added.is_empty() {
+            return;
+        }
         let mut added = std::mem::take(&mut self.added);
         added.retain(|&(n, _)| !self.at(n).eq_ignore_ascii_case(name));
         self.added = added;
@@ -103,8 +106,28 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() < 1 << 16 && name.bytes().all(|b| TOKEN[b as usize])
 }
 
+/// A field value `http` would take: no control bytes but tab. Checked
+/// eight bytes at a time; a word with a byte below 0x20 or a DEL is looked
+/// at byte by byte (it may hold tabs).
 fn valid_value(value: &str) -> bool {
-    value.bytes().all(|b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+    valid_value_bytes(value.as_bytes())
+}
+
+fn valid_value_bytes(value: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let byte_ok = |b: u8| (b >= 0x20 && b != 0x7f) || b == b'\t';
+    let mut words = value.chunks_exact(8);
+    for w in &mut words {
+        let x = u64::from_ne_bytes(w.try_into().expect("eight bytes"));
+        // A high bit here: some byte is below 0x20 (and not 0x80 or above), or is 0x7f.
+        let low = x.wrapping_sub(ONES * 0x20) & !x;
+        let del = (x ^ (ONES * 0x7f)).wrapping_sub(ONES) & !(x ^ (ONES * 0x7f));
+        if (low | del) & HIGHS != 0 && !w.iter().all(|&b| byte_ok(b)) {
+            return false;
+        }
+    }
+    words.remainder().iter().all(|&b| byte_ok(b))
 }
 
 impl<'h> FieldEdits<'h> {
@@ -147,16 +170,22 @@ impl<'h> FieldEdits<'h> {
         (chunked, length)
     }
 
-    fn touch(&mut self, name: &str) {
+    /// An edit of `name` is coming: note whether it changes the framing.
+    fn reframes(&mut self, name: &str) {
+        self.reframed |= name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding");
+    }
+
+    /// Field `i` of the server's is about to change: track them all.
+    fn touch(&mut self, i: usize) -> &mut Field {
         if self.fields.is_empty() {
             self.fields = vec![Field::AsItCame; self.head.fields().count()];
         }
-        self.reframed |= name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding");
+        &mut self.fields[i]
     }
 
     /// Is the server's field `i` (named `original`) currently named `name`?
     fn named(&self, i: usize, original: &[u8], name: &str) -> bool {
-        match self.fields[i] {
+        match self.fields.get(i).copied().unwrap_or(Field::AsItCame) {
             Field::AsItCame => original.eq_ignore_ascii_case(name.as_bytes()),
             Field::Removed => false,
             Field::Replaced(n, _) => self.kept.at(n).eq_ignore_ascii_case(name),
@@ -174,16 +203,17 @@ impl Headers for FieldEdits<'_> {
 
     fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
         checked(name, value)?;
-        self.touch(name);
+        self.reframes(name);
         self.kept.drop_added(name);
         let mut replaced = false;
         for (i, (original, _)) in self.head.fields().enumerate() {
             if self.named(i, original, name) {
-                self.fields[i] = if replaced {
+                let now = if replaced {
                     Field::Removed
                 } else {
                     Field::Replaced(self.kept.keep(name), self.kept.keep(value))
                 };
+                *self.touch(i) = now;
                 replaced = true;
             }
         }
@@ -195,16 +225,16 @@ impl Headers for FieldEdits<'_> {
 
     fn append(&mut self, name: &str, value: &str) -> Result<(), String> {
         checked(name, value)?;
-        self.touch(name);
+        self.reframes(name);
         self.kept.add(name, value);
         Ok(())
     }
 
     fn remove(&mut self, name: &str) {
-        self.touch(name);
+        self.reframes(name);
         for (i, (original, _)) in self.head.fields().enumerate() {
             if self.named(i, original, name) {
-                self.fields[i] = Field::Removed;
+                *self.touch(i) = Field::Removed;
             }
         }
         self.kept.drop_added(name);
@@ -234,6 +264,21 @@ impl<'r> RequestEdits<'r> {
             named: Vec::new(),
             kept: Kept::default(),
         }
+    }
+
+    /// Edits that start with the forwarding fields set (`Some`) or removed
+    /// (`None`): distinct lower-case names and values made from the
+    /// client's checked fields and address, so kept without a check or a
+    /// lookup, as `set` and `remove` would keep them.
+    pub fn forwarded(req: &'r RequestHeader, fields: &[(&'static str, Option<&str>)]) -> Self {
+        let mut e = Self::new(req);
+        e.named.reserve(fields.len() + 4);
+        for &(name, value) in fields {
+            debug_assert!(e.entry(name).is_none() && value.is_none_or(|v| checked(name, v).is_ok()));
+            let entry = (e.kept.keep(name), value.map(|v| e.kept.keep(v)));
+            e.named.push(entry);
+        }
+        e
     }
 
     /// Position in `named` of the entry for `name`.
@@ -350,6 +395,22 @@ mod tests {
         }
         assert!(!valid_name(""));
         assert!(!valid_name("é"));
+    }
+
+    #[test]
+    fn field_values_are_the_ones_http_takes() {
+        // Every byte, at every place of a word and of the tail, among bytes either side of the limits.
+        for b in 0u8..=255 {
+            for len in [1, 7, 8, 9, 16, 21] {
+                for at in 0..len {
+                    let mut v: Vec<u8> = (0..len).map(|i| [b'a', b' ', b'~', b'\t', 0x80][i % 5]).collect();
+                    v[at] = b;
+                    let http_takes = http::HeaderValue::from_bytes(&v).is_ok();
+                    assert_eq!(valid_value_bytes(&v), http_takes, "byte {b:#x} at {at} of {len}");
+                }
+            }
+        }
+        assert!(valid_value("") && valid_value("x\t\u{e9}y12345678"));
     }
 
     const RAW: &[u8] =
