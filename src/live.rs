@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora_load_balancing::Backend;
+use portico_plugin_api::Hooks;
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -60,7 +61,7 @@ impl Location {
     /// Does anything beyond the forwarding headers edit the upstream request
     /// (header rules, plugins)?
     pub fn edits_upstream_request(&self) -> bool {
-        !self.set_headers.is_empty() || !self.remove_headers.is_empty() || !self.plugins.is_empty()
+        !self.set_headers.is_empty() || !self.remove_headers.is_empty() || self.plugins.any(Hooks::UPSTREAM_REQUEST)
     }
 }
 
@@ -472,8 +473,7 @@ fn build_location(
     listener_addrs: &[String],
     inherited: &PluginList,
 ) -> Result<(PathMatch, Arc<Location>), ConfigError> {
-    let mut plugins = inherited.clone();
-    plugins.extend(crate::plugins::build(l, &format!("{path}.plugins"), &loc.plugins)?);
+    let plugins = inherited.then(&crate::plugins::build(l, &format!("{path}.plugins"), &loc.plugins)?);
     let m = PathMatch::parse(&loc.path).map_err(|e| l.err(&format!("{path}.path"), e))?;
     let (action, pool) = match (&loc.proxy_pass, &loc.ret) {
         (Some(_), Some(_)) => return Err(l.err(path, "a location has either proxy_pass or return, not both")),
@@ -677,8 +677,7 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
     for (vi, vh) in c.virtual_hosts.iter().enumerate() {
         let vp = format!("virtual_hosts[{vi}]");
         let label = vh.server_names.first().cloned().unwrap_or_else(|| "_".into());
-        let mut host_plugins = global_plugins.clone();
-        host_plugins.extend(crate::plugins::build(l, &format!("{vp}.plugins"), &vh.plugins)?);
+        let host_plugins = global_plugins.then(&crate::plugins::build(l, &format!("{vp}.plugins"), &vh.plugins)?);
         let mut entries = Vec::new();
         for (li, loc) in vh.locations.iter().enumerate() {
             entries.push(build_location(

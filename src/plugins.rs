@@ -5,14 +5,51 @@
 use crate::config::{schema::PluginEntry, ConfigError, Loaded};
 use crate::proxy::downstream::Downstream;
 use pingora_http::{RequestHeader, ResponseHeader};
-use portico_plugin_api::{Headers, Plugin};
+use portico_plugin_api::{Headers, Hooks, Plugin};
 use std::sync::Arc;
 
-pub type PluginList = Vec<Arc<dyn Plugin>>;
+/// A location's plugins in run order, each with the hooks it implements.
+#[derive(Clone, Default)]
+pub struct PluginList {
+    list: Vec<(Arc<dyn Plugin>, Hooks)>,
+    /// Every hook some plugin implements.
+    any: Hooks,
+}
+
+impl PluginList {
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Does some plugin implement a hook of `hooks`?
+    pub fn any(&self, hooks: Hooks) -> bool {
+        self.any.any(hooks)
+    }
+
+    /// The plugins that implement `hook`, in run order.
+    pub fn with(&self, hook: Hooks) -> impl Iterator<Item = &dyn Plugin> + '_ {
+        (self.list.iter()).filter(move |(_, h)| h.any(hook)).map(|(p, _)| &**p)
+    }
+
+    fn push(&mut self, p: Arc<dyn Plugin>) {
+        let hooks = p.hooks();
+        self.any = self.any.and(hooks);
+        self.list.push((p, hooks));
+    }
+
+    /// These plugins, then `more`'s.
+    pub fn then(&self, more: &PluginList) -> PluginList {
+        let mut all = self.clone();
+        for (p, _) in &more.list {
+            all.push(p.clone());
+        }
+        all
+    }
+}
 
 /// Build the plugins listed at `path` (e.g. `virtual_hosts[0].plugins`).
 pub fn build(l: &Loaded, path: &str, list: &[PluginEntry]) -> Result<PluginList, ConfigError> {
-    let mut out = Vec::new();
+    let mut out = PluginList::default();
     for (i, entry) in list.iter().enumerate() {
         let p = format!("{path}[{i}]");
         let mut it = entry.iter();
@@ -89,5 +126,45 @@ impl<D: Downstream> Headers for ClientHeaders<'_, D> {
     }
     fn remove(&mut self, name: &str) {
         ReqHeaders(self.0.req_mut()).remove(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+
+    struct Named(Hooks);
+
+    #[async_trait]
+    impl Plugin for Named {
+        fn hooks(&self) -> Hooks {
+            self.0
+        }
+    }
+
+    #[test]
+    fn each_hook_reaches_only_the_plugins_that_name_it() {
+        let mut a = PluginList::default();
+        a.push(Arc::new(Named(Hooks::REQUEST.and(Hooks::RESPONSE))));
+        let mut b = PluginList::default();
+        b.push(Arc::new(Named(Hooks::LOG)));
+        b.push(Arc::new(Named(Hooks::ALL)));
+        let all = a.then(&b);
+        let count = |hook| all.with(hook).count();
+        assert_eq!(
+            [
+                Hooks::REQUEST,
+                Hooks::UPSTREAM_REQUEST,
+                Hooks::UPSTREAM_RESPONSE,
+                Hooks::RESPONSE,
+                Hooks::LOG
+            ]
+            .map(count),
+            [2, 1, 1, 2, 2]
+        );
+        assert!(!a.any(Hooks::UPSTREAM_REQUEST) && a.any(Hooks::UPSTREAM_REQUEST.and(Hooks::RESPONSE)));
+        assert!(all.any(Hooks::UPSTREAM_REQUEST));
+        assert!(!PluginList::default().any(Hooks::ALL));
     }
 }

@@ -6,7 +6,7 @@
 //! - basic_auth: { realm: admin, users: { alice: "sha256:2bb80d5...", bob: "plain-password" } }
 //! ```
 
-use crate::api::{self, Ctx, Flow, Headers, Plugin, Reply};
+use crate::api::{self, Ctx, Flow, Headers, Hooks, Plugin, Reply};
 use async_trait::async_trait;
 use base64::Engine;
 use serde::Deserialize;
@@ -75,6 +75,10 @@ impl BasicAuth {
 
 #[async_trait]
 impl Plugin for BasicAuth {
+    fn hooks(&self) -> Hooks {
+        Hooks::REQUEST
+    }
+
     async fn request(&self, _ctx: &mut Ctx, h: &mut dyn Headers) -> Flow {
         if self.check(h.get("authorization")) {
             h.remove("authorization");

@@ -6,7 +6,7 @@
 //! ```
 //! `origins: ["*"]` allows any origin (never together with `credentials`).
 
-use crate::api::{self, Ctx, Flow, Headers, Plugin, Reply};
+use crate::api::{self, Ctx, Flow, Headers, Hooks, Plugin, Reply};
 use async_trait::async_trait;
 use serde::Deserialize;
 
@@ -83,6 +83,10 @@ impl Cors {
 
 #[async_trait]
 impl Plugin for Cors {
+    fn hooks(&self) -> Hooks {
+        Hooks::REQUEST.and(Hooks::RESPONSE)
+    }
+
     async fn request(&self, ctx: &mut Ctx, h: &mut dyn Headers) -> Flow {
         let Some(origin) = h.get("origin").map(str::to_string) else { return Flow::Continue };
         if !self.allowed(&origin) {

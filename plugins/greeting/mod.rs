@@ -6,7 +6,7 @@
 //!   - greeting: { path: /hello, message: "hello from portico" }
 //! ```
 
-use crate::api::{self, Ctx, Flow, Headers, Plugin, Reply};
+use crate::api::{self, Ctx, Flow, Headers, Hooks, Plugin, Reply};
 use async_trait::async_trait;
 use serde::Deserialize;
 
@@ -34,6 +34,10 @@ pub fn build(v: &serde_yaml::Value) -> Result<Box<dyn Plugin>, String> {
 
 #[async_trait]
 impl Plugin for Greeting {
+    fn hooks(&self) -> Hooks {
+        Hooks::REQUEST.and(Hooks::RESPONSE)
+    }
+
     async fn request(&self, ctx: &mut Ctx, _h: &mut dyn Headers) -> Flow {
         if ctx.method == http::Method::GET && ctx.path == self.0.path {
             return Flow::Respond(Reply::new(200, format!("{}\n", self.0.message)).header("content-type", "text/plain"));

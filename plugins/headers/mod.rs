@@ -10,7 +10,7 @@
 //!     response_remove: [Server]
 //! ```
 
-use crate::api::{self, Ctx, Flow, Headers, Plugin};
+use crate::api::{self, Ctx, Headers, Hooks, Plugin};
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -86,6 +86,19 @@ fn apply(
 
 #[async_trait]
 impl Plugin for HeaderRules {
+    /// Only the sides it has rules for.
+    fn hooks(&self) -> Hooks {
+        let s = &self.0;
+        let mut hooks = Hooks::NONE;
+        if !(s.request_set.is_empty() && s.request_add.is_empty() && s.request_remove.is_empty()) {
+            hooks = hooks.and(Hooks::UPSTREAM_REQUEST);
+        }
+        if !(s.response_set.is_empty() && s.response_add.is_empty() && s.response_remove.is_empty()) {
+            hooks = hooks.and(Hooks::RESPONSE);
+        }
+        hooks
+    }
+
     async fn upstream_request(&self, ctx: &mut Ctx, h: &mut dyn Headers) {
         let s = &self.0;
         apply(ctx, h, &s.request_set, &s.request_add, &s.request_remove);
@@ -96,7 +109,4 @@ impl Plugin for HeaderRules {
         apply(ctx, h, &s.response_set, &s.response_add, &s.response_remove);
     }
 
-    async fn request(&self, _ctx: &mut Ctx, _h: &mut dyn Headers) -> Flow {
-        Flow::Continue
-    }
 }

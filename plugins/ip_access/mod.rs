@@ -5,7 +5,7 @@
 //! - ip_access: { allow: [10.0.0.0/8, "::1/128"], deny: [10.0.0.66/32] }
 //! ```
 
-use crate::api::{self, Ctx, Flow, Headers, Plugin, Reply};
+use crate::api::{self, Ctx, Flow, Headers, Hooks, Plugin, Reply};
 use async_trait::async_trait;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -44,6 +44,10 @@ pub fn build(v: &serde_yaml::Value) -> Result<Box<dyn Plugin>, String> {
 
 #[async_trait]
 impl Plugin for IpAccess {
+    fn hooks(&self) -> Hooks {
+        Hooks::REQUEST
+    }
+
     async fn request(&self, ctx: &mut Ctx, _h: &mut dyn Headers) -> Flow {
         let Some(ip) = ctx.client_ip else {
             return Flow::Respond(Reply::new(403, "403 Forbidden\n"));

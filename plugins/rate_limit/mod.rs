@@ -7,7 +7,7 @@
 //! - rate_limit: { rate: 10, burst: 20, key: "$remote_addr", max_keys: 100000 }
 //! ```
 
-use crate::api::{self, Ctx, Flow, Headers, Plugin, Reply};
+use crate::api::{self, Ctx, Flow, Headers, Hooks, Plugin, Reply};
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -118,6 +118,10 @@ impl RateLimit {
 
 #[async_trait]
 impl Plugin for RateLimit {
+    fn hooks(&self) -> Hooks {
+        Hooks::REQUEST
+    }
+
     async fn request(&self, ctx: &mut Ctx, h: &mut dyn Headers) -> Flow {
         let key = match &self.key {
             Key::ClientIp => crate::ip_text(ctx),

@@ -5,7 +5,7 @@
 //! of the request, not the client's; later plugins find the id among the
 //! log fields (`$request_id` in the `headers` plugin).
 
-use crate::api::{self, Ctx, Flow, Headers, Plugin};
+use crate::api::{self, Ctx, Flow, Headers, Hooks, Plugin};
 use async_trait::async_trait;
 use serde::Deserialize;
 
@@ -47,13 +47,19 @@ fn acceptable(id: &str) -> bool {
 fn new_id() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let r: u128 = rand::random();
-    let mut id = String::with_capacity(32);
-    id.extend((0..32).rev().map(|i| HEX[((r >> (4 * i)) & 15) as usize] as char));
-    id
+    let mut id = [0; 32];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[(r >> (124 - 4 * i)) as usize & 15];
+    }
+    String::from_utf8_lossy(&id).into_owned()
 }
 
 #[async_trait]
 impl Plugin for RequestId {
+    fn hooks(&self) -> Hooks {
+        Hooks::REQUEST.and(Hooks::UPSTREAM_REQUEST).and(Hooks::RESPONSE)
+    }
+
     async fn request(&self, ctx: &mut Ctx, h: &mut dyn Headers) -> Flow {
         let id = match h.get(&self.0.header) {
             Some(v) if self.0.trust_incoming && acceptable(v) => v.to_string(),

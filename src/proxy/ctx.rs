@@ -66,7 +66,7 @@ pub struct Ctx {
     /// Response body bytes sent downstream.
     pub sent_bytes: u64,
     /// Plugin state of this request (only on locations with plugins).
-    pub plugin: Option<Box<portico_plugin_api::Ctx>>,
+    pub plugin: Option<portico_plugin_api::Ctx>,
     /// The connection was upgraded (101), e.g. to a WebSocket.
     pub upgraded: bool,
     /// `header_timeout` watchdog of the current attempt.

@@ -84,8 +84,10 @@ pub fn accepts(head: &[u8], snap: &Snapshot, listener: usize) -> Option<Box<Head
         return None;
     }
     let websocket = shape(&req)?;
-    let edited = route(&req, snap, listener, websocket)?;
-    Head::build(head, &req, websocket, edited).map(Box::new)
+    if !routable(&req, snap, listener, websocket) {
+        return None;
+    }
+    Head::build(head, &req, websocket).map(Box::new)
 }
 
 /// A GET or HEAD with a plain Host, no body and no hop-by-hop field beyond
@@ -136,10 +138,8 @@ fn shape(req: &httparse::Request) -> Option<bool> {
 
 /// Can the lean loop proxy to the request's route? Not to an HTTP/2 pool,
 /// and a WebSocket handshake only to a location that proxies upgrades the
-/// standard way (other policies rewrite the request: Pingora's loop). If
-/// so, whether header rules or plugins edit the upstream request there
-/// (every line of the request is then matched against the edits).
-fn route(req: &httparse::Request, snap: &Snapshot, listener: usize, websocket: bool) -> Option<bool> {
+/// standard way (other policies rewrite the request: Pingora's loop).
+fn routable(req: &httparse::Request, snap: &Snapshot, listener: usize, websocket: bool) -> bool {
     let host = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("host"));
     let host = host.and_then(|h| std::str::from_utf8(h.value).ok()).unwrap_or("");
     let path = req.path.unwrap_or("/");
@@ -149,14 +149,13 @@ fn route(req: &httparse::Request, snap: &Snapshot, listener: usize, websocket: b
         .get(listener)
         .and_then(|l| l.hosts.lookup(host))
         .and_then(|h| h.paths.lookup(path));
-    let ok = match loc {
+    match loc {
         Some(l) => match &l.action {
             Action::Proxy(p) => !p.http2 && (!websocket || l.upgrade == Upgrade::WebSocket),
             Action::Return { .. } => !websocket,
         },
         None => !websocket,
-    };
-    ok.then(|| loc.is_some_and(|l| l.edits_upstream_request()))
+    }
 }
 
 /// One listener's lean path: its gateway hooks and its own upstream pool.
@@ -311,8 +310,11 @@ impl LeanPath {
                 return (false, true, Some(e.into_in()));
             }
             let (named, added) = fields.parts();
-            match s.lines().filter(|l| l.every) {
-                Some(lines) => Some(upstream::request_head_from(lines, &named, &added, websocket)),
+            match s.lines() {
+                Some(lines) => {
+                    let every = fields.edits_client_fields();
+                    Some(upstream::request_head_from(lines, &named, &added, websocket, every))
+                }
                 None => upstream::request_head(s.req(), &named, &added, websocket),
             }
         } else {
@@ -321,7 +323,7 @@ impl LeanPath {
             let forwarding = gw.forwarding(s, ctx);
             let fields = forwarding.fields();
             match s.lines() {
-                Some(lines) => Some(upstream::request_head_from(lines, &fields, &[], websocket)),
+                Some(lines) => Some(upstream::request_head_from(lines, &fields, &[], websocket, false)),
                 None => upstream::request_head(s.req(), &fields, &[], websocket),
             }
         };

@@ -40,7 +40,7 @@ use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpPeer, HttpUpstreamReque
 use pingora_core::{Error, ErrorSource, ErrorType, OrErr, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use portico_plugin_api::{self as api, Flow, Headers, Reply};
+use portico_plugin_api::{self as api, Flow, Headers, Hooks, Reply};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -130,7 +130,7 @@ impl Gateway {
 impl Gateway {
     async fn run_request_plugins<D: Downstream>(&self, s: &mut D, ctx: &mut Ctx, loc: &Location) -> Option<Reply> {
         let req = s.req();
-        let mut pc = Box::new(api::Ctx {
+        let pc = ctx.plugin.insert(api::Ctx {
             client_ip: ctx.client_ip,
             scheme: self.scheme,
             method: req.method.clone(),
@@ -145,15 +145,12 @@ impl Gateway {
             scratch: Default::default(),
             log_fields: Vec::new(),
         });
-        let mut answer = None;
-        for p in &loc.plugins {
-            if let Flow::Respond(r) = p.request(&mut pc, &mut ClientHeaders(&mut *s)).await {
-                answer = Some(r);
-                break;
+        for p in loc.plugins.with(Hooks::REQUEST) {
+            if let Flow::Respond(r) = p.request(pc, &mut ClientHeaders(&mut *s)).await {
+                return Some(r);
             }
         }
-        ctx.plugin = Some(pc);
-        answer
+        None
     }
 
     /// The forwarding headers (X-Forwarded-*, X-Real-IP) this request's upstream request gets.
@@ -183,7 +180,7 @@ impl Gateway {
 
     fn run_response_plugins(ctx: &mut Ctx, status: u16, h: &mut dyn Headers) {
         if let (Some(loc), Some(pc)) = (ctx.loc.as_ref(), ctx.plugin.as_mut()) {
-            for p in &loc.plugins {
+            for p in loc.plugins.with(Hooks::RESPONSE) {
                 p.response(pc, status, h);
             }
         }
@@ -395,7 +392,7 @@ impl Gateway {
             up.set(name, &self.expand(s, ctx, t)).map_err(bad)?;
         }
         if let Some(pc) = ctx.plugin.as_mut() {
-            for p in &loc.plugins {
+            for p in loc.plugins.with(Hooks::UPSTREAM_REQUEST) {
                 p.upstream_request(pc, up).await;
             }
         }
@@ -478,6 +475,7 @@ impl Gateway {
     /// [`Self::upstream_response_edits`] appends last as well).
     pub fn edits_response(ctx: &Ctx) -> bool {
         ctx.plugin.is_some()
+            && (ctx.loc.as_ref()).is_some_and(|l| l.plugins.any(Hooks::UPSTREAM_RESPONSE.and(Hooks::RESPONSE)))
     }
 
     /// The sticky cookie and the plugins' `upstream_response` edits, on the
@@ -489,7 +487,7 @@ impl Gateway {
                 .or_err(ErrorType::InternalError, "sticky cookie")?;
         }
         if let (Some(loc), Some(pc)) = (ctx.loc.as_ref(), ctx.plugin.as_mut()) {
-            for p in &loc.plugins {
+            for p in loc.plugins.with(Hooks::UPSTREAM_RESPONSE) {
                 p.upstream_response(pc, code, h);
             }
         }
@@ -596,7 +594,7 @@ impl Gateway {
         }
         metrics::get().request_time.observe(ctx.start.elapsed().as_secs_f64());
         if let (Some(loc), Some(pc)) = (ctx.loc.as_ref(), ctx.plugin.as_mut()) {
-            for p in &loc.plugins {
+            for p in loc.plugins.with(Hooks::LOG) {
                 p.log(pc, status);
             }
         }

@@ -17,6 +17,11 @@
 //!
 //! Plugins see this crate only, never the gateway's internals. Per-request
 //! state goes in [`Ctx::scratch`] (typed, one value per type).
+//!
+//! A plugin names the hooks it implements in [`Plugin::hooks`]; the gateway
+//! calls only those (an async hook costs a boxed future per request even
+//! when it does nothing), and a location whose plugins edit no request or
+//! response header sends them on as they came.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -80,8 +85,37 @@ pub enum Flow {
     Respond(Reply),
 }
 
+/// A set of [`Plugin`] hooks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hooks(u8);
+
+impl Hooks {
+    pub const NONE: Hooks = Hooks(0);
+    pub const REQUEST: Hooks = Hooks(1);
+    pub const UPSTREAM_REQUEST: Hooks = Hooks(2);
+    pub const UPSTREAM_RESPONSE: Hooks = Hooks(4);
+    pub const RESPONSE: Hooks = Hooks(8);
+    pub const LOG: Hooks = Hooks(16);
+    pub const ALL: Hooks = Hooks(31);
+
+    /// Both sets together: `Hooks::REQUEST.and(Hooks::RESPONSE)`.
+    pub const fn and(self, other: Hooks) -> Hooks {
+        Hooks(self.0 | other.0)
+    }
+
+    /// Does this set hold any hook of `other`?
+    pub const fn any(self, other: Hooks) -> bool {
+        self.0 & other.0 != 0
+    }
+}
+
 #[async_trait]
 pub trait Plugin: Send + Sync {
+    /// The hooks this plugin implements: the gateway calls no other. All of
+    /// them unless the plugin says otherwise.
+    fn hooks(&self) -> Hooks {
+        Hooks::ALL
+    }
     /// The request arrived (headers as the client sent them, after routing).
     async fn request(&self, _ctx: &mut Ctx, _headers: &mut dyn Headers) -> Flow {
         Flow::Continue

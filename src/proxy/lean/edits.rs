@@ -11,6 +11,7 @@
 //! drops every occurrence. Names are case-insensitive; invalid names and
 //! values are refused as `http` refuses them.
 
+use super::session::rewritten;
 use super::upstream::{ends_chunked, ResponseHead};
 use pingora_http::RequestHeader;
 use portico_plugin_api::Headers;
@@ -314,6 +315,16 @@ impl<'r> RequestEdits<'r> {
         (named, added)
     }
 
+    /// Do the edits name a field the client sent, beyond those the upstream
+    /// request writes its own way anyway? Then every line of the request is
+    /// matched against them as it is written, not only those.
+    pub fn edits_client_fields(&self) -> bool {
+        (self.named.iter()).any(|&(n, _)| {
+            let n = self.kept.at(n);
+            !rewritten(n.as_bytes()) && self.req.headers.contains_key(n)
+        })
+    }
+
     /// At most one Host, without userinfo (what Pingora checks on the copy it sends).
     pub fn host_ok(&self) -> bool {
         let set = self.set_entry("host");
@@ -476,6 +487,11 @@ mod tests {
             ("X-B", "b"),
             ("X-Forwarded-For", "10.0.0.9"),
         ]);
+        let mut e = RequestEdits::forwarded(&r, &[("x-real-ip", Some("127.0.0.1"))]);
+        e.set("x-new", "n").unwrap();
+        e.set("X-Forwarded-For", "9.9.9.9").unwrap();
+        e.append("x-a", "3").unwrap();
+        assert!(!e.edits_client_fields(), "new, rewritten anyway, or appended");
         let mut e = RequestEdits::new(&r);
         assert_eq!(
             (e.get("x-a"), e.get("connection")),
@@ -484,6 +500,7 @@ mod tests {
         );
         e.set("x-forwarded-for", "127.0.0.1").unwrap();
         e.set("X-A", "new").unwrap();
+        assert!(e.edits_client_fields());
         e.remove("x-b");
         e.append("X-C", "c1").unwrap();
         e.set("X-D", "d").unwrap();

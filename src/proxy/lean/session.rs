@@ -41,11 +41,9 @@ pub struct Lines {
     pub raw: Bytes,
     /// Where the field lines end (the final CRLF).
     pub end: usize,
-    /// Lines to rewrite or leave out, in order.
+    /// Lines to rewrite or leave out, in order. The others are written
+    /// `name: value` CRLF exactly.
     pub special: Vec<Special>,
-    /// Every line is in `special`: a request whose upstream copy header
-    /// rules or plugins edit, so any line may be replaced or left out.
-    pub every: bool,
 }
 
 /// A field line not copied as it is: not written `name: value` CRLF, or a
@@ -59,7 +57,7 @@ pub struct Special {
 
 /// Fields the upstream request writes its own way: `Connection`, `Upgrade`
 /// and the forwarding fields (compared by length first).
-fn rewritten(name: &[u8]) -> bool {
+pub fn rewritten(name: &[u8]) -> bool {
     let is = |known: &str| name.len() == known.len() && name.eq_ignore_ascii_case(known.as_bytes());
     is("connection") || is("upgrade") || crate::proxy::forwarded::NAMES.into_iter().any(is)
 }
@@ -71,17 +69,16 @@ impl Head {
     ///
     /// The upstream request is written from the lines as they came, so the
     /// header does without the map that keeps field names' case (half its
-    /// cost). With `edited` (header rules or plugins edit the upstream
-    /// request) every line is looked at as it is written. Only a head with
-    /// a bare LF line end keeps the case map: it is written from the header.
-    pub fn build(head: &[u8], parsed: &httparse::Request, upgrade: bool, edited: bool) -> Option<Head> {
+    /// cost). Only a head with a bare LF line end keeps the case map: it is
+    /// written from the header.
+    pub fn build(head: &[u8], parsed: &httparse::Request, upgrade: bool) -> Option<Head> {
         let raw = Bytes::copy_from_slice(head);
         let base = head.as_ptr() as usize;
         let span = |s: &[u8]| {
             let start = s.as_ptr() as usize - base;
             start..start + s.len()
         };
-        let lines = Lines::of(head, &raw, parsed, &span, edited);
+        let lines = Lines::of(head, &raw, parsed, &span);
         let (method, path, n) = (parsed.method?, parsed.path?.as_bytes(), Some(parsed.headers.len()));
         let mut req = if lines.is_some() {
             RequestHeader::build_no_case(method, path, n)
@@ -124,7 +121,6 @@ impl Lines {
         raw: &Bytes,
         parsed: &httparse::Request,
         span: &impl Fn(&[u8]) -> std::ops::Range<usize>,
-        every: bool,
     ) -> Option<Lines> {
         let first = head.iter().position(|&b| b == b'\n')?;
         if !head.ends_with(b"\r\n\r\n") || first == 0 || head[first - 1] != b'\r' {
@@ -142,7 +138,7 @@ impl Lines {
                 && head[name.end..value.start] == *b": "
                 && line.end == value.end + 2
                 && head[value.end..line.end] == *b"\r\n";
-            if every || !plain || rewritten(h.name.as_bytes()) {
+            if !plain || rewritten(h.name.as_bytes()) {
                 // Not copied as it is; a line broken by a bare LF is not passed on at all.
                 if !head[line.clone()].ends_with(b"\r\n") {
                     return None;
@@ -154,7 +150,6 @@ impl Lines {
             raw: raw.clone(),
             end,
             special,
-            every,
         })
     }
 }

@@ -72,18 +72,41 @@ pub fn request_head(
 
 /// The same request head as [`request_head`] writes, from the request's
 /// lines as they came: copied in runs, but for the few that are rewritten
-/// or left out ([`Lines::special`]).
-pub fn request_head_from(lines: &Lines, fields: Replacements, added: &[(&str, &str)], websocket: bool) -> BytesMut {
+/// or left out ([`Lines::special`]). With `every`, when `fields` name some
+/// of the other lines too, every line is matched against them.
+pub fn request_head_from(
+    lines: &Lines,
+    fields: Replacements,
+    added: &[(&str, &str)],
+    websocket: bool,
+    every: bool,
+) -> BytesMut {
     let raw = &lines.raw[..];
     let mut buf = BytesMut::with_capacity(raw.len() + 160);
     let mut w = FieldLines::new(fields, added, websocket);
     let mut copied = 0;
+    if every {
+        // The request line as it came.
+        copied = raw.iter().position(|&b| b == b'\n').map_or(0, |lf| lf + 1);
+        buf.put_slice(&raw[..copied]);
+    }
+    let run = |buf: &mut BytesMut, w: &mut FieldLines, run: &[u8]| {
+        if !every {
+            return buf.put_slice(run);
+        }
+        // Lines written `name: value` CRLF exactly (a name has no colon).
+        for line in run.split_inclusive(|&b| b == b'\n') {
+            let line = &line[..line.len() - 2];
+            let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+            w.line(buf, &line[..colon], line.get(colon + 2..).unwrap_or_default());
+        }
+    };
     for sp in &lines.special {
-        buf.put_slice(&raw[copied..sp.line.start]);
+        run(&mut buf, &mut w, &raw[copied..sp.line.start]);
         copied = sp.line.end;
         w.line(&mut buf, &raw[sp.name.clone()], &raw[sp.value.clone()]);
     }
-    buf.put_slice(&raw[copied..lines.end]);
+    run(&mut buf, &mut w, &raw[copied..lines.end]);
     w.finish(&mut buf);
     buf
 }
@@ -706,13 +729,12 @@ pub(super) mod tests {
         );
     }
 
-    /// The request `raw` as the lean loop takes it, for a location whose
-    /// header rules or plugins edit it (`edited`) or not.
-    fn taken(raw: &[u8], edited: bool) -> Option<crate::proxy::lean::Head> {
+    /// The request `raw` as the lean loop takes it.
+    fn taken(raw: &[u8]) -> Option<crate::proxy::lean::Head> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut parsed = httparse::Request::new(&mut headers);
         assert!(parsed.parse(raw).unwrap().is_complete());
-        crate::proxy::lean::Head::build(raw, &parsed, false, edited)
+        crate::proxy::lean::Head::build(raw, &parsed, false)
     }
 
     #[test]
@@ -723,9 +745,9 @@ pub(super) mod tests {
             ("x-forwarded-host", None),
         ];
         let write = |raw: &[u8]| {
-            let head = taken(raw, false).expect("taken");
+            let head = taken(raw).expect("taken");
             let lines = head.lines().expect("written from its lines");
-            String::from_utf8(request_head_from(lines, &fields, &[], false).to_vec()).unwrap()
+            String::from_utf8(request_head_from(lines, &fields, &[], false, false).to_vec()).unwrap()
         };
         // Copied as they came, but for the forwarding fields and Connection; repeated fields keep their order.
         assert_eq!(
@@ -743,7 +765,7 @@ pub(super) mod tests {
             "GET / HTTP/1.1\r\nHost: a\r\nX-E: \r\nX-F: \r\nx-forwarded-for: 9.9.9.9\r\nx-real-ip: 9.9.9.9\r\n\r\n"
         );
         // Bare LF line ends are not passed on: the head is written from the built header instead.
-        let head = taken(b"GET / HTTP/1.1\nHost: a\nAccept: */*\n\n", false).unwrap();
+        let head = taken(b"GET / HTTP/1.1\nHost: a\nAccept: */*\n\n").unwrap();
         assert!(head.lines().is_none());
     }
 
@@ -761,13 +783,16 @@ pub(super) mod tests {
             &b"GET /p HTTP/1.1\r\nHost: a\r\nx-env: dev\r\nAccept: */*\r\nx-b: 1\r\nX-ENV: again\r\nConnection: keep-alive\r\nx-b: 2\r\n\r\n"[..],
             &b"GET / HTTP/1.1\r\nHost:a\r\nX-Pad:   v  \r\nX-Forwarded-For: 1.1.1.1\r\n\r\n"[..],
         ] {
-            let edited = taken(raw, true).unwrap();
+            let edited = taken(raw).unwrap();
             let lines = edited.lines().expect("written from its lines");
-            assert!(lines.every);
-            let from_lines = request_head_from(lines, &named, &added, false);
+            let from_lines = request_head_from(lines, &named, &added, false, true);
+            // Edits of fields the request does not have match only the lines rewritten anyway.
+            let named_new = [named[1], named[3]];
+            let new_only = request_head_from(lines, &named_new, &added, false, false);
+            assert_eq!(new_only, request_head_from(lines, &named_new, &added, false, true));
             // The same request with bare LF line ends is written from its (case-keeping) header.
             let bare_lf = String::from_utf8(raw.to_vec()).unwrap().replace("\r\n", "\n");
-            let from_header = taken(bare_lf.as_bytes(), true).unwrap();
+            let from_header = taken(bare_lf.as_bytes()).unwrap();
             assert!(from_header.lines().is_none());
             let from_header = request_head(from_header.req(), &named, &added, false).unwrap();
             assert_eq!(std::str::from_utf8(&from_lines).unwrap(), std::str::from_utf8(&from_header).unwrap());
