@@ -13,6 +13,7 @@
 
 use super::session::rewritten;
 use super::upstream::{ends_chunked, ResponseHead};
+use crate::plugins::field;
 use pingora_http::RequestHeader;
 use portico_plugin_api::Headers;
 
@@ -321,7 +322,7 @@ impl<'r> RequestEdits<'r> {
     pub fn edits_client_fields(&self) -> bool {
         (self.named.iter()).any(|&(n, _)| {
             let n = self.kept.at(n);
-            !rewritten(n.as_bytes()) && self.req.headers.contains_key(n)
+            !rewritten(n.as_bytes()) && field(&self.req.headers, n).is_some()
         })
     }
 
@@ -356,7 +357,7 @@ impl Headers for RequestEdits<'_> {
             Some(v) => v,
             // The client's Connection is not passed on (Pingora's copy drops it first).
             None if name.eq_ignore_ascii_case("connection") => None,
-            None => self.req.headers.get(name).and_then(|v| v.to_str().ok()),
+            None => field(&self.req.headers, name).and_then(|v| v.to_str().ok()),
         };
         base.or_else(|| {
             self.kept
