@@ -34,7 +34,8 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
-use std::io;
+use std::future::Future;
+
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -91,91 +92,105 @@ async fn stopping(shutdown: &ShutdownWatch) {
     }
 }
 
-/// Wait up to `wait` for a request's first bytes and hand what has arrived
-/// (up to 4 KiB, one read) to `arrived`. The buffer is on the stack of the
-/// one poll that reads, so an idle connection's future holds none of it.
-/// `None`: timed out, client gone, or the server is shutting down. Timed
-/// with Pingora's coarse shared timers (10 ms buckets), which cost less per
-/// wait than a tokio timer.
-async fn first_bytes<X: ?Sized, R>(
-    x: &mut X,
-    wait: Duration,
-    shutdown: &ShutdownWatch,
-    read: impl Fn(&mut X, &mut Context<'_>, &mut ReadBuf<'_>) -> Poll<io::Result<()>>,
-    arrived: impl FnOnce(&mut X, &[u8]) -> R,
-) -> Option<R> {
-    let mut arrived = Some(arrived);
-    let bytes = std::future::poll_fn(|cx| {
+/// A connection waiting for its next request's first bytes.
+enum Waiting {
+    Plain(Box<Conn>),
+    /// TLS, wrapped once so that bytes read ahead can be put back.
+    Tls(Box<Rewound>),
+}
+
+impl Waiting {
+    /// Get `stream` ready to wait for the next request, or `Err` with it
+    /// when that request's bytes are already here, read by nobody yet.
+    fn of(stream: Stream) -> Result<Waiting, Stream> {
+        if stream.as_any().is::<Conn>() {
+            let Ok(mut conn) = stream.into_any().downcast::<Conn>() else {
+                unreachable!("checked")
+            };
+            if conn.pending() {
+                return Err(conn);
+            }
+            conn.rest();
+            return Ok(Waiting::Plain(conn));
+        }
+        let rw: Box<Rewound> = if stream.as_any().is::<Rewound>() {
+            let Ok(rw) = stream.into_any().downcast() else {
+                unreachable!("checked")
+            };
+            rw
+        } else {
+            Box::new(Rewound::new(stream))
+        };
+        if rw.pending() {
+            return Err(rw);
+        }
+        Ok(Waiting::Tls(rw))
+    }
+
+    /// Read what has arrived of the next request (up to 4 KiB, one read,
+    /// into a buffer on the stack of this poll, so an idle connection holds
+    /// none) and give it to `lean`; if it declines, the bytes are put back.
+    /// `Ready(None)`: closed, or an error.
+    fn poll_first(
+        &mut self,
+        cx: &mut Context<'_>,
+        lean: &mut Option<impl FnOnce(&[u8]) -> Option<Box<Head>>>,
+    ) -> Poll<Option<Option<Box<Head>>>> {
         let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
         let mut buf = ReadBuf::uninit(&mut buf);
-        match read(x, cx, &mut buf) {
+        let read = match self {
+            Waiting::Plain(c) => c.poll_socket(cx, &mut buf),
+            Waiting::Tls(rw) => Pin::new(rw.inner_mut()).poll_read(cx, &mut buf),
+        };
+        match read {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(())) if !buf.filled().is_empty() => Poll::Ready(arrived.take().map(|f| f(x, buf.filled()))),
-            Poll::Ready(_) => Poll::Ready(None), // closed, or an error
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                let bytes = buf.filled();
+                let taken = lean.take().and_then(|lean| lean(bytes));
+                if taken.is_none() {
+                    match self {
+                        Waiting::Plain(c) => c.rewind(bytes),
+                        Waiting::Tls(rw) => rw.rewind(bytes),
+                    }
+                }
+                Poll::Ready(Some(taken))
+            }
+            Poll::Ready(_) => Poll::Ready(None),
         }
-    });
-    tokio::select! {
-        // Read first: a request that has already arrived is served, not dropped, at shutdown.
-        biased;
-        r = pingora_timeout::timeout(wait, bytes) => r.ok().flatten(),
-        _ = stopping(shutdown) => None,
+    }
+
+    fn into_stream(self) -> Stream {
+        match self {
+            Waiting::Plain(c) => c,
+            Waiting::Tls(rw) => rw,
+        }
     }
 }
 
-/// The first bytes of a request, given to `lean`; if it declines, they are put back.
-fn look_ahead<S: ?Sized>(
-    s: &mut S,
-    bytes: &[u8],
-    put_back: impl FnOnce(&mut S, &[u8]),
-    lean: impl FnOnce(&[u8]) -> Option<Box<Head>>,
-) -> Option<Box<Head>> {
-    let taken = lean(bytes);
-    if taken.is_none() {
-        put_back(s, bytes);
-    }
-    taken
-}
-
-/// Wait up to `wait` for the next request, read what has arrived of it, and
-/// ask `lean` whether it is one for the lean loop: if so, the request
-/// parsed; if not, the bytes are put back, so Pingora's loop reads the
-/// request whole. `None`: close the connection. A plain stream takes the
-/// bytes back itself; a TLS stream is wrapped in [`Rewound`] once. With
-/// `wait_lean` off, the stream goes straight on to Pingora's loop.
+/// Wait up to `wait` for the next request on `waiting` and ask `lean`
+/// whether it is one for the lean loop: if so, the request parsed; if not,
+/// its first bytes are put back, so Pingora's loop reads it whole. `None`:
+/// timed out, client gone, or the server is shutting down. Timed with
+/// Pingora's coarse shared timers (10 ms buckets), which cost less per wait
+/// than a tokio timer.
 async fn next_request(
-    stream: Stream,
-    wait_lean: bool,
+    waiting: &mut Waiting,
     wait: Duration,
     shutdown: &ShutdownWatch,
     lean: impl FnOnce(&[u8]) -> Option<Box<Head>>,
-) -> Option<(Stream, Option<Box<Head>>)> {
-    if !wait_lean {
-        return Some((stream, None));
-    }
-    if stream.as_any().is::<Conn>() {
-        let mut conn: Box<Conn> = stream.into_any().downcast().ok()?;
-        if conn.pending() {
-            return Some((conn, None)); // the next request is already here, read by nobody yet
+) -> Option<Option<Box<Head>>> {
+    let mut lean = Some(lean);
+    let first = std::future::poll_fn(|cx| waiting.poll_first(cx, &mut lean));
+    let mut first = std::pin::pin!(pingora_timeout::timeout(wait, first));
+    let mut stop = std::pin::pin!(stopping(shutdown));
+    std::future::poll_fn(|cx| {
+        // Read first: a request that has already arrived is served, not dropped, at shutdown.
+        if let Poll::Ready(r) = first.as_mut().poll(cx) {
+            return Poll::Ready(r.ok().flatten());
         }
-        conn.rest();
-        let read = |s: &mut Conn, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>| s.poll_socket(cx, buf);
-        let arrived = |s: &mut Conn, bytes: &[u8]| look_ahead(s, bytes, |s, b| s.rewind(b), lean);
-        let take_lean = first_bytes(&mut *conn, wait, shutdown, read, arrived).await?;
-        return Some((conn, take_lean));
-    }
-    let mut rw: Box<Rewound> = if stream.as_any().is::<Rewound>() {
-        stream.into_any().downcast().ok()?
-    } else {
-        Box::new(Rewound::new(stream))
-    };
-    if rw.pending() {
-        return Some((rw, None)); // the next request is already here, read by nobody yet
-    }
-    let read =
-        |s: &mut Rewound, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>| Pin::new(s.inner_mut()).poll_read(cx, buf);
-    let arrived = |s: &mut Rewound, bytes: &[u8]| look_ahead(s, bytes, |s, b| s.rewind(b), lean);
-    let take_lean = first_bytes(&mut *rw, wait, shutdown, read, arrived).await?;
-    Some((rw, take_lean))
+        stop.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// `client_header_timeout`, at least a second.
@@ -211,23 +226,30 @@ impl Listener {
         first_wait(&self.live.snapshot().cfg.server)
     }
 
-    /// Serve one client connection until it closes.
-    async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) {
-        let mut next = Some(stream);
-        while let Some(s) = next {
-            next = self.process(s, shutdown).await;
+    /// Does `stream` go to Pingora whole (HTTP/2, h2c, custom protocols)?
+    fn whole(&self, stream: &Stream) -> bool {
+        self.options().is_some_and(|o| o.h2c || o.force_custom)
+            || matches!(stream.selected_alpn_proto(), Some(ALPN::H2) | Some(ALPN::Custom(_)))
+    }
+
+    /// A connection Pingora serves whole, until it hands it back for HTTP/1.
+    async fn serve_whole(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
+        while let Some(s) = ServerApp::process_new(&self.proxy, stream, shutdown).await {
+            if !self.whole(&s) {
+                return Box::pin(self.serve(s, shutdown)).await;
+            }
+            stream = s;
         }
     }
 
-    /// Serve requests on `stream`; HTTP/2 and custom protocols go to
-    /// Pingora whole. `Some`: a stream Pingora hands back for reuse.
-    async fn process(&self, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let h2c = self.options().is_some_and(|o| o.h2c || o.force_custom);
-        let alpn = stream.selected_alpn_proto();
-        if h2c || matches!(alpn, Some(ALPN::H2) | Some(ALPN::Custom(_))) {
-            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+    /// Serve requests on `stream` until the connection closes: HTTP/1 in
+    /// the lean loop or Pingora's; HTTP/2 and custom protocols go to Pingora
+    /// whole. This future is most of an idle connection's memory, so it
+    /// keeps only what the next request needs; each request runs boxed.
+    async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
+        if self.whole(&stream) {
+            return Box::pin(self.serve_whole(stream, shutdown)).await;
         }
-        // Only these settings are kept: this future lives as long as the connection.
         let (first_wait, idle_wait, lean_keepalive, lean_proxy) = {
             let snap = self.live.snapshot();
             let s = &snap.cfg.server;
@@ -237,36 +259,50 @@ impl Listener {
         let mut wait = first_wait;
         // Requests served on this connection so far.
         let mut served: u32 = 0;
-        // Keep-alive state Pingora's loop hands on from a request it served.
-        let mut settings: Option<HttpPersistentSettings> = None;
+        // Keep-alive state Pingora's loop hands on from a request it served (boxed: rare).
+        let mut settings: Option<Box<HttpPersistentSettings>> = None;
         loop {
             let accepts = |head: &[u8]| {
                 lean_proxy
                     .then(|| lean::accepts(head, &self.live.snapshot(), self.index))
                     .flatten()
             };
-            let (s, lean_head) = next_request(stream, lean_keepalive || lean_proxy, wait, shutdown, accepts).await?;
+            let (s, lean_head) = if !(lean_keepalive || lean_proxy) {
+                (stream, None) // straight on to Pingora's loop
+            } else {
+                match Waiting::of(stream) {
+                    Err(s) => (s, None),
+                    Ok(mut waiting) => match next_request(&mut waiting, wait, shutdown, accepts).await {
+                        Some(head) => (waiting.into_stream(), head),
+                        None => return,
+                    },
+                }
+            };
             // How many more requests the connection may carry after this one, as Pingora counts.
             let reuses_left = request_limit.map(|l| l.saturating_sub(served));
             served = served.saturating_add(1);
             let previous = settings.take();
-            stream = match lean_head {
+            let next = match lean_head {
                 Some(head) => {
                     let session = LeanSession::new(s, head, reuses_left);
                     // Boxed, so the request's state is not part of the connection's idle future.
-                    Box::pin(self.lean.serve(session, shutdown)).await?
+                    Box::pin(self.lean.serve(session, shutdown)).await
                 }
                 None => {
                     let keep = if served == 1 { first_wait } else { idle_wait };
                     let keep = (!*shutdown.borrow()).then_some(keep.as_secs());
-                    let session = pingora_session(s, previous, keep, reuses_left);
-                    let (s, next) = HttpServerApp::process_new_http(&self.proxy, session, shutdown)
-                        .await?
-                        .consume();
-                    settings = next;
-                    s
+                    let session = pingora_session(s, previous.map(|b| *b), keep, reuses_left);
+                    HttpServerApp::process_new_http(&self.proxy, session, shutdown)
+                        .await
+                        .map(|reuse| {
+                            let (s, next) = reuse.consume();
+                            settings = next.map(Box::new);
+                            s
+                        })
                 }
             };
+            let Some(s) = next else { return };
+            stream = s;
             wait = idle_wait;
         }
     }

@@ -35,6 +35,7 @@ use async_trait::async_trait;
 use openssl::ssl::{select_next_proto, AlpnError, SslAcceptor, SslMethod};
 use pingora_core::listeners::TlsAccept;
 use pingora_core::protocols::tls::server::handshake_with_callback;
+use pingora_core::protocols::tls::SslStream;
 use pingora_core::protocols::Stream;
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::Service;
@@ -43,7 +44,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
 /// Pending connections the kernel may queue (Pingora's and nginx's value).
@@ -197,7 +198,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>, mut shutdo
         match accepted {
             Ok((tcp, peer)) => {
                 let _ = tcp.set_nodelay(true);
-                tokio::spawn(connection(shared.clone(), tcp, peer, shutdown.clone()));
+                let conn = Box::new(Conn::new(tcp, peer, shared.read_ahead));
+                tokio::spawn(connection(shared.clone(), conn, shutdown.clone()));
                 if shared.tls.is_some() {
                     // One TLS connection per turn of the scheduler, like nginx's one accept
                     // per event-loop turn: the rest wait in the kernel's backlog, so requests
@@ -218,37 +220,45 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>, mut shutdo
     }
 }
 
-async fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown: ShutdownWatch) {
-    let mut conn = Conn::new(tcp, peer, shared.read_ahead);
+/// One client connection, for its whole life. Its future is the task's
+/// memory while the connection idles, so it holds little: the connection,
+/// the listener, the shutdown watch, and the listener's idle wait; the TLS
+/// handshake and each request are boxed while they last.
+async fn connection(shared: Arc<Shared>, conn: Box<Conn>, shutdown: ShutdownWatch) {
     let stream: Stream = match &shared.tls {
-        None => Box::new(conn),
-        Some(tls) => {
-            // Once the ClientHello is here, wait for a compute slot: at most one handshake
-            // per worker thread computes at a time, and the others wait behind requests on
-            // open connections (nginx, accepting one connection per event-loop turn, gets
-            // the same order). The slot goes when the handshake next waits for the client.
-            let handshake = async {
-                conn.readable().await.ok()?;
-                let slot = shared.handshakes.clone().acquire_owned().await.ok()?;
-                conn.hold_until_read_waits(slot);
-                match handshake_with_callback(&tls.acceptor, conn, tls.callbacks.as_ref()).await {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        log::info!("TLS handshake with {peer} failed: {e}");
-                        None
-                    }
-                }
-            };
-            // Boxed: the handshake's state is gone once it is done.
-            match pingora_timeout::timeout(shared.app.header_timeout(), Box::pin(handshake)).await {
-                Ok(Some(s)) => Box::new(s),
-                Ok(None) => return,
-                Err(_) => {
-                    log::info!("TLS handshake with {peer} timed out");
-                    return;
-                }
+        None => conn,
+        Some(tls) => match Box::pin(handshake(&shared, tls, *conn)).await {
+            Some(s) => Box::new(s),
+            None => return,
+        },
+    };
+    shared.app.serve(stream, &shutdown).await;
+}
+
+/// The TLS handshake, within `client_header_timeout`.
+async fn handshake(shared: &Shared, tls: &Tls, mut conn: Conn) -> Option<SslStream<Conn>> {
+    let peer = conn.peer();
+    // Once the ClientHello is here, wait for a compute slot: at most one handshake
+    // per worker thread computes at a time, and the others wait behind requests on
+    // open connections (nginx, accepting one connection per event-loop turn, gets
+    // the same order). The slot goes when the handshake next waits for the client.
+    let handshake = async {
+        conn.readable().await.ok()?;
+        let slot = shared.handshakes.clone().acquire_owned().await.ok()?;
+        conn.hold_until_read_waits(slot);
+        match handshake_with_callback(&tls.acceptor, conn, tls.callbacks.as_ref()).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::info!("TLS handshake with {peer} failed: {e}");
+                None
             }
         }
     };
-    shared.app.serve(stream, &shutdown).await;
+    match pingora_timeout::timeout(shared.app.header_timeout(), handshake).await {
+        Ok(s) => s,
+        Err(_) => {
+            log::info!("TLS handshake with {peer} timed out");
+            None
+        }
+    }
 }

@@ -411,16 +411,22 @@ impl Gateway {
 
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
+        let conf = std::fs::read_to_string(&self.conf).unwrap();
+        // The admin listener starts on its own: wait for it too when there is one.
+        let admin = conf.split_once("admin:").and_then(|(_, rest)| {
+            let port = rest.split_once("127.0.0.1:")?.1;
+            port[..port.find(|c: char| !c.is_ascii_digit())?].parse::<u16>().ok()
+        });
+        let admin_up = || admin.is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok());
         while Instant::now() < deadline {
             if let Ok(r) = try_request(self.port, "GET", "/nginx/health", &[], b"") {
-                if r.status == 200 {
+                if r.status == 200 && admin_up() {
                     return;
                 }
             }
             // Health endpoint disabled, or a TLS listener: a TCP accept is enough then.
-            let conf = std::fs::read_to_string(&self.conf).unwrap();
             let plain_health = !conf.contains("enabled: false") && !conf.contains("certificates:");
-            if !plain_health && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if !plain_health && TcpStream::connect(("127.0.0.1", self.port)).is_ok() && admin_up() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(30));
