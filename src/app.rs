@@ -211,6 +211,7 @@ pub fn run(args: Args) -> i32 {
             lean,
             live: live.clone(),
             index: i,
+            stop: Default::default(),
         };
         let read_ahead = match s.read_buffer {
             Some(b) => b.0 as usize,

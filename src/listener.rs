@@ -38,10 +38,12 @@ use std::future::Future;
 
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::Notify;
 
 mod accept;
 mod conn;
@@ -71,6 +73,8 @@ pub struct Listener {
     pub live: Arc<Live>,
     /// Index of this listener in the configuration.
     pub index: usize,
+    /// Told by the accept loop when the server shuts down.
+    pub stop: Stop,
 }
 
 impl Listener {
@@ -79,16 +83,31 @@ impl Listener {
     }
 }
 
-/// Resolves when the server starts shutting down.
-async fn stopping(shutdown: &ShutdownWatch) {
-    let mut stop = shutdown.clone();
-    loop {
-        if stop.changed().await.is_err() {
-            std::future::pending::<()>().await; // no sender: no shutdown signal will come
-        }
-        if *stop.borrow() {
+/// The server's shutdown as connections waiting for a request see it: one
+/// notice for them all, so a waiting connection holds a waiter entry
+/// (about 70 bytes) instead of a clone of the shutdown watch and its
+/// `changed` future (about 150).
+#[derive(Default)]
+pub struct Stop {
+    notify: Notify,
+    stopping: AtomicBool,
+}
+
+impl Stop {
+    /// The server is shutting down: connections waiting for a request close.
+    pub fn begin(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Resolves once the server is shutting down.
+    async fn wait(&self) {
+        // Registered before the check, so a `begin` between the two still wakes it.
+        let notified = self.notify.notified();
+        if self.stopping.load(Ordering::SeqCst) {
             return;
         }
+        notified.await
     }
 }
 
@@ -167,32 +186,6 @@ impl Waiting {
     }
 }
 
-/// Wait up to `wait` for the next request on `waiting` and ask `lean`
-/// whether it is one for the lean loop: if so, the request parsed; if not,
-/// its first bytes are put back, so Pingora's loop reads it whole. `None`:
-/// timed out, client gone, or the server is shutting down. Timed with
-/// Pingora's coarse shared timers (10 ms buckets), which cost less per wait
-/// than a tokio timer.
-async fn next_request(
-    waiting: &mut Waiting,
-    wait: Duration,
-    shutdown: &ShutdownWatch,
-    lean: impl FnOnce(&[u8]) -> Option<Box<Head>>,
-) -> Option<Option<Box<Head>>> {
-    let mut lean = Some(lean);
-    let first = std::future::poll_fn(|cx| waiting.poll_first(cx, &mut lean));
-    let mut first = std::pin::pin!(pingora_timeout::timeout(wait, first));
-    let mut stop = std::pin::pin!(stopping(shutdown));
-    std::future::poll_fn(|cx| {
-        // Read first: a request that has already arrived is served, not dropped, at shutdown.
-        if let Poll::Ready(r) = first.as_mut().poll(cx) {
-            return Poll::Ready(r.ok().flatten());
-        }
-        stop.as_mut().poll(cx).map(|()| None)
-    })
-    .await
-}
-
 /// `client_header_timeout`, at least a second.
 fn first_wait(s: &ServerSection) -> Duration {
     s.client_header_timeout.0.max(Duration::from_secs(1))
@@ -236,7 +229,8 @@ impl Listener {
     async fn serve_whole(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
         while let Some(s) = ServerApp::process_new(&self.proxy, stream, shutdown).await {
             if !self.whole(&s) {
-                return Box::pin(self.serve(s, shutdown)).await;
+                let http1: Pin<Box<dyn Future<Output = ()> + Send + '_>> = Box::pin(self.serve(s, shutdown));
+                return http1.await;
             }
             stream = s;
         }
@@ -246,68 +240,120 @@ impl Listener {
     /// the lean loop or Pingora's; HTTP/2 and custom protocols go to Pingora
     /// whole. This future is most of an idle connection's memory, so it
     /// keeps only what the next request needs; each request runs boxed.
-    async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
-        if self.whole(&stream) {
-            return Box::pin(self.serve_whole(stream, shutdown)).await;
-        }
-        let (first_wait, idle_wait, lean_keepalive, lean_proxy) = {
-            let snap = self.live.snapshot();
-            let s = &snap.cfg.server;
-            (first_wait(s), s.keepalive_timeout.0, s.lean_keepalive, s.lean_proxy)
-        };
-        let request_limit = self.options().and_then(|o| o.keepalive_request_limit);
-        let mut wait = first_wait;
-        // Requests served on this connection so far.
-        let mut served: u32 = 0;
-        // Keep-alive state Pingora's loop hands on from a request it served (boxed: rare).
-        let mut settings: Option<Box<HttpPersistentSettings>> = None;
-        loop {
-            let accepts = |head: &[u8]| {
-                lean_proxy
-                    .then(|| lean::accepts(head, &self.live.snapshot(), self.index))
-                    .flatten()
+    ///
+    /// A function returning an `async` block rather than an `async fn`,
+    /// whose future would keep its arguments twice.
+    #[allow(clippy::manual_async_fn)]
+    pub fn serve<'a>(
+        &'a self,
+        mut stream: Stream,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        async move {
+            if self.whole(&stream) {
+                let whole: Pin<Box<dyn Future<Output = ()> + Send + '_>> = Box::pin(self.serve_whole(stream, shutdown));
+                return whole.await;
+            }
+            let (first_wait, idle_wait, lean_keepalive, lean_proxy) = {
+                let snap = self.live.snapshot();
+                let s = &snap.cfg.server;
+                (first_wait(s), s.keepalive_timeout.0, s.lean_keepalive, s.lean_proxy)
             };
-            let (s, lean_head) = if !(lean_keepalive || lean_proxy) {
-                (stream, None) // straight on to Pingora's loop
-            } else {
-                match Waiting::of(stream) {
-                    Err(s) => (s, None),
-                    Ok(mut waiting) => match next_request(&mut waiting, wait, shutdown, accepts).await {
-                        Some(head) => (waiting.into_stream(), head),
-                        None => return,
-                    },
-                }
-            };
-            // How many more requests the connection may carry after this one, as Pingora counts.
-            let reuses_left = request_limit.map(|l| l.saturating_sub(served));
-            served = served.saturating_add(1);
-            let previous = settings.take();
-            let next = match lean_head {
-                Some(head) => {
-                    let session = LeanSession::new(s, head, reuses_left);
-                    // Boxed, so the request's state is not part of the connection's idle future.
-                    Box::pin(self.lean.serve(session, shutdown)).await
-                }
-                None => {
-                    let keep = if served == 1 { first_wait } else { idle_wait };
-                    let keep = (!*shutdown.borrow()).then_some(keep.as_secs());
-                    let session = pingora_session(s, previous.map(|b| *b), keep, reuses_left);
-                    HttpServerApp::process_new_http(&self.proxy, session, shutdown)
-                        .await
-                        .map(|reuse| {
-                            let (s, next) = reuse.consume();
-                            settings = next.map(Box::new);
-                            s
-                        })
-                }
-            };
-            let Some(s) = next else { return };
-            stream = s;
-            wait = idle_wait;
+            let request_limit = self.options().and_then(|o| o.keepalive_request_limit);
+            let mut wait = first_wait;
+            // Requests served on this connection so far.
+            let mut served: u32 = 0;
+            // Keep-alive state Pingora's loop hands on from a request it served (boxed: rare).
+            let mut settings: Option<Box<HttpPersistentSettings>> = None;
+            loop {
+                let accepts = |head: &[u8]| {
+                    lean_proxy
+                        .then(|| lean::accepts(head, &self.live.snapshot(), self.index))
+                        .flatten()
+                };
+                let (s, lean_head) = if !(lean_keepalive || lean_proxy) {
+                    (stream, None) // straight on to Pingora's loop
+                } else {
+                    match Waiting::of(stream) {
+                        Err(s) => (s, None),
+                        Ok(mut waiting) => {
+                            // Up to `wait` for the next request (with Pingora's coarse shared timers,
+                            // 10 ms buckets, which cost less per wait than a tokio timer); `lean`
+                            // then says whether it is one for the lean loop.
+                            let next = {
+                                let mut lean = Some(accepts);
+                                let first = std::future::poll_fn(|cx| waiting.poll_first(cx, &mut lean));
+                                let mut first = std::pin::pin!(pingora_timeout::timeout(wait, first));
+                                let mut stop = std::pin::pin!(self.stop.wait());
+                                std::future::poll_fn(|cx| {
+                                    // Read first: a request already here is served, not dropped, at shutdown.
+                                    if let Poll::Ready(r) = first.as_mut().poll(cx) {
+                                        return Poll::Ready(r.ok().flatten());
+                                    }
+                                    stop.as_mut().poll(cx).map(|()| None)
+                                })
+                                .await
+                            };
+                            match next {
+                                Some(head) => (waiting.into_stream(), head),
+                                None => return, // timed out, client gone, or shutting down
+                            }
+                        }
+                    }
+                };
+                // How many more requests the connection may carry after this one, as Pingora counts.
+                let reuses_left = request_limit.map(|l| l.saturating_sub(served));
+                served = served.saturating_add(1);
+                let previous = settings.take();
+                let next = match lean_head {
+                    Some(head) => {
+                        let session = LeanSession::new(s, head, reuses_left);
+                        // Boxed, so the request's state is not part of the connection's idle future.
+                        Box::pin(self.lean.serve(session, shutdown)).await
+                    }
+                    None => {
+                        let keep = if served == 1 { first_wait } else { idle_wait };
+                        let keep = (!*shutdown.borrow()).then_some(keep.as_secs());
+                        let session = pingora_session(s, previous.map(|b| *b), keep, reuses_left);
+                        HttpServerApp::process_new_http(&self.proxy, session, shutdown)
+                            .await
+                            .map(|reuse| {
+                                let (s, next) = reuse.consume();
+                                settings = next.map(Box::new);
+                                s
+                            })
+                    }
+                };
+                let Some(s) = next else { return };
+                stream = s;
+                wait = idle_wait;
+            }
         }
     }
 
     async fn cleanup(&self) {
         ServerApp::cleanup(self.proxy.as_ref()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_stop_wakes_waiting_connections_and_later_ones_at_once() {
+        let stop = Arc::new(Stop::default());
+        let waiting = tokio::spawn({
+            let stop = stop.clone();
+            async move { stop.wait().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "no shutdown yet");
+        stop.begin();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), stop.wait()).await.unwrap();
     }
 }

@@ -39,6 +39,7 @@ use pingora_core::protocols::tls::SslStream;
 use pingora_core::protocols::Stream;
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::Service;
+use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -192,7 +193,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>, mut shutdo
             a = listener.accept() => a,
             changed = shutdown.changed() => match changed {
                 Ok(()) if !*shutdown.borrow() => continue,
-                _ => return,
+                Ok(()) => return shared.app.stop.begin(),
+                Err(_) => return, // no sender: no shutdown signal will come
             },
         };
         match accepted {
@@ -224,15 +226,19 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>, mut shutdo
 /// memory while the connection idles, so it holds little: the connection,
 /// the listener, the shutdown watch, and the listener's idle wait; the TLS
 /// handshake and each request are boxed while they last.
-async fn connection(shared: Arc<Shared>, conn: Box<Conn>, shutdown: ShutdownWatch) {
-    let stream: Stream = match &shared.tls {
-        None => conn,
-        Some(tls) => match Box::pin(handshake(&shared, tls, *conn)).await {
-            Some(s) => Box::new(s),
-            None => return,
-        },
-    };
-    shared.app.serve(stream, &shutdown).await;
+/// (An `async` block, which keeps its captures once, not an `async fn`.)
+#[allow(clippy::manual_async_fn)]
+fn connection(shared: Arc<Shared>, conn: Box<Conn>, shutdown: ShutdownWatch) -> impl Future<Output = ()> + Send {
+    async move {
+        let stream: Stream = match &shared.tls {
+            None => conn,
+            Some(tls) => match Box::pin(handshake(&shared, tls, *conn)).await {
+                Some(s) => Box::new(s),
+                None => return,
+            },
+        };
+        shared.app.serve(stream, &shutdown).await;
+    }
 }
 
 /// The TLS handshake, within `client_header_timeout`.
