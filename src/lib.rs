@@ -10,7 +10,7 @@
 //! - `admin`, `metrics`: the admin API (status, draining, reload) and Prometheus
 //! - `plugins`: building filter plugins (crates in `plugins/`) and adapting headers for them
 //! - `tls`: certificates (checked at load) and SNI selection for TLS listeners
-//! - `access_log`, `template`: small helpers
+//! - `access_log`, `template`, `clock`: small helpers
 //! - `app`: wiring everything into a Pingora server
 //! - `demo`: the two demo backends of the quick start
 
@@ -18,6 +18,7 @@ pub mod access_log;
 pub mod admin;
 pub mod alloc;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod listener;

@@ -7,12 +7,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Milliseconds on a process-wide monotonic clock.
+/// Milliseconds on the coarse monotonic clock (never 0).
 pub fn now_ms() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    crate::clock::coarse_ms()
 }
 
 #[derive(Default)]
@@ -120,7 +119,9 @@ impl ServerState {
     /// Usable for a new request: healthy, not draining, not passively marked down.
     #[inline]
     pub fn usable(&self) -> bool {
-        self.healthy.load(Relaxed) && !self.draining.load(Relaxed) && self.down_until_ms.load(Relaxed) <= now_ms()
+        let down_until = self.down_until_ms.load(Relaxed);
+        // 0: never marked down, no need to read the clock.
+        self.healthy.load(Relaxed) && !self.draining.load(Relaxed) && (down_until == 0 || down_until <= now_ms())
     }
 
     /// Record a failed attempt (nginx semantics: `max_fails` failures within

@@ -6,23 +6,26 @@
 //! then. A sweep every second closes those idle longer than their pool's
 //! `keepalive_timeout`, so no socket lingers once traffic stops.
 
+use crate::clock::coarse_ms;
 use futures::FutureExt;
 use pingora_core::protocols::Stream;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, Once, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 struct Idle {
     stream: Stream,
-    since: Instant,
-    timeout: Option<Duration>,
+    /// Put back at this time (ms on the coarse clock).
+    since: u64,
+    /// Idle for at most this many ms.
+    timeout: Option<u64>,
 }
 
 impl Idle {
-    fn expired(&self, now: Instant) -> bool {
-        self.timeout.is_some_and(|t| now.duration_since(self.since) >= t)
+    fn expired(&self, now: u64) -> bool {
+        self.timeout.is_some_and(|t| now.saturating_sub(self.since) >= t)
     }
 }
 
@@ -71,7 +74,7 @@ fn still_open(s: &mut Stream) -> bool {
 impl IdlePool {
     /// The newest usable idle connection for `key`, if any.
     pub fn take(&self, key: u64) -> Option<Stream> {
-        let now = Instant::now();
+        let now = coarse_ms();
         loop {
             let idle = self.lists.lock().ok()?.get_mut(&key)?.pop_back()?;
             let fresh = !idle.expired(now);
@@ -85,7 +88,7 @@ impl IdlePool {
     /// Keep `stream` for reuse: at most `limit` per server, the oldest go first.
     pub fn put(self: &Arc<Self>, key: u64, stream: Stream, timeout: Option<Duration>, limit: usize) {
         self.sweeper.call_once(|| spawn_sweeper(Arc::downgrade(self)));
-        let now = Instant::now();
+        let now = coarse_ms();
         let Ok(mut lists) = self.lists.lock() else { return };
         let list = lists.entry(key).or_default();
         while list.front().is_some_and(|i| i.expired(now)) || list.len() >= limit.max(1) {
@@ -94,12 +97,12 @@ impl IdlePool {
         list.push_back(Idle {
             stream,
             since: now,
-            timeout,
+            timeout: timeout.map(|t| t.as_millis() as u64),
         });
     }
 
     fn sweep(&self) {
-        let now = Instant::now();
+        let now = coarse_ms();
         if let Ok(mut lists) = self.lists.lock() {
             lists.retain(|_, list| {
                 list.retain(|i| !i.expired(now));
