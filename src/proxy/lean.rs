@@ -305,7 +305,8 @@ impl LeanPath {
             if let Err(e) = gw.upstream_request_edits(&*s, &mut fields, ctx).await {
                 return (false, true, Some(e));
             }
-            if !fields.host_ok() {
+            // With its lines, the client's header is as `accepts` took it in: one plain Host.
+            if !fields.host_ok(s.lines().is_some()) {
                 let e = Error::explain(ErrorType::InvalidHTTPHeader, "edited Host: several, or with userinfo");
                 return (false, true, Some(e.into_in()));
             }

@@ -16,6 +16,7 @@ use super::upstream::{ends_chunked, ResponseHead};
 use crate::plugins::field;
 use pingora_http::RequestHeader;
 use portico_plugin_api::Headers;
+use smallvec::SmallVec;
 
 /// Where a kept name or value is in [`Kept`].
 type Span = (u32, u32);
@@ -26,7 +27,8 @@ type Span = (u32, u32);
 #[derive(Default)]
 struct Kept {
     text: String,
-    added: Vec<(Span, Span)>,
+    /// Inline for the first few (no allocation for a message's first additions).
+    added: SmallVec<[(Span, Span); 4]>,
 }
 
 impl Kept {
@@ -58,7 +60,7 @@ impl Kept {
             return;
         }
         let mut added = std::mem::take(&mut self.added);
-        added.retain(|&(n, _)| !self.at(n).eq_ignore_ascii_case(name));
+        added.retain(|f| !self.at(f.0).eq_ignore_ascii_case(name));
         self.added = added;
     }
 }
@@ -180,7 +182,7 @@ impl<'h> FieldEdits<'h> {
     /// Field `i` of the server's is about to change: track them all.
     fn touch(&mut self, i: usize) -> &mut Field {
         if self.fields.is_empty() {
-            self.fields = vec![Field::AsItCame; self.head.fields().count()];
+            self.fields = vec![Field::AsItCame; self.head.field_names().count()];
         }
         &mut self.fields[i]
     }
@@ -208,7 +210,7 @@ impl Headers for FieldEdits<'_> {
         self.reframes(name);
         self.kept.drop_added(name);
         let mut replaced = false;
-        for (i, (original, _)) in self.head.fields().enumerate() {
+        for (i, original) in self.head.field_names().enumerate() {
             if self.named(i, original, name) {
                 let now = if replaced {
                     Field::Removed
@@ -234,7 +236,7 @@ impl Headers for FieldEdits<'_> {
 
     fn remove(&mut self, name: &str) {
         self.reframes(name);
-        for (i, (original, _)) in self.head.fields().enumerate() {
+        for (i, original) in self.head.field_names().enumerate() {
             if self.named(i, original, name) {
                 *self.touch(i) = Field::Removed;
             }
@@ -326,9 +328,14 @@ impl<'r> RequestEdits<'r> {
         })
     }
 
-    /// At most one Host, without userinfo (what Pingora checks on the copy it sends).
-    pub fn host_ok(&self) -> bool {
+    /// At most one Host, without userinfo (what Pingora checks on the copy it
+    /// sends). `client_checked`: the client's header is as the lean loop took
+    /// it in (one plain Host), so only edits of Host need a look.
+    pub fn host_ok(&self, client_checked: bool) -> bool {
         let set = self.set_entry("host");
+        if client_checked && set.is_none() && !self.kept.added().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            return true;
+        }
         let client = (set.is_none().then(|| {
             self.req
                 .headers
@@ -511,7 +518,7 @@ mod tests {
             (Some("new"), None, Some("c1"))
         );
         assert!(e.set("X-E", "a\nb").is_err() && e.append("bad name", "v").is_err());
-        assert!(e.host_ok());
+        assert!(e.host_ok(false) && e.host_ok(true));
         let (named, added) = e.parts();
         let head = request_head(&r, &named, &added, false).unwrap();
         assert_eq!(
@@ -519,10 +526,10 @@ mod tests {
             "GET /p?q=1 HTTP/1.1\r\nHost: h\r\nX-A: new\r\nx-forwarded-for: 127.0.0.1\r\nX-D: d\r\nX-C: c1\r\nX-C: c2\r\n\r\n"
         );
         e.append("Host", "second").unwrap();
-        assert!(!e.host_ok(), "two Hosts");
+        assert!(!e.host_ok(false) && !e.host_ok(true), "two Hosts");
         e.set("host", "user@evil").unwrap();
-        assert!(!e.host_ok(), "userinfo");
+        assert!(!e.host_ok(false) && !e.host_ok(true), "userinfo");
         e.set("host", "fine").unwrap();
-        assert!(e.host_ok());
+        assert!(e.host_ok(false));
     }
 }

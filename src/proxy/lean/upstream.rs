@@ -601,6 +601,13 @@ impl ResponseHead {
             .filter(|(n, _)| !(self.chunked && n.eq_ignore_ascii_case(b"content-length")))
     }
 
+    /// The names of [`Self::fields`], without making the values.
+    pub fn field_names(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        (self.fields.iter())
+            .map(|&(n, _)| self.at(n))
+            .filter(|n| !(self.chunked && n.eq_ignore_ascii_case(b"content-length")))
+    }
+
     /// Can the fields go on as they came (no folded values to normalize)?
     pub fn passes_as_is(&self) -> bool {
         !self.folded
