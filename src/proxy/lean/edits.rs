@@ -253,8 +253,9 @@ impl Headers for FieldEdits<'_> {
 /// dropped) or at the end, `append` at the end, `remove` all of that name.
 pub struct RequestEdits<'r> {
     req: &'r RequestHeader,
-    /// Set (`Some`) or removed (`None`), by name as given, in the order first edited.
-    named: Vec<(Span, Option<Span>)>,
+    /// Set (`Some`) or removed (`None`), by name as given, in the order
+    /// first edited (inline for the forwarding fields and a few more).
+    named: SmallVec<[(Span, Option<Span>); 8]>,
     kept: Kept,
 }
 
@@ -265,7 +266,7 @@ impl<'r> RequestEdits<'r> {
     pub fn new(req: &'r RequestHeader) -> Self {
         RequestEdits {
             req,
-            named: Vec::new(),
+            named: SmallVec::new(),
             kept: Kept::default(),
         }
     }
@@ -276,7 +277,6 @@ impl<'r> RequestEdits<'r> {
     /// lookup, as `set` and `remove` would keep them.
     pub fn forwarded(req: &'r RequestHeader, fields: &[(&'static str, Option<&str>)]) -> Self {
         let mut e = Self::new(req);
-        e.named.reserve(fields.len() + 4);
         for &(name, value) in fields {
             debug_assert!(e.entry(name).is_none() && value.is_none_or(|v| checked(name, v).is_ok()));
             let entry = (e.kept.keep(name), value.map(|v| e.kept.keep(v)));
@@ -301,9 +301,6 @@ impl<'r> RequestEdits<'r> {
             Some(i) => self.named[i].1 = value,
             None => {
                 let name = self.kept.keep(name);
-                if self.named.capacity() == 0 {
-                    self.named.reserve(8);
-                }
                 self.named.push((name, value));
             }
         }
@@ -324,7 +321,7 @@ impl<'r> RequestEdits<'r> {
     pub fn edits_client_fields(&self) -> bool {
         (self.named.iter()).any(|&(n, _)| {
             let n = self.kept.at(n);
-            !rewritten(n.as_bytes()) && field(&self.req.headers, n).is_some()
+            !rewritten(n.as_bytes()) && (self.req.headers.keys()).any(|k| k.as_str().eq_ignore_ascii_case(n))
         })
     }
 
