@@ -17,8 +17,9 @@ pub struct Mimalloc;
 /// The alignment every `mi_malloc` block has (for blocks at least this big).
 const PLAIN_ALIGN: usize = 16;
 
-fn plain(layout: &Layout) -> bool {
-    layout.align() <= PLAIN_ALIGN && layout.align() <= layout.size()
+/// Does a plain `mi_malloc` block of `size` bytes have alignment `align`?
+fn plain(align: usize, size: usize) -> bool {
+    align <= PLAIN_ALIGN && align <= size
 }
 
 // SAFETY: each call forwards to the mimalloc function for the layout; blocks
@@ -26,7 +27,7 @@ fn plain(layout: &Layout) -> bool {
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if plain(&layout) {
+        if plain(layout.align(), layout.size()) {
             mi_malloc(layout.size()) as *mut u8
         } else {
             mi_malloc_aligned(layout.size(), layout.align()) as *mut u8
@@ -35,7 +36,7 @@ unsafe impl GlobalAlloc for Mimalloc {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if plain(&layout) {
+        if plain(layout.align(), layout.size()) {
             mi_zalloc(layout.size()) as *mut u8
         } else {
             mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8
@@ -49,7 +50,7 @@ unsafe impl GlobalAlloc for Mimalloc {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if layout.align() <= PLAIN_ALIGN && layout.align() <= new_size {
+        if plain(layout.align(), new_size) {
             mi_realloc(ptr as *mut c_void, new_size) as *mut u8
         } else {
             mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) as *mut u8

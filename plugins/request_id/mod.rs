@@ -51,7 +51,7 @@ fn new_id() -> String {
     for (i, digit) in id.iter_mut().enumerate() {
         *digit = HEX[(r >> (124 - 4 * i)) as usize & 15];
     }
-    String::from_utf8_lossy(&id).into_owned()
+    std::str::from_utf8(&id).expect("hex digits are ASCII").to_owned()
 }
 
 #[async_trait]

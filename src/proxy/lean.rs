@@ -298,9 +298,9 @@ impl LeanPath {
         up.write_timeout = peer.options.write_timeout;
         let edits = ctx.loc.as_ref().is_some_and(|l| l.edits_upstream_request());
         let websocket = s.is_upgrade_req();
+        let forwarding = gw.forwarding(s, ctx);
         let head = if edits {
             // The steps' edits are kept by name and applied as the head is written (no copy).
-            let forwarding = gw.forwarding(s, ctx);
             let mut fields = RequestEdits::forwarded(s.req(), &forwarding.fields());
             if let Err(e) = gw.upstream_request_edits(&*s, &mut fields, ctx).await {
                 return (false, true, Some(e));
@@ -321,7 +321,6 @@ impl LeanPath {
         } else {
             // Unedited, the request is as `accepts` let it in: an origin-form target and one
             // plain Host (no userinfo), so Pingora's authority check has nothing to find.
-            let forwarding = gw.forwarding(s, ctx);
             let fields = forwarding.fields();
             match s.lines() {
                 Some(lines) => Some(upstream::request_head_from(lines, &fields, &[], websocket, false)),

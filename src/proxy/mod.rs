@@ -79,6 +79,11 @@ fn request_uri(req: &RequestHeader) -> &str {
     req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
 }
 
+/// An edit of the upstream request that `http` refused.
+fn bad_header(e: String) -> Box<Error> {
+    Error::explain(ErrorType::InvalidHTTPHeader, e)
+}
+
 fn classify(e: &Error) -> Failure {
     use ErrorType::*;
     match e.etype() {
@@ -365,9 +370,7 @@ impl Gateway {
     ) -> Result<()> {
         for (name, value) in self.forwarding(s, ctx).fields() {
             match value {
-                Some(v) => up
-                    .set(name, v)
-                    .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e))?,
+                Some(v) => up.set(name, v).map_err(bad_header)?,
                 None => up.remove(name),
             }
         }
@@ -383,13 +386,12 @@ impl Gateway {
         up: &mut dyn Headers,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let bad = |e: String| Error::explain(ErrorType::InvalidHTTPHeader, e);
         let loc = ctx.loc.as_ref().expect("routed");
         for h in &loc.remove_headers {
             up.remove(h.as_str());
         }
         for (name, t) in &loc.set_headers {
-            up.set(name, &self.expand(s, ctx, t)).map_err(bad)?;
+            up.set(name, &self.expand(s, ctx, t)).map_err(bad_header)?;
         }
         if let Some(pc) = ctx.plugin.as_mut() {
             for p in loc.plugins.with(Hooks::UPSTREAM_REQUEST) {

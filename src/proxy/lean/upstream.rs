@@ -595,17 +595,17 @@ impl ResponseHead {
     /// The fields to pass on, as `(name, value)`: all of them, less
     /// Content-Length when Transfer-Encoding frames the body (RFC 9112 6.3).
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.fields
-            .iter()
-            .map(|&(n, v)| (self.at(n), self.at(v)))
-            .filter(|(n, _)| !(self.chunked && n.eq_ignore_ascii_case(b"content-length")))
+        self.passed().map(|&(n, v)| (self.at(n), self.at(v)))
     }
 
     /// The names of [`Self::fields`], without making the values.
     pub fn field_names(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        (self.fields.iter())
-            .map(|&(n, _)| self.at(n))
-            .filter(|n| !(self.chunked && n.eq_ignore_ascii_case(b"content-length")))
+        self.passed().map(|&(n, _)| self.at(n))
+    }
+
+    /// The spans of the fields passed on.
+    fn passed(&self) -> impl Iterator<Item = &((u32, u32), (u32, u32))> + '_ {
+        (self.fields.iter()).filter(|&&(n, _)| !(self.chunked && self.at(n).eq_ignore_ascii_case(b"content-length")))
     }
 
     /// Can the fields go on as they came (no folded values to normalize)?
