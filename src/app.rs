@@ -212,6 +212,13 @@ pub fn run(args: Args) -> i32 {
             live: live.clone(),
             index: i,
             stop: Default::default(),
+            lot: match crate::listener::Lot::new() {
+                Ok(lot) => lot,
+                Err(e) => {
+                    eprintln!("portico: cannot set up the idle-connection lot for {}: {e}", l.listen);
+                    return 1;
+                }
+            },
         };
         let read_ahead = match s.read_buffer {
             Some(b) => b.0 as usize,

@@ -46,9 +46,11 @@ use tokio::sync::Notify;
 
 mod accept;
 mod conn;
+mod park;
 mod rewound;
 pub use accept::{Accepting, Tls};
 use conn::Conn;
+pub use park::Lot;
 use rewound::Rewound;
 
 /// The client's address, read from the connection itself (plain, or TLS as
@@ -74,6 +76,8 @@ pub struct Listener {
     pub index: usize,
     /// Told by the accept loop when the server shuts down.
     pub stop: Stop,
+    /// Where idle keep-alive connections wait without a task.
+    pub lot: park::Lot,
 }
 
 impl Listener {
@@ -190,6 +194,11 @@ fn first_wait(s: &ServerSection) -> Duration {
     s.client_header_timeout.0.max(Duration::from_secs(1))
 }
 
+/// `d` in milliseconds (at most about 49 days).
+fn ms(d: Duration) -> u32 {
+    d.as_millis().min(u32::MAX.into()) as u32
+}
+
 /// A request for Pingora's HTTP/1 loop: keep-alive as the previous request
 /// on the connection left it, or else `keep` (seconds, `None`: close) and
 /// `reuses_left`. For the first request, Pingora's "keepalive" wait is the
@@ -242,26 +251,36 @@ impl Listener {
     ///
     /// A function returning an `async` block rather than an `async fn`,
     /// whose future would keep its arguments twice.
+    pub fn serve<'a>(&'a self, stream: Stream, shutdown: &'a ShutdownWatch) -> impl Future<Output = ()> + Send + 'a {
+        self.serve_from(stream, shutdown, 0, None)
+    }
+
+    /// [`Listener::serve`] for a connection that has carried `served`
+    /// requests already and waits up to `wait_ms` milliseconds for its next
+    /// one (a connection back from the parking lot).
     #[allow(clippy::manual_async_fn)]
-    pub fn serve<'a>(
+    pub(super) fn serve_from<'a>(
         &'a self,
         mut stream: Stream,
         shutdown: &'a ShutdownWatch,
+        mut served: u32,
+        wait_ms: Option<u32>,
     ) -> impl Future<Output = ()> + Send + 'a {
         async move {
             if self.whole(&stream) {
                 let whole: Pin<Box<dyn Future<Output = ()> + Send + '_>> = Box::pin(self.serve_whole(stream, shutdown));
                 return whole.await;
             }
-            let (first_wait, idle_wait, lean_keepalive, lean_proxy) = {
+            // The waits in milliseconds: they are kept in the idle future, which is the connection's memory.
+            let (first_ms, idle_ms, lean_keepalive, lean_proxy, mut park_ms) = {
                 let snap = self.live.snapshot();
                 let s = &snap.cfg.server;
-                (first_wait(s), s.keepalive_timeout.0, s.lean_keepalive, s.lean_proxy)
+                let park_after = if s.lean_keepalive { ms(s.idle_park_after.0) } else { 0 };
+                let idle = ms(s.keepalive_timeout.0);
+                (ms(first_wait(s)), idle, s.lean_keepalive, s.lean_proxy, park_after)
             };
             let request_limit = self.options().and_then(|o| o.keepalive_request_limit);
-            let mut wait = first_wait;
-            // Requests served on this connection so far.
-            let mut served: u32 = 0;
+            let mut wait_ms = wait_ms.unwrap_or(first_ms);
             // Keep-alive state Pingora's loop hands on from a request it served (boxed: rare).
             let mut settings: Option<Box<HttpPersistentSettings>> = None;
             loop {
@@ -276,26 +295,57 @@ impl Listener {
                     match Waiting::of(stream) {
                         Err(s) => (s, None),
                         Ok(mut waiting) => {
-                            // Up to `wait` for the next request (with Pingora's coarse shared timers,
-                            // 10 ms buckets, which cost less per wait than a tokio timer); `lean`
-                            // then says whether it is one for the lean loop.
+                            // A plain keep-alive connection idle for `park_after` goes to the parking lot.
+                            let park = served > 0
+                                && settings.is_none()
+                                && park_ms != 0
+                                && park_ms < wait_ms
+                                && matches!(waiting, Waiting::Plain(_));
+                            // Up to `wait` (or `park_after`) for the next request (with Pingora's
+                            // coarse shared timers, 10 ms buckets, which cost less per wait than a
+                            // tokio timer); `lean` then says whether it is one for the lean loop.
                             let next = {
                                 let mut lean = Some(accepts);
                                 let first = std::future::poll_fn(|cx| waiting.poll_first(cx, &mut lean));
-                                let mut first = std::pin::pin!(pingora_timeout::timeout(wait, first));
+                                let timer = Duration::from_millis(if park { park_ms } else { wait_ms }.into());
+                                let mut first = std::pin::pin!(pingora_timeout::timeout(timer, first));
                                 let mut stop = std::pin::pin!(self.stop.wait());
                                 std::future::poll_fn(|cx| {
                                     // Read first: a request already here is served, not dropped, at shutdown.
                                     if let Poll::Ready(r) = first.as_mut().poll(cx) {
-                                        return Poll::Ready(r.ok().flatten());
+                                        return Poll::Ready(r.map_err(|_| ()));
                                     }
-                                    stop.as_mut().poll(cx).map(|()| None)
+                                    stop.as_mut().poll(cx).map(|()| Ok(None))
                                 })
                                 .await
                             };
                             match next {
-                                Some(head) => (waiting.into_stream(), head),
-                                None => return, // timed out, client gone, or shutting down
+                                Ok(Some(head)) => (waiting.into_stream(), head),
+                                Err(()) if park => {
+                                    let Waiting::Plain(conn) = waiting else {
+                                        unreachable!("checked")
+                                    };
+                                    match conn.into_parked() {
+                                        Ok(Ok(tcp)) => {
+                                            let deadline_ms = crate::clock::coarse_ms() + u64::from(wait_ms - park_ms);
+                                            self.lot.park(park::Parked {
+                                                tcp,
+                                                served,
+                                                deadline_ms,
+                                            });
+                                        }
+                                        Ok(Err(e)) => log::info!("cannot park an idle connection: {e}"),
+                                        Err(conn) => {
+                                            // Holds bytes: it waits the rest of its time here.
+                                            stream = conn;
+                                            wait_ms -= park_ms;
+                                            park_ms = 0;
+                                            continue;
+                                        }
+                                    }
+                                    return;
+                                }
+                                _ => return, // timed out, client gone, or shutting down
                             }
                         }
                     }
@@ -311,8 +361,8 @@ impl Listener {
                         Box::pin(self.lean.serve(session, shutdown)).await
                     }
                     None => {
-                        let keep = if served == 1 { first_wait } else { idle_wait };
-                        let keep = (!*shutdown.borrow()).then_some(keep.as_secs());
+                        let keep = if served == 1 { first_ms } else { idle_ms };
+                        let keep = (!*shutdown.borrow()).then_some(u64::from(keep / 1000));
                         let session = pingora_session(s, previous.map(|b| *b), keep, reuses_left);
                         HttpServerApp::process_new_http(&self.proxy, session, shutdown)
                             .await
@@ -325,7 +375,7 @@ impl Listener {
                 };
                 let Some(s) = next else { return };
                 stream = s;
-                wait = idle_wait;
+                wait_ms = idle_ms;
             }
         }
     }

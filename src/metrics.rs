@@ -21,6 +21,7 @@ pub struct Metrics {
     pub requests_in_flight: IntGauge,
     pub upgrades: IntCounter,
     pub lean_requests: IntCounter,
+    pub parked: IntGauge,
     pub reloads: IntCounterVec,
     pub request_time: Histogram,
 }
@@ -66,6 +67,11 @@ pub fn get() -> &'static Metrics {
             "Requests served by the lean HTTP/1 loop (the rest take Pingora's)",
         )
         .unwrap();
+        let parked = IntGauge::new(
+            "idle_connections_parked",
+            "Idle keep-alive connections waiting in the listeners' parking lots (server.idle_park_after)",
+        )
+        .unwrap();
         let reloads = IntCounterVec::new(Opts::new("reloads_total", "Configuration reloads"), &["result"]).unwrap();
         let request_time = Histogram::with_opts(
             HistogramOpts::new("request_seconds", "Total request time")
@@ -81,6 +87,7 @@ pub fn get() -> &'static Metrics {
         reg(Box::new(requests_in_flight.clone()));
         reg(Box::new(upgrades.clone()));
         reg(Box::new(lean_requests.clone()));
+        reg(Box::new(parked.clone()));
         reg(Box::new(reloads.clone()));
         reg(Box::new(request_time.clone()));
         Metrics {
@@ -96,6 +103,7 @@ pub fn get() -> &'static Metrics {
             requests_in_flight,
             upgrades,
             lean_requests,
+            parked,
             reloads,
             request_time,
         }

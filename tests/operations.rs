@@ -85,6 +85,63 @@ fn metrics_follow_traffic() {
 }
 
 #[test]
+fn idle_keepalive_connections_park_come_back_and_time_out() {
+    let b = Backend::start("b");
+    let ap = free_port();
+    let server = server_section(&["idle_park_after: 200ms", "keepalive_timeout: 3s"]);
+    let g = Gateway::start(&format!("{server}{}", conf(ap, &[&b], "")));
+    let parked = || -> i64 {
+        let m = admin(ap, "GET", "/metrics", "").body;
+        m.lines()
+            .find_map(|l| l.strip_prefix("portico_idle_connections_parked "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no parked gauge in {m}"))
+    };
+    let wait_for = |want: i64, within: Duration| {
+        let deadline = Instant::now() + within;
+        while parked() != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        parked()
+    };
+    let mut c = Client::connect(g.port).unwrap();
+    for _ in 0..2 {
+        assert_eq!(c.send("GET", "/", &[], b"").unwrap().status, 200);
+    }
+    // Busy connections are not parked; this one is once idle for 200 ms.
+    assert_eq!(wait_for(1, Duration::from_secs(3)), 1, "parked after idling");
+
+    // Its next request brings it back, on the same connection, and it parks again.
+    let t = Instant::now();
+    let r = c.send("GET", "/again", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("request=GET /again"), "{}", r.body);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "served at once: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(wait_for(1, Duration::from_secs(2)), 1, "parked again");
+
+    // keepalive_timeout (3 s) still closes it, parked: the client reads EOF.
+    let idle_since = Instant::now();
+    let mut byte = [0u8; 1];
+    let mut raw = c.into_stream();
+    raw.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    assert_eq!(
+        std::io::Read::read(&mut raw, &mut byte).unwrap(),
+        0,
+        "closed by the gateway"
+    );
+    let idle = idle_since.elapsed();
+    assert!(
+        idle > Duration::from_millis(2500) && idle < Duration::from_secs(5),
+        "{idle:?}"
+    );
+    assert_eq!(parked(), 0);
+}
+
+#[test]
 fn reload_swaps_config_and_keeps_it_on_a_bad_file() {
     let b = Backend::start("b");
     let ap = free_port();

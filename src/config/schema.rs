@@ -80,6 +80,12 @@ pub struct ServerSection {
     /// Idle HTTP/1 keep-alive connections hold only their socket until the
     /// next request's first byte arrives (about 7 instead of 24 KiB each).
     pub lean_keepalive: bool,
+    /// A plain keep-alive connection idle this long leaves its task for the
+    /// listener's parking lot, where it holds only its socket (about 0.1
+    /// instead of 1.3 KiB) until its next request arrives or
+    /// `keepalive_timeout` runs out (`src/listener/park.rs`). `0s`: never.
+    /// Needs `lean_keepalive`.
+    pub idle_park_after: Dur,
     /// HTTP/1.1 GET and HEAD requests without a body, and WebSocket
     /// handshakes, take Portico's own short proxy loop (`src/proxy/lean.rs`),
     /// which runs the same hooks as Pingora's loop for less CPU and memory.
@@ -103,6 +109,7 @@ impl Default for ServerSection {
             client_body_timeout: None,
             read_buffer: None,
             lean_keepalive: true,
+            idle_park_after: Dur(std::time::Duration::from_secs(1)),
             lean_proxy: true,
         }
     }

@@ -30,6 +30,7 @@
 //! hand them over the same way.
 
 use super::conn::Conn;
+use super::park::Parked;
 use super::Listener;
 use async_trait::async_trait;
 use openssl::ssl::{select_next_proto, AlpnError, SslAcceptor, SslMethod};
@@ -130,9 +131,11 @@ impl Service for Accepting {
         let loops: Vec<_> = (0..listeners_per_fd.max(1))
             .map(|_| tokio::spawn(accept_loop(shared.clone(), listener.clone(), shutdown.clone())))
             .collect();
+        let lot = tokio::spawn(parking_lot(shared.clone(), shutdown.clone()));
         for l in loops {
             let _ = l.await;
         }
+        let _ = lot.await;
         shared.app.cleanup().await;
     }
 
@@ -239,6 +242,38 @@ fn connection(shared: Arc<Shared>, conn: Box<Conn>, shutdown: ShutdownWatch) -> 
         };
         shared.app.serve(stream, &shutdown).await;
     }
+}
+
+/// The listener's parking lot (`park.rs`): a parked connection whose next
+/// request arrives gets a task again, with what is left of its keep-alive time.
+async fn parking_lot(shared: Arc<Shared>, shutdown: ShutdownWatch) {
+    let resume = |p: Parked| {
+        let Ok(peer) = p.tcp.peer_addr() else {
+            return; // the client is gone
+        };
+        let tcp = match tokio::net::TcpStream::from_std(p.tcp) {
+            Ok(t) => t,
+            Err(e) => return log::warn!("cannot resume a parked connection: {e}"),
+        };
+        let left = p.deadline_ms.saturating_sub(crate::clock::coarse_ms());
+        // Its request is here (or the client closed): a short wait is enough to read it.
+        let wait_ms = left.clamp(100, u32::MAX.into()) as u32;
+        let conn: Stream = Box::new(Conn::new(tcp, peer, shared.read_ahead));
+        tokio::spawn(resumed(shared.clone(), conn, shutdown.clone(), p.served, wait_ms));
+    };
+    shared.app.lot.run(resume, shutdown.clone()).await
+}
+
+/// A connection back from the parking lot, for the rest of its life.
+#[allow(clippy::manual_async_fn)]
+fn resumed(
+    shared: Arc<Shared>,
+    conn: Stream,
+    shutdown: ShutdownWatch,
+    served: u32,
+    wait_ms: u32,
+) -> impl Future<Output = ()> + Send {
+    async move { shared.app.serve_from(conn, &shutdown, served, Some(wait_ms)).await }
 }
 
 /// The TLS handshake, within `client_header_timeout`.

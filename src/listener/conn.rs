@@ -109,6 +109,16 @@ impl Conn {
         }
     }
 
+    /// The socket, off tokio's reactor, for the parking lot; `Err` with the
+    /// connection when it still holds bytes (read ahead, or not sent yet).
+    /// `Ok(Err)`: the socket could not be taken off the reactor (it is closed).
+    pub fn into_parked(self: Box<Self>) -> Result<io::Result<std::net::TcpStream>, Box<Conn>> {
+        if self.pending() || !self.out.is_empty() {
+            return Err(self);
+        }
+        Ok(self.tcp.into_std())
+    }
+
     /// Hand out pending bytes into `buf`, freeing them once all are out.
     fn take_back(&mut self, buf: &mut ReadBuf<'_>) {
         let n = (self.back.len() - self.pos).min(buf.remaining());

@@ -596,6 +596,11 @@ impl Client {
         self.read_response(method == "HEAD")
     }
 
+    /// The connection's socket, for reading it raw.
+    pub fn into_stream(self) -> TcpStream {
+        self.w
+    }
+
     pub fn read_response(&mut self, head: bool) -> std::io::Result<Response> {
         let mut line = String::new();
         if self.r.read_line(&mut line)? == 0 {
