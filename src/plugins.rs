@@ -120,12 +120,14 @@ headers_impl!(RespHeaders);
 /// The client's request header for the plugins' `request` hook. It asks
 /// the session for the header mutably only to edit it: in the lean loop
 /// that makes the upstream request be written from the header instead of
-/// the lines as they came, so a hook that only reads must not.
+/// the lines as they came, so a hook that only reads must not. Reading
+/// goes through `Downstream::header`, which in the lean loop needs no
+/// header built.
 pub struct ClientHeaders<'a, D: Downstream>(pub &'a mut D);
 
 impl<D: Downstream> Headers for ClientHeaders<'_, D> {
     fn get(&self, name: &str) -> Option<&str> {
-        field(&self.0.req().headers, name).and_then(|v| v.to_str().ok())
+        self.0.header(name)
     }
     fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
         ReqHeaders(self.0.req_mut()).set(name, value)

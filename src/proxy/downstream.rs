@@ -14,8 +14,48 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 pub trait Downstream: Send + Sync {
+    /// The whole request header. The steps read the parts below where they
+    /// can: the lean loop builds this header only when something asks for it.
     fn req(&self) -> &RequestHeader;
     fn req_mut(&mut self) -> &mut RequestHeader;
+
+    fn method(&self) -> &http::Method {
+        &self.req().method
+    }
+
+    fn version(&self) -> http::Version {
+        self.req().version
+    }
+
+    /// The target's path (without the query).
+    fn path(&self) -> &str {
+        self.req().uri.path()
+    }
+
+    /// The target as the request line gave it (path and query; `/` if none).
+    fn target(&self) -> &str {
+        let req = self.req();
+        req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.req().uri.query()
+    }
+
+    /// The Host field, else the target's authority, else "".
+    fn host(&self) -> &str {
+        let req = self.req();
+        (req.headers.get(http::header::HOST))
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host())
+            .unwrap_or("")
+    }
+
+    /// The first field named `name` (any case), if it is visible ASCII.
+    fn header(&self, name: &str) -> Option<&str> {
+        crate::plugins::field(&self.req().headers, name).and_then(|v| v.to_str().ok())
+    }
+
     fn client_ip(&self) -> Option<IpAddr>;
     /// Does the client let the connection carry another request (not
     /// `Connection: close`, not HTTP/1.0 without keep-alive)?

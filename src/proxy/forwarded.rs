@@ -8,7 +8,6 @@
 //! the header (Pingora's loop) or writes them straight into the upstream
 //! request head (the lean loop).
 
-use pingora_http::RequestHeader;
 use std::net::IpAddr;
 
 /// The forwarding headers one request gets, borrowed from the request where
@@ -26,8 +25,9 @@ pub struct Forwarded<'a> {
 }
 
 impl<'a> Forwarded<'a> {
+    /// `field` gives the client's field of a name (its first, if it is text).
     pub fn of(
-        req: &'a RequestHeader,
+        field: impl Fn(&str) -> Option<&'a str>,
         client_ip: Option<IpAddr>,
         trusted: bool,
         scheme: &'static str,
@@ -38,7 +38,7 @@ impl<'a> Forwarded<'a> {
             if !trusted {
                 return None;
             }
-            let v = req.headers.get(name)?.to_str().ok()?.trim();
+            let v = field(name)?.trim();
             (!v.is_empty()).then_some(v)
         };
         Forwarded {

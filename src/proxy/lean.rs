@@ -301,7 +301,7 @@ impl LeanPath {
         let forwarding = gw.forwarding(s, ctx);
         let head = if edits {
             // The steps' edits are kept by name and applied as the head is written (no copy).
-            let mut fields = RequestEdits::forwarded(s.req(), &forwarding.fields());
+            let mut fields = RequestEdits::forwarded(s.fields(), &forwarding.fields());
             if let Err(e) = gw.upstream_request_edits(&*s, &mut fields, ctx).await {
                 return (false, true, Some(e));
             }
@@ -331,7 +331,7 @@ impl LeanPath {
             let e = Error::explain(ErrorType::InvalidHTTPHeader, "request target has forbidden bytes");
             return (false, true, Some(e.into_up()));
         };
-        let is_head = s.req().method == http::Method::HEAD;
+        let is_head = *s.method() == http::Method::HEAD;
         if let Err(e) = up.send(&head, is_head, websocket).await {
             return (false, false, Some(e.into_up()));
         }

@@ -54,15 +54,6 @@ pub struct Gateway {
     pub access_log: Option<Arc<AccessLog>>,
 }
 
-fn host_of<D: Downstream>(s: &D) -> &str {
-    let req = s.req();
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.host())
-        .unwrap_or("")
-}
-
 /// The protocol as a request line writes it (`HTTP/1.1`).
 fn version_text(v: http::Version) -> &'static str {
     match v {
@@ -73,10 +64,6 @@ fn version_text(v: http::Version) -> &'static str {
         http::Version::HTTP_3 => "HTTP/3.0",
         _ => "HTTP/?",
     }
-}
-
-fn request_uri(req: &RequestHeader) -> &str {
-    req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
 }
 
 /// An edit of the upstream request that `http` refused.
@@ -111,7 +98,7 @@ impl Gateway {
                 pool.servers[i].record_failure(&pool.name, why);
             }
         }
-        let idempotent = s.req().method.is_idempotent();
+        let idempotent = s.method().is_idempotent();
         let tried = &ctx.tried;
         let retry = s.response_status().is_none()
             && loc
@@ -134,14 +121,13 @@ impl Gateway {
 /// location without any pays nothing.
 impl Gateway {
     async fn run_request_plugins<D: Downstream>(&self, s: &mut D, ctx: &mut Ctx, loc: &Location) -> Option<Reply> {
-        let req = s.req();
         let pc = ctx.plugin.insert(api::Ctx {
             client_ip: ctx.client_ip,
             scheme: self.scheme,
-            method: req.method.clone(),
-            host: crate::routing::strip_port(host_of(s)).to_string(),
-            path: req.uri.path().to_string(),
-            query: req.uri.query().map(str::to_string),
+            method: s.method().clone(),
+            host: crate::routing::strip_port(s.host()).to_string(),
+            path: s.path().to_string(),
+            query: s.query().map(str::to_string),
             route: loc.name.clone(),
             pool: match &loc.action {
                 Action::Proxy(p) => Some(p.name.clone()),
@@ -162,23 +148,22 @@ impl Gateway {
     pub fn forwarding<'s, D: Downstream>(&self, s: &'s D, ctx: &Ctx) -> forwarded::Forwarded<'s> {
         let snap = ctx.snap.as_ref().expect("routed");
         let trusted = ctx.client_ip.is_some_and(|ip| snap.is_trusted(&ip));
-        let host = host_of(s);
+        let host = s.host();
         let host = (!host.is_empty()).then_some(host);
-        forwarded::Forwarded::of(s.req(), ctx.client_ip, trusted, self.scheme, host)
+        forwarded::Forwarded::of(|name| s.header(name), ctx.client_ip, trusted, self.scheme, host)
     }
 
     /// Expand a config template (`$host`, `$request_uri`, ...) for this request.
     fn expand<D: Downstream>(&self, s: &D, ctx: &Ctx, t: &Template) -> String {
-        let req = s.req();
         let mut ip = String::new();
         if let Some(addr) = ctx.client_ip.filter(|_| t.uses_remote_addr()) {
             forwarded::push_ip(&mut ip, addr);
         }
         t.expand(&Vars {
             scheme: self.scheme,
-            host: crate::routing::strip_port(host_of(s)),
-            request_uri: request_uri(req),
-            uri: req.uri.path(),
+            host: crate::routing::strip_port(s.host()),
+            request_uri: s.target(),
+            uri: s.path(),
             remote_addr: &ip,
         })
     }
@@ -212,9 +197,8 @@ impl Gateway {
         ctx.snap = Some(snap.clone());
         ctx.in_flight = Some(RequestGauge::new());
         ctx.client_ip = s.client_ip();
-        let req = s.req();
         if let Some(hp) = &snap.health_path {
-            if req.uri.path() == hp && matches!(req.method, http::Method::GET | http::Method::HEAD) {
+            if s.path() == hp && matches!(*s.method(), http::Method::GET | http::Method::HEAD) {
                 respond::send(s, 200, "text/plain", Bytes::from_static(b"ok"), None).await?;
                 return Ok(true);
             }
@@ -222,20 +206,15 @@ impl Gateway {
         let loc = snap
             .listeners
             .get(self.listener)
-            .and_then(|l| l.hosts.lookup(host_of(s)))
-            .and_then(|h| h.paths.lookup(s.req().uri.path()))
+            .and_then(|l| l.hosts.lookup(s.host()))
+            .and_then(|h| h.paths.lookup(s.path()))
             .cloned();
         let Some(loc) = loc else {
             respond::send(s, 404, "text/plain", respond::error_body(404), None).await?;
             return Ok(true);
         };
         if let Some(max) = loc.max_body {
-            let len = s
-                .req()
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
+            let len = s.header("content-length").and_then(|v| v.parse::<u64>().ok());
             if len.is_some_and(|n| n > max) {
                 s.set_keepalive(None);
                 respond::send(s, 413, "text/plain", respond::error_body(413), None).await?;
@@ -283,7 +262,7 @@ impl Gateway {
     pub async fn upstream_peer<D: Downstream>(&self, s: &mut D, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let pool = ctx.pool.clone().expect("routed in request_filter");
         let loc = ctx.loc.clone().expect("routed in request_filter");
-        let Some(i) = pick::choose(&pool, s.req(), ctx, self.scheme == "https") else {
+        let Some(i) = pick::choose(&pool, &*s, ctx, self.scheme == "https") else {
             // Nothing usable left: report what the last attempt saw, as nginx does.
             let (code, msg) = match ctx.last_failure {
                 Some(Failure::Connect { timeout: true }) | Some(Failure::NoResponse { timeout: true }) => {
@@ -601,8 +580,7 @@ impl Gateway {
             }
         }
         let Some(log) = &self.access_log else { return };
-        let req = s.req();
-        let header = |name| req.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-");
+        let header = |name| s.header(name).unwrap_or("-");
         let pool = ctx.pool.as_ref();
         let cur = ctx.current.as_ref().map(|a| (a.server, a.started.elapsed()));
         let attempts = || ctx.upstream_log.iter().copied().chain(cur);
@@ -616,19 +594,19 @@ impl Gateway {
             line.push_str(" - - [");
             access_log::push_time_local(line);
             line.push_str("] \"");
-            line.push_str(req.method.as_str());
+            line.push_str(s.method().as_str());
             line.push(' ');
-            line.push_str(request_uri(req));
+            line.push_str(s.target());
             line.push(' ');
-            line.push_str(version_text(req.version));
+            line.push_str(version_text(s.version()));
             line.push_str("\" ");
             access_log::push_num(line, u64::from(status));
             line.push(' ');
             access_log::push_num(line, ctx.sent_bytes);
             line.push_str(" \"");
-            line.push_str(header(http::header::REFERER));
+            line.push_str(header("referer"));
             line.push_str("\" \"");
-            line.push_str(header(http::header::USER_AGENT));
+            line.push_str(header("user-agent"));
             line.push_str("\" ");
             if ctx.upstream_log.is_empty() && cur.is_none() {
                 line.push_str("- -");

@@ -3,6 +3,7 @@
 //! servers this request already failed on.
 
 use super::ctx::Ctx;
+use super::downstream::Downstream;
 use crate::upstream::sticky::{cookie_value, Mode};
 use crate::upstream::{HashKey, Pool};
 use pingora_http::RequestHeader;
@@ -16,22 +17,22 @@ fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
         .find_map(|v| cookie_value(v, name))
 }
 
-fn key<'a>(pool: &Pool, req: &'a RequestHeader, ctx: &Ctx) -> Cow<'a, [u8]> {
+fn key<'a, D: Downstream>(pool: &Pool, s: &'a D, ctx: &Ctx) -> Cow<'a, [u8]> {
     let Some(k) = &pool.hash_key else {
         return Cow::Borrowed(&[]);
     };
+    let req = || s.req();
     match k {
         HashKey::ClientIp => match ctx.client_ip {
             Some(std::net::IpAddr::V4(ip)) => Cow::Owned(ip.octets().to_vec()),
             Some(std::net::IpAddr::V6(ip)) => Cow::Owned(ip.octets().to_vec()),
             None => Cow::Borrowed(&[]),
         },
-        HashKey::Uri => Cow::Borrowed(req.uri.path().as_bytes()),
-        HashKey::Header(h) => Cow::Borrowed(req.headers.get(h.as_str()).map(|v| v.as_bytes()).unwrap_or(&[])),
-        HashKey::Cookie(c) => Cow::Borrowed(cookie(req, c).unwrap_or("").as_bytes()),
+        HashKey::Uri => Cow::Borrowed(s.path().as_bytes()),
+        HashKey::Header(h) => Cow::Borrowed(req().headers.get(h.as_str()).map(|v| v.as_bytes()).unwrap_or(&[])),
+        HashKey::Cookie(c) => Cow::Borrowed(cookie(req(), c).unwrap_or("").as_bytes()),
         HashKey::Arg(a) => Cow::Borrowed(
-            req.uri
-                .query()
+            s.query()
                 .and_then(|q| {
                     q.split('&').find_map(|kv| {
                         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -45,13 +46,14 @@ fn key<'a>(pool: &Pool, req: &'a RequestHeader, ctx: &Ctx) -> Cow<'a, [u8]> {
 }
 
 /// Pick a server index for the next attempt, or `None` if none is usable.
-pub fn choose(pool: &Pool, req: &RequestHeader, ctx: &mut Ctx, https: bool) -> Option<usize> {
+/// The request's header is read only where the pool's algorithm needs it.
+pub fn choose<D: Downstream>(pool: &Pool, s: &D, ctx: &mut Ctx, https: bool) -> Option<usize> {
     let tried = &ctx.tried;
     let skip = |i: usize| tried.contains(&i);
     if let Some(st) = &pool.sticky {
         match st.mode {
             Mode::Insert => {
-                let pinned = cookie(req, &st.cookie)
+                let pinned = cookie(s.req(), &st.cookie)
                     .and_then(|v| st.decode(v))
                     .and_then(|id| pool.server_by_sticky_id(id))
                     .filter(|&i| !skip(i) && pool.servers[i].state.usable());
@@ -63,11 +65,11 @@ pub fn choose(pool: &Pool, req: &RequestHeader, ctx: &mut Ctx, https: bool) -> O
                 return Some(i);
             }
             Mode::Hash => {
-                let v = cookie(req, &st.cookie).unwrap_or("");
+                let v = cookie(s.req(), &st.cookie).unwrap_or("");
                 return pool.select(v.as_bytes(), &skip);
             }
         }
     }
-    let k = key(pool, req, ctx);
+    let k = key(pool, s, ctx);
     pool.select(&k, &skip)
 }

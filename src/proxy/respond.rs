@@ -23,7 +23,7 @@ pub fn header(status: u16, content_type: &str, body_len: usize, location: Option
 
 /// Write `r` and `body` (no body for HEAD).
 pub async fn write<D: Downstream>(s: &mut D, r: ResponseHeader, body: Bytes) -> Result<()> {
-    let head_only = s.req().method == http::Method::HEAD;
+    let head_only = *s.method() == http::Method::HEAD;
     s.send_header(Box::new(r), head_only || body.is_empty()).await?;
     if !head_only && !body.is_empty() {
         s.send_body(Some(body), true).await?;

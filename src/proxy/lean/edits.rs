@@ -248,18 +248,46 @@ impl Headers for FieldEdits<'_> {
 /// loop edits: `set` in place of the first field of that name (the others
 /// dropped) or at the end, `append` at the end, `remove` all of that name.
 pub struct RequestEdits<'r> {
-    req: &'r RequestHeader,
+    req: &'r dyn ClientFields,
     /// Set (`Some`) or removed (`None`), by name as given, in the order
     /// first edited (inline for the forwarding fields and a few more).
     named: SmallVec<[(Span, Option<Span>); 8]>,
     kept: Kept,
 }
 
+/// The client's request fields as edits read them: from its
+/// `RequestHeader`, or from the lean loop's request head as it came
+/// (`session::Head`), which then needs no header built.
+pub trait ClientFields: Sync {
+    /// The first field named `name` (any case), if it is visible ASCII.
+    fn first(&self, name: &str) -> Option<&str>;
+    /// Is there a field named `name` (any case)?
+    fn has(&self, name: &str) -> bool;
+    /// Each Host field's value, in order.
+    fn hosts(&self, each: &mut dyn FnMut(&[u8]));
+}
+
+impl ClientFields for RequestHeader {
+    fn first(&self, name: &str) -> Option<&str> {
+        field(&self.headers, name).and_then(|v| v.to_str().ok())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        (self.headers.keys()).any(|k| k.as_str().eq_ignore_ascii_case(name))
+    }
+
+    fn hosts(&self, each: &mut dyn FnMut(&[u8])) {
+        for v in self.headers.get_all(http::header::HOST) {
+            each(v.as_bytes());
+        }
+    }
+}
+
 /// [`RequestEdits`] as [`super::upstream::request_head`] takes them.
 pub type Parts<'a> = (Vec<(&'a str, Option<&'a str>)>, Vec<(&'a str, &'a str)>);
 
 impl<'r> RequestEdits<'r> {
-    pub fn new(req: &'r RequestHeader) -> Self {
+    pub fn new(req: &'r dyn ClientFields) -> Self {
         RequestEdits {
             req,
             named: SmallVec::new(),
@@ -271,7 +299,7 @@ impl<'r> RequestEdits<'r> {
     /// (`None`): distinct lower-case names and values made from the
     /// client's checked fields and address, so kept without a check or a
     /// lookup, as `set` and `remove` would keep them.
-    pub fn forwarded(req: &'r RequestHeader, fields: &[(&'static str, Option<&str>)]) -> Self {
+    pub fn forwarded(req: &'r dyn ClientFields, fields: &[(&'static str, Option<&str>)]) -> Self {
         let mut e = Self::new(req);
         for &(name, value) in fields {
             debug_assert!(e.entry(name).is_none() && value.is_none_or(|v| checked(name, v).is_ok()));
@@ -317,7 +345,7 @@ impl<'r> RequestEdits<'r> {
     pub fn edits_client_fields(&self) -> bool {
         (self.named.iter()).any(|&(n, _)| {
             let n = self.kept.at(n);
-            !rewritten(n.as_bytes()) && (self.req.headers.keys()).any(|k| k.as_str().eq_ignore_ascii_case(n))
+            !rewritten(n.as_bytes()) && self.req.has(n)
         })
     }
 
@@ -329,24 +357,17 @@ impl<'r> RequestEdits<'r> {
         if client_checked && set.is_none() && !self.kept.added().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
             return true;
         }
-        let client = (set.is_none().then(|| {
-            self.req
-                .headers
-                .get_all(http::header::HOST)
-                .iter()
-                .map(|v| v.as_bytes())
-        }))
-        .into_iter()
-        .flatten();
-        let added = (self.kept.added()).filter(|(n, _)| n.eq_ignore_ascii_case("host"));
-        let hosts = (set.flatten().map(str::as_bytes).into_iter())
-            .chain(client)
-            .chain(added.map(|(_, v)| v.as_bytes()));
         let (mut count, mut clean) = (0, true);
-        for h in hosts {
+        let mut host = |h: &[u8]| {
             count += 1;
             clean &= !h.contains(&b'@');
+        };
+        match set {
+            Some(v) => v.into_iter().for_each(|v| host(v.as_bytes())),
+            None => self.req.hosts(&mut host),
         }
+        let added = (self.kept.added()).filter(|(n, _)| n.eq_ignore_ascii_case("host"));
+        added.for_each(|(_, v)| host(v.as_bytes()));
         count <= 1 && clean
     }
 }
@@ -357,7 +378,7 @@ impl Headers for RequestEdits<'_> {
             Some(v) => v,
             // The client's Connection is not passed on (Pingora's copy drops it first).
             None if name.eq_ignore_ascii_case("connection") => None,
-            None => field(&self.req.headers, name).and_then(|v| v.to_str().ok()),
+            None => self.req.first(name),
         };
         base.or_else(|| {
             self.kept

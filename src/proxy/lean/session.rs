@@ -11,6 +11,7 @@
 //! future. What the gateway's steps need from it is the [`Downstream`]
 //! trait, which this type implements.
 
+use super::edits::ClientFields;
 use super::upstream::{ends_chunked, put_field, ResponseHead};
 use crate::proxy::downstream::Downstream;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -19,19 +20,41 @@ use pingora_core::protocols::http::date::get_cached_date;
 use pingora_core::protocols::Stream;
 use pingora_core::{Error, ErrorType, OrErr, Result};
 use pingora_http::{HeaderNameVariant, RequestHeader, ResponseHeader};
+use smallvec::SmallVec;
 use std::net::IpAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A request head the lean loop takes, parsed once.
+/// A request head the lean loop takes, parsed once. The steps read its
+/// method, target and fields from the spans kept here; the `RequestHeader`
+/// (a header map and a `Uri`, about a seventh of a plain request's work) is
+/// built only when a step asks for the whole header: header rules and
+/// plugins that edit the client's fields, hashing on a field or cookie,
+/// sticky cookies, a bare LF in the head.
 pub struct Head {
-    req: RequestHeader,
+    /// The head as it came.
+    raw: Bytes,
+    method: http::Method,
+    /// The target, parsed as `RequestHeader` parses it.
+    target: http::uri::PathAndQuery,
+    /// Name and value of each field, as spans of `raw`.
+    fields: SmallVec<[Field; 8]>,
+    /// The whole header, once asked for.
+    req: OnceLock<RequestHeader>,
     /// The client sent `Connection: close`.
     close: bool,
     /// A WebSocket handshake (`Upgrade: websocket`).
     upgrade: bool,
     /// The head as it came, for writing the upstream request from it.
     lines: Option<Lines>,
+}
+
+/// A field's name and value: `(start, end)` in the head.
+#[derive(Clone, Copy)]
+struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
 }
 
 /// A request head as the client sent it, and which of its field lines
@@ -78,38 +101,123 @@ impl Head {
             let start = s.as_ptr() as usize - base;
             start..start + s.len()
         };
+        let at = |s: &[u8]| {
+            let r = span(s);
+            (r.start as u32, r.end as u32)
+        };
         let lines = Lines::of(head, &raw, parsed, &span);
-        let (method, path, n) = (parsed.method?, parsed.path?.as_bytes(), Some(parsed.headers.len()));
-        let mut req = if lines.is_some() {
-            RequestHeader::build_no_case(method, path, n)
-        } else {
-            RequestHeader::build(method, path, n)
+        let method = http::Method::from_bytes(parsed.method?.as_bytes()).ok()?;
+        // A target with a fragment or not in UTF-8 is one `RequestHeader` keeps
+        // apart from its `Uri`: Pingora's loop serves those.
+        let path = parsed.path?.as_bytes();
+        if path.contains(&b'#') || std::str::from_utf8(path).is_err() {
+            return None;
         }
-        .ok()?;
-        req.set_version(http::Version::HTTP_11);
+        let target = http::uri::PathAndQuery::from_maybe_shared(raw.slice(span(path))).ok()?;
         let mut close = false;
+        let mut fields = SmallVec::with_capacity(parsed.headers.len());
         for h in parsed.headers.iter() {
             if h.name.len() == 10 && h.name.eq_ignore_ascii_case("connection") {
                 close |= h.value.eq_ignore_ascii_case(b"close");
             }
-            let value = pingora_http::header_value_from_raw(raw.slice(span(h.value)));
-            req.append_header(raw.slice(span(h.name.as_bytes())), value).ok()?;
+            fields.push(Field {
+                name: at(h.name.as_bytes()),
+                value: at(h.value),
+            });
         }
         Some(Head {
-            req,
+            raw,
+            method,
+            target,
+            fields,
+            req: OnceLock::new(),
             close,
             upgrade,
             lines,
         })
     }
 
+    fn bytes(&self, (start, end): (u32, u32)) -> &[u8] {
+        &self.raw[start as usize..end as usize]
+    }
+
+    /// The fields named `name` (any case), in order.
+    fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Field> + 'a {
+        (self.fields.iter()).filter(move |f| self.bytes(f.name).eq_ignore_ascii_case(name.as_bytes()))
+    }
+
+    /// The first field named `name` (any case), if it is visible ASCII, as
+    /// `HeaderValue::to_str` would give it.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        if let Some(req) = self.req.get() {
+            return req.first(name);
+        }
+        let f = self.named(name).next()?;
+        let v = self.bytes(f.value);
+        // Visible ASCII and tabs: UTF-8 as it is.
+        v.iter()
+            .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+            .then(|| std::str::from_utf8(v).ok())
+            .flatten()
+    }
+
+    /// The whole header once built: from then on what the steps read, as
+    /// they may have edited it (`req_mut`).
+    fn built(&self) -> Option<&RequestHeader> {
+        self.req.get()
+    }
+
+    /// The whole header, built the first time it is asked for.
     pub fn req(&self) -> &RequestHeader {
-        &self.req
+        self.req.get_or_init(|| self.build_req())
+    }
+
+    /// As Pingora's header types take the request in. Only the name and case
+    /// map choice can differ from what was checked when it was taken in: a
+    /// field `http` refuses (none `httparse` lets through) is left out.
+    fn build_req(&self) -> RequestHeader {
+        let n = Some(self.fields.len());
+        let target = self.target.as_str().as_bytes();
+        let mut req = if self.lines.is_some() {
+            RequestHeader::build_no_case(self.method.clone(), target, n)
+        } else {
+            RequestHeader::build(self.method.clone(), target, n)
+        }
+        .expect("method and target checked when taken in");
+        req.set_version(http::Version::HTTP_11);
+        for f in &self.fields {
+            let name = self.raw.slice(f.name.0 as usize..f.name.1 as usize);
+            let value = self.raw.slice(f.value.0 as usize..f.value.1 as usize);
+            if let Err(e) = req.append_header(name, pingora_http::header_value_from_raw(value)) {
+                warn!("request field left out: {e}");
+            }
+        }
+        req
     }
 
     #[cfg(test)]
     pub fn lines(&self) -> Option<&Lines> {
         self.lines.as_ref()
+    }
+}
+
+impl ClientFields for Head {
+    fn first(&self, name: &str) -> Option<&str> {
+        self.field(name)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        match self.built() {
+            Some(req) => req.has(name),
+            None => self.named(name).next().is_some(),
+        }
+    }
+
+    fn hosts(&self, each: &mut dyn FnMut(&[u8])) {
+        match self.built() {
+            Some(req) => req.hosts(each),
+            None => self.named("host").for_each(|f| each(self.bytes(f.value))),
+        }
     }
 }
 
@@ -211,6 +319,11 @@ impl LeanSession {
         }
     }
 
+    /// The client's fields, for edits to read (without building the header).
+    pub fn fields(&self) -> &dyn ClientFields {
+        &*self.head
+    }
+
     /// The request head as it came, when the upstream request is written from it.
     pub fn lines(&self) -> Option<&Lines> {
         self.head.lines.as_ref()
@@ -291,7 +404,7 @@ impl LeanSession {
     fn frame(&mut self, code: u16, chunked: bool, length: Option<u64>) {
         self.out = if code == 101 {
             Out::Switched
-        } else if self.head.req.method == http::Method::HEAD || code == 204 || code == 304 {
+        } else if self.head.method == http::Method::HEAD || code == 204 || code == 304 {
             Out::Empty
         } else if chunked {
             Out::Chunked
@@ -408,14 +521,51 @@ impl HeadWriter {
 
 impl Downstream for LeanSession {
     fn req(&self) -> &RequestHeader {
-        &self.head.req
+        self.head.req()
     }
 
     /// The header, to edit: the lines as they came no longer say what it
-    /// holds, so the upstream request is written from the header.
+    /// holds, so the upstream request is written from the header (built
+    /// first, while its lines still say how).
     fn req_mut(&mut self) -> &mut RequestHeader {
+        self.head.req();
         self.head.lines = None;
-        &mut self.head.req
+        self.head.req.get_mut().expect("built above")
+    }
+
+    // Read from the head as it came until the header is built; from then on
+    // from the header, which the steps may have edited.
+
+    fn method(&self) -> &http::Method {
+        self.head.built().map_or(&self.head.method, |r| &r.method)
+    }
+
+    fn version(&self) -> http::Version {
+        self.head.built().map_or(http::Version::HTTP_11, |r| r.version)
+    }
+
+    fn path(&self) -> &str {
+        self.head.built().map_or(self.head.target.path(), |r| r.uri.path())
+    }
+
+    fn target(&self) -> &str {
+        match self.head.built() {
+            Some(r) => r.uri.path_and_query().map_or("/", |p| p.as_str()),
+            None => self.head.target.as_str(),
+        }
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.head.built().map_or(self.head.target.query(), |r| r.uri.query())
+    }
+
+    /// The lean loop takes only requests with one plain Host field.
+    fn host(&self) -> &str {
+        self.head.field("host").unwrap_or("")
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.field(name)
     }
 
     fn client_ip(&self) -> Option<IpAddr> {
@@ -447,9 +597,7 @@ impl Downstream for LeanSession {
     }
 
     fn summary(&self) -> String {
-        let req = &self.head.req;
-        let host = req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok());
-        format!("{} {}, Host: {}", req.method, req.uri, host.unwrap_or_default())
+        format!("{} {}, Host: {}", self.method(), self.target(), self.host())
     }
 
     async fn send_header(&mut self, resp: Box<ResponseHeader>, end: bool) -> Result<()> {
@@ -504,5 +652,91 @@ impl Downstream for LeanSession {
             self.complete = true;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::lean::edits::{ClientFields, RequestEdits};
+    use portico_plugin_api::Headers;
+
+    fn taken(raw: &[u8]) -> Option<Head> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert!(parsed.parse(raw).unwrap().is_complete());
+        Head::build(raw, &parsed, false)
+    }
+
+    /// What the steps read of a request, from the head as it came and from
+    /// the header built from it, must be the same.
+    #[test]
+    fn the_head_as_it_came_reads_as_the_header_built_from_it() {
+        let heads: [&[u8]; 4] = [
+            b"GET /a/b?x=1&y=2 HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: t\r\nX-Dup: 1\r\nx-dup: 2\r\nX-Bin: a\xffb\r\nX-Tab: a\tb\r\nCookie: k=v\r\n\r\n",
+            b"HEAD / HTTP/1.1\r\nhost: h\r\n\r\n",
+            b"GET /p? HTTP/1.1\nHost: lf\n\n",
+            b"GET /%41?%20 HTTP/1.1\r\nHost: h\r\nReferer: r\r\nX-Empty:\r\n\r\n",
+        ];
+        let names = [
+            "host",
+            "HOST",
+            "user-agent",
+            "x-dup",
+            "X-Bin",
+            "x-tab",
+            "cookie",
+            "referer",
+            "x-empty",
+            "none",
+        ];
+        for raw in heads {
+            let head = taken(raw).expect("taken");
+            let (method, target, path, query) = (
+                head.method.clone(),
+                head.target.as_str().to_string(),
+                head.target.path().to_string(),
+                head.target.query().map(str::to_string),
+            );
+            let fields: Vec<_> = names.iter().map(|n| head.field(n).map(str::to_string)).collect();
+            let has: Vec<_> = names.iter().map(|n| ClientFields::has(&head, n)).collect();
+            let mut hosts = Vec::new();
+            head.hosts(&mut |h| hosts.push(h.to_vec()));
+            assert!(head.built().is_none(), "nothing built so far");
+            let req = head.req();
+            assert_eq!(method, req.method);
+            assert_eq!(Some(target.as_str()), req.uri.path_and_query().map(|p| p.as_str()));
+            assert_eq!(path, req.uri.path());
+            assert_eq!(query.as_deref(), req.uri.query());
+            for (i, n) in names.iter().enumerate() {
+                assert_eq!(fields[i].as_deref(), req.first(n), "{n} in {raw:?}");
+                assert_eq!(has[i], req.has(n), "{n} in {raw:?}");
+            }
+            let mut built_hosts = Vec::new();
+            req.hosts(&mut |h| built_hosts.push(h.to_vec()));
+            assert_eq!(hosts, built_hosts);
+        }
+    }
+
+    #[test]
+    fn targets_the_header_keeps_apart_from_its_uri_are_left_to_pingora() {
+        // (`httparse` lets no byte above 0x7e through in a target, so UTF-8 is checked only in case.)
+        assert!(taken(b"GET /a#frag HTTP/1.1\r\nHost: h\r\n\r\n").is_none());
+        assert!(taken(b"GET /a%23frag HTTP/1.1\r\nHost: h\r\n\r\n").is_some());
+    }
+
+    /// Once a step has edited the header, everything reads the edit.
+    #[test]
+    fn after_an_edit_the_header_is_what_is_read() {
+        let mut head = taken(b"GET /p HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n").unwrap();
+        head.req();
+        head.req.get_mut().unwrap().insert_header("x-a", "2").unwrap();
+        head.req.get_mut().unwrap().insert_header("host", "other").unwrap();
+        assert_eq!(head.field("x-a"), Some("2"));
+        let mut hosts = Vec::new();
+        head.hosts(&mut |h| hosts.push(h.to_vec()));
+        assert_eq!(hosts, [b"other".to_vec()]);
+        let e = RequestEdits::new(&head);
+        assert_eq!(e.get("x-a"), Some("2"));
     }
 }
