@@ -56,6 +56,14 @@ pub trait Downstream: Send + Sync {
         crate::plugins::field(&self.req().headers, name).and_then(|v| v.to_str().ok())
     }
 
+    /// What `find` first finds in the fields named `name` (lower-case) that
+    /// are visible ASCII, in order.
+    fn find_field<'a>(&'a self, name: &str, find: &mut dyn FnMut(&'a str) -> Option<&'a str>) -> Option<&'a str> {
+        (self.req().headers.get_all(name).iter())
+            .filter_map(|v| v.to_str().ok())
+            .find_map(find)
+    }
+
     fn client_ip(&self) -> Option<IpAddr>;
     /// Does the client let the connection carry another request (not
     /// `Connection: close`, not HTTP/1.0 without keep-alive)?

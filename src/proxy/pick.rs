@@ -6,22 +6,16 @@ use super::ctx::Ctx;
 use super::downstream::Downstream;
 use crate::upstream::sticky::{cookie_value, Mode};
 use crate::upstream::{HashKey, Pool};
-use pingora_http::RequestHeader;
 use std::borrow::Cow;
 
-fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| cookie_value(v, name))
+fn cookie<'a, D: Downstream>(s: &'a D, name: &str) -> Option<&'a str> {
+    s.find_field("cookie", &mut |v| cookie_value(v, name))
 }
 
 fn key<'a, D: Downstream>(pool: &Pool, s: &'a D, ctx: &Ctx) -> Cow<'a, [u8]> {
     let Some(k) = &pool.hash_key else {
         return Cow::Borrowed(&[]);
     };
-    let req = || s.req();
     match k {
         HashKey::ClientIp => match ctx.client_ip {
             Some(std::net::IpAddr::V4(ip)) => Cow::Owned(ip.octets().to_vec()),
@@ -29,8 +23,8 @@ fn key<'a, D: Downstream>(pool: &Pool, s: &'a D, ctx: &Ctx) -> Cow<'a, [u8]> {
             None => Cow::Borrowed(&[]),
         },
         HashKey::Uri => Cow::Borrowed(s.path().as_bytes()),
-        HashKey::Header(h) => Cow::Borrowed(req().headers.get(h.as_str()).map(|v| v.as_bytes()).unwrap_or(&[])),
-        HashKey::Cookie(c) => Cow::Borrowed(cookie(req(), c).unwrap_or("").as_bytes()),
+        HashKey::Header(h) => Cow::Borrowed(s.req().headers.get(h.as_str()).map(|v| v.as_bytes()).unwrap_or(&[])),
+        HashKey::Cookie(c) => Cow::Borrowed(cookie(s, c).unwrap_or("").as_bytes()),
         HashKey::Arg(a) => Cow::Borrowed(
             s.query()
                 .and_then(|q| {
@@ -53,7 +47,7 @@ pub fn choose<D: Downstream>(pool: &Pool, s: &D, ctx: &mut Ctx, https: bool) -> 
     if let Some(st) = &pool.sticky {
         match st.mode {
             Mode::Insert => {
-                let pinned = cookie(s.req(), &st.cookie)
+                let pinned = cookie(s, &st.cookie)
                     .and_then(|v| st.decode(v))
                     .and_then(|id| pool.server_by_sticky_id(id))
                     .filter(|&i| !skip(i) && pool.servers[i].state.usable());
@@ -65,7 +59,7 @@ pub fn choose<D: Downstream>(pool: &Pool, s: &D, ctx: &mut Ctx, https: bool) -> 
                 return Some(i);
             }
             Mode::Hash => {
-                let v = cookie(s.req(), &st.cookie).unwrap_or("");
+                let v = cookie(s, &st.cookie).unwrap_or("");
                 return pool.select(v.as_bytes(), &skip);
             }
         }

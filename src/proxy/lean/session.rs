@@ -152,9 +152,22 @@ impl Head {
         if let Some(req) = self.req.get() {
             return req.first(name);
         }
-        let f = self.named(name).next()?;
+        self.text(self.named(name).next()?)
+    }
+
+    /// `Downstream::find_field` over this head.
+    fn find_field<'a>(&'a self, name: &str, find: &mut dyn FnMut(&'a str) -> Option<&'a str>) -> Option<&'a str> {
+        match self.built() {
+            Some(req) => (req.headers.get_all(name).iter())
+                .filter_map(|v| v.to_str().ok())
+                .find_map(find),
+            None => self.named(name).filter_map(|f| self.text(f)).find_map(find),
+        }
+    }
+
+    /// A field's value if it is visible ASCII (and tabs), as `HeaderValue::to_str` has it.
+    fn text(&self, f: &Field) -> Option<&str> {
         let v = self.bytes(f.value);
-        // Visible ASCII and tabs: UTF-8 as it is.
         v.iter()
             .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
             .then(|| std::str::from_utf8(v).ok())
@@ -568,6 +581,10 @@ impl Downstream for LeanSession {
         self.head.field(name)
     }
 
+    fn find_field<'a>(&'a self, name: &str, find: &mut dyn FnMut(&'a str) -> Option<&'a str>) -> Option<&'a str> {
+        self.head.find_field(name, find)
+    }
+
     fn client_ip(&self) -> Option<IpAddr> {
         self.client_ip
     }
@@ -702,6 +719,16 @@ mod tests {
             let has: Vec<_> = names.iter().map(|n| ClientFields::has(&head, n)).collect();
             let mut hosts = Vec::new();
             head.hosts(&mut |h| hosts.push(h.to_vec()));
+            // Every visible-ASCII field of a name, in order, as a cookie lookup walks them.
+            let every = |head: &Head, name: &str| {
+                let mut seen = Vec::new();
+                head.find_field(name, &mut |v| {
+                    seen.push(v.to_string());
+                    None
+                });
+                seen
+            };
+            let walked: Vec<_> = ["x-dup", "x-bin", "cookie", "none"].map(|n| every(&head, n)).into();
             assert!(head.built().is_none(), "nothing built so far");
             let req = head.req();
             assert_eq!(method, req.method);
@@ -712,6 +739,8 @@ mod tests {
                 assert_eq!(fields[i].as_deref(), req.first(n), "{n} in {raw:?}");
                 assert_eq!(has[i], req.has(n), "{n} in {raw:?}");
             }
+            let built: Vec<_> = ["x-dup", "x-bin", "cookie", "none"].map(|n| every(&head, n)).into();
+            assert_eq!(walked, built);
             let mut built_hosts = Vec::new();
             req.hosts(&mut |h| built_hosts.push(h.to_vec()));
             assert_eq!(hosts, built_hosts);
