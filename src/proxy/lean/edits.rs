@@ -252,6 +252,8 @@ pub struct RequestEdits<'r> {
     /// Set (`Some`) or removed (`None`), by name as given, in the order
     /// first edited (inline for the forwarding fields and a few more).
     named: SmallVec<[(Span, Option<Span>); 8]>,
+    /// The first entries are the forwarding fields (rewritten anyway).
+    forwarding: usize,
     kept: Kept,
 }
 
@@ -291,6 +293,7 @@ impl<'r> RequestEdits<'r> {
         RequestEdits {
             req,
             named: SmallVec::new(),
+            forwarding: 0,
             kept: Kept::default(),
         }
     }
@@ -306,6 +309,7 @@ impl<'r> RequestEdits<'r> {
             let entry = (e.kept.keep(name), value.map(|v| e.kept.keep(v)));
             e.named.push(entry);
         }
+        e.forwarding = e.named.len();
         e
     }
 
@@ -343,7 +347,8 @@ impl<'r> RequestEdits<'r> {
     /// request writes its own way anyway? Then every line of the request is
     /// matched against them as it is written, not only those.
     pub fn edits_client_fields(&self) -> bool {
-        (self.named.iter()).any(|&(n, _)| {
+        // Entries are edited in place, so the forwarding fields' stay theirs.
+        (self.named[self.forwarding..].iter()).any(|&(n, _)| {
             let n = self.kept.at(n);
             !rewritten(n.as_bytes()) && self.req.has(n)
         })
