@@ -248,9 +248,9 @@ impl Listener {
     /// the lean loop or Pingora's; HTTP/2 and custom protocols go to Pingora
     /// whole. This future is most of an idle connection's memory, so it
     /// keeps only what the next request needs; each request runs boxed.
-    ///
-    /// A function returning an `async` block rather than an `async fn`,
-    /// whose future would keep its arguments twice.
+    /// A plain connection idle for `server.idle_park_after` leaves it for
+    /// the listener's parking lot (`park.rs`) and comes back through
+    /// [`Listener::serve_from`].
     pub fn serve<'a>(&'a self, stream: Stream, shutdown: &'a ShutdownWatch) -> impl Future<Output = ()> + Send + 'a {
         self.serve_from(stream, shutdown, 0, None)
     }
@@ -258,6 +258,9 @@ impl Listener {
     /// [`Listener::serve`] for a connection that has carried `served`
     /// requests already and waits up to `wait_ms` milliseconds for its next
     /// one (a connection back from the parking lot).
+    ///
+    /// A function returning an `async` block rather than an `async fn`,
+    /// whose future would keep its arguments twice.
     #[allow(clippy::manual_async_fn)]
     pub(super) fn serve_from<'a>(
         &'a self,

@@ -29,9 +29,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A request head the lean loop takes, parsed once. The steps read its
 /// method, target and fields from the spans kept here; the `RequestHeader`
 /// (a header map and a `Uri`, about a seventh of a plain request's work) is
-/// built only when a step asks for the whole header: header rules and
-/// plugins that edit the client's fields, hashing on a field or cookie,
-/// sticky cookies, a bare LF in the head.
+/// built only when a step asks for the whole header: plugins that edit the
+/// client's fields, hashing on a field, a head with a bare LF (its upstream
+/// request is written from the header).
 pub struct Head {
     /// The head as it came.
     raw: Bytes,
@@ -196,6 +196,7 @@ impl Head {
         } else {
             RequestHeader::build(self.method.clone(), target, n)
         }
+        // `build` parsed the target with the same `PathAndQuery` parse, and the method is GET or HEAD.
         .expect("method and target checked when taken in");
         req.set_version(http::Version::HTTP_11);
         for f in &self.fields {
