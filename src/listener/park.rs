@@ -211,6 +211,12 @@ impl Lot {
     fn expire(&self, now: u64) {
         let mut slots = self.slots.lock().unwrap();
         if slots.len == 0 {
+            // Nothing is registered (the lot's own task took every connection out):
+            // let the memory of a past crowd go.
+            if slots.list.capacity() > 64 {
+                slots.list = Vec::new();
+                slots.free = Vec::new();
+            }
             return;
         }
         for i in 0..slots.list.len() as u32 {
