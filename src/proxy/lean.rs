@@ -87,7 +87,7 @@ pub fn accepts(head: &[u8], snap: &Snapshot, listener: usize) -> Option<Box<Head
     if !routable(&req, snap, listener, websocket) {
         return None;
     }
-    Head::build(head, &req, websocket).map(Box::new)
+    Head::build(head, &req, websocket)
 }
 
 /// A GET or HEAD with a plain Host, no body and no hop-by-hop field beyond

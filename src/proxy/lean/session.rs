@@ -40,6 +40,8 @@ pub struct Head {
     target: http::uri::PathAndQuery,
     /// Name and value of each field, as spans of `raw`.
     fields: SmallVec<[Field; 8]>,
+    /// Which of `fields` is the first Host field.
+    host: Option<u32>,
     /// The whole header, once asked for.
     req: OnceLock<RequestHeader>,
     /// The client sent `Connection: close`.
@@ -94,7 +96,7 @@ impl Head {
     /// header does without the map that keeps field names' case (half its
     /// cost). Only a head with a bare LF line end keeps the case map: it is
     /// written from the header.
-    pub fn build(head: &[u8], parsed: &httparse::Request, upgrade: bool) -> Option<Head> {
+    pub fn build(head: &[u8], parsed: &httparse::Request, upgrade: bool) -> Option<Box<Head>> {
         let raw = Bytes::copy_from_slice(head);
         let base = head.as_ptr() as usize;
         let span = |s: &[u8]| {
@@ -115,26 +117,30 @@ impl Head {
         }
         let target = http::uri::PathAndQuery::from_maybe_shared(raw.slice(span(path))).ok()?;
         let mut close = false;
+        let mut host = None;
         let mut fields = SmallVec::with_capacity(parsed.headers.len());
-        for h in parsed.headers.iter() {
+        for (i, h) in parsed.headers.iter().enumerate() {
             if h.name.len() == 10 && h.name.eq_ignore_ascii_case("connection") {
                 close |= h.value.eq_ignore_ascii_case(b"close");
+            } else if h.name.len() == 4 && host.is_none() && h.name.eq_ignore_ascii_case("host") {
+                host = Some(i as u32);
             }
             fields.push(Field {
                 name: at(h.name.as_bytes()),
                 value: at(h.value),
             });
         }
-        Some(Head {
+        Some(Box::new(Head {
             raw,
             method,
             target,
             fields,
+            host,
             req: OnceLock::new(),
             close,
             upgrade,
             lines,
-        })
+        }))
     }
 
     fn bytes(&self, (start, end): (u32, u32)) -> &[u8] {
@@ -153,6 +159,14 @@ impl Head {
             return req.first(name);
         }
         self.text(self.named(name).next()?)
+    }
+
+    /// The first Host field, as [`Head::field`] gives it (found when the head was taken in).
+    fn host_field(&self) -> Option<&str> {
+        match self.built() {
+            Some(req) => req.first("host"),
+            None => self.text(&self.fields[self.host? as usize]),
+        }
     }
 
     /// `Downstream::find_field` over this head.
@@ -575,7 +589,7 @@ impl Downstream for LeanSession {
 
     /// The lean loop takes only requests with one plain Host field.
     fn host(&self) -> &str {
-        self.head.field("host").unwrap_or("")
+        self.head.host_field().unwrap_or("")
     }
 
     fn header(&self, name: &str) -> Option<&str> {
@@ -679,7 +693,7 @@ mod tests {
     use crate::proxy::lean::edits::{ClientFields, RequestEdits};
     use portico_plugin_api::Headers;
 
-    fn taken(raw: &[u8]) -> Option<Head> {
+    fn taken(raw: &[u8]) -> Option<Box<Head>> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut parsed = httparse::Request::new(&mut headers);
         assert!(parsed.parse(raw).unwrap().is_complete());
@@ -717,7 +731,8 @@ mod tests {
                 head.target.query().map(str::to_string),
             );
             let fields: Vec<_> = names.iter().map(|n| head.field(n).map(str::to_string)).collect();
-            let has: Vec<_> = names.iter().map(|n| ClientFields::has(&head, n)).collect();
+            let host = head.host_field().map(str::to_string);
+            let has: Vec<_> = names.iter().map(|n| ClientFields::has(&*head, n)).collect();
             let mut hosts = Vec::new();
             head.hosts(&mut |h| hosts.push(h.to_vec()));
             // Every visible-ASCII field of a name, in order, as a cookie lookup walks them.
@@ -742,6 +757,7 @@ mod tests {
             }
             let built: Vec<_> = ["x-dup", "x-bin", "cookie", "none"].map(|n| every(&head, n)).into();
             assert_eq!(walked, built);
+            assert_eq!(host.as_deref(), req.first("host"));
             let mut built_hosts = Vec::new();
             req.hosts(&mut |h| built_hosts.push(h.to_vec()));
             assert_eq!(hosts, built_hosts);
@@ -766,7 +782,7 @@ mod tests {
         let mut hosts = Vec::new();
         head.hosts(&mut |h| hosts.push(h.to_vec()));
         assert_eq!(hosts, [b"other".to_vec()]);
-        let e = RequestEdits::new(&head);
+        let e = RequestEdits::new(&*head);
         assert_eq!(e.get("x-a"), Some("2"));
     }
 }

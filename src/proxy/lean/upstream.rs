@@ -737,7 +737,7 @@ pub(super) mod tests {
     }
 
     /// The request `raw` as the lean loop takes it.
-    fn taken(raw: &[u8]) -> Option<crate::proxy::lean::Head> {
+    fn taken(raw: &[u8]) -> Option<Box<crate::proxy::lean::Head>> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut parsed = httparse::Request::new(&mut headers);
         assert!(parsed.parse(raw).unwrap().is_complete());
