@@ -328,25 +328,14 @@ impl Listener {
                                     let Waiting::Plain(conn) = waiting else {
                                         unreachable!("checked")
                                     };
-                                    match conn.into_parked() {
-                                        Ok(Ok(tcp)) => {
-                                            let deadline_ms = crate::clock::coarse_ms() + u64::from(wait_ms - park_ms);
-                                            self.lot.park(park::Parked {
-                                                tcp,
-                                                served,
-                                                deadline_ms,
-                                            });
-                                        }
-                                        Ok(Err(e)) => log::info!("cannot park an idle connection: {e}"),
-                                        Err(conn) => {
-                                            // Holds bytes: it waits the rest of its time here.
-                                            stream = conn;
-                                            wait_ms -= park_ms;
-                                            park_ms = 0;
-                                            continue;
-                                        }
-                                    }
-                                    return;
+                                    let Some(conn) = self.park(conn, served, wait_ms - park_ms) else {
+                                        return;
+                                    };
+                                    // Holds bytes: it waits the rest of its time here.
+                                    stream = conn;
+                                    wait_ms -= park_ms;
+                                    park_ms = 0;
+                                    continue;
                                 }
                                 _ => return, // timed out, client gone, or shutting down
                             }
@@ -381,6 +370,24 @@ impl Listener {
                 wait_ms = idle_ms;
             }
         }
+    }
+
+    /// Hand an idle connection with `left_ms` of keep-alive time left to the
+    /// parking lot; it comes back if it still holds bytes.
+    fn park(&self, conn: Box<Conn>, served: u32, left_ms: u32) -> Option<Box<Conn>> {
+        match conn.into_parked() {
+            Ok(Ok(tcp)) => {
+                let deadline_ms = crate::clock::coarse_ms() + u64::from(left_ms);
+                self.lot.park(park::Parked {
+                    tcp,
+                    served,
+                    deadline_ms,
+                });
+            }
+            Ok(Err(e)) => log::info!("cannot park an idle connection: {e}"),
+            Err(conn) => return Some(conn),
+        }
+        None
     }
 
     async fn cleanup(&self) {

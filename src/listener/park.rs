@@ -58,7 +58,6 @@ struct Slot {
 struct Slots {
     list: Vec<Slot>,
     free: Vec<u32>,
-    len: usize,
     /// Connections parked since the last sweep.
     newly: bool,
     /// Shut down: nothing is parked any more.
@@ -66,6 +65,11 @@ struct Slots {
 }
 
 impl Slots {
+    /// Connections parked now: every place not on the free list.
+    fn len(&self) -> usize {
+        self.list.len() - self.free.len()
+    }
+
     fn token(&self, i: u32) -> Token {
         Token(((self.list[i as usize].gen as usize) << 32) | i as usize)
     }
@@ -80,7 +84,6 @@ impl Slots {
         let p = slot.parked.take()?;
         slot.gen = slot.gen.wrapping_add(1);
         self.free.push(i as u32);
-        self.len -= 1;
         crate::metrics::get().parked.dec();
         Some(p)
     }
@@ -116,7 +119,7 @@ impl Lot {
     /// Connections parked now.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.slots.lock().unwrap().len
+        self.slots.lock().unwrap().len()
     }
 
     /// Park `p` until its socket is readable, its deadline passes or the
@@ -135,7 +138,6 @@ impl Lot {
             }
         };
         slots.list[i as usize].parked = Some(p);
-        slots.len += 1;
         slots.newly = true;
         crate::metrics::get().parked.inc();
         let token = slots.token(i);
@@ -210,7 +212,7 @@ impl Lot {
     /// free: give it back to the system (`crate::alloc::give_back`).
     fn expire(&self, now: u64) {
         let mut slots = self.slots.lock().unwrap();
-        if slots.len == 0 {
+        if slots.len() == 0 {
             // Nothing is registered (the lot's own task took every connection out):
             // let the memory of a past crowd go.
             if slots.list.capacity() > 64 {
@@ -243,10 +245,9 @@ impl Lot {
         while self.wake(events, resume) == BATCH {}
         let mut slots = self.slots.lock().unwrap();
         slots.closed = true;
+        crate::metrics::get().parked.sub(slots.len() as i64);
         slots.list = Vec::new();
         slots.free = Vec::new();
-        crate::metrics::get().parked.sub(slots.len as i64);
-        slots.len = 0;
     }
 }
 

@@ -5,6 +5,7 @@
 //! in `proxy/mod.rs` is written against this trait, so both loops run the
 //! same routing, balancing, retry, header, error-page and logging code.
 
+use crate::proxy::lean::ClientFields;
 use bytes::Bytes;
 use pingora_core::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -53,15 +54,13 @@ pub trait Downstream: Send + Sync {
 
     /// The first field named `name` (any case), if it is visible ASCII.
     fn header(&self, name: &str) -> Option<&str> {
-        crate::plugins::field(&self.req().headers, name).and_then(|v| v.to_str().ok())
+        self.req().first(name)
     }
 
     /// What `find` first finds in the fields named `name` (lower-case) that
     /// are visible ASCII, in order.
     fn find_field<'a>(&'a self, name: &str, find: &mut dyn FnMut(&'a str) -> Option<&'a str>) -> Option<&'a str> {
-        (self.req().headers.get_all(name).iter())
-            .filter_map(|v| v.to_str().ok())
-            .find_map(find)
+        find_field(self.req(), name, find)
     }
 
     fn client_ip(&self) -> Option<IpAddr>;
@@ -81,6 +80,17 @@ pub trait Downstream: Send + Sync {
     fn summary(&self) -> String;
     fn send_header(&mut self, resp: Box<ResponseHeader>, end: bool) -> impl Future<Output = Result<()>> + Send;
     fn send_body(&mut self, body: Option<Bytes>, end: bool) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// [`Downstream::find_field`] over a whole header.
+pub fn find_field<'a>(
+    req: &'a RequestHeader,
+    name: &str,
+    find: &mut dyn FnMut(&'a str) -> Option<&'a str>,
+) -> Option<&'a str> {
+    (req.headers.get_all(name).iter())
+        .filter_map(|v| v.to_str().ok())
+        .find_map(find)
 }
 
 impl Downstream for Session {

@@ -37,6 +37,7 @@ use super::Gateway;
 use crate::live::{Action, Snapshot, Upgrade};
 use crate::plugins::RespHeaders;
 use bytes::Bytes;
+pub use edits::ClientFields;
 use edits::{FieldEdits, RequestEdits};
 use idle::IdlePool;
 use log::{error, warn};

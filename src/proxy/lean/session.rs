@@ -155,7 +155,7 @@ impl Head {
     /// The first field named `name` (any case), if it is visible ASCII, as
     /// `HeaderValue::to_str` would give it.
     pub fn field(&self, name: &str) -> Option<&str> {
-        if let Some(req) = self.req.get() {
+        if let Some(req) = self.built() {
             return req.first(name);
         }
         self.text(self.named(name).next()?)
@@ -172,9 +172,7 @@ impl Head {
     /// `Downstream::find_field` over this head.
     fn find_field<'a>(&'a self, name: &str, find: &mut dyn FnMut(&'a str) -> Option<&'a str>) -> Option<&'a str> {
         match self.built() {
-            Some(req) => (req.headers.get_all(name).iter())
-                .filter_map(|v| v.to_str().ok())
-                .find_map(find),
+            Some(req) => crate::proxy::downstream::find_field(req, name, find),
             None => self.named(name).filter_map(|f| self.text(f)).find_map(find),
         }
     }
