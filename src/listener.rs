@@ -29,6 +29,7 @@ use crate::config::schema::ServerSection;
 use crate::live::Live;
 use crate::proxy::lean::{self, Head, LeanPath, LeanSession};
 use crate::proxy::Gateway;
+use crate::timeout::Alarm;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
@@ -286,6 +287,8 @@ impl Listener {
             let mut wait_ms = wait_ms.unwrap_or(first_ms);
             // Keep-alive state Pingora's loop hands on from a request it served (boxed: rare).
             let mut settings: Option<Box<HttpPersistentSettings>> = None;
+            // The timer of the waits for the next request, moved on for each.
+            let mut alarm = Alarm::default();
             loop {
                 let accepts = |head: &[u8]| {
                     lean_proxy
@@ -304,14 +307,13 @@ impl Listener {
                                 && park_ms != 0
                                 && park_ms < wait_ms
                                 && matches!(waiting, Waiting::Plain(_));
-                            // Up to `wait` (or `park_after`) for the next request (with Pingora's
-                            // coarse shared timers, 10 ms buckets, which cost less per wait than a
-                            // tokio timer); `lean` then says whether it is one for the lean loop.
+                            // Up to `wait` (or `park_after`) for the next request; `lean` then
+                            // says whether it is one for the lean loop.
                             let next = {
                                 let mut lean = Some(accepts);
                                 let first = std::future::poll_fn(|cx| waiting.poll_first(cx, &mut lean));
-                                let timer = Duration::from_millis(if park { park_ms } else { wait_ms }.into());
-                                let mut first = std::pin::pin!(pingora_timeout::timeout(timer, first));
+                                let limit = Duration::from_millis(if park { park_ms } else { wait_ms }.into());
+                                let mut first = std::pin::pin!(alarm.within(limit, first));
                                 let mut stop = std::pin::pin!(self.stop.wait());
                                 std::future::poll_fn(|cx| {
                                     // Read first: a request already here is served, not dropped, at shutdown.

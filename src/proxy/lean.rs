@@ -255,25 +255,25 @@ impl LeanPath {
             return (false, Some(e));
         }
         let key = peer.reuse_hash();
-        let (stream, reused) = match self.idle.take(key) {
-            Some(stream) => (stream, true),
+        let (up, reused) = match self.idle.take(key) {
+            Some(up) => (up, true),
             // Boxed: connecting is rare with pooled connections, and its future is large.
             None => match Box::pin(self.transport.new_stream(&*peer)).await {
-                Ok(stream) => (stream, false),
+                Ok(stream) => (stream.into(), false),
                 Err(mut e) => {
                     e.as_up();
                     return (false, Some(gw.fail_to_connect(s, &peer, ctx, e).into_up()));
                 }
             },
         };
-        let mut up = Exchange::new(stream);
+        let mut up = Exchange::new(up);
         let fd = up.fd();
         gw.connected_to_upstream(s, fd, ctx);
         let (down_reuse, up_reuse, e) = self.relay(s, &mut up, &peer, ctx).await;
         if up_reuse {
-            if let Some(stream) = up.into_reusable() {
+            if let Some(kept) = up.into_reusable() {
                 let limit = ctx.pool.as_ref().map_or(1, |p| p.keepalive);
-                self.idle.put(key, stream, peer.idle_timeout(), limit);
+                self.idle.put(key, kept, peer.idle_timeout(), limit);
             }
         }
         (down_reuse, e.map(|e| gw.error_while_proxy(&peer, s, e, ctx, reused)))

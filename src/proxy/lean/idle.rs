@@ -6,6 +6,7 @@
 //! then. A sweep every second closes those idle longer than their pool's
 //! `keepalive_timeout`, so no socket lingers once traffic stops.
 
+use super::upstream::Upstream;
 use crate::clock::coarse_ms;
 use futures::FutureExt;
 use pingora_core::protocols::Stream;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 struct Idle {
-    stream: Stream,
+    up: Upstream,
     /// Put back at this time (ms on the coarse clock).
     since: u64,
     /// Idle for at most this many ms.
@@ -73,20 +74,20 @@ fn still_open(s: &mut Stream) -> bool {
 
 impl IdlePool {
     /// The newest usable idle connection for `key`, if any.
-    pub fn take(&self, key: u64) -> Option<Stream> {
+    pub fn take(&self, key: u64) -> Option<Upstream> {
         let now = coarse_ms();
         loop {
             let idle = self.lists.lock().ok()?.get_mut(&key)?.pop_back()?;
             let fresh = !idle.expired(now);
-            let mut s = idle.stream;
-            if fresh && still_open(&mut s) {
-                return Some(s);
+            let mut up = idle.up;
+            if fresh && still_open(&mut up.stream) {
+                return Some(up);
             }
         }
     }
 
-    /// Keep `stream` for reuse: at most `limit` per server, the oldest go first.
-    pub fn put(self: &Arc<Self>, key: u64, stream: Stream, timeout: Option<Duration>, limit: usize) {
+    /// Keep `up` for reuse: at most `limit` per server, the oldest go first.
+    pub fn put(self: &Arc<Self>, key: u64, up: Upstream, timeout: Option<Duration>, limit: usize) {
         self.sweeper.call_once(|| spawn_sweeper(Arc::downgrade(self)));
         let now = coarse_ms();
         let Ok(mut lists) = self.lists.lock() else { return };
@@ -95,7 +96,7 @@ impl IdlePool {
             list.pop_front();
         }
         list.push_back(Idle {
-            stream,
+            up,
             since: now,
             timeout: timeout.map(|t| t.as_millis() as u64),
         });
@@ -135,11 +136,12 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
 
-    async fn pair(l: &TcpListener) -> (Stream, TcpStream) {
+    async fn pair(l: &TcpListener) -> (Upstream, TcpStream) {
         let addr = l.local_addr().unwrap();
         let (ours, theirs) = tokio::join!(TcpStream::connect(addr), l.accept());
         let ours: pingora_core::protocols::l4::stream::Stream = ours.unwrap().into();
-        (Box::new(ours), theirs.unwrap().0)
+        let ours: Stream = Box::new(ours);
+        (ours.into(), theirs.unwrap().0)
     }
 
     #[tokio::test]
@@ -155,7 +157,7 @@ mod tests {
         drop(server_c); // closed by the server: dropped when taken
         server_b.write_all(b"x").await.unwrap(); // unexpected bytes: dropped too
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut got = pool.take(1).expect("the oldest is still open");
+        let mut got = pool.take(1).expect("the oldest is still open").stream;
         assert_eq!(pool.len(1), 0);
         got.write_all(b"ping").await.unwrap();
         let mut server_a = server_a;

@@ -17,6 +17,7 @@
 //! framing is `InvalidHTTPHeader`.
 
 use super::session::Lines;
+use crate::timeout::Alarm;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora_core::protocols::Stream;
 use pingora_core::{Error, ErrorType::*, OrErr, Result, RetryType};
@@ -236,9 +237,26 @@ enum Chunk {
     Trailers,
 }
 
+/// An upstream connection between requests: its socket, and the timer of
+/// its reads, kept with it so that each response wait only moves it.
+pub struct Upstream {
+    pub stream: Stream,
+    pub read_alarm: Alarm,
+}
+
+impl From<Stream> for Upstream {
+    fn from(stream: Stream) -> Self {
+        Upstream {
+            stream,
+            read_alarm: Alarm::default(),
+        }
+    }
+}
+
 /// One request and its response on one upstream connection.
 pub struct Exchange {
     stream: Stream,
+    read_alarm: Alarm,
     buf: BytesMut,
     body: Body,
     /// The server lets the connection carry another request.
@@ -251,9 +269,10 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn new(stream: Stream) -> Self {
+    pub fn new(up: Upstream) -> Self {
         Exchange {
-            stream,
+            stream: up.stream,
+            read_alarm: up.read_alarm,
             buf: BytesMut::new(),
             body: Body::Header,
             keepalive: false,
@@ -321,8 +340,11 @@ impl Exchange {
 
     /// The connection, if it may carry another request: the response was
     /// read to its end, nothing more arrived, and the server keeps it open.
-    pub fn into_reusable(self) -> Option<Stream> {
-        (self.keepalive && self.body == Body::Done && self.buf.is_empty()).then_some(self.stream)
+    pub fn into_reusable(self) -> Option<Upstream> {
+        (self.keepalive && self.body == Body::Done && self.buf.is_empty()).then_some(Upstream {
+            stream: self.stream,
+            read_alarm: self.read_alarm,
+        })
     }
 
     /// Read more from the server into the buffer; the number of bytes read.
@@ -330,9 +352,9 @@ impl Exchange {
         if self.buf.capacity() - self.buf.len() < want / 2 {
             self.buf.reserve(want);
         }
-        let read = self.stream.read_buf(&mut self.buf);
+        let read = std::pin::pin!(self.stream.read_buf(&mut self.buf));
         let n = match self.read_timeout {
-            Some(t) => match pingora_timeout::timeout(t, read).await {
+            Some(t) => match self.read_alarm.within(t, read).await {
                 Ok(r) => r,
                 Err(_) => {
                     let what = if self.body == Body::Header {
@@ -817,7 +839,8 @@ pub(super) mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (ours, theirs) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
         let ours: pingora_core::protocols::l4::stream::Stream = ours.unwrap().into();
-        (Exchange::new(Box::new(ours)), theirs.unwrap().0)
+        let ours: Stream = Box::new(ours);
+        (Exchange::new(ours.into()), theirs.unwrap().0)
     }
 
     /// `parse_header` over bytes already buffered.
