@@ -283,11 +283,12 @@ fn upstream_tls_with_verification_and_h2c() {
 }
 
 /// Read one response with a Content-Length body from a kept-alive stream.
+/// One response (Content-Length or chunked body): status and body.
 fn read_response<R: std::io::BufRead>(r: &mut R) -> (u16, String) {
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
     let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let mut len = 0;
+    let (mut len, mut chunked) = (0, false);
     loop {
         let mut h = String::new();
         r.read_line(&mut h).unwrap();
@@ -298,11 +299,63 @@ fn read_response<R: std::io::BufRead>(r: &mut R) -> (u16, String) {
             if k.eq_ignore_ascii_case("content-length") {
                 len = v.trim().parse().unwrap();
             }
+            chunked |= k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked");
         }
     }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).unwrap();
+    let mut body = Vec::new();
+    if !chunked {
+        body.resize(len, 0);
+        r.read_exact(&mut body).unwrap();
+    }
+    while chunked {
+        let mut size = String::new();
+        r.read_line(&mut size).unwrap();
+        let n = usize::from_str_radix(size.trim_end().split(';').next().unwrap(), 16).unwrap();
+        let mut chunk = vec![0; n + 2];
+        r.read_exact(&mut chunk).unwrap();
+        assert_eq!(&chunk[n..], b"\r\n", "chunk data ends with CRLF");
+        body.extend_from_slice(&chunk[..n]);
+        chunked = n > 0;
+    }
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn https_bodies_of_every_framing_and_size_arrive_whole_on_one_connection() {
+    let dir = temp_dir();
+    let (cert, key) = write(&dir, "a", &issue(&["a.test"], None, -1, 30, false));
+    let small = Backend::start_with("small", Behaviour::Big(1000));
+    let big = Backend::start_with("big", Behaviour::Big(100_000));
+    let chunked = Backend::start_with("chunked", Behaviour::Chunked);
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\n    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}\nupstreams:\n  small: {{ servers: [{{ address: \"{}\" }}] }}\n  big: {{ servers: [{{ address: \"{}\" }}] }}\n  chunked: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations:\n      - {{ path: /small, proxy_pass: small }}\n      - {{ path: /big, proxy_pass: big }}\n      - {{ path: /chunked, proxy_pass: chunked }}\n",
+        cert.display(),
+        key.display(),
+        small.addr,
+        big.addr,
+        chunked.addr
+    ));
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    let c = b.build().configure().unwrap().verify_hostname(false);
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut s = std::io::BufReader::new(c.connect("a.test", tcp).unwrap());
+    for path in ["/small", "/big", "/chunked", "/small", "/chunked", "/big"] {
+        s.get_mut()
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes())
+            .unwrap();
+        let (status, body) = read_response(&mut s);
+        assert_eq!(status, 200, "{path}");
+        assert!(body.starts_with(&format!("name={}", &path[1..])), "{path}: {body:.80}");
+        assert!(body.contains(&format!("request=GET {path}")), "{path}");
+        let xs = body.len() - body.trim_end_matches('x').len();
+        match path {
+            "/small" => assert_eq!(xs, 1000),
+            "/big" => assert_eq!(xs, 100_000),
+            _ => assert!(body.ends_with("\nend\n"), "{path}: all three chunks"),
+        }
+    }
 }
 
 #[test]

@@ -208,6 +208,27 @@ impl AsyncWrite for Conn {
         Poll::Ready(Ok(take))
     }
 
+    /// Straight to the socket when nothing is gathered: the caller has the
+    /// pieces together already (the lean loop's head and body).
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.out.is_empty() {
+            return Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        }
+        match bufs.iter().find(|b| !b.is_empty()) {
+            Some(b) => Pin::new(this).poll_write(cx, b),
+            None => Poll::Ready(Ok(0)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_send_out(cx))?;

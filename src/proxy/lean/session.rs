@@ -21,6 +21,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::{Error, ErrorType, OrErr, Result};
 use pingora_http::{HeaderNameVariant, RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
+use std::io::IoSlice;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -321,7 +322,15 @@ pub struct LeanSession {
     /// The client sent more while its response was awaited (pipelining,
     /// which Portico does not do): the connection closes after this response.
     extra: bool,
+    /// Written but not sent yet: the response head until the first piece of
+    /// its Content-Length body; over TLS, any pieces until a flush.
+    held: Option<BytesMut>,
+    /// The connection is TLS (pieces are gathered into records).
+    tls: bool,
 }
+
+/// Most bytes gathered over TLS before they go (a TLS record's size).
+const JOIN_MAX: usize = 16 * 1024;
 
 impl LeanSession {
     pub fn new(stream: Stream, head: Box<Head>, reuses_left: Option<u32>) -> Self {
@@ -332,6 +341,7 @@ impl LeanSession {
                 .and_then(|d| d.peer_addr().cloned())
                 .and_then(|a| a.as_inet().map(|a| a.ip())),
         };
+        let tls = stream.get_ssl().is_some();
         LeanSession {
             stream,
             keepalive: (!head.close).then_some(0),
@@ -342,6 +352,8 @@ impl LeanSession {
             out: Out::Header,
             complete: false,
             extra: false,
+            held: None,
+            tls,
         }
     }
 
@@ -391,8 +403,7 @@ impl LeanSession {
     }
 
     async fn write(&mut self, bytes: &[u8], flush: bool) -> Result<()> {
-        self.stream
-            .write_all(bytes)
+        self.put(bytes, flush)
             .await
             .or_err(ErrorType::WriteError, "while writing to the client")?;
         if flush {
@@ -402,6 +413,54 @@ impl LeanSession {
                 .or_err(ErrorType::WriteError, "while flushing to the client")?;
         }
         Ok(())
+    }
+
+    /// `bytes` on their way to the client, after what is [held](Self::held).
+    /// Over TLS, pieces are gathered up to a flush (or [`JOIN_MAX`]) and go
+    /// as one record, not one each: the TLS stream claims vectored writes
+    /// but makes a record per buffer. On a plain connection a held head and
+    /// `bytes` go in one vectored write, straight from here, with no
+    /// gathering copy.
+    async fn put(&mut self, bytes: &[u8], flush: bool) -> std::io::Result<()> {
+        let Some(mut held) = self.held.take() else {
+            if self.tls && !flush && bytes.len() <= JOIN_MAX {
+                self.held = Some(BytesMut::from(bytes));
+                return Ok(());
+            }
+            return self.stream.write_all(bytes).await;
+        };
+        if self.tls {
+            if held.len() + bytes.len() <= JOIN_MAX {
+                held.extend_from_slice(bytes);
+                if flush {
+                    return self.stream.write_all(&held).await;
+                }
+                self.held = Some(held);
+                return Ok(());
+            }
+            self.stream.write_all(&held).await?;
+            return self.stream.write_all(bytes).await;
+        }
+        let (mut head, mut bytes) = (&held[..], bytes);
+        while !head.is_empty() {
+            let n = self
+                .stream
+                .write_vectored(&[IoSlice::new(head), IoSlice::new(bytes)])
+                .await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            let from_head = n.min(head.len());
+            head = &head[from_head..];
+            bytes = &bytes[n - from_head..];
+        }
+        self.stream.write_all(bytes).await
+    }
+
+    /// Hold `buf` to go out with what is written next ([`Self::put`]).
+    fn hold(&mut self, buf: BytesMut) {
+        debug_assert!(self.held.is_none(), "a head is the first thing written");
+        self.held = Some(buf);
     }
 
     /// The response line and fields of `resp` as Pingora writes them.
@@ -453,7 +512,11 @@ impl LeanSession {
     async fn send_head(&mut self, buf: BytesMut, status: u16, end: bool) -> Result<()> {
         // Flushed now unless a Content-Length body follows (as Pingora does).
         let flush = end || !matches!(self.out, Out::Length(n) if n > 0);
-        self.write(&buf, flush).await?;
+        if flush {
+            self.write(&buf, true).await?;
+        } else {
+            self.hold(buf); // goes with the first body piece
+        }
         self.status = Some(status);
         if end {
             self.send_body(None, true).await?;
