@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const FLUSH_BYTES: usize = 256 * 1024;
@@ -127,28 +127,7 @@ pub fn push_secs(out: &mut String, d: Duration) {
 
 /// Append the time as `25/Nov/2026:16:30:00 +0000`.
 pub fn push_time_local(out: &mut String) {
-    with_time_local(|t| out.push_str(t));
-}
-
-/// Local time (UTC) as `25/Nov/2026:16:30:00 +0000`, formatted once per second per thread.
-fn with_time_local(f: impl FnOnce(&str)) {
-    thread_local! {
-        static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-    }
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    CACHE.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != secs {
-            let t = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-            let fmt =
-                time::macros::format_description!("[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000");
-            *c = (secs, t.format(&fmt).unwrap_or_default());
-        }
-        f(&c.1);
-    })
+    crate::clock::log_time(|t| out.push_str(t));
 }
 
 #[cfg(test)]

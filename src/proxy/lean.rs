@@ -91,6 +91,31 @@ pub fn accepts(head: &[u8], snap: &Snapshot, listener: usize) -> Option<Box<Head
     Head::build(head, &req, websocket)
 }
 
+/// What [`shape`] makes of a request field, by its name.
+enum Name {
+    Host,
+    Connection,
+    Upgrade,
+    /// One of [`DECLINE`].
+    Decline,
+    Other,
+}
+
+impl Name {
+    /// Names are told apart by length first: most fields are none of these
+    /// and cost one comparison or none.
+    fn of(name: &str) -> Name {
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            4 if is("host") => Name::Host,
+            10 if is("connection") => Name::Connection,
+            7 if is("upgrade") => Name::Upgrade,
+            2 | 6 | 7 | 10 | 14 | 16..=19 if DECLINE.iter().any(|d| is(d)) => Name::Decline,
+            _ => Name::Other,
+        }
+    }
+}
+
 /// A GET or HEAD with a plain Host, no body and no hop-by-hop field beyond
 /// `Connection: keep-alive|close`: `Some(false)`. A WebSocket handshake (a
 /// GET with `Upgrade: websocket` and `Connection: upgrade`, perhaps with
@@ -106,29 +131,33 @@ fn shape(req: &httparse::Request) -> Option<bool> {
     // `Upgrade: websocket` seen; `upgrade` among the Connection tokens.
     let (mut websocket, mut conn_upgrade) = (false, false);
     for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("host") {
-            if host.is_some() || !plain_host(h.value) {
-                return None;
-            }
-            host = Some(h.value);
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            if h.value.eq_ignore_ascii_case(b"keep-alive") || h.value.eq_ignore_ascii_case(b"close") {
-                continue;
-            }
-            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"upgrade") {
-                    conn_upgrade = true;
-                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+        match Name::of(h.name) {
+            Name::Other => {}
+            Name::Host => {
+                if host.is_some() || !plain_host(h.value) {
                     return None;
                 }
+                host = Some(h.value);
             }
-        } else if h.name.eq_ignore_ascii_case("upgrade") {
-            if websocket || !h.value.eq_ignore_ascii_case(b"websocket") {
-                return None;
+            Name::Connection => {
+                if h.value.eq_ignore_ascii_case(b"keep-alive") || h.value.eq_ignore_ascii_case(b"close") {
+                    continue;
+                }
+                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"upgrade") {
+                        conn_upgrade = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                        return None;
+                    }
+                }
             }
-            websocket = true;
-        } else if DECLINE.iter().any(|d| h.name.eq_ignore_ascii_case(d)) {
-            return None;
+            Name::Upgrade => {
+                if websocket || !h.value.eq_ignore_ascii_case(b"websocket") {
+                    return None;
+                }
+                websocket = true;
+            }
+            Name::Decline => return None,
         }
     }
     if websocket != conn_upgrade || (websocket && req.method != Some("GET")) {
@@ -428,5 +457,40 @@ impl LeanPath {
         }
         self.gw.response_filter(code, &mut RespHeaders(&mut resp), ctx);
         Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_are_told_apart_in_any_case() {
+        let kind = |n: &str| match Name::of(n) {
+            Name::Host => "host",
+            Name::Connection => "connection",
+            Name::Upgrade => "upgrade",
+            Name::Decline => "decline",
+            Name::Other => "other",
+        };
+        for d in DECLINE.iter().filter(|&&d| d != "upgrade") {
+            assert_eq!(kind(d), "decline", "{d}");
+            assert_eq!(kind(&d.to_ascii_uppercase()), "decline", "{d}");
+        }
+        for (n, k) in [("Host", "host"), ("CONNECTION", "connection"), ("Upgrade", "upgrade")] {
+            assert_eq!(kind(n), k);
+        }
+        for n in [
+            "User-Agent",
+            "Accept",
+            "Cookie",
+            "X-Forwarded-For",
+            "hosts",
+            "t",
+            "Content-Type",
+            "Expects",
+        ] {
+            assert_eq!(kind(n), "other", "{n}");
+        }
     }
 }

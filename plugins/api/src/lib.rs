@@ -25,6 +25,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -53,8 +54,9 @@ pub struct Ctx {
     pub pool: Option<Arc<str>>,
     /// Per-request storage shared by all plugins (typed map).
     pub scratch: http::Extensions,
-    /// `key=value` fields appended to the access-log line.
-    pub log_fields: Vec<(String, String)>,
+    /// `key=value` fields appended to the access-log line (a key is
+    /// usually a constant: `("request_id".into(), id)`).
+    pub log_fields: Vec<(Cow<'static, str>, String)>,
 }
 
 /// An answer made by a plugin instead of the upstream.

@@ -16,7 +16,6 @@ use super::upstream::{ends_chunked, put_field, ResponseHead};
 use crate::proxy::downstream::Downstream;
 use bytes::{BufMut, Bytes, BytesMut};
 use log::warn;
-use pingora_core::protocols::http::date::get_cached_date;
 use pingora_core::protocols::Stream;
 use pingora_core::{Error, ErrorType, OrErr, Result};
 use pingora_http::{HeaderNameVariant, RequestHeader, ResponseHeader};
@@ -554,7 +553,6 @@ impl LeanSession {
 /// `insert_header` places them). With `keep` `None`, the fields go as they are.
 struct HeadWriter {
     buf: BytesMut,
-    date: http::HeaderValue,
     /// `keep-alive` or `close`; `None`: the fields go as they are.
     connection: Option<&'static [u8]>,
     /// Date, Connection written.
@@ -571,7 +569,6 @@ impl HeadWriter {
         buf.put_slice(b"\r\n");
         HeadWriter {
             buf,
-            date: get_cached_date(),
             connection: keep.map(|k| if k { &b"keep-alive"[..] } else { b"close" }),
             done: [false; 2],
         }
@@ -581,7 +578,7 @@ impl HeadWriter {
         let Some(connection) = self.connection else { return };
         if !std::mem::replace(&mut self.done[i], true) {
             if i == 0 {
-                put_field(&mut self.buf, b"Date", self.date.as_bytes());
+                crate::clock::http_date(|date| put_field(&mut self.buf, b"Date", date.as_bytes()));
             } else {
                 put_field(&mut self.buf, b"Connection", connection);
             }
