@@ -174,7 +174,10 @@ pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_once(']').map(|(h, _)| &host[..h.len() + 1]).unwrap_or(host);
     }
-    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+    match host.bytes().rposition(|b| b == b':') {
+        Some(colon) => &host[..colon],
+        None => host,
+    }
 }
 
 #[cfg(test)]

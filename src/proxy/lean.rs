@@ -26,6 +26,7 @@
 //! passes WebSockets the standard way (`upgrade: websocket`, the default).
 //! A request it takes is parsed there, once.
 
+mod connect;
 mod edits;
 mod idle;
 mod session;
@@ -287,7 +288,7 @@ impl LeanPath {
         let (up, reused) = match self.idle.take(key) {
             Some(up) => (up, true),
             // Boxed: connecting is rare with pooled connections, and its future is large.
-            None => match Box::pin(self.transport.new_stream(&*peer)).await {
+            None => match Box::pin(connect::connect(&self.transport, &peer)).await {
                 Ok(stream) => (stream.into(), false),
                 Err(mut e) => {
                     e.as_up();

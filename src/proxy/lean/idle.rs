@@ -6,10 +6,10 @@
 //! then. A sweep every second closes those idle longer than their pool's
 //! `keepalive_timeout`, so no socket lingers once traffic stops.
 
+use super::connect::UpStream;
 use super::upstream::Upstream;
 use crate::clock::coarse_ms;
 use futures::FutureExt;
-use pingora_core::protocols::Stream;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, Once, Weak};
@@ -66,7 +66,7 @@ impl Default for IdlePool {
 }
 
 /// Nothing to read and not closed: the server has not given up on it.
-fn still_open(s: &mut Stream) -> bool {
+fn still_open(s: &mut UpStream) -> bool {
     let mut b = [0u8; 1];
     // Unconstrained: tokio's cooperative budget must not make a ready read look pending.
     tokio::task::unconstrained(s.read(&mut b)).now_or_never().is_none()
@@ -139,9 +139,7 @@ mod tests {
     async fn pair(l: &TcpListener) -> (Upstream, TcpStream) {
         let addr = l.local_addr().unwrap();
         let (ours, theirs) = tokio::join!(TcpStream::connect(addr), l.accept());
-        let ours: pingora_core::protocols::l4::stream::Stream = ours.unwrap().into();
-        let ours: Stream = Box::new(ours);
-        (ours.into(), theirs.unwrap().0)
+        (UpStream::Tcp(ours.unwrap()).into(), theirs.unwrap().0)
     }
 
     #[tokio::test]

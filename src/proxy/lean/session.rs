@@ -40,7 +40,8 @@ pub struct Head {
     target: http::uri::PathAndQuery,
     /// Name and value of each field, as spans of `raw`.
     fields: SmallVec<[Field; 8]>,
-    /// Which of `fields` is the first Host field.
+    /// Which of `fields` is the first Host field, if its value is text
+    /// ([`Head::text`] would give it; checked once, here).
     host: Option<u32>,
     /// The whole header, once asked for.
     req: OnceLock<RequestHeader>,
@@ -117,13 +118,14 @@ impl Head {
         }
         let target = http::uri::PathAndQuery::from_maybe_shared(raw.slice(span(path))).ok()?;
         let mut close = false;
-        let mut host = None;
+        let (mut host, mut first_host) = (None, false);
         let mut fields = SmallVec::with_capacity(parsed.headers.len());
         for (i, h) in parsed.headers.iter().enumerate() {
             if h.name.len() == 10 && h.name.eq_ignore_ascii_case("connection") {
                 close |= h.value.eq_ignore_ascii_case(b"close");
-            } else if h.name.len() == 4 && host.is_none() && h.name.eq_ignore_ascii_case("host") {
-                host = Some(i as u32);
+            } else if h.name.len() == 4 && !first_host && h.name.eq_ignore_ascii_case("host") {
+                first_host = true;
+                host = text(h.value).then_some(i as u32);
             }
             fields.push(Field {
                 name: at(h.name.as_bytes()),
@@ -161,11 +163,17 @@ impl Head {
         self.text(self.named(name).next()?)
     }
 
-    /// The first Host field, as [`Head::field`] gives it (found when the head was taken in).
+    /// The first Host field, as [`Head::field`] gives it (found and checked
+    /// when the head was taken in: the steps ask for it several times).
     fn host_field(&self) -> Option<&str> {
         match self.built() {
             Some(req) => req.first("host"),
-            None => self.text(&self.fields[self.host? as usize]),
+            None => {
+                let value = self.bytes(self.fields[self.host? as usize].value);
+                // SAFETY: `host` is set only for a value `text` found to be ASCII, which is
+                // UTF-8; `raw` never changes.
+                Some(unsafe { std::str::from_utf8_unchecked(value) })
+            }
         }
     }
 
@@ -180,10 +188,7 @@ impl Head {
     /// A field's value if it is visible ASCII (and tabs), as `HeaderValue::to_str` has it.
     fn text(&self, f: &Field) -> Option<&str> {
         let v = self.bytes(f.value);
-        v.iter()
-            .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
-            .then(|| std::str::from_utf8(v).ok())
-            .flatten()
+        text(v).then(|| std::str::from_utf8(v).ok()).flatten()
     }
 
     /// The whole header once built: from then on what the steps read, as
@@ -245,6 +250,11 @@ impl ClientFields for Head {
             None => self.named("host").for_each(|f| each(self.bytes(f.value))),
         }
     }
+}
+
+/// Visible ASCII and tabs only, as `HeaderValue::to_str` takes.
+fn text(v: &[u8]) -> bool {
+    v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
 }
 
 impl Lines {

@@ -12,6 +12,7 @@
 //! (WebSocket closes in-band; a half-open tunnel would only hold resources).
 //! An error on either side ends both too.
 
+use super::connect::UpStream;
 use pingora_core::protocols::Stream;
 use std::future::{poll_fn, Future};
 use std::io;
@@ -54,8 +55,8 @@ impl Pipe {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        from: &mut Stream,
-        to: &mut Stream,
+        from: &mut (impl AsyncRead + Unpin),
+        to: &mut (impl AsyncWrite + Unpin),
         active: &mut bool,
     ) -> Poll<io::Result<()>> {
         for _ in 0..ROUNDS {
@@ -110,7 +111,7 @@ impl Pipe {
 /// Pass bytes between `client` and `server` until one side ends or fails,
 /// or nothing moves either way for `idle`. `early`: bytes the server
 /// sent right behind its 101, which the client gets first.
-pub async fn run(client: &mut Stream, server: &mut Stream, early: Vec<u8>, idle: Duration) -> Moved {
+pub async fn run(client: &mut Stream, server: &mut UpStream, early: Vec<u8>, idle: Duration) -> Moved {
     let mut up = Pipe::default();
     let mut down = Pipe {
         flush: !early.is_empty(),

@@ -16,10 +16,10 @@
 //! `ReadTimedout` / `WriteTimedout`, and a response that breaks HTTP/1.1
 //! framing is `InvalidHTTPHeader`.
 
+use super::connect::UpStream;
 use super::session::Lines;
 use crate::timeout::Alarm;
 use bytes::{BufMut, Bytes, BytesMut};
-use pingora_core::protocols::Stream;
 use pingora_core::{Error, ErrorType::*, OrErr, Result, RetryType};
 use pingora_http::{HeaderNameVariant, RequestHeader, ResponseHeader};
 use std::mem::MaybeUninit;
@@ -240,12 +240,12 @@ enum Chunk {
 /// An upstream connection between requests: its socket, and the timer of
 /// its reads, kept with it so that each response wait only moves it.
 pub struct Upstream {
-    pub stream: Stream,
+    pub stream: UpStream,
     pub read_alarm: Alarm,
 }
 
-impl From<Stream> for Upstream {
-    fn from(stream: Stream) -> Self {
+impl From<UpStream> for Upstream {
+    fn from(stream: UpStream) -> Self {
         Upstream {
             stream,
             read_alarm: Alarm::default(),
@@ -255,7 +255,7 @@ impl From<Stream> for Upstream {
 
 /// One request and its response on one upstream connection.
 pub struct Exchange {
-    stream: Stream,
+    stream: UpStream,
     read_alarm: Alarm,
     buf: BytesMut,
     body: Body,
@@ -284,7 +284,7 @@ impl Exchange {
     }
 
     pub fn fd(&self) -> i32 {
-        self.stream.id()
+        self.stream.fd()
     }
 
     /// Send the request head (the whole request: the lean loop's requests have no body).
@@ -332,7 +332,7 @@ impl Exchange {
     /// After a 101: the connection, and the bytes that arrived behind the
     /// response header (already the new protocol's). The read buffer is
     /// released: a tunnel keeps none while idle.
-    pub fn tunnel_parts(&mut self) -> (&mut Stream, Vec<u8>) {
+    pub fn tunnel_parts(&mut self) -> (&mut UpStream, Vec<u8>) {
         let early = self.buf.to_vec();
         self.buf = BytesMut::new();
         (&mut self.stream, early)
@@ -838,9 +838,7 @@ pub(super) mod tests {
     async fn connected() -> (Exchange, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (ours, theirs) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
-        let ours: pingora_core::protocols::l4::stream::Stream = ours.unwrap().into();
-        let ours: Stream = Box::new(ours);
-        (Exchange::new(ours.into()), theirs.unwrap().0)
+        (Exchange::new(UpStream::Tcp(ours.unwrap()).into()), theirs.unwrap().0)
     }
 
     /// `parse_header` over bytes already buffered.
