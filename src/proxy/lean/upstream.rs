@@ -238,17 +238,17 @@ enum Chunk {
 }
 
 /// An upstream connection between requests: its socket, and the timer of
-/// its reads, kept with it so that each response wait only moves it.
+/// its waits, kept with it so that each wait only moves it.
 pub struct Upstream {
     pub stream: UpStream,
-    pub read_alarm: Alarm,
+    pub alarm: Alarm,
 }
 
 impl From<UpStream> for Upstream {
     fn from(stream: UpStream) -> Self {
         Upstream {
             stream,
-            read_alarm: Alarm::default(),
+            alarm: Alarm::default(),
         }
     }
 }
@@ -256,7 +256,7 @@ impl From<UpStream> for Upstream {
 /// One request and its response on one upstream connection.
 pub struct Exchange {
     stream: UpStream,
-    read_alarm: Alarm,
+    alarm: Alarm,
     buf: BytesMut,
     body: Body,
     /// The server lets the connection carry another request.
@@ -272,7 +272,7 @@ impl Exchange {
     pub fn new(up: Upstream) -> Self {
         Exchange {
             stream: up.stream,
-            read_alarm: up.read_alarm,
+            alarm: up.alarm,
             buf: BytesMut::new(),
             body: Body::Header,
             keepalive: false,
@@ -291,12 +291,13 @@ impl Exchange {
     pub async fn send(&mut self, head: &[u8], head_request: bool, upgrade_request: bool) -> Result<()> {
         self.head_request = head_request;
         self.upgrade_request = upgrade_request;
-        let write = async {
-            self.stream.write_all(head).await?;
-            self.stream.flush().await
-        };
+        let stream = &mut self.stream;
+        let write = std::pin::pin!(async move {
+            stream.write_all(head).await?;
+            stream.flush().await
+        });
         let sent = match self.write_timeout {
-            Some(t) => match pingora_timeout::timeout(t, write).await {
+            Some(t) => match self.alarm.within(t, write).await {
                 Ok(r) => r,
                 Err(_) => return Error::e_explain(WriteTimedout, "while writing request headers (timeout)"),
             },
@@ -343,7 +344,7 @@ impl Exchange {
     pub fn into_reusable(self) -> Option<Upstream> {
         (self.keepalive && self.body == Body::Done && self.buf.is_empty()).then_some(Upstream {
             stream: self.stream,
-            read_alarm: self.read_alarm,
+            alarm: self.alarm,
         })
     }
 
@@ -354,7 +355,7 @@ impl Exchange {
         }
         let read = std::pin::pin!(self.stream.read_buf(&mut self.buf));
         let n = match self.read_timeout {
-            Some(t) => match self.read_alarm.within(t, read).await {
+            Some(t) => match self.alarm.within(t, read).await {
                 Ok(r) => r,
                 Err(_) => {
                     let what = if self.body == Body::Header {
