@@ -21,9 +21,9 @@ use smallvec::SmallVec;
 /// Where a kept name or value is in [`Kept`].
 type Span = (u32, u32);
 
-/// What edits keep: their names and values in one buffer (one allocation
-/// for all of a message's edits instead of two per edit), and the fields
-/// they add at the end.
+/// What edits keep: their names and values in one buffer (one for all of a
+/// message's edits instead of two allocations per edit, and reused from one
+/// message to the next), and the fields they add at the end.
 #[derive(Default)]
 struct Kept {
     text: String,
@@ -31,9 +31,26 @@ struct Kept {
     added: SmallVec<[(Span, Span); 4]>,
 }
 
+thread_local! {
+    /// A buffer a finished message's edits gave back, for the next one's.
+    static SPARE: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
+
+impl Drop for Kept {
+    /// The buffer goes back for the next message (a thread keeps one).
+    fn drop(&mut self) {
+        if self.text.capacity() != 0 && self.text.capacity() <= 4096 {
+            let mut text = std::mem::take(&mut self.text);
+            text.clear();
+            SPARE.set(text);
+        }
+    }
+}
+
 impl Kept {
     fn keep(&mut self, text: &str) -> Span {
         if self.text.capacity() == 0 {
+            self.text = SPARE.take();
             self.text.reserve(256);
         }
         let start = self.text.len() as u32;
