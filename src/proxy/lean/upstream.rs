@@ -237,11 +237,13 @@ enum Chunk {
     Trailers,
 }
 
-/// An upstream connection between requests: its socket, and the timer of
-/// its waits, kept with it so that each wait only moves it.
+/// An upstream connection between requests: its socket, the timer of its
+/// waits, and its (empty) read buffer, kept with it so that the next
+/// request neither makes a timer nor allocates a buffer.
 pub struct Upstream {
     pub stream: UpStream,
     pub alarm: Alarm,
+    buf: BytesMut,
 }
 
 impl From<UpStream> for Upstream {
@@ -249,9 +251,13 @@ impl From<UpStream> for Upstream {
         Upstream {
             stream,
             alarm: Alarm::default(),
+            buf: BytesMut::new(),
         }
     }
 }
+
+/// A read buffer larger than this is not kept with an idle connection.
+const KEPT_BUF: usize = 2 * HEADER_READ;
 
 /// One request and its response on one upstream connection.
 pub struct Exchange {
@@ -273,7 +279,7 @@ impl Exchange {
         Exchange {
             stream: up.stream,
             alarm: up.alarm,
-            buf: BytesMut::new(),
+            buf: up.buf,
             body: Body::Header,
             keepalive: false,
             head_request: false,
@@ -342,9 +348,18 @@ impl Exchange {
     /// The connection, if it may carry another request: the response was
     /// read to its end, nothing more arrived, and the server keeps it open.
     pub fn into_reusable(self) -> Option<Upstream> {
-        (self.keepalive && self.body == Body::Done && self.buf.is_empty()).then_some(Upstream {
+        if !(self.keepalive && self.body == Body::Done && self.buf.is_empty()) {
+            return None;
+        }
+        let buf = if self.buf.capacity() <= KEPT_BUF {
+            self.buf
+        } else {
+            BytesMut::new()
+        };
+        Some(Upstream {
             stream: self.stream,
             alarm: self.alarm,
+            buf,
         })
     }
 
