@@ -287,7 +287,7 @@ impl Listener {
             let mut wait_ms = wait_ms.unwrap_or(first_ms);
             // Keep-alive state Pingora's loop hands on from a request it served (boxed: rare).
             let mut settings: Option<Box<HttpPersistentSettings>> = None;
-            // The timer of the waits for the next request, moved on for each.
+            // One timer for all the waits for the next request (`timeout::Alarm`).
             let mut alarm = Alarm::default();
             loop {
                 let accepts = |head: &[u8]| {

@@ -283,6 +283,16 @@ fn upstream_tls_with_verification_and_h2c() {
 }
 
 /// Read one response with a Content-Length body from a kept-alive stream.
+/// A TLS connection with SNI `name` (certificate not checked), read through a buffer.
+fn tls_connection(port: u16, name: &str) -> std::io::BufReader<openssl::ssl::SslStream<std::net::TcpStream>> {
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    let c = b.build().configure().unwrap().verify_hostname(false);
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    std::io::BufReader::new(c.connect(name, tcp).unwrap())
+}
+
 /// One response (Content-Length or chunked body): status and body.
 fn read_response<R: std::io::BufRead>(r: &mut R) -> (u16, String) {
     let mut line = String::new();
@@ -335,12 +345,7 @@ fn https_bodies_of_every_framing_and_size_arrive_whole_on_one_connection() {
         big.addr,
         chunked.addr
     ));
-    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
-    b.set_verify(SslVerifyMode::NONE);
-    let c = b.build().configure().unwrap().verify_hostname(false);
-    let tcp = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-    let mut s = std::io::BufReader::new(c.connect("a.test", tcp).unwrap());
+    let mut s = tls_connection(g.port, "a.test");
     for path in ["/small", "/big", "/chunked", "/small", "/chunked", "/big"] {
         s.get_mut()
             .write_all(format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes())
@@ -379,12 +384,7 @@ fn https_requests_take_the_lean_loop_and_the_rest_pingoras_on_one_connection() {
             .unwrap()
     };
     let before = lean();
-    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
-    b.set_verify(SslVerifyMode::NONE);
-    let c = b.build().configure().unwrap().verify_hostname(false);
-    let tcp = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-    let mut s = std::io::BufReader::new(c.connect("a.test", tcp).unwrap());
+    let mut s = tls_connection(g.port, "a.test");
     let steps: [(&str, &str); 4] = [
         ("GET /one HTTP/1.1\r\nHost: a.test\r\n\r\n", "request=GET /one"),
         (
