@@ -12,23 +12,26 @@ use std::thread::LocalKey;
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
 
+/// The time on `clock`, one of the kernel's coarse clocks (its time at the
+/// last tick, read from the vDSO without the cycle counter).
+fn coarse(clock: libc::clockid_t) -> libc::timespec {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; the coarse clocks are ones Linux has had since 2.6.32.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    debug_assert_eq!(rc, 0);
+    ts
+}
+
 /// Milliseconds on the coarse monotonic clock (since boot; never 0).
 pub fn coarse_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is one Linux has had since 2.6.32.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    debug_assert_eq!(rc, 0);
+    let ts = coarse(libc::CLOCK_MONOTONIC_COARSE);
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000 + 1
 }
 
-/// Seconds since the Unix epoch on the coarse real-time clock (as of the
-/// kernel's last tick, so it may lag a few milliseconds).
+/// Seconds since the Unix epoch on the coarse real-time clock (it may lag
+/// a few milliseconds).
 fn coarse_unix_secs() -> i64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: as in `coarse_ms`.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
-    debug_assert_eq!(rc, 0);
-    ts.tv_sec
+    coarse(libc::CLOCK_REALTIME_COARSE).tv_sec
 }
 
 /// A thread's text of one second, made again when the second changes.

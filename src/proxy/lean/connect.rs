@@ -36,12 +36,6 @@ impl UpStream {
     }
 }
 
-impl From<Stream> for UpStream {
-    fn from(s: Stream) -> Self {
-        UpStream::Pingora(s)
-    }
-}
-
 /// `$body` with `$s` the pinned socket, whichever kind it is.
 macro_rules! on_either {
     ($self:expr, $s:ident => $body:expr) => {
