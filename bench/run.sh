@@ -8,7 +8,7 @@
 # with wrk and stops it again:
 #
 #   direct          wrk straight to the origin (the limit)
-#   nginx_off/_log  nginx one-hop proxy, worker_processes 1, access log off/on
+#   nginx_*         nginx one-hop proxy, worker_processes 1: access log off/on, the plugins' equivalent, HTTPS
 #   portico_*       portico, threads 1: round_robin (log off/on), least_conn, sticky
 #
 # Per contender and mode it records req/s, p50/p99/p99.9 latency, proxy CPU
@@ -315,7 +315,7 @@ EOF
 
 # nginx one-hop proxy. The log format is portico's (combined plus upstream
 # address, upstream time and request time) so both write the same line.
-# write_nginx_proxy NAME ACCESS_LOG_DIRECTIVE
+# write_nginx_proxy NAME ACCESS_LOG_DIRECTIVE [LISTEN_EXTRA] [SERVER_EXTRA] [LOCATION_EXTRA]
 write_nginx_proxy() {
   cat >"$SCRATCH/$1.conf" <<EOF
 $(nginx_common "$1")
@@ -339,7 +339,8 @@ $(nginx_temp_paths "$1")
             proxy_set_header Connection "";
             proxy_set_header Host \$host;
             proxy_set_header X-Real-IP \$remote_addr;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;${5:+
+            $5}
         }
     }
 }
@@ -350,6 +351,14 @@ openssl req -x509 -newkey rsa:2048 -nodes -keyout "$SCRATCH/tls.key" -out "$SCRA
   -subj /CN=localhost -addext subjectAltName=DNS:localhost >/dev/null 2>&1 || die "openssl could not make a test certificate"
 write_nginx_proxy nginx_off "access_log off;"
 write_nginx_proxy nginx_log "access_log $SCRATCH/nginx_log.access.log portico;"
+# What Portico's three plugins do, in nginx's own directives: a new request id
+# to the server and back to the client (request_id; the benchmark's client
+# sends none to keep), the allow list (ip_access), one response field (headers).
+write_nginx_proxy nginx_plugins "access_log off;" "" "" 'proxy_set_header X-Request-Id $request_id;
+            add_header X-Request-Id $request_id always;
+            allow 127.0.0.0/8;
+            deny all;
+            add_header X-Served-By portico always;'
 write_nginx_proxy nginx_tls "access_log off;" " ssl" "ssl_certificate $SCRATCH/tls.crt; ssl_certificate_key $SCRATCH/tls.key; ssl_protocols TLSv1.2 TLSv1.3;"
 
 # Portico with the equivalent setup (it sets Host, X-Real-IP and
@@ -393,7 +402,7 @@ write_portico portico_plugins round_robin off '' 'plugins:
 # Contenders in run order: id, label, and the nginx contender its ratios use.
 # BENCH_CONTENDERS="direct nginx_tls portico_tls" runs a subset (keep each
 # portico contender's nginx one, and direct, for the ratios).
-CONTENDERS=(direct nginx_off portico_off nginx_log portico_log portico_lc portico_sticky portico_plugins nginx_tls portico_tls)
+CONTENDERS=(direct nginx_off portico_off nginx_log portico_log portico_lc portico_sticky nginx_plugins portico_plugins nginx_tls portico_tls)
 if [ -n "${BENCH_CONTENDERS:-}" ]; then
   read -r -a CONTENDERS <<<"$BENCH_CONTENDERS"
 fi
@@ -405,7 +414,8 @@ fi
   printf 'portico_log\tportico round_robin, access log to file\tnginx_log\n'
   printf 'portico_lc\tportico least_conn, access log off\tnginx_off\n'
   printf 'portico_sticky\tportico sticky (cookie insert), access log off\tnginx_off\n'
-  printf 'portico_plugins\tportico + 3 plugins (request_id, ip_access, headers), access log off\tnginx_off\n'
+  printf 'nginx_plugins\tnginx proxy + the same (request id, allow list, response field), access log off\t-\n'
+  printf 'portico_plugins\tportico + 3 plugins (request_id, ip_access, headers), access log off\tnginx_plugins\n'
   printf 'nginx_tls\tnginx HTTPS (TLS 1.3, HTTP/1.1), access log off\t-\n'
   printf 'portico_tls\tportico HTTPS (TLS 1.3, HTTP/1.1), access log off\tnginx_tls\n'
 } >"$SCRATCH/contenders.tsv"
@@ -532,6 +542,13 @@ run_contender() {
              pids=("$pid" $(children_of "$pid")) ;;
     portico_*) start_portico "$cid" "$SCRATCH/$cid.yaml"; pid=$START_PID; port=$PORTICO_PORT
                pids=("$pid") ;;
+  esac
+  case "$cid" in
+    *_plugins) # Both must do the plugins' work, or the comparison says nothing.
+      local resp
+      resp=$(http_get "$port" / | tr -d '\r')
+      grep -qi '^x-served-by: portico$' <<<"$resp" && grep -Eqi '^x-request-id: [0-9a-f]{32}$' <<<"$resp" ||
+        die "$cid does not answer with X-Served-By and a 32-digit X-Request-Id: $(head -c 400 <<<"$resp")" ;;
   esac
   # Warm-up (connection pools, allocator, caches); not measured.
   run_wrk "$SCRATCH/wrk-r$round-$cid-warmup.txt" 1 64 "$port"
