@@ -268,7 +268,7 @@ pub struct RequestEdits<'r> {
     req: &'r dyn ClientFields,
     /// Set (`Some`) or removed (`None`), by name as given, in the order
     /// first edited (inline for the forwarding fields and a few more).
-    named: SmallVec<[(Span, Option<Span>); 8]>,
+    named: SmallVec<[(Text<'r>, Option<Text<'r>>); 8]>,
     /// The first entries are the forwarding fields (rewritten anyway).
     forwarding: usize,
     kept: Kept,
@@ -302,8 +302,20 @@ impl ClientFields for RequestHeader {
     }
 }
 
-/// [`RequestEdits`] as [`super::upstream::request_head`] takes them.
-pub type Parts<'a> = (Vec<(&'a str, Option<&'a str>)>, Vec<(&'a str, &'a str)>);
+/// [`RequestEdits`] as [`super::upstream::request_head`] takes them (on
+/// the stack for the forwarding fields and a few more).
+pub type Parts<'a> = (
+    SmallVec<[(&'a str, Option<&'a str>); 8]>,
+    SmallVec<[(&'a str, &'a str); 4]>,
+);
+
+/// A name or value of a request edit: given by the caller for as long as the
+/// edits live (the forwarding fields), or kept in [`Kept`].
+#[derive(Clone, Copy)]
+enum Text<'r> {
+    Given(&'r str),
+    Kept(Span),
+}
 
 impl<'r> RequestEdits<'r> {
     pub fn new(req: &'r dyn ClientFields) -> Self {
@@ -317,35 +329,41 @@ impl<'r> RequestEdits<'r> {
 
     /// Edits that start with the forwarding fields set (`Some`) or removed
     /// (`None`): distinct lower-case names and values made from the
-    /// client's checked fields and address, so kept without a check or a
-    /// lookup, as `set` and `remove` would keep them.
-    pub fn forwarded(req: &'r dyn ClientFields, fields: &[(&'static str, Option<&str>)]) -> Self {
+    /// client's checked fields and address, so taken as they are (no copy,
+    /// no check, no lookup), as `set` and `remove` would keep them.
+    pub fn forwarded(req: &'r dyn ClientFields, fields: &[(&'static str, Option<&'r str>)]) -> Self {
         let mut e = Self::new(req);
         for &(name, value) in fields {
             debug_assert!(e.entry(name).is_none() && value.is_none_or(|v| checked(name, v).is_ok()));
-            let entry = (e.kept.keep(name), value.map(|v| e.kept.keep(v)));
-            e.named.push(entry);
+            e.named.push((Text::Given(name), value.map(Text::Given)));
         }
         e.forwarding = e.named.len();
         e
     }
 
+    fn text(&self, t: Text<'r>) -> &str {
+        match t {
+            Text::Given(text) => text,
+            Text::Kept(span) => self.kept.at(span),
+        }
+    }
+
     /// Position in `named` of the entry for `name`.
     fn entry(&self, name: &str) -> Option<usize> {
-        (self.named.iter()).position(|&(n, _)| self.kept.at(n).eq_ignore_ascii_case(name))
+        (self.named.iter()).position(|&(n, _)| self.text(n).eq_ignore_ascii_case(name))
     }
 
     /// `Some(value)` set, `Some(None)` removed, `None` not edited by name.
     fn set_entry(&self, name: &str) -> Option<Option<&str>> {
-        self.entry(name).map(|i| self.named[i].1.map(|v| self.kept.at(v)))
+        self.entry(name).map(|i| self.named[i].1.map(|v| self.text(v)))
     }
 
     fn name_entry(&mut self, name: &str, value: Option<&str>) {
-        let value = value.map(|v| self.kept.keep(v));
+        let value = value.map(|v| Text::Kept(self.kept.keep(v)));
         match self.entry(name) {
             Some(i) => self.named[i].1 = value,
             None => {
-                let name = self.kept.keep(name);
+                let name = Text::Kept(self.kept.keep(name));
                 self.named.push((name, value));
             }
         }
@@ -353,11 +371,14 @@ impl<'r> RequestEdits<'r> {
 
     /// The replacements and the appended fields.
     pub fn parts(&self) -> Parts<'_> {
-        let named = (self.named.iter())
-            .map(|&(n, v)| (self.kept.at(n), v.map(|v| self.kept.at(v))))
-            .collect();
-        let added = self.kept.added().collect();
-        (named, added)
+        let mut parts = Parts::default();
+        for &(n, v) in &self.named {
+            parts.0.push((self.text(n), v.map(|v| self.text(v))));
+        }
+        for f in self.kept.added() {
+            parts.1.push(f);
+        }
+        parts
     }
 
     /// Do the edits name a field the client sent, beyond those the upstream
@@ -366,7 +387,7 @@ impl<'r> RequestEdits<'r> {
     pub fn edits_client_fields(&self) -> bool {
         // Entries are edited in place, so the forwarding fields' stay theirs.
         (self.named[self.forwarding..].iter()).any(|&(n, _)| {
-            let n = self.kept.at(n);
+            let n = self.text(n);
             !rewritten(n.as_bytes()) && self.req.has(n)
         })
     }
@@ -555,8 +576,10 @@ mod tests {
         );
         assert!(e.set("X-E", "a\nb").is_err() && e.append("bad name", "v").is_err());
         assert!(e.host_ok(false) && e.host_ok(true));
-        let (named, added) = e.parts();
-        let head = request_head(&r, &named, &added, false).unwrap();
+        let head = {
+            let (named, added) = e.parts();
+            request_head(&r, &named, &added, false).unwrap()
+        };
         assert_eq!(
             String::from_utf8_lossy(&head),
             "GET /p?q=1 HTTP/1.1\r\nHost: h\r\nX-A: new\r\nx-forwarded-for: 127.0.0.1\r\nX-D: d\r\nX-C: c1\r\nX-C: c2\r\n\r\n"
