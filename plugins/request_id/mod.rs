@@ -44,12 +44,15 @@ fn acceptable(id: &str) -> bool {
     (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
+/// 128 random bits as 32 lower-case hex digits (as nginx's `$request_id`).
 fn new_id() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let r: u128 = rand::random();
+    // One draw (an array would draw each byte on its own).
+    let bytes = rand::random::<u128>().to_be_bytes();
     let mut id = [0; 32];
-    for (i, digit) in id.iter_mut().enumerate() {
-        *digit = HEX[(r >> (124 - 4 * i)) as usize & 15];
+    for (pair, b) in id.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
     }
     std::str::from_utf8(&id).expect("hex digits are ASCII").to_owned()
 }
