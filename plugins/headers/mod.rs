@@ -27,60 +27,90 @@ struct Settings {
     response_remove: Vec<String>,
 }
 
-struct HeaderRules(Settings);
+/// One direction's rules, in the order they apply: removals, sets, additions.
+#[derive(Default)]
+struct Rules {
+    remove: Vec<String>,
+    set: Vec<(String, Value)>,
+    add: Vec<(String, Value)>,
+}
+
+/// A configured value, and whether it names variables to fill in per request.
+struct Value {
+    text: String,
+    variables: bool,
+}
+
+struct HeaderRules {
+    request: Rules,
+    response: Rules,
+}
 
 pub fn build(v: &serde_yaml::Value) -> Result<Box<dyn Plugin>, String> {
     let s: Settings = api::settings(v)?;
-    let maps = [
-        ("request_set", &s.request_set),
-        ("request_add", &s.request_add),
-        ("response_set", &s.response_set),
-        ("response_add", &s.response_add),
-    ];
-    for (field, m) in maps {
-        for (k, v) in m {
-            http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("{field}: invalid header name {k:?}"))?;
-            http::HeaderValue::from_str(v).map_err(|_| format!("{field}.{k}: invalid header value"))?;
-        }
-    }
-    for (field, l) in [("request_remove", &s.request_remove), ("response_remove", &s.response_remove)] {
-        for k in l {
+    let values = |field: &str, m: BTreeMap<String, String>| -> Result<Vec<(String, Value)>, String> {
+        m.into_iter()
+            .map(|(k, v)| {
+                http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("{field}: invalid header name {k:?}"))?;
+                http::HeaderValue::from_str(&v).map_err(|_| format!("{field}.{k}: invalid header value"))?;
+                let variables = v.contains('$');
+                Ok((k, Value { text: v, variables }))
+            })
+            .collect()
+    };
+    let names = |field: &str, l: Vec<String>| -> Result<Vec<String>, String> {
+        for k in &l {
             http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("{field}: invalid header name {k:?}"))?;
         }
-    }
-    Ok(Box::new(HeaderRules(s)))
+        Ok(l)
+    };
+    Ok(Box::new(HeaderRules {
+        request: Rules {
+            set: values("request_set", s.request_set)?,
+            add: values("request_add", s.request_add)?,
+            remove: names("request_remove", s.request_remove)?,
+        },
+        response: Rules {
+            set: values("response_set", s.response_set)?,
+            add: values("response_add", s.response_add)?,
+            remove: names("response_remove", s.response_remove)?,
+        },
+    }))
 }
 
-/// `v` with its variables filled in; borrowed as it is when it has none.
-fn expand<'v>(v: &'v str, ctx: &Ctx) -> Cow<'v, str> {
-    if !v.contains('$') {
-        return Cow::Borrowed(v);
+impl Value {
+    /// The value for this request: the text as configured, or with its variables filled in.
+    fn of(&self, ctx: &Ctx) -> Cow<'_, str> {
+        if !self.variables {
+            return Cow::Borrowed(&self.text);
+        }
+        let request_id = ctx.log_fields.iter().find(|(k, _)| k == "request_id").map(|(_, v)| v.as_str());
+        Cow::Owned(
+            (self.text)
+                .replace("$remote_addr", &crate::ip_text(ctx))
+                .replace("$host", &ctx.host)
+                .replace("$scheme", ctx.scheme)
+                .replace("$uri", &ctx.path)
+                .replace("$request_id", request_id.unwrap_or("-")),
+        )
     }
-    let request_id = ctx.log_fields.iter().find(|(k, _)| k == "request_id").map(|(_, v)| v.as_str());
-    Cow::Owned(
-        v.replace("$remote_addr", &crate::ip_text(ctx))
-            .replace("$host", &ctx.host)
-            .replace("$scheme", ctx.scheme)
-            .replace("$uri", &ctx.path)
-            .replace("$request_id", request_id.unwrap_or("-")),
-    )
 }
 
-fn apply(
-    ctx: &Ctx,
-    h: &mut dyn Headers,
-    set: &BTreeMap<String, String>,
-    add: &BTreeMap<String, String>,
-    remove: &[String],
-) {
-    for k in remove {
-        h.remove(k);
+impl Rules {
+    fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
-    for (k, v) in set {
-        let _ = h.set(k, &expand(v, ctx));
-    }
-    for (k, v) in add {
-        let _ = h.append(k, &expand(v, ctx));
+
+    fn apply(&self, ctx: &Ctx, h: &mut dyn Headers) {
+        for k in &self.remove {
+            h.remove(k);
+        }
+        for (k, v) in &self.set {
+            let _ = h.set(k, &v.of(ctx));
+        }
+        for (k, v) in &self.add {
+            let _ = h.append(k, &v.of(ctx));
+        }
     }
 }
 
@@ -88,25 +118,21 @@ fn apply(
 impl Plugin for HeaderRules {
     /// Only the sides it has rules for.
     fn hooks(&self) -> Hooks {
-        let s = &self.0;
         let mut hooks = Hooks::NONE;
-        if !(s.request_set.is_empty() && s.request_add.is_empty() && s.request_remove.is_empty()) {
+        if !self.request.is_empty() {
             hooks = hooks.and(Hooks::UPSTREAM_REQUEST);
         }
-        if !(s.response_set.is_empty() && s.response_add.is_empty() && s.response_remove.is_empty()) {
+        if !self.response.is_empty() {
             hooks = hooks.and(Hooks::RESPONSE);
         }
         hooks
     }
 
     async fn upstream_request(&self, ctx: &mut Ctx, h: &mut dyn Headers) {
-        let s = &self.0;
-        apply(ctx, h, &s.request_set, &s.request_add, &s.request_remove);
+        self.request.apply(ctx, h);
     }
 
     fn response(&self, ctx: &mut Ctx, _status: u16, h: &mut dyn Headers) {
-        let s = &self.0;
-        apply(ctx, h, &s.response_set, &s.response_add, &s.response_remove);
+        self.response.apply(ctx, h);
     }
-
 }
