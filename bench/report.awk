@@ -4,7 +4,9 @@
 #
 # contenders.tsv: id, label, id of the nginx contender its ratios compare to.
 # raw.tsv: one row per round x contender x mode, with a header line; the
-# columns are named in run.sh. Every figure shown is the median over the
+# columns are named in run.sh. The proxy's CPU is shown whole (user + kernel)
+# and, in the checks, its user-space part alone: on loopback most of a
+# proxy's CPU per request is the kernel's TCP work, alike for both proxies. Every figure shown is the median over the
 # rounds; a ratio is the median of the per-round ratios (each round measures
 # both sides minutes apart, so this cancels slow drift better than a ratio of
 # medians would).
@@ -59,6 +61,11 @@ FNR == 1 { next }                           # raw.tsv header
         cpu = $14 * 1e6 / tck / req
         add(CPU, k, cpu)
         C[round, c, m] = cpu
+    }
+    if (NF >= 22 && $22 != "-" && req > 0) {   # the user-space part (older raw files lack it)
+        user = $22 * 1e6 / tck / req
+        add(USER, k, user)
+        U[round, c, m] = user
     }
     if ($20 != "-") add(RSS, k, $20 / 1024)
     if (req > 0) {
@@ -130,12 +137,14 @@ END {
         print ""
         print "Checks (same runs):"
         print ""
-        print "| contender | origin CPU µs/req | origin conns opened per 1k req | wrk errors (all rounds) | other CPU % | steal % |"
-        print "|---|--:|--:|---|--:|--:|"
+        print "| contender | proxy user-space CPU µs/req | user CPU/req ÷ nginx | origin CPU µs/req | origin conns opened per 1k req | wrk errors (all rounds) | other CPU % | steal % |"
+        print "|---|--:|--:|--:|--:|---|--:|--:|"
         for (j = 1; j <= ncont; j++) {
             c = order[j]; k = c SUBSEP m
             if (!(k in seen)) continue
-            printf "| %s | %s | %s | %s | %s | %s |\n", label[c], fmt(OCPU[k], "%.1f"),
+            d = ref[c]
+            printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", label[c], fmt(USER[k], "%.1f"),
+                (d == "-") ? "–" : ratio(U, U, c, d, m), fmt(OCPU[k], "%.1f"),
                 fmt(ACC[k], "%.1f"), errors(k), fmt(OTHER[k], "%.0f"), fmt(STEAL[k], "%.0f")
         }
         print ""

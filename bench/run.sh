@@ -198,14 +198,18 @@ start_portico() {
 
 # Process CPU time (utime + stime, all threads, in clock ticks): fields 14
 # and 15 of /proc/PID/stat, counted after the ")" that ends field 2.
+# Also left in PROC_SUM, with the utime part in PROC_USER (when not called in
+# a subshell).
 proc_ticks() {
-  local sum=0 pid line
+  local sum=0 user=0 pid line
   local -a f
   for pid in "$@"; do
     read -r line <"/proc/$pid/stat"
     read -r -a f <<<"${line##*) }"      # f[0] is field 3
     sum=$((sum + f[11] + f[12]))
+    user=$((user + f[11]))
   done
+  PROC_SUM=$sum PROC_USER=$user
   echo "$sum"
 }
 
@@ -452,7 +456,7 @@ fi
 
 # ------------------------------------------------------------ one measurement
 
-printf 'round\tcontender\tmode\trequests\tduration_us\tp50_us\tp99_us\tp999_us\terr_connect\terr_read\terr_write\terr_status\terr_timeout\tproxy_ticks\torigin_ticks\twrk_ms\tmach_busy\tmach_steal\tmach_total\thwm_kb\torigin_accepts\n' >"$RAW"
+printf 'round\tcontender\tmode\trequests\tduration_us\tp50_us\tp99_us\tp999_us\terr_connect\terr_read\terr_write\terr_status\terr_timeout\tproxy_ticks\torigin_ticks\twrk_ms\tmach_busy\tmach_steal\tmach_total\thwm_kb\torigin_accepts\tproxy_user_ticks\n' >"$RAW"
 
 TOTAL_REQUESTS=0                 # per contender start, for the access-log check
 
@@ -476,8 +480,11 @@ measure() {
   esac
 
   reset_hwm "${pids[@]}"
-  local p0="-" o0 a0 w0
-  [ ${#pids[@]} -gt 0 ] && p0=$(proc_ticks "${pids[@]}")
+  local p0="-" pu0=0 o0 a0 w0
+  if [ ${#pids[@]} -gt 0 ]; then
+    proc_ticks "${pids[@]}" >/dev/null    # not in a subshell, for PROC_USER
+    p0=$PROC_SUM pu0=$PROC_USER
+  fi
   o0=$(proc_ticks "${ORIGIN_PIDS[@]}")
   a0=$(origin_accepts)
   children_ms; w0=$REPLY
@@ -491,11 +498,12 @@ measure() {
   done
   machine_ticks
   children_ms
-  local w1=$REPLY o1 a1 p1="-" hwm="-"
+  local w1=$REPLY o1 a1 p1="-" pu1="-" hwm="-"
   o1=$(proc_ticks "${ORIGIN_PIDS[@]}")
   a1=$(origin_accepts)
   if [ ${#pids[@]} -gt 0 ]; then
-    p1=$(( $(proc_ticks "${pids[@]}") - p0 ))
+    proc_ticks "${pids[@]}" >/dev/null
+    p1=$((PROC_SUM - p0)) pu1=$((PROC_USER - pu0))
     hwm=$(proc_hwm_kb "${pids[@]}")
   fi
 
@@ -512,7 +520,7 @@ measure() {
     "${w[p50_us]}" "${w[p99_us]}" "${w[p999_us]}" "${w[connect]}" "${w[read]}" \
     "${w[write]}" "${w[status]}" "${w[timeout]}" "$p1" "$((o1 - o0))" "$((w1 - w0))" \
     "$((MACH_BUSY - mb0))" "$((MACH_STEAL - ms0))" "$((MACH_TOTAL - mt0))" "$hwm" >>"$RAW"
-  printf '%s\n' "$(( a1 - a0 - 1 ))" >>"$RAW"   # -1: the stub_status request itself
+  printf '%s\t%s\n' "$(( a1 - a0 - 1 ))" "$pu1" >>"$RAW"   # -1: the stub_status request itself
 
   awk -v r="${w[requests]}" -v d="${w[duration_us]}" -v p99="${w[p99_us]}" \
       -v pt="$p1" -v tck="$CLK_TCK" -v round="$round" -v rounds="$ROUNDS" -v cid="$cid" -v mode="$mode" \
