@@ -5,10 +5,11 @@ Opens N keep-alive client connections to a proxy, sends one request on each
 (so each holds an upstream keep-alive too), leaves them idle, and reports the
 proxy's RSS growth per connection. With --ws, the connections are WebSocket
 upgrades to a tiny in-process WebSocket server instead, left idle after the 101.
+With --tls, the keep-alive connections are HTTPS (certificate not checked).
 
-usage: idle.py --port P --pids PID[,PID] [--conns N] [--ws]
+usage: idle.py --port P --pids PID[,PID] [--conns N] [--ws | --tls]
 """
-import argparse, asyncio, base64, hashlib, os, time
+import argparse, asyncio, base64, hashlib, os, ssl, time
 
 def rss_kib(pids):
     total = 0
@@ -30,9 +31,9 @@ async def ws_server(port):
         await r.read()  # until the client goes away
     return await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096)
 
-async def open_one(port, ws, held, sem):
+async def open_one(port, ws, tls, held, sem):
     async with sem:
-        r, w = await asyncio.open_connection("127.0.0.1", port)
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
         if ws:
             w.write(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
@@ -56,14 +57,20 @@ async def main():
     ap.add_argument("--pids", required=True)
     ap.add_argument("--conns", type=int, default=10000)
     ap.add_argument("--ws", action="store_true")
+    ap.add_argument("--tls", action="store_true")
     ap.add_argument("--ws-port", type=int, default=0, help="start the WebSocket server on this port")
     a = ap.parse_args()
     pids = [int(p) for p in a.pids.split(",")]
     srv = await ws_server(a.ws_port) if a.ws_port else None
+    tls = None
+    if a.tls:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
     before = rss_kib(pids)
     held, sem = [], asyncio.Semaphore(200)
     t = time.time()
-    oks = await asyncio.wait_for(asyncio.gather(*(open_one(a.port, a.ws, held, sem) for _ in range(a.conns)), return_exceptions=True), 120)
+    oks = await asyncio.wait_for(asyncio.gather(*(open_one(a.port, a.ws, tls, held, sem) for _ in range(a.conns)), return_exceptions=True), 120)
     good = sum(1 for o in oks if o is True)
     await asyncio.sleep(2)
     after = rss_kib(pids)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Memory per idle connection, Portico vs nginx. See bench/README.md.
 #
-#   ./dev bench-idle [--conns N] [--ws-conns M]
+#   ./dev bench-idle [--conns N] [--ws-conns M] [--tls-conns T]
 #
 # For each proxy (nginx one worker, portico one thread, as in run.sh): open N
 # keep-alive client connections through it (one request each, then idle),
-# then M WebSocket upgrades left idle, and report the proxy's RSS growth per
+# then M WebSocket upgrades left idle, then T HTTPS keep-alive connections
+# (TLS 1.3, one request each), and report the proxy's RSS growth per
 # connection (bench/idle.py does the opening and measuring). 127.0.0.1 only;
 # every step is time-limited.
 set -euo pipefail
@@ -13,10 +14,12 @@ cd "$(dirname "$0")/.."
 
 CONNS=10000
 WS_CONNS=2000
+TLS_CONNS=2000
 while [ $# -gt 0 ]; do
   case "$1" in
     --conns) CONNS=${2:?}; shift ;;
     --ws-conns) WS_CONNS=${2:?}; shift ;;
+    --tls-conns) TLS_CONNS=${2:?}; shift ;;
     *) echo "bench-idle: unknown argument '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -24,6 +27,7 @@ done
 
 BASE=${BENCH_PORT_BASE:-18100}
 ORIGIN=$((BASE + 51)) WS_ORIGIN=$((BASE + 52)) NGINX=$((BASE + 53)) PORTICO=$((BASE + 54))
+NGINX_TLS=$((BASE + 55)) PORTICO_TLS=$((BASE + 56))
 STAMP=$(date -u +%Y-%m-%d_%H%M%S)
 DIR=$PWD/bench/out/idle-$STAMP
 mkdir -p "$DIR/tmp"
@@ -60,6 +64,9 @@ $2
 }
 EOF
 }
+# One certificate for both proxies' HTTPS listeners (P-256: quick handshakes).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$DIR/tls.key" \
+  -out "$DIR/tls.crt" -days 2 -subj /CN=localhost >/dev/null 2>&1
 nginx_conf origin "    server { listen 127.0.0.1:$ORIGIN; location / { return 200 \"ok\"; } }"
 nginx_conf proxy "    upstream app { server 127.0.0.1:$ORIGIN; keepalive 64; }
     upstream ws { server 127.0.0.1:$WS_ORIGIN; }
@@ -70,10 +77,17 @@ nginx_conf proxy "    upstream app { server 127.0.0.1:$ORIGIN; keepalive 64; }
             proxy_pass http://ws; proxy_http_version 1.1; proxy_read_timeout 1h;
             proxy_set_header Upgrade \$http_upgrade; proxy_set_header Connection upgrade;
         }
+    }
+    server {
+        listen 127.0.0.1:$NGINX_TLS ssl;
+        ssl_certificate $DIR/tls.crt; ssl_certificate_key $DIR/tls.key; ssl_protocols TLSv1.3;
+        location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
     }"
 cat >"$DIR/portico.yaml" <<EOF
 server: { threads: 1, keepalive_timeout: 300s, pid_file: $DIR/p.pid, upgrade_sock: $DIR/u.sock }
-listeners: [{ listen: "127.0.0.1:$PORTICO" }]
+listeners:
+  - { listen: "127.0.0.1:$PORTICO" }
+  - { listen: "127.0.0.1:$PORTICO_TLS", tls: { certificates: [{ cert: $DIR/tls.crt, key: $DIR/tls.key }], http2: false } }
 access_log: "off"
 upstreams:
   app: { keepalive: 64, servers: [{ address: "127.0.0.1:$ORIGIN" }] }
@@ -103,7 +117,10 @@ measure() {
   pids=$pid
   for c in $(ps -o pid= --ppid "$pid" | tr -d ' '); do pids="$pids,$c"; done
   local args=(--port "$port" --pids "$pids" --conns "$CONNS")
-  [ "$ws" = ws ] && args=(--port "$port" --pids "$pids" --conns "$WS_CONNS" --ws --ws-port "$WS_ORIGIN")
+  case "$ws" in
+    ws) args=(--port "$port" --pids "$pids" --conns "$WS_CONNS" --ws --ws-port "$WS_ORIGIN") ;;
+    tls) args=(--port "$port" --pids "$pids" --conns "$TLS_CONNS" --tls) ;;
+  esac
   timeout 300 python3 bench/idle.py "${args[@]}" | tee -a "$DIR/raw.txt" |
     awk -v n="$name" -v k="$ws" '{for(i=1;i<=NF;i++){split($i,a,"="); v[a[1]]=a[2]}
       printf "%s %s %s %s %s\n", n, k, v["ok"], v["conns"], v["kib_per_conn"]}' >>"$DIR/rows.txt"
@@ -112,9 +129,14 @@ measure() {
 }
 
 : >"$DIR/rows.txt"
-for kind in ka ws; do
-  measure nginx "$NGINX" "$kind"
-  measure portico "$PORTICO" "$kind"
+for kind in ka ws tls; do
+  if [ "$kind" = tls ]; then
+    measure nginx "$NGINX_TLS" "$kind"
+    measure portico "$PORTICO_TLS" "$kind"
+  else
+    measure nginx "$NGINX" "$kind"
+    measure portico "$PORTICO" "$kind"
+  fi
 done
 
 {
@@ -126,10 +148,10 @@ done
   echo "|---|--:|--:|--:|"
   awk '{k[$1" "$2]=$5; ok[$1" "$2]=$3; n[$2]=$4}
     END {
-      split("ka ws", kinds, " ")
-      for (i = 1; i <= 2; i++) {
+      split("ka ws tls", kinds, " ")
+      for (i = 1; i <= 3; i++) {
         t = kinds[i]
-        label = (t == "ka") ? n[t] " idle keep-alive connections" : n[t] " idle WebSockets"
+        label = (t == "ka") ? n[t] " idle keep-alive connections" : (t == "ws") ? n[t] " idle WebSockets" : n[t] " idle HTTPS keep-alive connections"
         printf "| %s (opened: nginx %s, portico %s) | %.1f KiB | %.1f KiB | %.1fx |\n", label, ok["nginx " t], ok["portico " t], k["nginx " t], k["portico " t], (k["nginx " t] > 0 ? k["portico " t] / k["nginx " t] : 0)
       }
     }' "$DIR/rows.txt"
