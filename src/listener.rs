@@ -54,6 +54,16 @@ use conn::Conn;
 pub use park::Lot;
 use rewound::Rewound;
 
+/// `Pending` while a read of this client connection could only find
+/// nothing, for TLS connections (see [`Rewound::poll_read_ready`]); a plain
+/// socket's read is as cheap as asking.
+pub fn poll_tls_readable(stream: &Stream, cx: &mut Context<'_>) -> Poll<()> {
+    match stream.as_any().downcast_ref::<Rewound>() {
+        Some(rw) => rw.poll_read_ready(cx),
+        None => Poll::Ready(()),
+    }
+}
+
 /// The client's address, read from the connection itself (plain, or TLS as
 /// the listener wraps it), so no socket digest is made for it.
 pub fn peer_of(stream: &Stream) -> Option<std::net::SocketAddr> {
@@ -163,7 +173,10 @@ impl Waiting {
         let mut buf = ReadBuf::uninit(&mut buf);
         let read = match self {
             Waiting::Plain(c) => c.poll_socket(cx, &mut buf),
-            Waiting::Tls(rw) => Pin::new(rw.inner_mut()).poll_read(cx, &mut buf),
+            Waiting::Tls(rw) => match rw.poll_read_ready(cx) {
+                Poll::Ready(()) => Pin::new(rw.inner_mut()).poll_read(cx, &mut buf),
+                Poll::Pending => Poll::Pending,
+            },
         };
         match read {
             Poll::Pending => Poll::Pending,

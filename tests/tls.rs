@@ -282,15 +282,53 @@ fn upstream_tls_with_verification_and_h2c() {
     );
 }
 
-/// Read one response with a Content-Length body from a kept-alive stream.
 /// A TLS connection with SNI `name` (certificate not checked), read through a buffer.
 fn tls_connection(port: u16, name: &str) -> std::io::BufReader<openssl::ssl::SslStream<std::net::TcpStream>> {
+    tls_over(name, tcp_to(port))
+}
+
+fn tcp_to(port: u16) -> std::net::TcpStream {
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    tcp
+}
+
+/// TLS with SNI `name` (certificate not checked) over `stream`, read through a buffer.
+fn tls_over<S: Read + Write + std::fmt::Debug>(
+    name: &str,
+    stream: S,
+) -> std::io::BufReader<openssl::ssl::SslStream<S>> {
     let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
     b.set_verify(SslVerifyMode::NONE);
     let c = b.build().configure().unwrap().verify_hostname(false);
-    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-    std::io::BufReader::new(c.connect(name, tcp).unwrap())
+    std::io::BufReader::new(c.connect(name, stream).unwrap())
+}
+
+/// A TCP stream whose writes wait until it is flushed: TLS records written
+/// one by one then reach the gateway in one TCP write. (The handshake flushes
+/// its own messages.)
+#[derive(Debug)]
+struct Held {
+    tcp: std::net::TcpStream,
+    out: Vec<u8>,
+}
+
+impl Read for Held {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Held {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.write_all(&self.out)?;
+        self.out.clear();
+        self.tcp.flush()
+    }
 }
 
 /// One response (Content-Length or chunked body): status and body.
@@ -361,6 +399,95 @@ fn https_bodies_of_every_framing_and_size_arrive_whole_on_one_connection() {
             _ => assert!(body.ends_with("\nend\n"), "{path}: all three chunks"),
         }
     }
+}
+
+#[test]
+fn pipelined_https_requests_get_an_answer_then_a_prompt_close() {
+    // Portico does not pipeline (nor does Pingora): the first request is
+    // answered and the connection closes. A connection waiting on its client
+    // looks at the socket before asking OpenSSL, so bytes already read off
+    // the socket (the next TLS records, read ahead) must count as arrived:
+    // else the connection would sit until its keep-alive timeout.
+    let dir = temp_dir();
+    let (cert, key) = write(&dir, "a", &issue(&["a.test"], None, -1, 30, false));
+    let backend = Backend::start("app");
+    let g = start_tls(&backend, &[(cert, key)]);
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    fn first_then_prompt_close<R: std::io::BufRead>(s: &mut R, first: &str) {
+        let (status, body) = read_response(s);
+        assert_eq!(status, 200, "{first}");
+        assert!(body.contains(&format!("request=GET {first} ")), "{first}: {body:.80}");
+        let t = std::time::Instant::now();
+        let mut line = String::new();
+        match s.read_line(&mut line) {
+            Ok(0) | Err(_) => {}
+            Ok(_) => assert!(
+                line.starts_with("HTTP/1.1 200"),
+                "an answer to the next request: {line}"
+            ),
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "the connection sat idle"
+        );
+    }
+    // Three requests in one TLS record.
+    let mut s = tls_connection(g.port, "a.test");
+    s.get_mut()
+        .write_all((get("/a") + &get("/b") + &get("/c")).as_bytes())
+        .unwrap();
+    first_then_prompt_close(&mut s, "/a");
+    // Three TLS records in one TCP write: the later ones are read ahead with the first.
+    let mut h = tls_over(
+        "a.test",
+        Held {
+            tcp: tcp_to(g.port),
+            out: Vec::new(),
+        },
+    );
+    for path in ["/d", "/e", "/f"] {
+        h.get_mut().write_all(get(path).as_bytes()).unwrap();
+    }
+    h.get_mut().get_mut().flush().unwrap();
+    first_then_prompt_close(&mut h, "/d");
+    // Requests one at a time through the same kind of stream keep the connection.
+    let mut h = tls_over(
+        "a.test",
+        Held {
+            tcp: tcp_to(g.port),
+            out: Vec::new(),
+        },
+    );
+    for path in ["/g", "/h", "/i"] {
+        h.get_mut().write_all(get(path).as_bytes()).unwrap();
+        h.get_mut().get_mut().flush().unwrap();
+        let (status, body) = read_response(&mut h);
+        assert_eq!(status, 200, "{path}");
+        assert!(body.contains(&format!("request=GET {path} ")), "{path}: {body:.80}");
+    }
+}
+
+#[test]
+fn an_https_client_that_leaves_abandons_its_request() {
+    // While the answer is on its way, the gateway watches the socket for the
+    // client leaving; over TLS it must still notice.
+    let dir = temp_dir();
+    let (cert, key) = write(&dir, "a", &issue(&["a.test"], None, -1, 30, false));
+    let backend = Backend::start_with("slow", Behaviour::Slow(std::time::Duration::from_millis(1500)));
+    let g = start_tls(&backend, &[(cert, key)]);
+    let mut s = tls_connection(g.port, "a.test");
+    s.get_mut()
+        .write_all(b"GET /gone HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let _ = s.get_mut().shutdown();
+    drop(s);
+    // Logged once the gateway gives up on the request: long before the backend would answer.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let line = g
+        .access_log_line("GET /gone")
+        .unwrap_or_else(|| panic!("request still running after the client left"));
+    assert!(line.contains("\"GET /gone HTTP/1.1\" 0 "), "{line}");
 }
 
 #[test]

@@ -73,6 +73,11 @@ impl Conn {
         self.tcp.readable().await
     }
 
+    /// `Ready` once the socket may have something to read (or an error).
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tcp.poll_read_ready(cx)
+    }
+
     /// Read from the socket itself, past anything pending; a read that has
     /// to wait lets the handshake slot go.
     pub fn poll_socket(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
