@@ -413,6 +413,10 @@ fn pipelined_https_requests_get_an_answer_then_a_prompt_close() {
     let backend = Backend::start("app");
     let g = start_tls(&backend, &[(cert, key)]);
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    let held = || {
+        let tcp = tcp_to(g.port);
+        tls_over("a.test", Held { tcp, out: Vec::new() })
+    };
     fn first_then_prompt_close<R: std::io::BufRead>(s: &mut R, first: &str) {
         let (status, body) = read_response(s);
         assert_eq!(status, 200, "{first}");
@@ -438,26 +442,14 @@ fn pipelined_https_requests_get_an_answer_then_a_prompt_close() {
         .unwrap();
     first_then_prompt_close(&mut s, "/a");
     // Three TLS records in one TCP write: the later ones are read ahead with the first.
-    let mut h = tls_over(
-        "a.test",
-        Held {
-            tcp: tcp_to(g.port),
-            out: Vec::new(),
-        },
-    );
+    let mut h = held();
     for path in ["/d", "/e", "/f"] {
         h.get_mut().write_all(get(path).as_bytes()).unwrap();
     }
     h.get_mut().get_mut().flush().unwrap();
     first_then_prompt_close(&mut h, "/d");
     // Requests one at a time through the same kind of stream keep the connection.
-    let mut h = tls_over(
-        "a.test",
-        Held {
-            tcp: tcp_to(g.port),
-            out: Vec::new(),
-        },
-    );
+    let mut h = held();
     for path in ["/g", "/h", "/i"] {
         h.get_mut().write_all(get(path).as_bytes()).unwrap();
         h.get_mut().get_mut().flush().unwrap();
