@@ -198,8 +198,7 @@ start_portico() {
 
 # Process CPU time (utime + stime, all threads, in clock ticks): fields 14
 # and 15 of /proc/PID/stat, counted after the ")" that ends field 2.
-# Also left in PROC_SUM, with the utime part in PROC_USER (when not called in
-# a subshell).
+# Left in PROC_SUM, with the utime part in PROC_USER.
 proc_ticks() {
   local sum=0 user=0 pid line
   local -a f
@@ -210,7 +209,6 @@ proc_ticks() {
     user=$((user + f[11]))
   done
   PROC_SUM=$sum PROC_USER=$user
-  echo "$sum"
 }
 
 # Sum of VmHWM (peak resident set, kB) over the given processes.
@@ -482,10 +480,10 @@ measure() {
   reset_hwm "${pids[@]}"
   local p0="-" pu0=0 o0 a0 w0
   if [ ${#pids[@]} -gt 0 ]; then
-    proc_ticks "${pids[@]}" >/dev/null    # not in a subshell, for PROC_USER
+    proc_ticks "${pids[@]}"
     p0=$PROC_SUM pu0=$PROC_USER
   fi
-  o0=$(proc_ticks "${ORIGIN_PIDS[@]}")
+  proc_ticks "${ORIGIN_PIDS[@]}"; o0=$PROC_SUM
   a0=$(origin_accepts)
   children_ms; w0=$REPLY
   machine_ticks; local mb0=$MACH_BUSY ms0=$MACH_STEAL mt0=$MACH_TOTAL
@@ -499,10 +497,10 @@ measure() {
   machine_ticks
   children_ms
   local w1=$REPLY o1 a1 p1="-" pu1="-" hwm="-"
-  o1=$(proc_ticks "${ORIGIN_PIDS[@]}")
+  proc_ticks "${ORIGIN_PIDS[@]}"; o1=$PROC_SUM
   a1=$(origin_accepts)
   if [ ${#pids[@]} -gt 0 ]; then
-    proc_ticks "${pids[@]}" >/dev/null
+    proc_ticks "${pids[@]}"
     p1=$((PROC_SUM - p0)) pu1=$((PROC_USER - pu0))
     hwm=$(proc_hwm_kb "${pids[@]}")
   fi

@@ -71,12 +71,7 @@ pub fn peer_of(stream: &Stream) -> Option<std::net::SocketAddr> {
     if let Some(c) = any.downcast_ref::<Conn>() {
         return Some(c.peer());
     }
-    let tls = any.downcast_ref::<Rewound>()?.inner().as_any();
-    Some(
-        tls.downcast_ref::<pingora_core::protocols::tls::SslStream<Conn>>()?
-            .get_ref()
-            .peer(),
-    )
+    Some(any.downcast_ref::<Rewound>()?.tls()?.get_ref().peer())
 }
 
 pub struct Listener {

@@ -34,11 +34,6 @@ impl Rewound {
         }
     }
 
-    /// The wrapped stream.
-    pub fn inner(&self) -> &Stream {
-        &self.inner
-    }
-
     /// The wrapped stream, for reading ahead (bypasses any put-back bytes).
     pub fn inner_mut(&mut self) -> &mut Stream {
         &mut self.inner
@@ -50,6 +45,11 @@ impl Rewound {
         self.back.clear();
         self.back.extend_from_slice(data);
         self.pos = 0;
+    }
+
+    /// The TLS stream over the listener's connection, as it wraps every one.
+    pub fn tls(&self) -> Option<&SslStream<Conn>> {
+        self.inner.as_any().downcast_ref()
     }
 
     /// Put-back bytes not read yet.
@@ -68,7 +68,7 @@ impl Rewound {
         if self.pending() {
             return Poll::Ready(());
         }
-        let Some(tls) = self.inner.as_any().downcast_ref::<SslStream<Conn>>() else {
+        let Some(tls) = self.tls() else {
             return Poll::Ready(());
         };
         let conn = tls.get_ref();
