@@ -159,6 +159,7 @@ pub fn run(args: Args) -> i32 {
     let s = &cfg.server;
     let mut conf = ServerConf {
         threads: s.threads,
+        work_stealing: s.work_stealing,
         grace_period_seconds: Some(s.grace_period.0.as_secs()),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.0.as_secs()),
         daemon: args.daemon || s.daemon,

@@ -488,3 +488,69 @@ fn fast_shutdown_keeps_every_access_log_line() {
     let lines = g.access_log().lines().filter(|l| l.contains("GET /line/")).count();
     assert_eq!(lines, 300);
 }
+
+/// CPU ticks (user + system) of each thread of process `pid` whose name
+/// starts with `prefix` (Linux `/proc`).
+fn thread_ticks(pid: u32, prefix: &str) -> Vec<u64> {
+    let mut ticks = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // The fields after the name, which is in parentheses: utime and stime are the 12th and 13th.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after.split(' ').collect();
+        ticks.push(f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap());
+    }
+    ticks
+}
+
+#[test]
+fn every_worker_thread_of_a_listener_serves_connections() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    for stealing in [false, true] {
+        let yaml = format!(
+            "{}{}",
+            server_section(&["threads: 2", &format!("work_stealing: {stealing}")]),
+            one_pool(&[&a, &b], "")
+        );
+        let g = Gateway::start(&yaml);
+        // 32 keep-alive clients at once, each on its own connection.
+        let clients: Vec<_> = (0..32)
+            .map(|_| {
+                let port = g.port;
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(port).unwrap();
+                    let mut backends = std::collections::HashSet::new();
+                    for _ in 0..400 {
+                        let r = c.send("GET", "/", &[], b"").unwrap();
+                        assert_eq!(r.status, 200, "{r:?}");
+                        backends.insert(r.backend());
+                    }
+                    backends.len()
+                })
+            })
+            .collect();
+        for c in clients {
+            assert_eq!(c.join().unwrap(), 2, "each connection is balanced over both servers");
+        }
+        if stealing {
+            continue; // the work-stealing scheduler decides for itself where tasks run
+        }
+        // Without work stealing each connection is served where it was handed to:
+        // both threads must have had connections. The listener's threads are named
+        // after it ("listener 127.0.0.1:port", cut to 15 bytes by Linux).
+        let ticks = thread_ticks(g.child.id(), "listener ");
+        assert_eq!(ticks.len(), 2, "two worker threads: {ticks:?}");
+        let total: u64 = ticks.iter().sum();
+        // 32 connections spread at random: fewer than a tenth of the work on one
+        // thread would take 3 or fewer of the 32 there (about 1 chance in 10^6).
+        assert!(
+            ticks.iter().all(|&t| t * 10 >= total),
+            "one thread did (nearly) all the work: {ticks:?} ticks"
+        );
+    }
+}

@@ -58,6 +58,13 @@ fn default_access_log() -> String {
 pub struct ServerSection {
     /// Worker threads per listener.
     pub threads: usize,
+    /// `false` (the default): each of a listener's `threads` runs its own
+    /// single-threaded runtime and serves the connections handed to it, as
+    /// nginx's workers do (lower p99 and a little less CPU per request than
+    /// tokio's work-stealing scheduler, measured in `bench/README.md`).
+    /// `true`: one work-stealing runtime for the listener's threads, which
+    /// evens out uneven connections at some cost per request.
+    pub work_stealing: bool,
     /// How long SIGTERM / a binary upgrade lets in-flight requests finish.
     pub grace_period: Dur,
     pub graceful_shutdown_timeout: Dur,
@@ -98,6 +105,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
             threads: 1,
+            work_stealing: false,
             grace_period: Dur(std::time::Duration::from_secs(30)),
             graceful_shutdown_timeout: Dur(std::time::Duration::from_secs(5)),
             pid_file: None,

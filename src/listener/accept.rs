@@ -46,6 +46,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
@@ -115,7 +116,7 @@ struct Shared {
 #[async_trait]
 impl Service for Accepting {
     async fn start_service(&mut self, fds: Option<ListenFds>, shutdown: ShutdownWatch, listeners_per_fd: usize) {
-        let listener = match listen(&self.addr, fds).await {
+        let listener = match listen(&self.addr, fds).await.and_then(watched) {
             Ok(l) => Arc::new(l),
             Err(e) => {
                 eprintln!("portico: cannot listen on {}: {e}", self.addr);
@@ -165,6 +166,19 @@ async fn listen(addr: &str, fds: Option<ListenFds>) -> io::Result<TcpListener> {
     Ok(l)
 }
 
+/// The listening socket, watched by the reactor of the thread that accepts.
+/// Connections come out of it unwatched and are handed to a worker's reactor
+/// (`adopt`), so with one single-threaded runtime per worker thread each
+/// connection's I/O wakes only the thread that serves it.
+type Listening = AsyncFd<mio::net::TcpListener>;
+
+fn watched(l: TcpListener) -> io::Result<Listening> {
+    let l = mio::net::TcpListener::from_std(l.into_std()?);
+    // SAFETY: the listener owns its descriptor, which stays open and the same
+    // until the `AsyncFd` (the listener's only owner) drops it.
+    Ok(unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }?)
+}
+
 async fn bind(addr: &str) -> io::Result<TcpListener> {
     let sock_addr: SocketAddr = addr
         .to_socket_addrs()?
@@ -189,11 +203,12 @@ async fn bind(addr: &str) -> io::Result<TcpListener> {
     }
 }
 
-/// Accept until the server shuts down; each connection runs in its own task.
-async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>, mut shutdown: ShutdownWatch) {
+/// Accept until the server shuts down; each connection runs in its own task,
+/// on one of the listener's worker threads ([`worker`]).
+async fn accept_loop(shared: Arc<Shared>, listener: Arc<Listening>, mut shutdown: ShutdownWatch) {
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = accept(&listener) => a,
             changed = shutdown.changed() => match changed {
                 Ok(()) if !*shutdown.borrow() => continue,
                 Ok(()) => return shared.app.stop.begin(),
@@ -203,8 +218,16 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>, mut shutdo
         match accepted {
             Ok((tcp, peer)) => {
                 let _ = tcp.set_nodelay(true);
+                let rt = worker();
+                let tcp = match adopt(&rt, tcp.into()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        log::warn!("cannot watch a new connection from {peer}: {e}");
+                        continue;
+                    }
+                };
                 let conn = Box::new(Conn::new(tcp, peer, shared.read_ahead));
-                tokio::spawn(connection(shared.clone(), conn, shutdown.clone()));
+                rt.spawn(connection(shared.clone(), conn, shutdown.clone()));
                 if shared.tls.is_some() {
                     // One TLS connection per turn of the scheduler, like nginx's one accept
                     // per event-loop turn: the rest wait in the kernel's backlog, so requests
@@ -223,6 +246,32 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>, mut shutdo
             }
         }
     }
+}
+
+/// The next connection from the listening socket: a non-blocking socket
+/// not yet watched by any thread's reactor.
+async fn accept(listener: &Listening) -> io::Result<(mio::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        if let Ok(accepted) = ready.try_io(|l| l.get_ref().accept()) {
+            return accepted;
+        }
+    }
+}
+
+/// The worker thread a new (or resumed) connection is served on. With
+/// `server.work_stealing: false` each of the listener's threads runs its own
+/// single-threaded runtime and this picks one at random, as Pingora does;
+/// with work stealing there is one runtime for all of them.
+fn worker() -> tokio::runtime::Handle {
+    pingora_runtime::current_handle()
+}
+
+/// `tcp` watched by the reactor of `rt`, the runtime that will serve it, so
+/// its readiness wakes that thread and no other.
+pub(super) fn adopt(rt: &tokio::runtime::Handle, tcp: std::net::TcpStream) -> io::Result<tokio::net::TcpStream> {
+    let _in = rt.enter();
+    tokio::net::TcpStream::from_std(tcp)
 }
 
 /// One client connection, for its whole life. Its future is the task's
@@ -251,7 +300,8 @@ async fn parking_lot(shared: Arc<Shared>, shutdown: ShutdownWatch) {
         let Ok(peer) = p.tcp.peer_addr() else {
             return; // the client is gone
         };
-        let tcp = match tokio::net::TcpStream::from_std(p.tcp) {
+        let rt = worker();
+        let tcp = match adopt(&rt, p.tcp) {
             Ok(t) => t,
             Err(e) => return log::warn!("cannot resume a parked connection: {e}"),
         };
@@ -259,7 +309,7 @@ async fn parking_lot(shared: Arc<Shared>, shutdown: ShutdownWatch) {
         // Its request is here (or the client closed): a short wait is enough to read it.
         let wait_ms = left.clamp(100, u32::MAX.into()) as u32;
         let conn: Stream = Box::new(Conn::new(tcp, peer, shared.read_ahead));
-        tokio::spawn(resumed(shared.clone(), conn, shutdown.clone(), p.served, wait_ms));
+        rt.spawn(resumed(shared.clone(), conn, shutdown.clone(), p.served, wait_ms));
     };
     shared.app.lot.run(resume, shutdown.clone()).await
 }
