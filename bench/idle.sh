@@ -84,7 +84,7 @@ nginx_conf proxy "    upstream app { server 127.0.0.1:$ORIGIN; keepalive 64; }
         location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
     }"
 cat >"$DIR/portico.yaml" <<EOF
-server: { threads: 1, keepalive_timeout: 300s, pid_file: $DIR/p.pid, upgrade_sock: $DIR/u.sock }
+server: { threads: 1, keepalive_timeout: 300s,${BENCH_IDLE_SERVER:+ $BENCH_IDLE_SERVER,} pid_file: $DIR/p.pid, upgrade_sock: $DIR/u.sock }
 listeners:
   - { listen: "127.0.0.1:$PORTICO" }
   - { listen: "127.0.0.1:$PORTICO_TLS", tls: { certificates: [{ cert: $DIR/tls.crt, key: $DIR/tls.key }], http2: false } }

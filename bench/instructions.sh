@@ -2,18 +2,24 @@
 # User-space instructions per proxied request, nginx vs portico, counted by
 # valgrind's callgrind: a deterministic figure (about 0.3% between runs)
 # for changes too small for the wall-clock benchmark's noise to show.
-#   ./dev bench-instructions [--requests N]
+#   ./dev bench-instructions [--requests N] [--close] [--tls]
 # Each proxy runs under callgrind in front of one nginx origin; after 300
 # warm-up requests the counters are zeroed, N keep-alive requests go through
 # 4 connections (bench/ka_client.py), and the counters are dumped.
+# --close: a new connection per request (`Connection: close`, 4 at a time).
+# --tls: HTTPS listeners (TLS 1.3, the same self-signed RSA-2048 certificate
+# for both); with --close every request is a full handshake.
 # Kernel time is not counted: wall-clock CPU is bench/run.sh's job.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=3000
+MODE=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests) N=${2:?}; shift ;;
-    *) sed -n '2,10p' "$0"; exit 2 ;;
+    --close) MODE+=(close) ;;
+    --tls) MODE+=(tls) ;;
+    *) sed -n '2,12p' "$0"; exit 2 ;;
   esac
   shift
 done
@@ -41,14 +47,22 @@ http {
 }
 EOC
 }
+LISTEN_TLS="" NGINX_TLS="" PORTICO_TLS="" SCHEME=http
+if [[ " ${MODE[*]} " == *" tls "* ]]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$SCRATCH/tls.key" -out "$SCRATCH/tls.crt" -days 2 \
+    -subj /CN=localhost >/dev/null 2>&1
+  LISTEN_TLS=" ssl" SCHEME=https
+  NGINX_TLS="ssl_certificate $SCRATCH/tls.crt; ssl_certificate_key $SCRATCH/tls.key; ssl_protocols TLSv1.2 TLSv1.3;"
+  PORTICO_TLS=", tls: { certificates: [{ cert: $SCRATCH/tls.crt, key: $SCRATCH/tls.key }] }"
+fi
 nginx_conf origin "keepalive_requests 1000000; server { listen 127.0.0.1:$ORIGIN; location / { return 200 \"ok\"; } }"
 nginx_conf proxy "upstream backend { server 127.0.0.1:$ORIGIN; keepalive 64; }
-    server { listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://backend; proxy_http_version 1.1;
+    server { listen 127.0.0.1:$NGINX_PORT$LISTEN_TLS; $NGINX_TLS location / { proxy_pass http://backend; proxy_http_version 1.1;
         proxy_set_header Connection \"\"; proxy_set_header Host \$host; proxy_set_header X-Real-IP \$remote_addr;
         proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }"
 cat >"$SCRATCH/portico.yaml" <<EOC
 server: { threads: 1, pid_file: $SCRATCH/p.pid, upgrade_sock: $SCRATCH/u.sock, grace_period: 1s, graceful_shutdown_timeout: 1s }
-listeners: [{ listen: "127.0.0.1:$PORTICO_PORT" }]
+listeners: [{ listen: "127.0.0.1:$PORTICO_PORT"$PORTICO_TLS }]
 upstreams: { backend: { keepalive: 64, servers: [{ address: "127.0.0.1:$ORIGIN" }] } }
 virtual_hosts: [{ default: true, locations: [{ path: /, proxy_pass: backend }] }]
 access_log: "off"
@@ -58,11 +72,11 @@ EOC
 count() {
   local name=$1 port=$2; shift 2
   (valgrind --tool=callgrind --callgrind-out-file="$SCRATCH/$name.%p.cg" "$@" >"$SCRATCH/$name.vg.log" 2>&1 &)
-  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.2; done
-  python3 bench/ka_client.py "$port" 300 4 >/dev/null
+  for _ in $(seq 200); do curl -skf "$SCHEME://127.0.0.1:$port/" >/dev/null && break; sleep 0.2; done
+  python3 bench/ka_client.py "$port" 300 4 "${MODE[@]}" >/dev/null
   local pid; pid=$(pgrep -f "callgrind-out-file=$SCRATCH/$name" | head -1)
   callgrind_control -z "$pid" >/dev/null 2>&1
-  python3 bench/ka_client.py "$port" "$N" 4 >/dev/null
+  python3 bench/ka_client.py "$port" "$N" 4 "${MODE[@]}" >/dev/null
   callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 0.5
   local ir; ir=$(grep -h '^summary:' "$SCRATCH/$name".*.cg.1 | awk '{print $2}')
@@ -73,7 +87,10 @@ ng=$(count nginx "$NGINX_PORT" nginx -c "$SCRATCH/proxy.conf" -p "$SCRATCH")
 po=$(count portico "$PORTICO_PORT" "$PORTICO_BIN" -c "$SCRATCH/portico.yaml")
 echo "### User-space instructions per proxied request: $(date -u '+%Y-%m-%d %H:%M') UTC"
 echo
-echo "$N keep-alive requests over 4 connections, one origin, callgrind; portico: $(basename "$PORTICO_BIN") ($(git rev-parse --short HEAD))."
+how="$N keep-alive requests over 4 connections"
+[[ " ${MODE[*]} " == *" close "* ]] && how="$N requests, each on a new connection (4 at a time)"
+[[ " ${MODE[*]} " == *" tls "* ]] && how="$how, HTTPS (TLS 1.3, RSA-2048)"
+echo "$how, one origin, callgrind; portico: $(basename "$PORTICO_BIN") ($(git rev-parse --short HEAD))."
 echo
 echo "| nginx | portico | portico ÷ nginx |"
 echo "|--:|--:|--:|"
