@@ -46,6 +46,9 @@ pub struct Conn {
     digest: OnceLock<Arc<SocketDigest>>,
     /// A TLS handshake's compute slot, let go when a read next waits.
     slot: Option<OwnedSemaphorePermit>,
+    /// Not read yet since it was accepted or came back from the parking lot
+    /// (`first_read`).
+    fresh: bool,
 }
 
 impl Conn {
@@ -59,6 +62,7 @@ impl Conn {
             read_ahead,
             digest: OnceLock::new(),
             slot: None,
+            fresh: true,
         }
     }
 
@@ -68,8 +72,10 @@ impl Conn {
         self.slot = Some(slot);
     }
 
-    /// Resolves once the client has sent something (or closed).
-    pub async fn readable(&self) -> io::Result<()> {
+    /// Resolves once the client has sent something (or closed). Tokio
+    /// then knows the socket is readable: the first read goes through it.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        self.fresh = false;
         self.tcp.readable().await
     }
 
@@ -81,11 +87,53 @@ impl Conn {
     /// Read from the socket itself, past anything pending; a read that has
     /// to wait lets the handshake slot go.
     pub fn poll_socket(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.fresh {
+            self.fresh = false;
+            if let Some(r) = self.first_read(buf) {
+                return Poll::Ready(r);
+            }
+        }
         let r = Pin::new(&mut self.tcp).poll_read(cx, buf);
         if r.is_pending() {
             self.slot = None;
         }
         r
+    }
+
+    /// The first read of a connection just taken in (accepted, or back
+    /// from the parking lot because it turned readable) asks the socket
+    /// directly: its request is usually there already, but tokio learns
+    /// that a socket handed to it (`TcpStream::from_std`) is readable only
+    /// at its reactor's next turn, and the task would first wait for it (a
+    /// task wake-up, and the timer of the connection's wait made and
+    /// dropped: 1.9k instructions per new connection). Tokio's own `accept`
+    /// assumes a new socket readable for the same reason. The price, as
+    /// there: tokio still hears of that first readiness later, so one later
+    /// read may find nothing (a system call). `None`: nothing there yet;
+    /// wait as usual.
+    fn first_read(&mut self, buf: &mut ReadBuf<'_>) -> Option<io::Result<()>> {
+        let room = buf.remaining();
+        if room == 0 {
+            return None;
+        }
+        // SAFETY: `recv` writes at most `room` bytes into the unfilled part
+        // of `buf`, which are then initialized; the socket is non-blocking.
+        let n = unsafe {
+            let spare = buf.unfilled_mut();
+            libc::recv(self.tcp.as_raw_fd(), spare.as_mut_ptr().cast(), room, 0)
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
+                _ => Some(Err(e)),
+            };
+        }
+        let n = n as usize;
+        // SAFETY: the socket initialized the first `n` unfilled bytes.
+        unsafe { buf.assume_init(n) };
+        buf.advance(n);
+        Some(Ok(()))
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -320,6 +368,33 @@ mod tests {
         let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (ours, addr) = l.accept().await.unwrap();
         (Conn::new(ours, addr, read_ahead), peer)
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_reads_what_is_already_there_without_a_reactor_turn() {
+        use futures::FutureExt;
+        use std::io::Write;
+        let (c, peer) = pair(0).await;
+        // Handed over as the listener does: unwatched, then watched by a worker's reactor.
+        let std = c.tcp.into_std().unwrap();
+        let tcp = super::super::accept::adopt(&tokio::runtime::Handle::current(), std).unwrap();
+        let mut c = Conn::new(tcp, c.peer, 0);
+        // Written by a plain socket, with no await: tokio's reactor does not
+        // turn between the bytes' arrival and the read.
+        let mut peer = peer.into_std().unwrap();
+        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let mut buf = [0u8; 64];
+        let n = c.read(&mut buf).now_or_never().expect("read at once").unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n\r\n");
+        // The next read waits as usual, and gets what comes next.
+        assert!(c.read(&mut buf).now_or_never().is_none(), "nothing more yet");
+        peer.write_all(b"more").unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], b"more");
     }
 
     #[tokio::test]
