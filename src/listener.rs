@@ -40,7 +40,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::Notify;
@@ -168,10 +168,10 @@ impl Waiting {
         let mut buf = ReadBuf::uninit(&mut buf);
         let read = match self {
             Waiting::Plain(c) => c.poll_socket(cx, &mut buf),
-            Waiting::Tls(rw) => match rw.poll_read_ready(cx) {
-                Poll::Ready(()) => Pin::new(rw.inner_mut()).poll_read(cx, &mut buf),
-                Poll::Pending => Poll::Pending,
-            },
+            Waiting::Tls(rw) => {
+                ready!(rw.poll_read_ready(cx));
+                Pin::new(rw.inner_mut()).poll_read(cx, &mut buf)
+            }
         };
         match read {
             Poll::Pending => Poll::Pending,

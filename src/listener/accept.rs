@@ -48,6 +48,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
 /// Pending connections the kernel may queue (Pingora's and nginx's value).
@@ -218,15 +219,13 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<Listening>, mut shutdown
         match accepted {
             Ok((tcp, peer)) => {
                 let _ = tcp.set_nodelay(true);
-                let rt = worker();
-                let tcp = match adopt(&rt, tcp.into()) {
-                    Ok(t) => t,
+                let (rt, conn) = match take_in(&shared, tcp.into(), peer) {
+                    Ok(taken) => taken,
                     Err(e) => {
                         log::warn!("cannot watch a new connection from {peer}: {e}");
                         continue;
                     }
                 };
-                let conn = Box::new(Conn::new(tcp, peer, shared.read_ahead));
                 rt.spawn(connection(shared.clone(), conn, shutdown.clone()));
                 if shared.tls.is_some() {
                     // One TLS connection per turn of the scheduler, like nginx's one accept
@@ -263,13 +262,22 @@ async fn accept(listener: &Listening) -> io::Result<(mio::net::TcpStream, Socket
 /// `server.work_stealing: false` each of the listener's threads runs its own
 /// single-threaded runtime and this picks one at random, as Pingora does;
 /// with work stealing there is one runtime for all of them.
-fn worker() -> tokio::runtime::Handle {
+fn worker() -> Handle {
     pingora_runtime::current_handle()
+}
+
+/// A client connection (new, or back from the parking lot) on the worker
+/// that will serve it: that worker's runtime, and the connection watched by
+/// its reactor.
+fn take_in(shared: &Shared, tcp: std::net::TcpStream, peer: SocketAddr) -> io::Result<(Handle, Box<Conn>)> {
+    let rt = worker();
+    let tcp = adopt(&rt, tcp)?;
+    Ok((rt, Box::new(Conn::new(tcp, peer, shared.read_ahead))))
 }
 
 /// `tcp` watched by the reactor of `rt`, the runtime that will serve it, so
 /// its readiness wakes that thread and no other.
-pub(super) fn adopt(rt: &tokio::runtime::Handle, tcp: std::net::TcpStream) -> io::Result<tokio::net::TcpStream> {
+pub(super) fn adopt(rt: &Handle, tcp: std::net::TcpStream) -> io::Result<tokio::net::TcpStream> {
     let _in = rt.enter();
     tokio::net::TcpStream::from_std(tcp)
 }
@@ -300,15 +308,13 @@ async fn parking_lot(shared: Arc<Shared>, shutdown: ShutdownWatch) {
         let Ok(peer) = p.tcp.peer_addr() else {
             return; // the client is gone
         };
-        let rt = worker();
-        let tcp = match adopt(&rt, p.tcp) {
-            Ok(t) => t,
+        let (rt, conn) = match take_in(&shared, p.tcp, peer) {
+            Ok(taken) => taken,
             Err(e) => return log::warn!("cannot resume a parked connection: {e}"),
         };
         let left = p.deadline_ms.saturating_sub(crate::clock::coarse_ms());
         // Its request is here (or the client closed): a short wait is enough to read it.
         let wait_ms = left.clamp(100, u32::MAX.into()) as u32;
-        let conn: Stream = Box::new(Conn::new(tcp, peer, shared.read_ahead));
         rt.spawn(resumed(shared.clone(), conn, shutdown.clone(), p.served, wait_ms));
     };
     shared.app.lot.run(resume, shutdown.clone()).await
