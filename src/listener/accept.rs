@@ -218,7 +218,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<Listening>, mut shutdown
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
+                // (`TCP_NODELAY` is set before the connection's second write: `Conn::sending`.)
                 let (rt, conn) = match take_in(&shared, tcp.into(), peer) {
                     Ok(taken) => taken,
                     Err(e) => {

@@ -15,6 +15,13 @@
 //!   reads, so OpenSSL's 5-byte record-header reads cost no syscall each.
 //! - The socket digest Pingora's sessions ask for (the client address) is
 //!   made when first asked for, and let go by [`Conn::rest`].
+//! - Nagle's algorithm is turned off (`TCP_NODELAY`) just before the
+//!   connection's second write to the socket ([`Conn::sending`]), not when
+//!   it is accepted: Linux holds back a short segment only while an earlier
+//!   short one is unacknowledged, which a first write never meets, so a
+//!   connection answered in one write (a new connection per request) is
+//!   spared the system call. nginx, likewise, sets it only once a
+//!   connection turns keep-alive.
 
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::protocols::raw_connect::ProxyDigest;
@@ -49,6 +56,17 @@ pub struct Conn {
     /// Not read yet since it was accepted or came back from the parking lot
     /// (`first_read`).
     fresh: bool,
+    /// How far writes to the socket have come ([`Conn::sending`]).
+    sent: Sent,
+}
+
+/// Writes to a connection's socket so far.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Sent {
+    Nothing,
+    Once,
+    /// Nagle's algorithm is off: every later write leaves at once.
+    NoDelay,
 }
 
 impl Conn {
@@ -63,6 +81,7 @@ impl Conn {
             digest: OnceLock::new(),
             slot: None,
             fresh: true,
+            sent: Sent::Nothing,
         }
     }
 
@@ -183,6 +202,21 @@ impl Conn {
         }
     }
 
+    /// Called before each write to the socket. The first goes out at once
+    /// whatever Nagle's algorithm says (nothing is in flight yet); before
+    /// the second, `TCP_NODELAY` is set, so that no write waits for the
+    /// client to acknowledge the one before (write, write, read).
+    fn sending(&mut self) {
+        match self.sent {
+            Sent::Nothing => self.sent = Sent::Once,
+            Sent::Once => {
+                let _ = self.tcp.set_nodelay(true);
+                self.sent = Sent::NoDelay;
+            }
+            Sent::NoDelay => {}
+        }
+    }
+
     /// Send gathered bytes until none are left.
     fn poll_send_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut sent = 0;
@@ -190,6 +224,7 @@ impl Conn {
             if sent == self.out.len() {
                 break Poll::Ready(Ok(()));
             }
+            self.sending();
             match Pin::new(&mut self.tcp).poll_write(cx, &self.out[sent..]) {
                 Poll::Ready(Ok(0)) => break Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => sent += n,
@@ -241,6 +276,7 @@ impl AsyncWrite for Conn {
             this.out.extend_from_slice(buf);
             return Poll::Ready(Ok(buf.len()));
         }
+        this.sending();
         if this.out.is_empty() {
             return Pin::new(&mut this.tcp).poll_write(cx, buf);
         }
@@ -270,6 +306,7 @@ impl AsyncWrite for Conn {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.out.is_empty() {
+            this.sending();
             return Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
         }
         match bufs.iter().find(|b| !b.is_empty()) {
@@ -368,6 +405,30 @@ mod tests {
         let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (ours, addr) = l.accept().await.unwrap();
         (Conn::new(ours, addr, read_ahead), peer)
+    }
+
+    /// Answers in several writes (a streamed body, a tunnel, TLS records)
+    /// must not wait on Nagle's algorithm; an answer in one write leaves at
+    /// once without it, so the socket option is set only before a second.
+    #[tokio::test]
+    async fn nagle_is_turned_off_before_the_second_write_and_never_for_one() {
+        let nodelay = |c: &Conn| c.tcp.nodelay().unwrap();
+        // One gathered response, flushed: one write, the option untouched.
+        let (mut c, mut peer) = pair(0).await;
+        c.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        c.flush().await.unwrap();
+        assert!(!nodelay(&c), "one write: no system call for it");
+        let mut buf = [0u8; 64];
+        assert_eq!(peer.read(&mut buf).await.unwrap(), 19);
+        // A second write, through each path to the socket, turns it on first.
+        assert_eq!(c.write_vectored(&[IoSlice::new(b"more")]).await.unwrap(), 4);
+        assert!(nodelay(&c), "set before the second write");
+        let (mut c, _peer) = pair(0).await;
+        c.write_all(&[b'x'; GATHER + 1]).await.unwrap();
+        assert!(!nodelay(&c));
+        c.write_all(b"y").await.unwrap();
+        c.flush().await.unwrap();
+        assert!(nodelay(&c), "a gathered write after a large one");
     }
 
     #[tokio::test]

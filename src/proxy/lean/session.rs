@@ -410,7 +410,14 @@ impl LeanSession {
         if self.complete && self.will_keepalive() {
             return Some(self.stream);
         }
-        let _ = self.stream.shutdown().await;
+        if self.tls {
+            // TLS ends with its close_notify alert.
+            let _ = self.stream.shutdown().await;
+        } else {
+            // Closing the socket sends what is left, then the FIN, as `shutdown` would, one
+            // system call sooner (nginx closes so too).
+            let _ = self.stream.flush().await;
+        }
         None
     }
 
