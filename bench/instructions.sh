@@ -10,6 +10,8 @@
 # --tls: HTTPS listeners (TLS 1.3, the same self-signed RSA-2048 certificate
 # for both); with --close every request is a full handshake.
 # Kernel time is not counted: wall-clock CPU is bench/run.sh's job.
+# BENCH_CALLGRIND_ARGS: more valgrind options (e.g. "--cache-sim=yes
+# --branch-sim=yes"); BENCH_KEEP=DIR: the callgrind files are copied to DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=3000
@@ -29,7 +31,7 @@ BASE=${BENCH_BASE_PORT:-18170}
 ORIGIN=$((BASE + 1)) NGINX_PORT=$((BASE + 2)) PORTICO_PORT=$((BASE + 3))
 SCRATCH=$(mktemp -d /tmp/portico-instr.XXXXXX)
 cleanup() { pkill -f "$SCRATCH" 2>/dev/null || true; sleep 0.5; pkill -9 -f "$SCRATCH" 2>/dev/null || true; }
-trap cleanup EXIT
+trap 'cleanup; [ -z "${BENCH_KEEP:-}" ] || { mkdir -p "$BENCH_KEEP"; cp "$SCRATCH"/*.cg* "$BENCH_KEEP"/; }' EXIT
 nginx_conf() { # NAME BODY
   mkdir -p "$SCRATCH/$1"
   cat >"$SCRATCH/$1.conf" <<EOC
@@ -71,8 +73,8 @@ EOC
 # count NAME PORT CMD... : prints instructions per request
 count() {
   local name=$1 port=$2; shift 2
-  (valgrind --tool=callgrind --callgrind-out-file="$SCRATCH/$name.%p.cg" "$@" >"$SCRATCH/$name.vg.log" 2>&1 &)
-  for _ in $(seq 200); do curl -skf "$SCHEME://127.0.0.1:$port/" >/dev/null && break; sleep 0.2; done
+  (valgrind --tool=callgrind ${BENCH_CALLGRIND_ARGS:-} --callgrind-out-file="$SCRATCH/$name.%p.cg" "$@" >"$SCRATCH/$name.vg.log" 2>&1 &)
+  for _ in $(seq 600); do curl -skf "$SCHEME://127.0.0.1:$port/" >/dev/null && break; sleep 0.2; done
   python3 bench/ka_client.py "$port" 300 4 "${MODE[@]}" >/dev/null
   local pid; pid=$(pgrep -f "callgrind-out-file=$SCRATCH/$name" | head -1)
   callgrind_control -z "$pid" >/dev/null 2>&1

@@ -49,6 +49,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_core::{Error, ErrorType};
 pub use session::{Head, LeanSession};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use upstream::{Exchange, Part};
@@ -213,52 +214,64 @@ impl LeanPath {
 
     /// Serve the request `s` holds. Returns the connection if it may carry
     /// another request.
-    pub async fn serve(&self, mut s: LeanSession, shutdown: &ShutdownWatch) -> Option<Stream> {
-        crate::metrics::get().lean_requests.inc();
-        if *shutdown.borrow() {
-            s.set_keepalive(None);
-        }
-        let gw = &self.gw;
-        let mut ctx = super::Ctx::new();
-        match gw.request_filter(&mut s, &mut ctx).await {
-            Ok(true) => {
-                gw.logging(&s, &mut ctx);
-                return s.finish().await;
+    ///
+    /// A function returning an `async` block rather than an `async fn`,
+    /// whose future would keep `s` twice: this future is boxed for every
+    /// request, so its size is copied each time.
+    #[allow(clippy::manual_async_fn)]
+    pub fn serve<'a>(
+        &'a self,
+        mut s: LeanSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl Future<Output = Option<Stream>> + Send + 'a {
+        async move {
+            crate::metrics::get().lean_requests.inc();
+            if *shutdown.borrow() {
+                s.set_keepalive(None);
             }
-            Ok(false) => {}
-            Err(e) => {
-                self.fail(&mut s, &e, "Fail to filter request:").await;
-                gw.logging(&s, &mut ctx);
-                return None;
+            let gw = &self.gw;
+            let mut ctx = super::Ctx::new();
+            match gw.request_filter(&mut s, &mut ctx).await {
+                Ok(true) => {
+                    gw.logging(&s, &mut ctx);
+                    return s.finish().await;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    Box::pin(self.fail(&mut s, &e, "Fail to filter request:")).await;
+                    gw.logging(&s, &mut ctx);
+                    return None;
+                }
             }
-        }
-        let mut tries = 0;
-        let (mut reuse, mut failure) = (false, None);
-        while tries < self.max_retries {
-            tries += 1;
-            let (r, e) = self.attempt(&mut s, &mut ctx).await;
-            reuse = r;
-            match e {
-                Some(e) if e.retry() => {
-                    if !gw.suppress_error_log(&e) {
-                        warn!("Fail to proxy: {e}, tries: {tries}, retry: true, {}", s.summary());
+            let mut tries = 0;
+            let (mut reuse, mut failure) = (false, None);
+            while tries < self.max_retries {
+                tries += 1;
+                let (r, e) = self.attempt(&mut s, &mut ctx).await;
+                reuse = r;
+                match e {
+                    Some(e) if e.retry() => {
+                        if !gw.suppress_error_log(&e) {
+                            warn!("Fail to proxy: {e}, tries: {tries}, retry: true, {}", s.summary());
+                        }
+                        failure = Some(e);
                     }
-                    failure = Some(e);
-                }
-                e => {
-                    failure = e;
-                    break;
+                    e => {
+                        failure = e;
+                        break;
+                    }
                 }
             }
-        }
-        if let Some(e) = &failure {
-            let context = format!("Fail to proxy (tries: {tries}, retry: false):");
-            self.fail(&mut s, e, &context).await;
-        }
-        gw.logging(&s, &mut ctx);
-        match failure {
-            None if reuse => s.finish().await,
-            _ => None,
+            if let Some(e) = &failure {
+                let context = format!("Fail to proxy (tries: {tries}, retry: false):");
+                // Boxed, as the other rare awaits here: the request's future stays small.
+                Box::pin(self.fail(&mut s, e, &context)).await;
+            }
+            gw.logging(&s, &mut ctx);
+            match failure {
+                None if reuse => s.finish().await,
+                _ => None,
+            }
         }
     }
 
@@ -428,7 +441,7 @@ impl LeanPath {
                 // 101 sent: the connection is the new protocol's, both ways, until it ends.
                 let idle = ctx.loc.as_ref().map_or(Duration::from_secs(3600), |l| l.ws_idle);
                 let (server, early) = up.tunnel_parts();
-                let moved = tunnel::run(s.stream_mut(), server, early, idle).await;
+                let moved = Box::pin(tunnel::run(s.stream_mut(), server, early, idle)).await;
                 ctx.body_bytes += moved.up;
                 ctx.sent_bytes += moved.down;
                 return (false, false, None);

@@ -188,6 +188,11 @@ impl Gateway {
 /// them directly with its own session; each is the hook of the same name.
 impl Gateway {
     /// Built-in endpoints, then routing: find the location for Host + path.
+    ///
+    /// The answers the gateway gives itself (health endpoint, 404, 413,
+    /// `return`, a plugin's reply) are awaited boxed: they are rare, and
+    /// inline they would make this future, which every request's future
+    /// holds, 1.8 KiB instead of about 0.3.
     pub async fn request_filter<D: Downstream>(&self, s: &mut D, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.live.snapshot();
         if s.keepalive_allowed() {
@@ -199,7 +204,7 @@ impl Gateway {
         ctx.client_ip = s.client_ip();
         if let Some(hp) = &snap.health_path {
             if s.path() == hp && matches!(*s.method(), http::Method::GET | http::Method::HEAD) {
-                respond::send(s, 200, "text/plain", Bytes::from_static(b"ok"), None).await?;
+                Box::pin(respond::send(s, 200, "text/plain", Bytes::from_static(b"ok"), None)).await?;
                 return Ok(true);
             }
         }
@@ -210,14 +215,14 @@ impl Gateway {
             .and_then(|h| h.paths.lookup(s.path()))
             .cloned();
         let Some(loc) = loc else {
-            respond::send(s, 404, "text/plain", respond::error_body(404), None).await?;
+            Box::pin(respond::send(s, 404, "text/plain", respond::error_body(404), None)).await?;
             return Ok(true);
         };
         if let Some(max) = loc.max_body {
             let len = s.header("content-length").and_then(|v| v.parse::<u64>().ok());
             if len.is_some_and(|n| n > max) {
                 s.set_keepalive(None);
-                respond::send(s, 413, "text/plain", respond::error_body(413), None).await?;
+                Box::pin(respond::send(s, 413, "text/plain", respond::error_body(413), None)).await?;
                 return Ok(true);
             }
         }
@@ -236,7 +241,7 @@ impl Gateway {
                 for (k, v) in &reply.headers {
                     r.append_header(k.clone(), v.as_str())?;
                 }
-                self.reply(s, ctx, r, reply.body).await?;
+                Box::pin(self.reply(s, ctx, r, reply.body)).await?;
                 return Ok(true);
             }
         }
@@ -248,7 +253,7 @@ impl Gateway {
                     .map(|t| Bytes::from(self.expand(s, ctx, t)))
                     .unwrap_or_default();
                 let r = respond::header(*status, "text/plain", body.len(), location)?;
-                self.reply(s, ctx, r, body).await?;
+                Box::pin(self.reply(s, ctx, r, body)).await?;
                 Ok(true)
             }
             Action::Proxy(pool) => {

@@ -20,6 +20,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::{Error, ErrorType, OrErr, Result};
 use pingora_http::{HeaderNameVariant, RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
+use std::future::Future;
 use std::io::IoSlice;
 use std::net::IpAddr;
 use std::sync::OnceLock;
@@ -546,25 +547,32 @@ impl LeanSession {
     /// Send the response header of `head` with `fields` (its fields, as
     /// they came or edited) without building a `ResponseHeader`: `Date` and
     /// `Connection` set as for any other, the body framed by `chunked` or
-    /// `length`.
-    pub async fn send_fields<'f>(
+    /// `length`. The head is written out before the returned future is
+    /// made, so that future holds neither `fields` nor the writer: it is
+    /// part of every request's future.
+    pub fn send_fields<'f>(
         &mut self,
         head: &ResponseHead,
         fields: impl Iterator<Item = (&'f [u8], &'f [u8])>,
         chunked: bool,
         length: Option<u64>,
         end: bool,
-    ) -> Result<()> {
-        if self.status.is_some() {
-            return Ok(());
+    ) -> impl Future<Output = Result<()>> + '_ {
+        let built = self.status.is_none().then(|| {
+            let code = head.status.as_u16();
+            self.frame(code, chunked, length);
+            let mut w = HeadWriter::new(head.http10, head.status, Some(head.reason()), self.connection());
+            for (name, value) in fields {
+                w.field(name, value);
+            }
+            (w.finish(), code)
+        });
+        async move {
+            match built {
+                Some((buf, code)) => self.send_head(buf, code, end).await,
+                None => Ok(()),
+            }
         }
-        let code = head.status.as_u16();
-        self.frame(code, chunked, length);
-        let mut w = HeadWriter::new(head.http10, head.status, Some(head.reason()), self.connection());
-        for (name, value) in fields {
-            w.field(name, value);
-        }
-        self.send_head(w.finish(), code, end).await
     }
 }
 
