@@ -5,7 +5,7 @@
 //! tokio's reactor and is watched, with every other parked connection of
 //! the listener, by one epoll instance ([`mio::Poll`]) that one task of the
 //! listener waits on ([`Lot::run`]). Parked, a connection is a [`Slot`]
-//! here, about 60 bytes, instead of a task's cell (512 bytes), tokio's I/O
+//! here, 24 bytes, instead of a task's cell (512 bytes), tokio's I/O
 //! registration (128), the [`Conn`](super::conn::Conn) (160) and its wait's
 //! timer (104). nginx keeps an idle connection in about 0.6 KiB.
 //!
