@@ -61,7 +61,7 @@ pub struct Conn {
 }
 
 /// Writes to a connection's socket so far.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 enum Sent {
     Nothing,
     Once,

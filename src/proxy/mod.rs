@@ -192,7 +192,7 @@ impl Gateway {
     /// The answers the gateway gives itself (health endpoint, 404, 413,
     /// `return`, a plugin's reply) are awaited boxed: they are rare, and
     /// inline they would make this future, which every request's future
-    /// holds, 1.8 KiB instead of about 0.3.
+    /// holds, 1.7 KiB instead of 0.4.
     pub async fn request_filter<D: Downstream>(&self, s: &mut D, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.live.snapshot();
         if s.keepalive_allowed() {
