@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
 # Memory per idle connection, Portico vs nginx. See bench/README.md.
 #
-#   ./dev bench-idle [--conns N] [--ws-conns M] [--tls-conns T]
+#   ./dev bench-idle [--conns N] [--ws-conns M] [--tls-conns T] [--runs R]
 #
 # For each proxy (nginx one worker, portico one thread, as in run.sh): open N
 # keep-alive client connections through it (one request each, then idle),
 # then M WebSocket upgrades left idle, then T HTTPS keep-alive connections
 # (TLS 1.3, one request each), and report the proxy's RSS growth per
 # connection (bench/idle.py does the opening and measuring). 127.0.0.1 only;
-# every step is time-limited.
+# every step is time-limited. With --runs R the whole sequence runs R times
+# and each cell is the median, with the lowest and highest figure: how much
+# an allocator keeps after a burst varies from run to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CONNS=10000
 WS_CONNS=2000
 TLS_CONNS=2000
+RUNS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --conns) CONNS=${2:?}; shift ;;
     --ws-conns) WS_CONNS=${2:?}; shift ;;
     --tls-conns) TLS_CONNS=${2:?}; shift ;;
+    --runs) RUNS=${2:?}; shift ;;
     *) echo "bench-idle: unknown argument '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -129,30 +133,46 @@ measure() {
 }
 
 : >"$DIR/rows.txt"
-for kind in ka ws tls; do
-  if [ "$kind" = tls ]; then
-    measure nginx "$NGINX_TLS" "$kind"
-    measure portico "$PORTICO_TLS" "$kind"
-  else
-    measure nginx "$NGINX" "$kind"
-    measure portico "$PORTICO" "$kind"
-  fi
+for _ in $(seq "$RUNS"); do
+  for kind in ka ws tls; do
+    if [ "$kind" = tls ]; then
+      measure nginx "$NGINX_TLS" "$kind"
+      measure portico "$PORTICO_TLS" "$kind"
+    else
+      measure nginx "$NGINX" "$kind"
+      measure portico "$PORTICO" "$kind"
+    fi
+  done
 done
 
+RUNS_NOTE=""
+[ "$RUNS" -gt 1 ] && RUNS_NOTE="; each cell the median of $RUNS runs (lowest-highest)"
 {
   echo "### Idle connections: $(date -u '+%Y-%m-%d %H:%M') UTC"
   echo
-  echo "$(nproc) CPUs; nginx \`worker_processes 1\`, portico \`threads: 1\` ($(basename "$(dirname "$PORTICO_BIN")") build, $(git rev-parse --short HEAD)). RSS growth of the proxy process(es) per connection."
+  echo "$(nproc) CPUs; nginx \`worker_processes 1\`, portico \`threads: 1\` ($(basename "$(dirname "$PORTICO_BIN")") build, $(git rev-parse --short HEAD)). RSS growth of the proxy process(es) per connection$RUNS_NOTE."
   echo
   echo "| | nginx | portico | portico ÷ nginx |"
   echo "|---|--:|--:|--:|"
-  awk '{k[$1" "$2]=$5; ok[$1" "$2]=$3; n[$2]=$4}
+  awk -v runs="$RUNS" '{key = $1 " " $2; c[key]++; v[key, c[key]] = $5; ok[key] = $3; n[$2] = $4}
+    # The median of a row, its lowest and highest in lo[] and hi[].
+    function median(key,   m, i, j, t, a) {
+      m = c[key]
+      for (i = 1; i <= m; i++) a[i] = v[key, i]
+      for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+      lo[key] = a[1]; hi[key] = a[m]
+      return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+    }
+    function cell(key, med) {
+      return (runs > 1) ? sprintf("%.1f KiB (%.1f-%.1f)", med, lo[key], hi[key]) : sprintf("%.1f KiB", med)
+    }
     END {
       split("ka ws tls", kinds, " ")
       for (i = 1; i <= 3; i++) {
         t = kinds[i]
         label = (t == "ka") ? n[t] " idle keep-alive connections" : (t == "ws") ? n[t] " idle WebSockets" : n[t] " idle HTTPS keep-alive connections"
-        printf "| %s (opened: nginx %s, portico %s) | %.1f KiB | %.1f KiB | %.1fx |\n", label, ok["nginx " t], ok["portico " t], k["nginx " t], k["portico " t], (k["nginx " t] > 0 ? k["portico " t] / k["nginx " t] : 0)
+        ng = median("nginx " t); po = median("portico " t)
+        printf "| %s (opened: nginx %s, portico %s) | %s | %s | %.1fx |\n", label, ok["nginx " t], ok["portico " t], cell("nginx " t, ng), cell("portico " t, po), (ng > 0 ? po / ng : 0)
       }
     }' "$DIR/rows.txt"
 } | tee "$DIR/results.md"

@@ -59,13 +59,18 @@ unsafe impl GlobalAlloc for Mimalloc {
 }
 
 /// Give memory freed on this thread back to the system now, rather than at
-/// the thread's next allocations. mimalloc returns a page once its blocks
-/// are all free and some later call on the same heap notices; a worker
-/// that goes quiet after a burst (its connections parked, `listener/park.rs`)
-/// would otherwise keep those pages for as long as it stays quiet.
+/// the thread's next allocations. mimalloc returns (purges) free memory
+/// some time after it is freed, but only when a later call on the same
+/// thread notices; a worker that goes quiet after a burst (its connections
+/// parked, `listener/park.rs`) would otherwise keep it for as long as it
+/// stays quiet. Forced, so the purge happens now rather than after
+/// mimalloc's delay: 10,000 connections parked kept RSS 0.41 KiB each
+/// above where it started (median of 11 runs by hand, 0.24-1.45) with a
+/// gentle collect, 0.23 KiB (0.19-0.87) forced. It walks the thread's
+/// pages, so it runs only after connections park, at most once per sweep.
 pub fn give_back() {
     // SAFETY: a plain call into the allocator, valid on any thread at any time.
-    unsafe { libmimalloc_sys::mi_collect(false) }
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
 #[cfg(test)]

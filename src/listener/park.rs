@@ -35,6 +35,10 @@ use tokio::io::unix::AsyncFd;
 pub const SWEEP: Duration = Duration::from_millis(500);
 /// Readiness events taken from the lot's epoll per call.
 const BATCH: usize = 256;
+/// Sweeps that give freed memory back to the system after a connection
+/// parks: the one after it, and the next, for what is freed in between
+/// (tokio lets go of a socket's registration at its reactor's next turn).
+const GIVE_BACK_SWEEPS: u8 = 2;
 
 /// A connection waiting in the lot.
 #[derive(Debug)]
@@ -58,8 +62,8 @@ struct Slot {
 struct Slots {
     list: Vec<Slot>,
     free: Vec<u32>,
-    /// Connections parked since the last sweep.
-    newly: bool,
+    /// Sweeps left that give memory back ([`GIVE_BACK_SWEEPS`]).
+    give_back: u8,
     /// Shut down: nothing is parked any more.
     closed: bool,
 }
@@ -138,7 +142,7 @@ impl Lot {
             }
         };
         slots.list[i as usize].parked = Some(p);
-        slots.newly = true;
+        slots.give_back = GIVE_BACK_SWEEPS;
         crate::metrics::get().parked.inc();
         let token = slots.token(i);
         // Under the lock, so that the lot's task finds the connection when the event comes.
@@ -208,8 +212,9 @@ impl Lot {
     }
 
     /// Close the connections whose keep-alive time ran out by `now`.
-    /// Connections parked since the last sweep left their tasks' memory
-    /// free: give it back to the system (`crate::alloc::give_back`).
+    /// Connections parked lately left their tasks' memory free: give it
+    /// back to the system (`crate::alloc::give_back`), at this sweep and the
+    /// next.
     fn expire(&self, now: u64) {
         let mut slots = self.slots.lock().unwrap();
         if slots.len() == 0 {
@@ -232,9 +237,10 @@ impl Lot {
                 drop(slots.take(token));
             }
         }
-        let newly = std::mem::take(&mut slots.newly);
+        let give_back = slots.give_back > 0;
+        slots.give_back -= u8::from(give_back);
         drop(slots);
-        if newly {
+        if give_back {
             crate::alloc::give_back();
         }
     }
