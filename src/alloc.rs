@@ -64,9 +64,9 @@ unsafe impl GlobalAlloc for Mimalloc {
 /// thread notices; a worker that goes quiet after a burst (its connections
 /// parked, `listener/park.rs`) would otherwise keep it for as long as it
 /// stays quiet. Forced, so the purge happens now rather than after
-/// mimalloc's delay: 10,000 connections parked kept RSS 0.41 KiB each
-/// above where it started (median of 11 runs by hand, 0.24-1.45) with a
-/// gentle collect, 0.23 KiB (0.19-0.87) forced. It walks the thread's
+/// mimalloc's delay: 10,000 connections parked kept RSS 0.57 KiB each
+/// above where it started (median of 6 runs by hand, 0.50-0.72) with a
+/// gentle collect, 0.21 KiB (0.17-0.43) forced. It walks the thread's
 /// pages, so it runs only after connections park, at most once per sweep.
 pub fn give_back() {
     // SAFETY: a plain call into the allocator, valid on any thread at any time.
