@@ -238,7 +238,7 @@ impl Lot {
             }
         }
         let give_back = slots.give_back > 0;
-        slots.give_back -= u8::from(give_back);
+        slots.give_back = slots.give_back.saturating_sub(1);
         drop(slots);
         if give_back {
             crate::alloc::give_back();

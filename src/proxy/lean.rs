@@ -238,7 +238,7 @@ impl LeanPath {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    Box::pin(self.fail(&mut s, &e, "Fail to filter request:")).await;
+                    self.fail(&mut s, &e, "Fail to filter request:").await;
                     gw.logging(&s, &mut ctx);
                     return None;
                 }
@@ -264,8 +264,7 @@ impl LeanPath {
             }
             if let Some(e) = &failure {
                 let context = format!("Fail to proxy (tries: {tries}, retry: false):");
-                // Boxed, as the other rare awaits here: the request's future stays small.
-                Box::pin(self.fail(&mut s, e, &context)).await;
+                self.fail(&mut s, e, &context).await;
             }
             gw.logging(&s, &mut ctx);
             match failure {
