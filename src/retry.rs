@@ -105,6 +105,13 @@ impl RetryPolicy {
         self.conditions & status_flag(code) != 0
     }
 
+    /// May a request of this kind be sent again once a server may have
+    /// received it? Only an idempotent one, unless `non_idempotent` is set.
+    #[inline]
+    pub fn may_resend(&self, idempotent: bool) -> bool {
+        idempotent || self.conditions & NON_IDEMPOTENT != 0
+    }
+
     /// May the request go to the next server after `f`?
     /// `attempts` counts attempts made so far (the failed one included).
     pub fn may_retry(&self, f: Failure, idempotent: bool, attempts: usize, elapsed: Duration) -> bool {
@@ -119,7 +126,7 @@ impl RetryPolicy {
         }
         // Once a request reached a server, a non-idempotent one is only resent on request.
         let reached = !matches!(f, Failure::Connect { .. });
-        if reached && !idempotent && self.conditions & NON_IDEMPOTENT == 0 {
+        if reached && !self.may_resend(idempotent) {
             return false;
         }
         if self.tries != 0 && attempts >= self.tries {

@@ -123,6 +123,29 @@ fn post_is_replayed_with_non_idempotent() {
     assert_eq!(b.posts.load(SeqCst), 4);
 }
 
+/// A kept-alive upstream connection that breaks once a request went out on
+/// it: the server may have acted on the request. A GET goes again on a new
+/// connection; a POST is not sent twice (nginx's `non_idempotent` rule), so
+/// its client gets the 502.
+#[test]
+fn post_sent_on_a_kept_connection_that_broke_is_not_replayed() {
+    let a = Backend::start_with("a", Behaviour::DropSecond);
+    let g = gw(&[&a], "", "        max_fails: 0\n");
+    assert_eq!(request(g.port, "POST", "/1", &[], b"data").status, 200);
+    assert_eq!(request(g.port, "POST", "/2", &[], b"data").status, 502);
+    assert_eq!(a.posts.load(SeqCst), 2, "the second POST reached the server once");
+    assert_eq!(a.connections.load(SeqCst), 1);
+    for i in 0..2 {
+        assert_eq!(g.get(&format!("/get/{i}")).status, 200);
+    }
+    assert_eq!(
+        a.connections.load(SeqCst),
+        3,
+        "the second GET went again on a new connection"
+    );
+    assert_eq!(a.requests.load(SeqCst), 5);
+}
+
 #[test]
 fn post_with_refused_connection_is_retried() {
     let (a, b) = (Backend::start("dead"), Backend::start("b"));

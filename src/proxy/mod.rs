@@ -523,8 +523,15 @@ impl Gateway {
             e.set_retry(false);
             return e;
         }
-        // A stale pooled connection closed under us: the server never saw the request.
-        if matches!(e.retry, RetryType::ReusedOnly) && client_reused && s.response_status().is_none() {
+        // A pooled connection closed under us, most likely one the server had
+        // let go: sent again on another connection, without counting against
+        // the server. Unless it cannot be resent: the server may have read it.
+        let resend = |loc: &Location| loc.retry.may_resend(s.method().is_idempotent());
+        if matches!(e.retry, RetryType::ReusedOnly)
+            && client_reused
+            && s.response_status().is_none()
+            && ctx.loc.as_deref().is_none_or(resend)
+        {
             e.set_retry(true);
             if let Some(a) = ctx.current.take() {
                 ctx.upstream_log.push((a.server, a.started.elapsed()));

@@ -33,6 +33,10 @@ pub enum Behaviour {
     /// Answer like `Echo` (keep-alive framing), then close the connection
     /// a moment later: a server that drops idle keep-alive connections.
     EchoThenClose,
+    /// Answer a connection's first request like `Echo`; read the second one
+    /// whole, then close without answering: a server that dies holding a
+    /// request that came on a kept-alive connection.
+    DropSecond,
     /// Answer like `Echo` with a chunked body: three chunks with pauses
     /// between them, then a trailer field; the connection stays open.
     Chunked,
@@ -161,7 +165,7 @@ fn handle_conn(
     s.set_read_timeout(Some(Duration::from_millis(100)))?;
     let mut r = BufReader::new(s.try_clone()?);
     let mut w = s;
-    loop {
+    for served in 0.. {
         // Request line, with polling so a stopped backend drops its connections.
         let mut line = String::new();
         loop {
@@ -251,6 +255,8 @@ fn handle_conn(
                 (200, echo(name, &line, &headers, &body))
             }
             (Behaviour::Echo, _) => (200, echo(name, &line, &headers, &body)),
+            (Behaviour::DropSecond, _) if served == 1 => return Ok(()),
+            (Behaviour::DropSecond, _) => (200, echo(name, &line, &headers, &body)),
             (Behaviour::EchoThenClose, _) => {
                 let text = echo(name, &line, &headers, &body);
                 w.write_all(
@@ -306,6 +312,7 @@ fn handle_conn(
         w.write_all(resp.as_bytes())?;
         w.set_read_timeout(Some(Duration::from_millis(100)))?;
     }
+    Ok(())
 }
 
 fn echo(name: &str, line: &str, headers: &[String], body: &[u8]) -> String {
@@ -321,8 +328,32 @@ fn echo(name: &str, line: &str, headers: &[String], body: &[u8]) -> String {
 
 // ------------------------------------------------------------------ gateway
 
+/// A port for a gateway to bind later. Taken below the kernel's ephemeral
+/// range and never handed out twice by one test process: a port from
+/// `bind(0)`, released for the gateway, could meanwhile go to a backend or to
+/// a client's outgoing connection, or be handed to a parallel test again, and
+/// the test would then talk to someone else's server.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: Mutex<Option<(u16, u16, u16)>> = Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let (low, high, port) = next.get_or_insert_with(|| {
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768);
+        let (low, high) = (ephemeral_low / 2, ephemeral_low);
+        // Parallel test processes start apart from each other.
+        let start = low + (std::process::id() % u32::from(high - low)) as u16;
+        (low, high, start)
+    });
+    for _ in *low..*high {
+        let candidate = *port;
+        *port = if *port + 1 >= *high { *low } else { *port + 1 };
+        if TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            return candidate;
+        }
+    }
+    panic!("no free port in {low}..{high}");
 }
 
 pub fn portico_bin() -> &'static str {
@@ -404,12 +435,20 @@ impl Gateway {
             .stderr(Stdio::from(std::fs::File::create(dir.join("error.log")).unwrap()))
             .spawn()
             .expect("start portico");
-        let g = Gateway { child, port, dir, conf };
+        let mut g = Gateway { child, port, dir, conf };
         g.wait_ready();
         g
     }
 
-    fn wait_ready(&self) {
+    /// Panics with the gateway's log if its process has exited (a port it
+    /// could not bind, a config it refused).
+    fn still_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("portico exited ({status}); stderr:\n{}", self.stderr());
+        }
+    }
+
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         let conf = std::fs::read_to_string(&self.conf).unwrap();
         // The admin listener starts on its own: wait for it too when there is one.
@@ -418,15 +457,14 @@ impl Gateway {
             port[..port.find(|c: char| !c.is_ascii_digit())?].parse::<u16>().ok()
         });
         let admin_up = || admin.is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok());
+        // Health endpoint disabled, or a TLS listener: a TCP accept is enough then.
+        let plain_health = !conf.contains("enabled: false") && !conf.contains("certificates:");
         while Instant::now() < deadline {
-            if let Ok(r) = try_request(self.port, "GET", "/nginx/health", &[], b"") {
-                if r.status == 200 && admin_up() {
-                    return;
-                }
-            }
-            // Health endpoint disabled, or a TLS listener: a TCP accept is enough then.
-            let plain_health = !conf.contains("enabled: false") && !conf.contains("certificates:");
-            if !plain_health && TcpStream::connect(("127.0.0.1", self.port)).is_ok() && admin_up() {
+            let up = try_request(self.port, "GET", "/nginx/health", &[], b"").is_ok_and(|r| r.status == 200)
+                || !plain_health && TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+            // Checked after the answer: it may have come from a process that held the port first.
+            self.still_running();
+            if up && admin_up() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(30));

@@ -309,7 +309,15 @@ impl Exchange {
             },
             None => write.await,
         };
-        sent.or_err(WriteError, "while writing request headers")
+        sent.map_err(|e| {
+            let os_error = e.raw_os_error().is_some();
+            let mut e = Error::because(WriteError, "while writing request headers", e);
+            if os_error {
+                // The head did not go out whole: a pooled connection the server dropped.
+                e.retry = RetryType::ReusedOnly;
+            }
+            e
+        })
     }
 
     /// The next part of the response, as Pingora's client hands it out: the
@@ -1076,5 +1084,16 @@ pub(super) mod tests {
         };
         assert_eq!(e.etype(), &ConnectionClosed);
         assert!(matches!(e.retry, RetryType::ReusedOnly));
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_written_may_be_retried_if_reused() {
+        let (mut x, server) = connected().await;
+        server.set_zero_linger().unwrap(); // closed with a reset
+        drop(server);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let e = x.send(b"GET / HTTP/1.1\r\n\r\n", false, false).await.unwrap_err();
+        assert_eq!(e.etype(), &WriteError);
+        assert!(matches!(e.retry, RetryType::ReusedOnly), "{e}");
     }
 }
