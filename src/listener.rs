@@ -64,6 +64,17 @@ pub fn poll_tls_readable(stream: &Stream, cx: &mut Context<'_>) -> Poll<()> {
     }
 }
 
+/// `Ready` once a read of this client connection may find something (or
+/// fail), for a watch on the client while its response is awaited: TLS
+/// connections as [`poll_tls_readable`], plain ones as
+/// [`Conn::poll_readable_for_watch`].
+pub fn poll_readable_for_watch(stream: &Stream, cx: &mut Context<'_>) -> Poll<()> {
+    match stream.as_any().downcast_ref::<Conn>() {
+        Some(conn) => conn.poll_readable_for_watch(cx).map(|_| ()), // an error is for the read to find
+        None => poll_tls_readable(stream, cx),
+    }
+}
+
 /// The client's address, read from the connection itself (plain, or TLS as
 /// the listener wraps it), so no socket digest is made for it.
 pub fn peer_of(stream: &Stream) -> Option<std::net::SocketAddr> {

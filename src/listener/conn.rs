@@ -31,9 +31,10 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -53,9 +54,14 @@ pub struct Conn {
     digest: OnceLock<Arc<SocketDigest>>,
     /// A TLS handshake's compute slot, let go when a read next waits.
     slot: Option<OwnedSemaphorePermit>,
-    /// Not read yet since it was accepted or came back from the parking lot
-    /// (`first_read`).
-    fresh: bool,
+    /// The next read asks the socket directly (`first_read`): not read yet
+    /// since it was accepted or came back from the parking lot, or a
+    /// readiness report was dropped unread (`readable_for_watch`). (Atomic
+    /// only because `Conn` is shared by reference; one task uses it.)
+    fresh: AtomicBool,
+    /// `first_read` took bytes tokio has not seen read: its report of them
+    /// may still come, and a read it sends on would find nothing.
+    unseen: AtomicBool,
     /// How far writes to the socket have come ([`Conn::sending`]).
     sent: Sent,
 }
@@ -80,7 +86,8 @@ impl Conn {
             read_ahead,
             digest: OnceLock::new(),
             slot: None,
-            fresh: true,
+            fresh: AtomicBool::new(true),
+            unseen: AtomicBool::new(false),
             sent: Sent::Nothing,
         }
     }
@@ -94,8 +101,30 @@ impl Conn {
     /// Resolves once the client has sent something (or closed). Tokio
     /// then knows the socket is readable: the first read goes through it.
     pub async fn readable(&mut self) -> io::Result<()> {
-        self.fresh = false;
+        *self.fresh.get_mut() = false;
         self.tcp.readable().await
+    }
+
+    /// `Ready` once a read may find something (or fail), for a watch on the
+    /// client while its response is awaited (`LeanSession::client_gone`).
+    ///
+    /// The request `first_read` took arrived after the socket was put on
+    /// tokio's reactor, and tokio hears of it only at its next turn: that
+    /// report would send the watch to a read that finds nothing (a system
+    /// call, on about half of all requests with a new connection each). It
+    /// is dropped here unread instead. Nothing is lost: a close that came
+    /// with it stays reported (tokio never drops a close), bytes that came
+    /// with it are found by the next read, which asks the socket first, and
+    /// later bytes bring reports of their own.
+    pub fn poll_readable_for_watch(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.unseen.load(Relaxed) {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            self.unseen.store(false, Relaxed);
+            let nothing = || Err::<(), _>(io::ErrorKind::WouldBlock.into());
+            let _ = self.tcp.try_io(Interest::READABLE, nothing); // drops the report
+            self.fresh.store(true, Relaxed);
+        }
+        self.tcp.poll_read_ready(cx)
     }
 
     /// `Ready` once the socket may have something to read (or an error).
@@ -106,12 +135,13 @@ impl Conn {
     /// Read from the socket itself, past anything pending; a read that has
     /// to wait lets the handshake slot go.
     pub fn poll_socket(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.fresh {
-            self.fresh = false;
+        if std::mem::take(self.fresh.get_mut()) {
             if let Some(r) = self.first_read(buf) {
                 return Poll::Ready(r);
             }
         }
+        // Whatever tokio reports from here on, it sees read.
+        *self.unseen.get_mut() = false;
         let r = Pin::new(&mut self.tcp).poll_read(cx, buf);
         if r.is_pending() {
             self.slot = None;
@@ -149,6 +179,7 @@ impl Conn {
             };
         }
         let n = n as usize;
+        *self.unseen.get_mut() = n > 0;
         // SAFETY: the socket initialized the first `n` unfilled bytes.
         unsafe { buf.assume_init(n) };
         buf.advance(n);
@@ -429,6 +460,50 @@ mod tests {
         c.write_all(b"y").await.unwrap();
         c.flush().await.unwrap();
         assert!(nodelay(&c), "a gathered write after a large one");
+    }
+
+    /// The watch on a client whose response is awaited lets tokio's late
+    /// report of the request `first_read` took go by without a read; bytes
+    /// or a close that came with it are not lost.
+    #[tokio::test]
+    async fn the_watch_lets_the_report_of_bytes_already_read_go_by() {
+        const WAIT: Duration = Duration::from_millis(150);
+        let settle = Duration::from_millis(30);
+        async fn watch(c: &Conn) -> Result<io::Result<()>, tokio::time::error::Elapsed> {
+            tokio::time::timeout(WAIT, std::future::poll_fn(|cx| c.poll_readable_for_watch(cx))).await
+        }
+        let mut buf = [0u8; 64];
+        let request = b"GET / HTTP/1.1\r\n\r\n";
+        // The request alone: the watch waits, then wakes for the next bytes.
+        let (mut c, mut peer) = pair(0).await;
+        peer.write_all(request).await.unwrap();
+        tokio::time::sleep(settle).await; // tokio has heard of it by now
+        assert_eq!(c.read(&mut buf).await.unwrap(), request.len());
+        assert!(watch(&c).await.is_err(), "woken for bytes already read");
+        peer.write_all(b"x").await.unwrap();
+        watch(&c).await.expect("woken for new bytes").unwrap();
+        assert_eq!(c.read(&mut buf).await.unwrap(), 1);
+        // More bytes before the watch began: the next read finds them.
+        let (mut c, mut peer) = pair(0).await;
+        peer.write_all(request).await.unwrap();
+        tokio::time::sleep(settle).await;
+        assert_eq!(c.read(&mut buf).await.unwrap(), request.len());
+        peer.write_all(b"more").await.unwrap();
+        tokio::time::sleep(settle).await;
+        let _ = watch(&c).await;
+        let n = tokio::time::timeout(WAIT, c.read(&mut buf))
+            .await
+            .expect("bytes left unread");
+        assert_eq!(&buf[..n.unwrap()], b"more");
+        // The client closed its side: the watch wakes at once.
+        let (mut c, mut peer) = pair(0).await;
+        peer.write_all(request).await.unwrap();
+        tokio::time::sleep(settle).await;
+        assert_eq!(c.read(&mut buf).await.unwrap(), request.len());
+        peer.shutdown().await.unwrap();
+        tokio::time::sleep(settle).await;
+        watch(&c).await.expect("woken for the close").unwrap();
+        assert_eq!(c.read(&mut buf).await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -395,9 +395,7 @@ impl LeanSession {
             if self.extra {
                 std::future::pending::<()>().await;
             }
-            if self.tls {
-                std::future::poll_fn(|cx| crate::listener::poll_tls_readable(&self.stream, cx)).await;
-            }
+            std::future::poll_fn(|cx| crate::listener::poll_readable_for_watch(&self.stream, cx)).await;
             match self.stream.read(&mut byte).await {
                 Ok(0) => return Error::explain(ErrorType::ConnectionClosed, "client closed the connection"),
                 Ok(_) => self.extra = true,
