@@ -69,8 +69,9 @@ pub struct Lines {
     /// Where the field lines end (the final CRLF).
     pub end: usize,
     /// Lines to rewrite or leave out, in order. The others are written
-    /// `name: value` CRLF exactly.
-    pub special: Vec<Special>,
+    /// `name: value` CRLF exactly. (Room for two without an allocation: a
+    /// client's `Connection` field is the usual one.)
+    pub special: SmallVec<[Special; 2]>,
 }
 
 /// A field line not copied as it is: not written `name: value` CRLF, or a
@@ -272,7 +273,7 @@ impl Lines {
             return None;
         }
         let end = head.len() - 2;
-        let mut special = Vec::new();
+        let mut special = SmallVec::new();
         let headers = parsed.headers.iter();
         let starts = parsed.headers.iter().skip(1).map(|h| span(h.name.as_bytes()).start);
         for (h, next) in headers.zip(starts.map(Some).chain([None])) {
