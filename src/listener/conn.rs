@@ -56,7 +56,7 @@ pub struct Conn {
     slot: Option<OwnedSemaphorePermit>,
     /// The next read asks the socket directly (`first_read`): not read yet
     /// since it was accepted or came back from the parking lot, or a
-    /// readiness report was dropped unread (`readable_for_watch`). (Atomic
+    /// readiness report was dropped unread (`poll_readable_for_watch`). (Atomic
     /// only because `Conn` is shared by reference; one task uses it.)
     fresh: AtomicBool,
     /// `first_read` took bytes tokio has not seen read: its report of them
