@@ -339,6 +339,95 @@ fn malformed_request_gets_4xx_and_gateway_survives() {
     assert_eq!(g.get("/").status, 200, "still serving");
 }
 
+/// Seeded random damage to valid and odd requests (bit flips, bytes added,
+/// cut or repeated, stray CR, LF, NUL, colons, framing fields): whatever
+/// arrives, the gateway answers with a status of its own or the server's,
+/// or closes; it never fails inside (500), never panics, and still serves.
+#[test]
+fn mutated_requests_never_crash_the_gateway() {
+    use std::io::{Read, Write};
+    let b = Backend::start("b");
+    // The test backend itself drops a connection on bytes it cannot read
+    // (a 502): that must not take it out of the pool for the next requests.
+    let g = Gateway::start(&one_pool(&[&b], "").replace(
+        &format!("      - address: {}\n", b.addr),
+        &format!("      - address: {}\n        max_fails: 0\n", b.addr),
+    ));
+    let bases: [&[u8]; 6] = [
+        b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nX: a\r\n b\r\n\r\n",
+        b"HEAD http://x/ HTTP/1.0\r\n\r\n",
+    ];
+    let inserts: [&[u8]; 8] = [
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b":",
+        b"\0",
+        b" ",
+        b"Content-Length: 3\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+    ];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let mut statuses = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..300 {
+        let mut req = bases[next(bases.len())].to_vec();
+        for _ in 0..1 + next(5) {
+            let at = next(req.len() + 1);
+            match next(5) {
+                0 if at < req.len() => req[at] ^= 1 << next(8),
+                1 => req
+                    .splice(at..at, inserts[next(inserts.len())].iter().copied())
+                    .for_each(drop),
+                2 => req.truncate(at),
+                3 if at < req.len() => {
+                    let end = (at + 1 + next(30)).min(req.len());
+                    let piece = req[at..end].to_vec();
+                    req.splice(at..at, piece).for_each(drop);
+                }
+                _ => req.insert(at, next(256) as u8),
+            }
+        }
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", g.port)).expect("still accepting");
+        // A request cut short waits for the rest, as in nginx: counted as "waiting".
+        s.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+        let _ = s.write_all(&req);
+        let mut got = [0u8; 64];
+        let (n, waiting) = match s.read(&mut got) {
+            Ok(n) => (n, false),
+            Err(e) => (
+                0,
+                matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            ),
+        };
+        let text = String::from_utf8_lossy(&got[..n]);
+        let status = match text.strip_prefix("HTTP/1.") {
+            Some(rest) => rest.get(2..5).unwrap_or("?").to_string(),
+            None if waiting => "waiting".to_string(),
+            None if n == 0 => "closed".to_string(),
+            None => panic!("not an HTTP answer to {:?}: {text:?}", String::from_utf8_lossy(&req)),
+        };
+        assert_ne!(status, "500", "{:?}", String::from_utf8_lossy(&req));
+        *statuses.entry(status).or_default() += 1;
+    }
+    let count = |s: &str| statuses.get(s).copied().unwrap_or(0);
+    assert!(
+        count("400") > 100 && count("200") > 5,
+        "refused, and some served: {statuses:?}"
+    );
+    assert_eq!(g.get("/").status, 200, "still serving: {statuses:?}");
+    assert!(!g.stderr().contains("panicked"), "{}", g.stderr());
+}
+
 #[test]
 fn slow_request_body_hits_the_client_body_timeout() {
     use std::io::{Read, Write};
