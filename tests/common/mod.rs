@@ -341,7 +341,12 @@ pub fn free_port() -> u16 {
             .ok()
             .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
             .unwrap_or(32768);
-        let (low, high) = (ephemeral_low / 2, ephemeral_low);
+        // Unprivileged ports only; where the ephemeral range starts below
+        // 4096, ports from the top of the port space instead.
+        let (low, high) = match ephemeral_low {
+            4096.. => ((ephemeral_low / 2).max(1024), ephemeral_low),
+            _ => (61000, 65535),
+        };
         // Parallel test processes start apart from each other.
         let start = low + (std::process::id() % u32::from(high - low)) as u16;
         (low, high, start)
