@@ -54,24 +54,18 @@ use conn::Conn;
 pub use park::Lot;
 use rewound::Rewound;
 
-/// `Pending` while a read of this client connection could only find
-/// nothing, for TLS connections (see [`Rewound::poll_read_ready`]); a plain
-/// socket's read is as cheap as asking.
-pub fn poll_tls_readable(stream: &Stream, cx: &mut Context<'_>) -> Poll<()> {
-    match stream.as_any().downcast_ref::<Rewound>() {
+/// `Ready` once a read of this client connection may find something (or
+/// fail), for a watch on the client while its response is awaited: plain
+/// connections as [`Conn::poll_readable_for_watch`] says, TLS ones while a
+/// read could find more than nothing (see [`Rewound::poll_read_ready`]).
+pub fn poll_readable_for_watch(stream: &Stream, cx: &mut Context<'_>) -> Poll<()> {
+    let any = stream.as_any();
+    if let Some(conn) = any.downcast_ref::<Conn>() {
+        return conn.poll_readable_for_watch(cx).map(|_| ()); // an error is for the read to find
+    }
+    match any.downcast_ref::<Rewound>() {
         Some(rw) => rw.poll_read_ready(cx),
         None => Poll::Ready(()),
-    }
-}
-
-/// `Ready` once a read of this client connection may find something (or
-/// fail), for a watch on the client while its response is awaited: TLS
-/// connections as [`poll_tls_readable`], plain ones as
-/// [`Conn::poll_readable_for_watch`].
-pub fn poll_readable_for_watch(stream: &Stream, cx: &mut Context<'_>) -> Poll<()> {
-    match stream.as_any().downcast_ref::<Conn>() {
-        Some(conn) => conn.poll_readable_for_watch(cx).map(|_| ()), // an error is for the read to find
-        None => poll_tls_readable(stream, cx),
     }
 }
 

@@ -20,7 +20,7 @@ use super::connect::UpStream;
 use super::session::Lines;
 use crate::timeout::Alarm;
 use bytes::{BufMut, Bytes, BytesMut};
-use pingora_core::{Error, ErrorType::*, OrErr, Result, RetryType};
+use pingora_core::{Error, ErrorType, ErrorType::*, OrErr, Result, RetryType};
 use pingora_http::{HeaderNameVariant, RequestHeader, ResponseHeader};
 use std::mem::MaybeUninit;
 use std::time::Duration;
@@ -256,6 +256,19 @@ impl From<UpStream> for Upstream {
     }
 }
 
+/// A system error on the upstream connection, as Pingora's client reports
+/// it. One met before any of the response (`before_response`) may be
+/// retried if the connection came from the pool: most likely one the server
+/// had dropped.
+fn io_error(etype: ErrorType, context: &'static str, e: std::io::Error, before_response: bool) -> Box<Error> {
+    let stale = before_response && e.raw_os_error().is_some();
+    let mut e = Error::because(etype, context, e);
+    if stale {
+        e.retry = RetryType::ReusedOnly;
+    }
+    e
+}
+
 /// A read buffer larger than this is not kept with an idle connection.
 const KEPT_BUF: usize = 2 * HEADER_READ;
 
@@ -309,15 +322,8 @@ impl Exchange {
             },
             None => write.await,
         };
-        sent.map_err(|e| {
-            let os_error = e.raw_os_error().is_some();
-            let mut e = Error::because(WriteError, "while writing request headers", e);
-            if os_error {
-                // The head did not go out whole: a pooled connection the server dropped.
-                e.retry = RetryType::ReusedOnly;
-            }
-            e
-        })
+        // A head that did not go out whole: likely a pooled connection the server dropped.
+        sent.map_err(|e| io_error(WriteError, "while writing request headers", e, true))
     }
 
     /// The next part of the response, as Pingora's client hands it out: the
@@ -391,14 +397,8 @@ impl Exchange {
             },
             None => read.await,
         };
-        n.map_err(|e| {
-            let os_error = e.raw_os_error().is_some();
-            let mut e = Error::because(ReadError, "while reading from upstream", e);
-            if os_error && self.body == Body::Header && self.buf.is_empty() {
-                e.retry = RetryType::ReusedOnly; // likely a pooled connection the server dropped
-            }
-            e
-        })
+        let nothing_yet = self.body == Body::Header && self.buf.is_empty();
+        n.map_err(|e| io_error(ReadError, "while reading from upstream", e, nothing_yet))
     }
 
     async fn read_header(&mut self) -> Result<ResponseHead> {
