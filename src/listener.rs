@@ -69,6 +69,25 @@ pub fn poll_readable_for_watch(stream: &Stream, cx: &mut Context<'_>) -> Poll<()
     }
 }
 
+/// A plain client connection whose socket is not on tokio's reactor yet:
+/// nothing has had to wait for it (see `Conn`).
+pub fn unwatched(stream: &Stream) -> bool {
+    stream.as_any().downcast_ref::<Conn>().is_some_and(Conn::unwatched)
+}
+
+/// Put a plain client connection's socket on the reactor of the runtime
+/// this runs on, for [`poll_readable_for_watch`] (TLS ones are on it).
+pub fn watch(stream: &mut Stream) -> std::io::Result<()> {
+    if !stream.as_any().is::<Conn>() {
+        return Ok(());
+    }
+    let conn: *mut dyn pingora_core::protocols::IO = &mut **stream;
+    // SAFETY: the stream is a `Conn`, checked just above (Pingora's `IO`
+    // offers no `as_any_mut`); the reference lives no longer than `stream`'s.
+    let conn = unsafe { &mut *(conn as *mut Conn) };
+    conn.watch()
+}
+
 /// The client's address, read from the connection itself (plain, or TLS as
 /// the listener wraps it), so no socket digest is made for it.
 pub fn peer_of(stream: &Stream) -> Option<std::net::SocketAddr> {

@@ -168,9 +168,10 @@ async fn listen(addr: &str, fds: Option<ListenFds>) -> io::Result<TcpListener> {
 }
 
 /// The listening socket, watched by the reactor of the thread that accepts.
-/// Connections come out of it unwatched and are handed to a worker's reactor
-/// (`adopt`), so with one single-threaded runtime per worker thread each
-/// connection's I/O wakes only the thread that serves it.
+/// Connections come out of it unwatched and are handed to a worker, whose
+/// reactor watches them if they have to wait (`take_in`), so with one
+/// single-threaded runtime per worker thread each connection's I/O wakes
+/// only the thread that serves it.
 type Listening = AsyncFd<mio::net::TcpListener>;
 
 fn watched(l: TcpListener) -> io::Result<Listening> {
@@ -219,13 +220,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<Listening>, mut shutdown
         match accepted {
             Ok((tcp, peer)) => {
                 // (`TCP_NODELAY` is set before the connection's second write: `Conn::sending`.)
-                let (rt, conn) = match take_in(&shared, tcp.into(), peer) {
-                    Ok(taken) => taken,
-                    Err(e) => {
-                        log::warn!("cannot watch a new connection from {peer}: {e}");
-                        continue;
-                    }
-                };
+                let (rt, conn) = take_in(&shared, tcp, peer);
                 rt.spawn(connection(shared.clone(), conn, shutdown.clone()));
                 if shared.tls.is_some() {
                     // One TLS connection per turn of the scheduler, like nginx's one accept
@@ -248,11 +243,19 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<Listening>, mut shutdown
 }
 
 /// The next connection from the listening socket: a non-blocking socket
-/// not yet watched by any thread's reactor.
-async fn accept(listener: &Listening) -> io::Result<(mio::net::TcpStream, SocketAddr)> {
+/// not yet watched by any thread's reactor. (`accept4` made directly, as
+/// the connection's reads and writes are: see `conn.rs`.)
+async fn accept(listener: &Listening) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    use rustix::net::SocketFlags;
     loop {
         let mut ready = listener.readable().await?;
-        if let Ok(accepted) = ready.try_io(|l| l.get_ref().accept()) {
+        let accepted = ready.try_io(|l| {
+            let (fd, addr) = rustix::net::acceptfrom_with(l.get_ref(), SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+            let peer = addr.and_then(|a| SocketAddr::try_from(a).ok());
+            let peer = peer.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP peer"))?;
+            Ok((std::net::TcpStream::from(fd), peer))
+        });
+        if let Ok(accepted) = accepted {
             return accepted;
         }
     }
@@ -266,20 +269,12 @@ fn worker() -> Handle {
     pingora_runtime::current_handle()
 }
 
-/// A client connection (new, or back from the parking lot) on the worker
-/// that will serve it: that worker's runtime, and the connection watched by
-/// its reactor.
-fn take_in(shared: &Shared, tcp: std::net::TcpStream, peer: SocketAddr) -> io::Result<(Handle, Box<Conn>)> {
-    let rt = worker();
-    let tcp = adopt(&rt, tcp)?;
-    Ok((rt, Box::new(Conn::new(tcp, peer, shared.read_ahead))))
-}
-
-/// `tcp` watched by the reactor of `rt`, the runtime that will serve it, so
-/// its readiness wakes that thread and no other.
-pub(super) fn adopt(rt: &Handle, tcp: std::net::TcpStream) -> io::Result<tokio::net::TcpStream> {
-    let _in = rt.enter();
-    tokio::net::TcpStream::from_std(tcp)
+/// A client connection (new, or back from the parking lot) and the worker
+/// that will serve it. Its socket goes on that worker's reactor only if the
+/// connection has to wait (`Conn`), so its readiness wakes that thread and
+/// no other.
+fn take_in(shared: &Shared, tcp: std::net::TcpStream, peer: SocketAddr) -> (Handle, Box<Conn>) {
+    (worker(), Box::new(Conn::new(tcp, peer, shared.read_ahead)))
 }
 
 /// One client connection, for its whole life. Its future is the task's
@@ -308,10 +303,7 @@ async fn parking_lot(shared: Arc<Shared>, shutdown: ShutdownWatch) {
         let Ok(peer) = p.tcp.peer_addr() else {
             return; // the client is gone
         };
-        let (rt, conn) = match take_in(&shared, p.tcp, peer) {
-            Ok(taken) => taken,
-            Err(e) => return log::warn!("cannot resume a parked connection: {e}"),
-        };
+        let (rt, conn) = take_in(&shared, p.tcp, peer);
         let left = p.deadline_ms.saturating_sub(crate::clock::coarse_ms());
         // Its request is here (or the client closed): a short wait is enough to read it.
         let wait_ms = left.clamp(100, u32::MAX.into()) as u32;

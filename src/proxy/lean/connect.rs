@@ -7,6 +7,7 @@
 //! `ConnectNoRoute`, `ConnectError`), so retries and passive health checks
 //! see them alike.
 
+use crate::sockio;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::protocols::Stream;
@@ -16,7 +17,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// An upstream connection of the lean loop.
@@ -52,15 +53,22 @@ macro_rules! on_either {
     };
 }
 
+/// A plain socket is read and written with direct system calls (`sockio`).
 impl AsyncRead for UpStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        on_either!(self, s => s.poll_read(cx, buf))
+        match self.get_mut() {
+            UpStream::Tcp(t) => sockio::poll_op(t, cx, Interest::READABLE, |fd| sockio::recv(fd, buf)),
+            UpStream::Pingora(p) => Pin::new(p).poll_read(cx, buf),
+        }
     }
 }
 
 impl AsyncWrite for UpStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        on_either!(self, s => s.poll_write(cx, buf))
+        match self.get_mut() {
+            UpStream::Tcp(t) => sockio::poll_op(t, cx, Interest::WRITABLE, |fd| sockio::send(fd, buf)),
+            UpStream::Pingora(p) => Pin::new(p).poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -68,7 +76,10 @@ impl AsyncWrite for UpStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        on_either!(self, s => s.poll_write_vectored(cx, bufs))
+        match self.get_mut() {
+            UpStream::Tcp(t) => sockio::poll_op(t, cx, Interest::WRITABLE, |fd| sockio::writev(fd, bufs)),
+            UpStream::Pingora(p) => Pin::new(p).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
