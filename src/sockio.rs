@@ -11,15 +11,15 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-/// `recv` into the unfilled part of `buf`.
-pub fn recv(fd: BorrowedFd<'_>, buf: &mut ReadBuf<'_>) -> io::Result<()> {
+/// `recv` into the unfilled part of `buf`; the bytes read.
+pub fn recv(fd: BorrowedFd<'_>, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
     // SAFETY: only bytes `recv` reports written are marked initialized.
     let spare = unsafe { buf.unfilled_mut() };
     let n = rustix::net::recv(fd, spare, RecvFlags::empty())?.1;
     // SAFETY: as above: the first `n` unfilled bytes are initialized.
     unsafe { buf.assume_init(n) };
     buf.advance(n);
-    Ok(())
+    Ok(n)
 }
 
 /// `send`, without a `SIGPIPE` if the peer has gone.
@@ -31,22 +31,41 @@ pub fn writev(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     Ok(rustix::io::writev(fd, bufs)?)
 }
 
-/// `op` on the socket of `t` once tokio reports it ready for `interest`,
-/// again each time `op` finds it not ready after all (as tokio's own
-/// `poll_read` and `poll_write` do).
-pub fn poll_op<R>(
+/// `op`, a read or write of up to `want` bytes, on the socket of `t` once
+/// tokio reports it ready for `interest`, and again each time it finds the
+/// socket not ready after all; the bytes it moved.
+///
+/// As in tokio's own `poll_read` and `poll_write`: an operation that moved
+/// fewer bytes than asked for found the socket drained (or full), so the
+/// readiness it was done under is cleared, and the next one waits for the
+/// reactor instead of making a system call that would find nothing.
+pub fn poll_op(
     t: &TcpStream,
     cx: &mut Context<'_>,
     interest: Interest,
-    mut op: impl FnMut(BorrowedFd<'_>) -> io::Result<R>,
-) -> Poll<io::Result<R>> {
+    want: usize,
+    mut op: impl FnMut(BorrowedFd<'_>) -> io::Result<usize>,
+) -> Poll<io::Result<usize>> {
     loop {
         ready!(if interest.is_readable() {
             t.poll_read_ready(cx)
         } else {
             t.poll_write_ready(cx)
         })?;
-        match t.try_io(interest, || op(t.as_fd())) {
+        let mut short = None;
+        let r = t.try_io(interest, || match op(t.as_fd()) {
+            // Reported as "would block", the one outcome on which tokio clears the
+            // readiness `try_io` saw before the call (a later report is kept).
+            Ok(n) if n > 0 && n < want => {
+                short = Some(n);
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            r => r,
+        });
+        if let Some(n) = short {
+            return Poll::Ready(Ok(n));
+        }
+        match r {
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
             r => return Poll::Ready(r),
         }

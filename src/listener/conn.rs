@@ -180,12 +180,13 @@ impl Conn {
     /// socket is off the reactor; when it would have to wait, the socket
     /// goes on the reactor and `op` is tried again each time tokio reports
     /// it ready for `interest`.
-    fn poll_op<R>(
+    fn poll_op(
         &mut self,
         cx: &mut Context<'_>,
         interest: Interest,
-        mut op: impl FnMut(BorrowedFd<'_>) -> io::Result<R>,
-    ) -> Poll<io::Result<R>> {
+        want: usize,
+        mut op: impl FnMut(BorrowedFd<'_>) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
         if let Socket::Off(s) = &self.socket {
             loop {
                 match op(s.as_fd()) {
@@ -195,7 +196,7 @@ impl Conn {
                 }
             }
         }
-        sockio::poll_op(self.on()?, cx, interest, op)
+        sockio::poll_op(self.on()?, cx, interest, want, op)
     }
 
     /// Read from the socket itself, past anything pending; a read that has
@@ -204,7 +205,10 @@ impl Conn {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        let r = self.poll_op(cx, Interest::READABLE, |fd| recv(fd, buf));
+        let want = buf.remaining();
+        let r = self
+            .poll_op(cx, Interest::READABLE, want, |fd| recv(fd, buf))
+            .map_ok(|_| ());
         if r.is_pending() {
             self.slot = None;
         }
@@ -288,7 +292,7 @@ impl Conn {
                 break Poll::Ready(Ok(()));
             }
             self.sending();
-            match self.poll_op(cx, Interest::WRITABLE, |fd| send(fd, &out[sent..])) {
+            match self.poll_op(cx, Interest::WRITABLE, out.len() - sent, |fd| send(fd, &out[sent..])) {
                 Poll::Ready(Ok(0)) => break Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => sent += n,
                 Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
@@ -357,12 +361,12 @@ impl AsyncWrite for Conn {
         }
         this.sending();
         if this.out.is_empty() {
-            return this.poll_op(cx, Interest::WRITABLE, |fd| send(fd, buf));
+            return this.poll_op(cx, Interest::WRITABLE, buf.len(), |fd| send(fd, buf));
         }
         // Gathered bytes and this write together, in one call.
         let out = std::mem::take(&mut this.out);
         let held = out.len();
-        let r = this.poll_op(cx, Interest::WRITABLE, |fd| {
+        let r = this.poll_op(cx, Interest::WRITABLE, held + buf.len(), |fd| {
             writev(fd, &[IoSlice::new(&out), IoSlice::new(buf)])
         });
         this.out = out;
@@ -391,7 +395,8 @@ impl AsyncWrite for Conn {
         let this = self.get_mut();
         if this.out.is_empty() {
             this.sending();
-            return this.poll_op(cx, Interest::WRITABLE, |fd| writev(fd, bufs));
+            let want = bufs.iter().map(|b| b.len()).sum();
+            return this.poll_op(cx, Interest::WRITABLE, want, |fd| writev(fd, bufs));
         }
         match bufs.iter().find(|b| !b.is_empty()) {
             Some(b) => Pin::new(this).poll_write(cx, b),

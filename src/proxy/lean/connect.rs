@@ -57,7 +57,10 @@ macro_rules! on_either {
 impl AsyncRead for UpStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            UpStream::Tcp(t) => sockio::poll_op(t, cx, Interest::READABLE, |fd| sockio::recv(fd, buf)),
+            UpStream::Tcp(t) => {
+                let want = buf.remaining();
+                sockio::poll_op(t, cx, Interest::READABLE, want, |fd| sockio::recv(fd, buf)).map_ok(|_| ())
+            }
             UpStream::Pingora(p) => Pin::new(p).poll_read(cx, buf),
         }
     }
@@ -66,7 +69,7 @@ impl AsyncRead for UpStream {
 impl AsyncWrite for UpStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            UpStream::Tcp(t) => sockio::poll_op(t, cx, Interest::WRITABLE, |fd| sockio::send(fd, buf)),
+            UpStream::Tcp(t) => sockio::poll_op(t, cx, Interest::WRITABLE, buf.len(), |fd| sockio::send(fd, buf)),
             UpStream::Pingora(p) => Pin::new(p).poll_write(cx, buf),
         }
     }
@@ -77,7 +80,10 @@ impl AsyncWrite for UpStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            UpStream::Tcp(t) => sockio::poll_op(t, cx, Interest::WRITABLE, |fd| sockio::writev(fd, bufs)),
+            UpStream::Tcp(t) => {
+                let want = bufs.iter().map(|b| b.len()).sum();
+                sockio::poll_op(t, cx, Interest::WRITABLE, want, |fd| sockio::writev(fd, bufs))
+            }
             UpStream::Pingora(p) => Pin::new(p).poll_write_vectored(cx, bufs),
         }
     }
