@@ -56,12 +56,12 @@ use rewound::Rewound;
 
 /// `Ready` once a read of this client connection may find something (or
 /// fail), for a watch on the client while its response is awaited: plain
-/// connections as [`Conn::poll_readable_for_watch`] says, TLS ones while a
+/// connections as [`Conn::poll_read_ready`] says, TLS ones while a
 /// read could find more than nothing (see [`Rewound::poll_read_ready`]).
 pub fn poll_readable_for_watch(stream: &Stream, cx: &mut Context<'_>) -> Poll<()> {
     let any = stream.as_any();
     if let Some(conn) = any.downcast_ref::<Conn>() {
-        return conn.poll_readable_for_watch(cx).map(|_| ()); // an error is for the read to find
+        return conn.poll_read_ready(cx).map(|_| ()); // an error is for the read to find
     }
     match any.downcast_ref::<Rewound>() {
         Some(rw) => rw.poll_read_ready(cx),

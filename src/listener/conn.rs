@@ -148,8 +148,8 @@ impl Conn {
         matches!(self.socket, Socket::Off(_))
     }
 
-    /// Put the socket on the reactor, for a watch on the client
-    /// ([`Conn::poll_readable_for_watch`]).
+    /// Put the socket on the reactor, for a watch on the client while its
+    /// response is awaited ([`Conn::poll_read_ready`]).
     pub fn watch(&mut self) -> io::Result<()> {
         self.on().map(|_| ())
     }
@@ -158,13 +158,6 @@ impl Conn {
     /// then knows the socket is readable: the first read goes through it.
     pub async fn readable(&mut self) -> io::Result<()> {
         self.on()?.readable().await
-    }
-
-    /// `Ready` once a read may find something (or fail), for a watch on the
-    /// client while its response is awaited (`LeanSession::client_gone`).
-    /// A socket not on the reactor ([`Conn::watch`]) is for a read to try.
-    pub fn poll_readable_for_watch(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_read_ready(cx)
     }
 
     /// `Ready` once the socket may have something to read (or an error);
@@ -561,7 +554,7 @@ mod tests {
         let settle = Duration::from_millis(30);
         async fn watch(c: &mut Conn) -> Result<io::Result<()>, tokio::time::error::Elapsed> {
             c.watch().unwrap();
-            tokio::time::timeout(WAIT, std::future::poll_fn(|cx| c.poll_readable_for_watch(cx))).await
+            tokio::time::timeout(WAIT, std::future::poll_fn(|cx| c.poll_read_ready(cx))).await
         }
         let mut buf = [0u8; 64];
         let request = b"GET / HTTP/1.1\r\n\r\n";
