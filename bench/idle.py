@@ -28,7 +28,10 @@ async def ws_server(port):
         acc = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
         w.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + acc + b"\r\n\r\n")
         await w.drain()
-        await r.read()  # until the client goes away
+        try:
+            await r.read()  # until the client goes away
+        except asyncio.CancelledError:
+            pass  # the server is closing: ending quietly spares asyncio's callback a traceback per socket
     return await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096)
 
 async def open_one(port, ws, tls, held, sem):
