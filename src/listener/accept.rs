@@ -53,6 +53,8 @@ use tokio::sync::Semaphore;
 
 /// Pending connections the kernel may queue (Pingora's and nginx's value).
 const BACKLOG: u32 = 65535;
+/// Plain connections taken in per wake-up of the accept loop, at most.
+const ACCEPT_BATCH: usize = 16;
 /// How long to keep trying a listen address still in use (a previous
 /// process shutting down), as Pingora does.
 const BIND_TRIES: u32 = 30;
@@ -112,6 +114,8 @@ struct Shared {
     read_ahead: usize,
     /// Compute slots for TLS handshakes, one per worker thread.
     handshakes: Arc<Semaphore>,
+    /// The listener has one worker thread: the one accepting.
+    one_worker: bool,
 }
 
 #[async_trait]
@@ -129,6 +133,7 @@ impl Service for Accepting {
             tls: self.tls.take(),
             read_ahead: self.read_ahead,
             handshakes: Arc::new(Semaphore::new(self.threads.max(1))),
+            one_worker: self.threads <= 1,
         });
         let loops: Vec<_> = (0..listeners_per_fd.max(1))
             .map(|_| tokio::spawn(accept_loop(shared.clone(), listener.clone(), shutdown.clone())))
@@ -208,13 +213,27 @@ async fn bind(addr: &str) -> io::Result<TcpListener> {
 /// Accept until the server shuts down; each connection runs in its own task,
 /// on one of the listener's worker threads ([`worker`]).
 async fn accept_loop(shared: Arc<Shared>, listener: Arc<Listening>, mut shutdown: ShutdownWatch) {
+    // Plain connections that may still be taken in without a new wait on the
+    // listener and the shutdown watch: those already waiting when one is.
+    let mut more = 0;
     loop {
-        let accepted = tokio::select! {
-            a = accept(&listener) => a,
-            changed = shutdown.changed() => match changed {
-                Ok(()) if !*shutdown.borrow() => continue,
-                Ok(()) => return shared.app.stop.begin(),
-                Err(_) => return, // no sender: no shutdown signal will come
+        let next = (more > 0).then(|| listener.try_io(tokio::io::Interest::READABLE, accept_now));
+        let accepted = match next {
+            Some(Ok(accepted)) => {
+                more -= 1;
+                Ok(accepted)
+            }
+            // None left (or an error, for the wait to meet again and report).
+            _ => tokio::select! {
+                a = accept(&listener) => {
+                    more = ACCEPT_BATCH - 1;
+                    a
+                }
+                changed = shutdown.changed() => match changed {
+                    Ok(()) if !*shutdown.borrow() => continue,
+                    Ok(()) => return shared.app.stop.begin(),
+                    Err(_) => return, // no sender: no shutdown signal will come
+                },
             },
         };
         match accepted {
@@ -228,6 +247,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<Listening>, mut shutdown
                     // on connections already taken in do not queue behind a crowd of
                     // handshakes. (Plain connections are cheap to take in; pausing there
                     // cost 5-8% CPU per request with a new connection each.)
+                    more = 0;
                     tokio::task::yield_now().await;
                 }
             }
@@ -243,29 +263,35 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<Listening>, mut shutdown
 }
 
 /// The next connection from the listening socket: a non-blocking socket
-/// not yet watched by any thread's reactor. (`accept4` made directly, as
-/// the connection's reads and writes are: see `conn.rs`.)
+/// not yet watched by any thread's reactor.
 async fn accept(listener: &Listening) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-    use rustix::net::SocketFlags;
     loop {
         let mut ready = listener.readable().await?;
-        let accepted = ready.try_io(|l| {
-            let (fd, addr) = rustix::net::acceptfrom_with(l.get_ref(), SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
-            let peer = addr.and_then(|a| SocketAddr::try_from(a).ok());
-            let peer = peer.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP peer"))?;
-            Ok((std::net::TcpStream::from(fd), peer))
-        });
-        if let Ok(accepted) = accepted {
+        if let Ok(accepted) = ready.try_io(|l| accept_now(l.get_ref())) {
             return accepted;
         }
     }
 }
 
+/// `accept4`, made directly as the connection's reads and writes are (see
+/// `sockio.rs`); `WouldBlock` when no connection is waiting.
+fn accept_now(l: &mio::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    use rustix::net::SocketFlags;
+    let (fd, addr) = rustix::net::acceptfrom_with(l, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+    let peer = addr.and_then(|a| SocketAddr::try_from(a).ok());
+    let peer = peer.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP peer"))?;
+    Ok((std::net::TcpStream::from(fd), peer))
+}
+
 /// The worker thread a new (or resumed) connection is served on. With
 /// `server.work_stealing: false` each of the listener's threads runs its own
-/// single-threaded runtime and this picks one at random, as Pingora does;
-/// with work stealing there is one runtime for all of them.
-fn worker() -> Handle {
+/// single-threaded runtime and this picks one at random, as Pingora does
+/// (with one thread, the one this runs on, without drawing a random
+/// number); with work stealing there is one runtime for all of them.
+fn worker(shared: &Shared) -> Handle {
+    if shared.one_worker {
+        return Handle::current();
+    }
     pingora_runtime::current_handle()
 }
 
@@ -274,7 +300,7 @@ fn worker() -> Handle {
 /// connection has to wait (`Conn`), so its readiness wakes that thread and
 /// no other.
 fn take_in(shared: &Shared, tcp: std::net::TcpStream, peer: SocketAddr) -> (Handle, Box<Conn>) {
-    (worker(), Box::new(Conn::new(tcp, peer, shared.read_ahead)))
+    (worker(shared), Box::new(Conn::new(tcp, peer, shared.read_ahead)))
 }
 
 /// One client connection, for its whole life. Its future is the task's
