@@ -226,7 +226,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<Listening>, mut shutdown
             // None left (or an error, for the wait to meet again and report).
             _ => tokio::select! {
                 a = accept(&listener) => {
-                    more = ACCEPT_BATCH - 1;
+                    more = if shared.tls.is_none() { ACCEPT_BATCH - 1 } else { 0 };
                     a
                 }
                 changed = shutdown.changed() => match changed {
@@ -247,7 +247,6 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<Listening>, mut shutdown
                     // on connections already taken in do not queue behind a crowd of
                     // handshakes. (Plain connections are cheap to take in; pausing there
                     // cost 5-8% CPU per request with a new connection each.)
-                    more = 0;
                     tokio::task::yield_now().await;
                 }
             }
