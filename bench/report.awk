@@ -55,6 +55,7 @@ FNR == 1 { next }                           # raw.tsv header
     add(RPS, k, rps)
     add(P50, k, $6 / 1000)
     add(P99, k, $7 / 1000)
+    if ($7 + 0 > 0) Q[round, c, m] = $7 / 1000
     add(P999, k, $8 / 1000)
     R[round, c, m] = rps
     if ($14 != "-" && req > 0) {
@@ -96,6 +97,17 @@ function ratio(A, B, c, d, m,    r, list) {
     return (list == "") ? "–" : sprintf("%.2f×", median(list))
 }
 
+# "n of N": rounds in which A[round, c, m] <= A[round, d, m], of the rounds with both.
+function at_most(A, c, d, m,    r, n, all) {
+    n = all = 0
+    for (r in rounds)
+        if (((r, c, m) in A) && ((r, d, m) in A)) {
+            all++
+            if (A[r, c, m] <= A[r, d, m]) n++
+        }
+    return (all == 0) ? "–" : n " of " all
+}
+
 function errors(k,    s) {
     s = ""
     if (econn[k]) s = s " connect " econn[k]
@@ -114,19 +126,20 @@ END {
         m = modes[i]
         print "### " ((m in title) ? title[m] : m)
         print ""
-        print "| contender | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/req | peak RSS MiB | req/s ÷ nginx | CPU/req ÷ nginx | req/s ÷ direct |"
-        print "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        print "| contender | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/req | peak RSS MiB | req/s ÷ nginx | CPU/req ÷ nginx | p99 ÷ nginx | req/s ÷ direct |"
+        print "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
         for (j = 1; j <= ncont; j++) {
             c = order[j]; k = c SUBSEP m
             if (!(k in seen)) continue
             d = ref[c]
             warn = (sock[k] + estatus[k] > 0) ? " ⚠" : ""
             if (warn != "") warned = 1
-            printf "| %s%s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", label[c], warn,
+            printf "| %s%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", label[c], warn,
                 commas(median(RPS[k])), fmt(P50[k], "%.2f"), fmt(P99[k], "%.2f"),
                 fmt(P999[k], "%.2f"), fmt(CPU[k], "%.1f"), fmt(RSS[k], "%.1f"),
                 (d == "-") ? "–" : ratio(R, R, c, d, m),
                 (d == "-") ? "–" : ratio(C, C, c, d, m),
+                (d == "-") ? "–" : ratio(Q, Q, c, d, m),
                 (c == "direct") ? "–" : ratio(R, R, c, "direct", m)
         }
         if (warned) {
@@ -137,14 +150,15 @@ END {
         print ""
         print "Checks (same runs):"
         print ""
-        print "| contender | proxy user-space CPU µs/req | user CPU/req ÷ nginx | origin CPU µs/req | origin conns opened per 1k req | wrk errors (all rounds) | other CPU % | steal % |"
-        print "|---|--:|--:|--:|--:|---|--:|--:|"
+        print "| contender | proxy user-space CPU µs/req | user CPU/req ÷ nginx | rounds with p99 ≤ nginx's | origin CPU µs/req | origin conns opened per 1k req | wrk errors (all rounds) | other CPU % | steal % |"
+        print "|---|--:|--:|--:|--:|--:|---|--:|--:|"
         for (j = 1; j <= ncont; j++) {
             c = order[j]; k = c SUBSEP m
             if (!(k in seen)) continue
             d = ref[c]
-            printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", label[c], fmt(USER[k], "%.1f"),
-                (d == "-") ? "–" : ratio(U, U, c, d, m), fmt(OCPU[k], "%.1f"),
+            printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", label[c], fmt(USER[k], "%.1f"),
+                (d == "-") ? "–" : ratio(U, U, c, d, m), (d == "-") ? "–" : at_most(Q, c, d, m),
+                fmt(OCPU[k], "%.1f"),
                 fmt(ACC[k], "%.1f"), errors(k), fmt(OTHER[k], "%.0f"), fmt(STEAL[k], "%.0f")
         }
         print ""
