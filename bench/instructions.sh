@@ -11,7 +11,8 @@
 # for both); with --close every request is a full handshake.
 # Kernel time is not counted: wall-clock CPU is bench/run.sh's job.
 # BENCH_CALLGRIND_ARGS: more valgrind options (e.g. "--cache-sim=yes
-# --branch-sim=yes"); BENCH_KEEP=DIR: the callgrind files are copied to DIR.
+# --branch-sim=yes"); BENCH_KEEP=DIR: the callgrind files are copied to DIR;
+# BENCH_PORT_BASE: first of 3 ports (default 18170).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=3000
@@ -21,13 +22,13 @@ while [ $# -gt 0 ]; do
     --requests) N=${2:?}; shift ;;
     --close) MODE+=(close) ;;
     --tls) MODE+=(tls) ;;
-    *) sed -n '2,12p' "$0"; exit 2 ;;
+    *) sed -n '2,15p' "$0"; exit 2 ;;
   esac
   shift
 done
 PORTICO_BIN=${PORTICO_BIN:-$PWD/target/release/portico}
 [ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --bin portico
-BASE=${BENCH_BASE_PORT:-18170}
+BASE=${BENCH_PORT_BASE:-18170}
 # shellcheck source=bench/pair.sh
 . bench/pair.sh
 [ -z "${BENCH_KEEP:-}" ] || pair_on_exit 'mkdir -p "$BENCH_KEEP"; cp "$SCRATCH"/*.cg* "$BENCH_KEEP"/'

@@ -54,7 +54,7 @@ profile() {
   wait_up "$port"
   wrk -t2 -c"$CONNS" -d1s "${HEADER[@]}" "$SCHEME://127.0.0.1:$port/" >/dev/null
   perf record -q -e cpu-clock -c $((PERIOD_US * 1000)) --call-graph dwarf,16384 -p "$pid" \
-    -o "$OUT/$name.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+    -o "$OUT/$name.data" -- sleep "$DURATION" >"$OUT/$name.perf.log" 2>&1 &
   local perf_pid=$!
   wrk -t2 -c"$CONNS" -d"${DURATION}s" "${HEADER[@]}" "$SCHEME://127.0.0.1:$port/" >"$OUT/$name.wrk"
   wait "$perf_pid"
@@ -64,6 +64,13 @@ profile() {
 }
 ng=$(profile nginx "$NGINX_PORT" nginx -c "$SCRATCH/proxy.conf" -p "$SCRATCH")
 po=$(profile portico "$PORTICO_PORT" "$PORTICO_BIN" -c "$SCRATCH/portico.yaml")
+for name in nginx portico; do
+  [ -s "$OUT/$name.data" ] || {
+    echo "bench-profile: perf recorded nothing for $name: $(cat "$OUT/$name.perf.log" 2>/dev/null)" >&2
+    echo "  (perf needs root or kernel.perf_event_paranoid <= 1)" >&2
+    exit 1
+  }
+done
 
 how="keep-alive, $CONNS connections"
 [[ " ${MODE[*]} " == *" close "* ]] && how="a new connection per request, $CONNS at a time"
