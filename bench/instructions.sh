@@ -31,7 +31,8 @@ PORTICO_BIN=${PORTICO_BIN:-$PWD/target/release/portico}
 BASE=${BENCH_PORT_BASE:-18170}
 # shellcheck source=bench/pair.sh
 . bench/pair.sh
-[ -z "${BENCH_KEEP:-}" ] || pair_on_exit 'mkdir -p "$BENCH_KEEP"; cp "$SCRATCH"/*.cg* "$BENCH_KEEP"/'
+keep() { [ -z "${BENCH_KEEP:-}" ] || { mkdir -p "$BENCH_KEEP"; cp "$SCRATCH"/*.cg* "$BENCH_KEEP"/; }; }
+trap 'keep; pair_cleanup' EXIT
 # count NAME PORT CMD... : prints instructions per request
 count() {
   local name=$1 port=$2; shift 2

@@ -6,15 +6,12 @@
 # Expects: MODE (array; "tls" selects HTTPS listeners), BASE (first port).
 # Sets: SCRATCH (a fresh temporary directory, cleaned up on exit), ORIGIN,
 # NGINX_PORT, PORTICO_PORT, SCHEME, and the files $SCRATCH/proxy.conf
-# (nginx) and $SCRATCH/portico.yaml. Starts the origin.
-# pair_on_exit CMD: more to do when the script exits, before the clean-up.
+# (nginx) and $SCRATCH/portico.yaml. Starts the origin. A script with more
+# to do on exit sets its own EXIT trap and calls pair_cleanup last.
 
 ORIGIN=$((BASE + 1)) NGINX_PORT=$((BASE + 2)) PORTICO_PORT=$((BASE + 3))
 SCRATCH=$(mktemp -d /tmp/portico-pair.XXXXXX)
-PAIR_ON_EXIT=":"
-pair_on_exit() { PAIR_ON_EXIT="$PAIR_ON_EXIT; $1"; }
 pair_cleanup() {
-  eval "$PAIR_ON_EXIT" || true
   pkill -f "$SCRATCH" 2>/dev/null || true
   sleep 0.5
   pkill -9 -f "$SCRATCH" 2>/dev/null || true
