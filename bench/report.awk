@@ -121,6 +121,7 @@ function errors(k,    s) {
 END {
     title["ka64"] = "Keep-alive, 64 connections (`wrk -t2 -c64 --latency`)"
     title["ka256"] = "Keep-alive, 256 connections (`wrk -t2 -c256 --latency`)"
+    title["paced64"] = "Equal offered load: keep-alive, 64 connections, each waiting a fixed time before each request (`wrk -t2 -c64 --latency -s bench/paced.lua URL -- PACE_MS`)"
     title["close64"] = "New connection per request, 64 connections (`wrk -t2 -c64 --latency -H 'Connection: close'`)"
     for (i = 1; i <= nmodes; i++) {
         m = modes[i]

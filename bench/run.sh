@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Portico vs nginx, side by side, on one machine. See bench/README.md.
 #
-#   ./dev bench [--smoke] [--rounds N] [--duration S]
+#   ./dev bench [--smoke] [--rounds N] [--duration S] [--pace-ms P]
 #
 # One nginx origin (`return 200 "ok"` on two ports, 1 worker) stays up for
 # the whole run. Each round then starts every contender in turn, drives it
@@ -24,9 +24,10 @@ OUT_DIR=bench/out
 usage() {
   sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'EOF'
-  --smoke        1 round, 1 s per run, keep-alive c64 only; fails unless every contender answered
+  --smoke        1 round, 1 s per run, ka64 and paced64 only; fails unless every contender answered
   --rounds N     alternating rounds; medians are taken over them (default 3)
   --duration S   seconds per wrk run (default 5)
+  --pace-ms P    paced64 mode: each connection waits P ms (mean; fractions allowed) before each request (default 1.5)
   env BENCH_PORT_BASE   first of the local ports used (default 18100; uses +1..+3, +10, +20)
   env BENCH_MAX_FAILS   set max_fails on both pool servers, for nginx and portico alike
                         (default: unset, each proxy's default, which is 1 for both)
@@ -38,11 +39,13 @@ EOF
 SMOKE=0
 ROUNDS=3
 DURATION=5
+PACE_MS=1.5
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
     --rounds) ROUNDS=${2:?--rounds needs a number}; shift ;;
     --duration) DURATION=${2:?--duration needs seconds}; shift ;;
+    --pace-ms) PACE_MS=${2:?--pace-ms needs milliseconds}; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -51,12 +54,13 @@ done
 if [ "$SMOKE" = 1 ]; then
   ROUNDS=1
   DURATION=1
-  MODES=(ka64)
+  MODES=(ka64 paced64)
 else
-  MODES=(ka64 ka256 close64)
+  MODES=(ka64 ka256 close64 paced64)
 fi
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench: --rounds must be a positive integer" >&2; exit 2; }
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || { echo "bench: --duration must be whole seconds >= 1" >&2; exit 2; }
+[[ "$PACE_MS" =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "bench: --pace-ms must be a number of milliseconds, like 1.5" >&2; exit 2; }
 
 for tool in nginx wrk cargo ps timeout; do
   command -v "$tool" >/dev/null || { echo "bench: '$tool' not found (./dev bench installs nginx and wrk)" >&2; exit 1; }
@@ -84,6 +88,7 @@ RAW="$SCRATCH/raw.tsv"
 NOTES="$SCRATCH/notes.txt"                 # anything odd, appended to the results
 RESULTS="$OUT_DIR/results-$STAMP$([ "$SMOKE" = 1 ] && echo -smoke || true).md"
 WRK_LUA="$PWD/$BENCH_DIR/stats.lua"
+WRK_PACED_LUA="$PWD/$BENCH_DIR/paced.lua"     # paced64: stats.lua plus a wait before each request
 # The production build (`dist` profile: fat LTO, one codegen unit; see
 # Cargo.toml); --smoke only checks the harness, so it uses the test build.
 # The smoke test in tests/bench_smoke.rs passes the binary cargo built for it.
@@ -459,22 +464,25 @@ printf 'round\tcontender\tmode\trequests\tduration_us\tp50_us\tp99_us\tp999_us\t
 TOTAL_REQUESTS=0                 # per contender start, for the access-log check
 
 # run_wrk OUTFILE DURATION CONNECTIONS PORT [wrk args...]
+# With PACED=1 set for the call, wrk runs paced.lua at PACE_MS instead.
 run_wrk() {
-  local out=$1 dur=$2 conns=$3 port=$4
+  local out=$1 dur=$2 conns=$3 port=$4 script=$WRK_LUA after=()
   shift 4
-  timeout -k 5 "$((dur + 20))" wrk -t2 -c"$conns" -d"${dur}s" --latency -s "$WRK_LUA" "$@" \
-    "$SCHEME://127.0.0.1:$port/" >"$out" 2>&1 || log "bench: wrk exited non-zero, see $out"
+  if [ "${PACED:-0}" = 1 ]; then script=$WRK_PACED_LUA after=(-- "$PACE_MS"); fi
+  timeout -k 5 "$((dur + 20))" wrk -t2 -c"$conns" -d"${dur}s" --latency -s "$script" "$@" \
+    "$SCHEME://127.0.0.1:$port/" "${after[@]}" >"$out" 2>&1 || log "bench: wrk exited non-zero, see $out"
 }
 
 # measure ROUND CONTENDER MODE PORT [PROXY_PIDS...]
 measure() {
   local round=$1 cid=$2 mode=$3 port=$4
   shift 4
-  local pids=("$@") conns=64 extra=() out="$SCRATCH/wrk-r$round-$cid-$mode.txt"
+  local pids=("$@") conns=64 extra=() paced=0 out="$SCRATCH/wrk-r$round-$cid-$mode.txt"
   case "$mode" in
     ka64) conns=64 ;;
     ka256) conns=256 ;;
     close64) conns=64; extra=(-H 'Connection: close') ;;
+    paced64) conns=64; paced=1 ;;
   esac
 
   reset_hwm "${pids[@]}"
@@ -488,7 +496,7 @@ measure() {
   children_ms; w0=$REPLY
   machine_ticks; local mb0=$MACH_BUSY ms0=$MACH_STEAL mt0=$MACH_TOTAL
 
-  run_wrk "$out" "$DURATION" "$conns" "$port" "${extra[@]}"
+  PACED=$paced run_wrk "$out" "$DURATION" "$conns" "$port" "${extra[@]}"
 
   local pid
   for pid in "${pids[@]}" "${ORIGIN_PIDS[@]}"; do
@@ -626,6 +634,7 @@ REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   echo "Equal resources: nginx proxy \`worker_processes 1\`, portico \`server.threads: 1\`;" \
        "origin nginx \`worker_processes 1\` on 2 ports; wrk \`-t2\`; all on 127.0.0.1 sharing the same $(nproc) CPUs."
   echo "$ROUNDS round(s) alternating, ${DURATION} s per run, medians shown; ratios are medians of per-round ratios."
+  echo "paced64: each connection waits $PACE_MS ms (mean) before each request, so every contender is offered the same load."
   if [ -n "$MAX_FAILS" ]; then
     echo "Pool servers set to \`max_fails=$MAX_FAILS\` for both nginx and portico (BENCH_MAX_FAILS)."
   fi
