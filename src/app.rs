@@ -102,7 +102,13 @@ impl BackgroundService for ExitWhenIdle {
 impl BackgroundService for HealthChecks {
     async fn start(&self, shutdown: ShutdownWatch) {
         let live = self.0.clone();
-        health::run(move || live.snapshot().pools.values().cloned().collect(), shutdown).await;
+        let installs = live.installs();
+        health::run(
+            move || live.snapshot().pools.values().cloned().collect(),
+            installs,
+            shutdown,
+        )
+        .await;
     }
 }
 

@@ -117,6 +117,9 @@ pub struct Live {
     overlay: std::sync::Mutex<Overlay>,
     /// Serialises reloads and runtime changes.
     change: std::sync::Mutex<()>,
+    /// Counts the configurations installed, so tasks that sleep until their
+    /// next piece of work (the health checker) wake up when one is.
+    installed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Live {
@@ -128,11 +131,18 @@ impl Live {
             path: path.to_string(),
             overlay: Default::default(),
             change: Default::default(),
+            installed: tokio::sync::watch::Sender::new(0),
         }
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Changes each time a new configuration is installed (reload or
+    /// runtime change).
+    pub fn installs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.installed.subscribe()
     }
 
     /// Re-read the file; on any error the running configuration stays.
@@ -177,6 +187,7 @@ impl Live {
         self.current.store(Arc::new(snap));
         self.states
             .retain(|p, a| keep.contains(&(p.to_string(), a.to_string())));
+        self.installed.send_modify(|n| *n += 1);
         Ok(())
     }
 

@@ -261,6 +261,30 @@ fn active_check_takes_a_server_out_and_brings_it_back() {
 }
 
 #[test]
+fn health_check_added_by_a_reload_starts_checking() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    a.fail_paths.lock().unwrap().push("/health".into());
+    let g = gw(&[&a, &b], "", "");
+    // No pool is checked: the checker has nothing to wake up for.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(spread(&g, "/", 10).get("a"), Some(&5), "no check yet, a serves");
+    let yaml = std::fs::read_to_string(&g.conf).unwrap();
+    let checked = yaml.replace(
+        "  app:\n",
+        "  app:\n    health_check: { path: /health, interval: 100ms, unhealthy_threshold: 2 }\n",
+    );
+    assert_ne!(checked, yaml);
+    std::fs::write(&g.conf, checked).unwrap();
+    g.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while spread(&g, "/", 4).get("b") != Some(&4) {
+        assert!(Instant::now() < deadline, "a still in rotation:\n{}", g.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(g.stderr().contains("unhealthy: status 500"), "{}", g.stderr());
+}
+
+#[test]
 fn wait_for_first_pass_routes_only_after_checks_pass() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     b.fail_paths.lock().unwrap().push("/health".into());

@@ -111,13 +111,21 @@ struct Streak {
 }
 
 /// Checks every pool with a `health_check`, forever. `pools` returns the
-/// pools of the configuration running now, so reloads are followed.
-pub async fn run(pools: impl Fn() -> Vec<Arc<Pool>>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+/// pools of the configuration running now; `installs` changes when another
+/// one is installed (reload, runtime change), so new pools and servers are
+/// picked up. Between rounds the loop sleeps until the next check is due,
+/// and with no pool to check it sleeps until a configuration has one: an
+/// idle gateway is not woken up for nothing.
+pub async fn run(
+    pools: impl Fn() -> Vec<Arc<Pool>>,
+    mut installs: tokio::sync::watch::Receiver<u64>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let mut streaks: HashMap<(String, String), Streak> = HashMap::new();
-    let tick = Duration::from_millis(50);
     loop {
         let now = Instant::now();
         let mut due = Vec::new();
+        let mut next: Option<Instant> = None;
         for pool in pools() {
             let Some(spec) = pool.health.clone() else {
                 continue;
@@ -128,6 +136,9 @@ pub async fn run(pools: impl Fn() -> Vec<Arc<Pool>>, mut shutdown: tokio::sync::
                     st.next_due = Some(now + spec.interval);
                     due.push((pool.clone(), i, spec.clone()));
                 }
+                if let Some(t) = st.next_due {
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                }
             }
         }
         let results = futures::future::join_all(due.iter().map(|(pool, i, spec)| {
@@ -136,34 +147,58 @@ pub async fn run(pools: impl Fn() -> Vec<Arc<Pool>>, mut shutdown: tokio::sync::
         }))
         .await;
         for ((pool, i, spec), res) in due.into_iter().zip(results) {
-            let server = &pool.servers[i];
-            let st = streaks.entry((pool.name.to_string(), server.addr.clone())).or_default();
-            let state = &server.state;
-            *state.last_check.lock().unwrap() = Some(match &res {
-                Ok(()) => "ok".to_string(),
-                Err(e) => e.clone(),
-            });
-            match res {
-                Ok(()) => {
-                    st.ok += 1;
-                    st.fail = 0;
-                    if st.ok >= spec.healthy_threshold && !state.healthy.swap(true, Relaxed) {
-                        log::warn!("upstream {} server {} is healthy again", pool.name, server.addr);
-                    }
-                }
-                Err(why) => {
-                    st.fail += 1;
-                    st.ok = 0;
-                    if st.fail >= spec.unhealthy_threshold && state.healthy.swap(false, Relaxed) {
-                        log::warn!("upstream {} server {} is unhealthy: {why}", pool.name, server.addr);
-                        *state.last_failure.lock().unwrap() = Some(format!("health check: {why}"));
-                    }
-                }
+            record(&mut streaks, &pool, i, &spec, res);
+        }
+        let until_due = async {
+            match next {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let reinstalled = async {
+            if installs.changed().await.is_err() {
+                std::future::pending::<()>().await // no more configurations will come
+            }
+        };
+        tokio::select! {
+            _ = until_due => {}
+            _ = reinstalled => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Count one probe's result into the server's streak and flip its health
+/// when a threshold is reached.
+fn record(
+    streaks: &mut HashMap<(String, String), Streak>,
+    pool: &Pool,
+    i: usize,
+    spec: &CheckSpec,
+    res: Result<(), String>,
+) {
+    let server = &pool.servers[i];
+    let st = streaks.entry((pool.name.to_string(), server.addr.clone())).or_default();
+    let state = &server.state;
+    *state.last_check.lock().unwrap() = Some(match &res {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.clone(),
+    });
+    match res {
+        Ok(()) => {
+            st.ok += 1;
+            st.fail = 0;
+            if st.ok >= spec.healthy_threshold && !state.healthy.swap(true, Relaxed) {
+                log::warn!("upstream {} server {} is healthy again", pool.name, server.addr);
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
-            _ = shutdown.changed() => return,
+        Err(why) => {
+            st.fail += 1;
+            st.ok = 0;
+            if st.fail >= spec.unhealthy_threshold && state.healthy.swap(false, Relaxed) {
+                log::warn!("upstream {} server {} is unhealthy: {why}", pool.name, server.addr);
+                *state.last_failure.lock().unwrap() = Some(format!("health check: {why}"));
+            }
         }
     }
 }
