@@ -12,7 +12,8 @@
 //! - When the client sends its next request (or closes), the connection gets
 //!   a new task and is served as if it had waited in one.
 //! - `keepalive_timeout` still bounds the whole idle time: the lot closes a
-//!   connection whose time ran out while parked, checking every [`SWEEP`].
+//!   connection whose time ran out while parked, checking every [`SWEEP`]
+//!   while any connection is parked (an empty lot does not wake up).
 //! - At shutdown the lot serves the connections whose next request is
 //!   already here and closes the others, as waiting tasks do.
 //!
@@ -64,6 +65,8 @@ struct Slots {
     free: Vec<u32>,
     /// Sweeps left that give memory back ([`GIVE_BACK_SWEEPS`]).
     give_back: u8,
+    /// The lot's task sweeps every [`SWEEP`]; off while nothing is parked.
+    sweeping: bool,
     /// Shut down: nothing is parked any more.
     closed: bool,
 }
@@ -98,6 +101,8 @@ pub struct Lot {
     poll: Mutex<Poll>,
     registry: Registry,
     slots: Mutex<Slots>,
+    /// A connection parked in an empty lot: the lot's task starts sweeping.
+    first_parked: tokio::sync::Notify,
 }
 
 /// The lot's epoll descriptor, as tokio watches it (owned by the `Poll`).
@@ -117,6 +122,7 @@ impl Lot {
             poll: Mutex::new(poll),
             registry,
             slots: Mutex::default(),
+            first_parked: tokio::sync::Notify::new(),
         })
     }
 
@@ -143,6 +149,10 @@ impl Lot {
         };
         slots.list[i as usize].parked = Some(p);
         slots.give_back = GIVE_BACK_SWEEPS;
+        if !slots.sweeping {
+            slots.sweeping = true;
+            self.first_parked.notify_one();
+        }
         crate::metrics::get().parked.inc();
         let token = slots.token(i);
         // Under the lock, so that the lot's task finds the connection when the event comes.
@@ -171,6 +181,7 @@ impl Lot {
         let mut sweep = tokio::time::interval(SWEEP);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let sweeping = self.slots.lock().unwrap().sweeping;
             tokio::select! {
                 guard = ready.readable() => {
                     let Ok(mut guard) = guard else { return };
@@ -178,7 +189,9 @@ impl Lot {
                         guard.clear_ready();
                     }
                 }
-                _ = sweep.tick() => self.expire(crate::clock::coarse_ms()),
+                _ = sweep.tick(), if sweeping => self.expire(crate::clock::coarse_ms()),
+                // The first sweep comes one SWEEP after the first connection parks.
+                _ = self.first_parked.notified(), if !sweeping => sweep.reset(),
                 changed = shutdown.changed() => match changed {
                     Ok(()) if !*shutdown.borrow() => {}
                     Ok(()) => return self.close(&mut events, &mut resume),
@@ -214,7 +227,7 @@ impl Lot {
     /// Close the connections whose keep-alive time ran out by `now`.
     /// Connections parked lately left their tasks' memory free: give it
     /// back to the system (`crate::alloc::give_back`), at this sweep and the
-    /// next.
+    /// next. With nothing parked, sweeping stops until a connection parks.
     fn expire(&self, now: u64) {
         let mut slots = self.slots.lock().unwrap();
         if slots.len() == 0 {
@@ -224,6 +237,7 @@ impl Lot {
                 slots.list = Vec::new();
                 slots.free = Vec::new();
             }
+            slots.sweeping = false;
             return;
         }
         for i in 0..slots.list.len() as u32 {
@@ -339,5 +353,39 @@ mod tests {
             deadline_ms: far,
         });
         assert_eq!(lot.len(), 0, "nothing parks after shutdown");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_empty_lot_stops_sweeping_until_a_connection_parks() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let lot = Arc::new(Lot::new().unwrap());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn({
+            let lot = lot.clone();
+            async move { lot.run(drop, stop_rx).await }
+        });
+        let sweeping = || lot.slots.lock().unwrap().sweeping;
+        assert!(!sweeping(), "nothing parked yet");
+        for round in 0..2 {
+            let (client, server) = pair(&l);
+            lot.park(Parked {
+                tcp: server,
+                served: 1,
+                deadline_ms: crate::clock::coarse_ms() + 100,
+            });
+            assert!(sweeping(), "round {round}");
+            // Closed by a sweep once its deadline passes: the client reads EOF.
+            client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0; 8];
+            assert_eq!(std::io::Read::read(&mut &client, &mut buf).unwrap(), 0, "round {round}");
+            // The sweep after finds the lot empty and stops.
+            tokio::time::sleep(SWEEP + Duration::from_millis(200)).await;
+            assert!(!sweeping(), "round {round}");
+        }
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

@@ -4,7 +4,9 @@
 //! per server (newest taken first) and checks a connection when it is taken:
 //! one the server closed, or one with unexpected bytes waiting, is dropped
 //! then. A sweep every second closes those idle longer than their pool's
-//! `keepalive_timeout`, so no socket lingers once traffic stops.
+//! `keepalive_timeout`, so no socket lingers once traffic stops; the sweeps
+//! stop when the pool is empty and start again with the next connection put
+//! back.
 
 use super::connect::UpStream;
 use super::upstream::Upstream;
@@ -12,7 +14,8 @@ use crate::clock::coarse_ms;
 use futures::FutureExt;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, Once, Weak};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
@@ -53,14 +56,15 @@ impl Hasher for KeyHash {
 pub struct IdlePool {
     /// Keyed by `Peer::reuse_hash` (address, TLS settings, ...).
     lists: Mutex<HashMap<u64, VecDeque<Idle>, BuildHasherDefault<KeyHash>>>,
-    sweeper: Once,
+    /// A sweeper task is running. Read and written with `lists` locked.
+    sweeping: AtomicBool,
 }
 
 impl Default for IdlePool {
     fn default() -> Self {
         IdlePool {
             lists: Mutex::default(),
-            sweeper: Once::new(),
+            sweeping: AtomicBool::new(false),
         }
     }
 }
@@ -88,9 +92,12 @@ impl IdlePool {
 
     /// Keep `up` for reuse: at most `limit` per server, the oldest go first.
     pub fn put(self: &Arc<Self>, key: u64, up: Upstream, timeout: Option<Duration>, limit: usize) {
-        self.sweeper.call_once(|| spawn_sweeper(Arc::downgrade(self)));
         let now = coarse_ms();
         let Ok(mut lists) = self.lists.lock() else { return };
+        if !self.sweeping.load(Relaxed) {
+            self.sweeping.store(true, Relaxed);
+            spawn_sweeper(Arc::downgrade(self));
+        }
         let list = lists.entry(key).or_default();
         while list.front().is_some_and(|i| i.expired(now)) || list.len() >= limit.max(1) {
             list.pop_front();
@@ -102,14 +109,20 @@ impl IdlePool {
         });
     }
 
-    fn sweep(&self) {
+    /// Close the connections idle too long; false (and no more sweeping)
+    /// once none is left.
+    fn sweep(&self) -> bool {
         let now = coarse_ms();
-        if let Ok(mut lists) = self.lists.lock() {
-            lists.retain(|_, list| {
-                list.retain(|i| !i.expired(now));
-                !list.is_empty()
-            });
+        let Ok(mut lists) = self.lists.lock() else { return false };
+        lists.retain(|_, list| {
+            list.retain(|i| !i.expired(now));
+            !list.is_empty()
+        });
+        if lists.is_empty() {
+            self.sweeping.store(false, Relaxed);
+            return false;
         }
+        true
     }
 
     #[cfg(test)]
@@ -122,9 +135,8 @@ fn spawn_sweeper(pool: Weak<IdlePool>) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            match pool.upgrade() {
-                Some(p) => p.sweep(),
-                None => return,
+            if !pool.upgrade().is_some_and(|p| p.sweep()) {
+                return;
             }
         }
     });
@@ -185,6 +197,14 @@ mod tests {
         assert_eq!(pool.len(7), 0, "swept");
         // The sweep closed the socket: the server sees end of stream.
         let mut buf = [0u8; 1];
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+        // Empty, the pool is not swept; the next connection put back starts the sweeps again.
+        assert!(!pool.sweeping.load(Relaxed), "an empty pool is not swept");
+        let (s, mut server) = pair(&l).await;
+        pool.put(7, s, Some(Duration::from_millis(100)), 2);
+        assert!(pool.sweeping.load(Relaxed));
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert_eq!(pool.len(7), 0, "swept again");
         assert_eq!(server.read(&mut buf).await.unwrap(), 0);
     }
 }
