@@ -2,12 +2,14 @@
 # Where a proxied request's CPU goes, nginx vs portico: both proxies
 # profiled with `perf record` under the same wrk load, one after the other,
 # and their profiles set side by side in CPU microseconds per request.
-#   ./dev bench-profile [--close] [--tls] [--conns C] [--duration S] [--period-us P]
+#   ./dev bench-profile [--close] [--tls] [--pace-ms M] [--conns C] [--duration S] [--period-us P]
 # The proxies are those of bench-instructions (bench/pair.sh: one origin,
 # nginx one worker, portico one thread, alike configured). Each is warmed up
 # for 1 s, then sampled for S seconds (default 5) of `wrk -t2 -cC` (default
 # 64 connections): one sample per P µs of its CPU (default 1000), with DWARF
-# call stacks. --close: a new connection per request; --tls: HTTPS.
+# call stacks. --close: a new connection per request; --tls: HTTPS;
+# --pace-ms M: each connection waits M ms before each request (bench/paced.lua,
+# the benchmark's paced64 mode: both proxies offered the same load).
 # Writes bench/out/profile-<date>/: report.md (also printed), NAME.data
 # (perf report -i ...), and when inferno is installed (`cargo install
 # inferno`) NAME.folded and NAME.svg, flamegraphs of each proxy.
@@ -19,6 +21,7 @@ MODE=()
 CONNS=64
 DURATION=5
 PERIOD_US=1000
+PACE_MS=
 while [ $# -gt 0 ]; do
   case "$1" in
     --close) MODE+=(close) ;;
@@ -26,6 +29,7 @@ while [ $# -gt 0 ]; do
     --conns) CONNS=${2:?}; shift ;;
     --duration) DURATION=${2:?}; shift ;;
     --period-us) PERIOD_US=${2:?}; shift ;;
+    --pace-ms) PACE_MS=${2:?}; shift ;;
     *) sed -n '2,15p' "$0"; exit 2 ;;
   esac
   shift
@@ -33,6 +37,7 @@ done
 for n in "$CONNS" "$DURATION" "$PERIOD_US"; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "bench-profile: '$n' is not a positive whole number" >&2; exit 2; }
 done
+[[ -z "$PACE_MS" || "$PACE_MS" =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "bench-profile: --pace-ms takes milliseconds, like 1.5" >&2; exit 2; }
 for tool in perf wrk nginx python3 curl; do
   command -v "$tool" >/dev/null || { echo "bench-profile: '$tool' not found" >&2; exit 1; }
 done
@@ -45,6 +50,8 @@ BASE=${BENCH_PORT_BASE:-18190}
 . bench/pair.sh
 HEADER=()
 [[ " ${MODE[*]} " == *" close "* ]] && HEADER=(-H "Connection: close")
+SCRIPT=() PACED=()     # the sampled run's wrk script, and its argument (after the URL)
+[ -n "$PACE_MS" ] && SCRIPT=(-s "$PWD/bench/paced.lua") && PACED=(-- "$PACE_MS")
 
 # profile NAME PORT CMD...: prints the requests served while sampled
 profile() {
@@ -56,7 +63,7 @@ profile() {
   perf record -q -e cpu-clock -c $((PERIOD_US * 1000)) --call-graph dwarf,16384 -p "$pid" \
     -o "$OUT/$name.data" -- sleep "$DURATION" >"$OUT/$name.perf.log" 2>&1 &
   local perf_pid=$!
-  wrk -t2 -c"$CONNS" -d"${DURATION}s" "${HEADER[@]}" "$SCHEME://127.0.0.1:$port/" >"$OUT/$name.wrk"
+  wrk -t2 -c"$CONNS" -d"${DURATION}s" "${HEADER[@]}" "${SCRIPT[@]}" "$SCHEME://127.0.0.1:$port/" "${PACED[@]}" >"$OUT/$name.wrk"
   wait "$perf_pid"
   kill -INT "$pid"
   wait "$pid" 2>/dev/null || true
@@ -75,6 +82,7 @@ done
 how="keep-alive, $CONNS connections"
 [[ " ${MODE[*]} " == *" close "* ]] && how="a new connection per request, $CONNS at a time"
 [[ " ${MODE[*]} " == *" tls "* ]] && how="$how, HTTPS (TLS 1.3, RSA-2048)"
+[ -n "$PACE_MS" ] && how="$how, each waiting $PACE_MS ms before each request"
 {
   echo "### Where the CPU goes, nginx vs portico: $(date -u '+%Y-%m-%d %H:%M') UTC"
   echo

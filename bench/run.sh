@@ -29,6 +29,7 @@ usage() {
   --duration S   seconds per wrk run (default 5)
   --pace-ms P    paced64 mode: each connection waits P ms (mean; fractions allowed) before each request (default 1.5)
   env BENCH_PORT_BASE   first of the local ports used (default 18100; uses +1..+3, +10, +20)
+  env BENCH_MODES       a subset of the modes, e.g. "ka64 paced64" (default: all four)
   env BENCH_MAX_FAILS   set max_fails on both pool servers, for nginx and portico alike
                         (default: unset, each proxy's default, which is 1 for both)
 EOF
@@ -57,6 +58,12 @@ if [ "$SMOKE" = 1 ]; then
   MODES=(ka64 paced64)
 else
   MODES=(ka64 ka256 close64 paced64)
+  if [ -n "${BENCH_MODES:-}" ]; then
+    read -r -a MODES <<<"$BENCH_MODES"
+    for m in "${MODES[@]}"; do
+      [[ " ka64 ka256 close64 paced64 " == *" $m "* ]] || { echo "bench: unknown mode '$m' in BENCH_MODES (ka64 ka256 close64 paced64)" >&2; exit 2; }
+    done
+  fi
 fi
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench: --rounds must be a positive integer" >&2; exit 2; }
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || { echo "bench: --duration must be whole seconds >= 1" >&2; exit 2; }
