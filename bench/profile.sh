@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=${2:?}; shift ;;
     --period-us) PERIOD_US=${2:?}; shift ;;
     --pace-ms) PACE_MS=${2:?}; shift ;;
-    *) sed -n '2,15p' "$0"; exit 2 ;;
+    *) sed -n '2,17p' "$0"; exit 2 ;;
   esac
   shift
 done

@@ -1,4 +1,4 @@
-//! Keeps the benchmark harness working: `bench/run.sh --smoke` (about 20 s,
+//! Keeps the benchmark harness working: `bench/run.sh --smoke` (about 40 s,
 //! 127.0.0.1 only) must see every contender (direct, nginx, portico in each
 //! mode) answer without errors. It measures nothing; see bench/README.md.
 
