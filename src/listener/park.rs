@@ -12,8 +12,10 @@
 //! - When the client sends its next request (or closes), the connection gets
 //!   a new task and is served as if it had waited in one.
 //! - `keepalive_timeout` still bounds the whole idle time: the lot closes a
-//!   connection whose time ran out while parked, checking every [`SWEEP`]
-//!   while any connection is parked (an empty lot does not wake up).
+//!   connection whose time ran out while parked. Its task sleeps until the
+//!   earliest deadline of the connections parked (or, just after one parks,
+//!   until the next [`SWEEP`] that gives memory back), so a lot of idle
+//!   connections, or an empty one, does not wake up in between.
 //! - At shutdown the lot serves the connections whose next request is
 //!   already here and closes the others, as waiting tasks do.
 //!
@@ -32,7 +34,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
-/// How often parked connections are checked against their deadline.
+/// After a connection parks, the lot gives freed memory back at the
+/// sweeps this far apart ([`GIVE_BACK_SWEEPS`] of them).
 pub const SWEEP: Duration = Duration::from_millis(500);
 /// Readiness events taken from the lot's epoll per call.
 const BATCH: usize = 256;
@@ -65,8 +68,10 @@ struct Slots {
     free: Vec<u32>,
     /// Sweeps left that give memory back ([`GIVE_BACK_SWEEPS`]).
     give_back: u8,
-    /// The lot's task sweeps every [`SWEEP`]; off while nothing is parked.
-    sweeping: bool,
+    /// When the lot's task sweeps next (`crate::clock::coarse_ms`): the
+    /// earliest deadline parked, or sooner to give memory back. `None`:
+    /// nothing to do until a connection parks.
+    wake_at: Option<u64>,
     /// Shut down: nothing is parked any more.
     closed: bool,
 }
@@ -101,8 +106,8 @@ pub struct Lot {
     poll: Mutex<Poll>,
     registry: Registry,
     slots: Mutex<Slots>,
-    /// A connection parked in an empty lot: the lot's task starts sweeping.
-    first_parked: tokio::sync::Notify,
+    /// `wake_at` moved earlier: the lot's task sleeps again, until then.
+    rescheduled: tokio::sync::Notify,
 }
 
 /// The lot's epoll descriptor, as tokio watches it (owned by the `Poll`).
@@ -122,7 +127,7 @@ impl Lot {
             poll: Mutex::new(poll),
             registry,
             slots: Mutex::default(),
-            first_parked: tokio::sync::Notify::new(),
+            rescheduled: tokio::sync::Notify::new(),
         })
     }
 
@@ -147,11 +152,13 @@ impl Lot {
                 (slots.list.len() - 1) as u32
             }
         };
+        // Sweep at its deadline, and one SWEEP from now to give back its task's memory.
+        let due = p.deadline_ms.min(crate::clock::coarse_ms() + SWEEP.as_millis() as u64);
         slots.list[i as usize].parked = Some(p);
         slots.give_back = GIVE_BACK_SWEEPS;
-        if !slots.sweeping {
-            slots.sweeping = true;
-            self.first_parked.notify_one();
+        if slots.wake_at.is_none_or(|t| due < t) {
+            slots.wake_at = Some(due);
+            self.rescheduled.notify_one();
         }
         crate::metrics::get().parked.inc();
         let token = slots.token(i);
@@ -178,10 +185,21 @@ impl Lot {
             }
         };
         let mut events = Events::with_capacity(BATCH);
-        let mut sweep = tokio::time::interval(SWEEP);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let sweep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sweep);
+        let mut armed = None; // the `wake_at` that `sweep` is set for
         loop {
-            let sweeping = self.slots.lock().unwrap().sweeping;
+            let wake_at = self.slots.lock().unwrap().wake_at;
+            if wake_at != armed {
+                if let Some(t) = wake_at {
+                    // Coarse milliseconds to tokio's clock; one more so the sweep finds the deadline passed.
+                    let wait = t.saturating_sub(crate::clock::coarse_ms()) + 1;
+                    sweep
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + Duration::from_millis(wait));
+                }
+                armed = wake_at;
+            }
             tokio::select! {
                 guard = ready.readable() => {
                     let Ok(mut guard) = guard else { return };
@@ -189,9 +207,11 @@ impl Lot {
                         guard.clear_ready();
                     }
                 }
-                _ = sweep.tick(), if sweeping => self.expire(crate::clock::coarse_ms()),
-                // The first sweep comes one SWEEP after the first connection parks.
-                _ = self.first_parked.notified(), if !sweeping => sweep.reset(),
+                _ = &mut sweep, if armed.is_some() => {
+                    armed = None; // set it again, even for the same time
+                    self.expire(crate::clock::coarse_ms());
+                }
+                _ = self.rescheduled.notified() => {}
                 changed = shutdown.changed() => match changed {
                     Ok(()) if !*shutdown.borrow() => {}
                     Ok(()) => return self.close(&mut events, &mut resume),
@@ -224,12 +244,13 @@ impl Lot {
         n
     }
 
-    /// Close the connections whose keep-alive time ran out by `now`.
-    /// Connections parked lately left their tasks' memory free: give it
-    /// back to the system (`crate::alloc::give_back`), at this sweep and the
-    /// next. With nothing parked, sweeping stops until a connection parks.
+    /// Close the connections whose keep-alive time ran out by `now`, and
+    /// set when to sweep next. Connections parked lately left their tasks'
+    /// memory free: give it back to the system (`crate::alloc::give_back`),
+    /// at this sweep and the next, one [`SWEEP`] apart.
     fn expire(&self, now: u64) {
         let mut slots = self.slots.lock().unwrap();
+        slots.wake_at = None;
         if slots.len() == 0 {
             // Nothing is registered (the lot's own task took every connection out):
             // let the memory of a past crowd go.
@@ -237,22 +258,28 @@ impl Lot {
                 slots.list = Vec::new();
                 slots.free = Vec::new();
             }
-            slots.sweeping = false;
             return;
         }
+        let mut next: Option<u64> = None;
         for i in 0..slots.list.len() as u32 {
-            if slots.list[i as usize]
-                .parked
-                .as_ref()
-                .is_some_and(|p| p.deadline_ms <= now)
-            {
+            let Some(deadline) = slots.list[i as usize].parked.as_ref().map(|p| p.deadline_ms) else {
+                continue;
+            };
+            if deadline <= now {
                 let token = slots.token(i);
                 // Closing the socket takes it out of the lot's epoll as well.
                 drop(slots.take(token));
+            } else {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
             }
         }
         let give_back = slots.give_back > 0;
         slots.give_back = slots.give_back.saturating_sub(1);
+        if slots.give_back > 0 {
+            let again = now + SWEEP.as_millis() as u64;
+            next = Some(next.map_or(again, |n| n.min(again)));
+        }
+        slots.wake_at = next;
         drop(slots);
         if give_back {
             crate::alloc::give_back();
@@ -356,7 +383,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_empty_lot_stops_sweeping_until_a_connection_parks() {
+    async fn the_lot_sleeps_until_the_earliest_deadline_and_not_at_all_when_empty() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let lot = Arc::new(Lot::new().unwrap());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -364,24 +391,58 @@ mod tests {
             let lot = lot.clone();
             async move { lot.run(drop, stop_rx).await }
         });
-        let sweeping = || lot.slots.lock().unwrap().sweeping;
-        assert!(!sweeping(), "nothing parked yet");
-        for round in 0..2 {
-            let (client, server) = pair(&l);
-            lot.park(Parked {
-                tcp: server,
-                served: 1,
-                deadline_ms: crate::clock::coarse_ms() + 100,
-            });
-            assert!(sweeping(), "round {round}");
-            // Closed by a sweep once its deadline passes: the client reads EOF.
-            client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut buf = [0; 8];
-            assert_eq!(std::io::Read::read(&mut &client, &mut buf).unwrap(), 0, "round {round}");
-            // The sweep after finds the lot empty and stops.
-            tokio::time::sleep(SWEEP + Duration::from_millis(200)).await;
-            assert!(!sweeping(), "round {round}");
+        let wake_at = || lot.slots.lock().unwrap().wake_at;
+        let closed_within = |client: &TcpStream, secs: u64| {
+            client.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+            std::io::Read::read(&mut &*client, &mut [0; 8])
+                .map(|n| n == 0)
+                .unwrap_or(false)
+        };
+        assert_eq!(wake_at(), None, "nothing parked yet");
+
+        // One connection with a far deadline: after the sweeps that give memory
+        // back, the lot sleeps until that deadline.
+        let far = crate::clock::coarse_ms() + 60_000;
+        let (_far_client, far_server) = pair(&l);
+        lot.park(Parked {
+            tcp: far_server,
+            served: 1,
+            deadline_ms: far,
+        });
+        assert!(wake_at().is_some_and(|t| t < far), "a sweep soon, to give memory back");
+        tokio::time::sleep(SWEEP * 2 + Duration::from_millis(300)).await;
+        assert_eq!(wake_at(), Some(far), "then only the deadline");
+
+        // A connection parked later with an earlier deadline (a reload shortened
+        // keepalive_timeout) still closes at its own.
+        let (soon_client, soon_server) = pair(&l);
+        lot.park(Parked {
+            tcp: soon_server,
+            served: 1,
+            deadline_ms: crate::clock::coarse_ms() + 200,
+        });
+        assert!(closed_within(&soon_client, 5), "closed at its deadline");
+        assert_eq!(lot.len(), 1);
+
+        // The far one resumes (taken out, as the lot's task does): the next sweep
+        // finds the lot empty and leaves nothing to wake up for, until a
+        // connection parks again.
+        {
+            let mut slots = lot.slots.lock().unwrap();
+            let i = (0..slots.list.len() as u32).find(|&i| slots.list[i as usize].parked.is_some());
+            let token = slots.token(i.unwrap());
+            drop(slots.take(token));
         }
+        lot.expire(crate::clock::coarse_ms());
+        assert_eq!(wake_at(), None, "empty: no sweep due");
+        let (client, server) = pair(&l);
+        lot.park(Parked {
+            tcp: server,
+            served: 1,
+            deadline_ms: crate::clock::coarse_ms() + 100,
+        });
+        assert!(closed_within(&client, 5), "the lot woke up again");
+
         stop_tx.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
