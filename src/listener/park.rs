@@ -398,29 +398,29 @@ mod tests {
                 .map(|n| n == 0)
                 .unwrap_or(false)
         };
+        // A connection parked until `deadline_ms`; its client end.
+        let park_until = |deadline_ms: u64| {
+            let (client, server) = pair(&l);
+            lot.park(Parked {
+                tcp: server,
+                served: 1,
+                deadline_ms,
+            });
+            client
+        };
         assert_eq!(wake_at(), None, "nothing parked yet");
 
         // One connection with a far deadline: after the sweeps that give memory
         // back, the lot sleeps until that deadline.
         let far = crate::clock::coarse_ms() + 60_000;
-        let (_far_client, far_server) = pair(&l);
-        lot.park(Parked {
-            tcp: far_server,
-            served: 1,
-            deadline_ms: far,
-        });
+        let _far_client = park_until(far);
         assert!(wake_at().is_some_and(|t| t < far), "a sweep soon, to give memory back");
         tokio::time::sleep(SWEEP * 2 + Duration::from_millis(300)).await;
         assert_eq!(wake_at(), Some(far), "then only the deadline");
 
         // A connection parked later with an earlier deadline (a reload shortened
         // keepalive_timeout) still closes at its own.
-        let (soon_client, soon_server) = pair(&l);
-        lot.park(Parked {
-            tcp: soon_server,
-            served: 1,
-            deadline_ms: crate::clock::coarse_ms() + 200,
-        });
+        let soon_client = park_until(crate::clock::coarse_ms() + 200);
         assert!(closed_within(&soon_client, 5), "closed at its deadline");
         assert_eq!(lot.len(), 1);
 
@@ -435,12 +435,7 @@ mod tests {
         }
         lot.expire(crate::clock::coarse_ms());
         assert_eq!(wake_at(), None, "empty: no sweep due");
-        let (client, server) = pair(&l);
-        lot.park(Parked {
-            tcp: server,
-            served: 1,
-            deadline_ms: crate::clock::coarse_ms() + 100,
-        });
+        let client = park_until(crate::clock::coarse_ms() + 100);
         assert!(closed_within(&client, 5), "the lot woke up again");
 
         stop_tx.send(true).unwrap();
