@@ -117,9 +117,9 @@ pub struct Live {
     overlay: std::sync::Mutex<Overlay>,
     /// Serialises reloads and runtime changes.
     change: std::sync::Mutex<()>,
-    /// Counts the configurations installed, so tasks that sleep until their
-    /// next piece of work (the health checker) wake up when one is.
-    installed: tokio::sync::watch::Sender<u64>,
+    /// Signals each configuration installed, so tasks that sleep until
+    /// their next piece of work (the health checker) wake up when one is.
+    installed: tokio::sync::watch::Sender<()>,
 }
 
 impl Live {
@@ -131,7 +131,7 @@ impl Live {
             path: path.to_string(),
             overlay: Default::default(),
             change: Default::default(),
-            installed: tokio::sync::watch::Sender::new(0),
+            installed: tokio::sync::watch::Sender::new(()),
         }
     }
 
@@ -141,7 +141,7 @@ impl Live {
 
     /// Changes each time a new configuration is installed (reload or
     /// runtime change).
-    pub fn installs(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub fn installs(&self) -> tokio::sync::watch::Receiver<()> {
         self.installed.subscribe()
     }
 
@@ -187,7 +187,7 @@ impl Live {
         self.current.store(Arc::new(snap));
         self.states
             .retain(|p, a| keep.contains(&(p.to_string(), a.to_string())));
-        self.installed.send_modify(|n| *n += 1);
+        self.installed.send_replace(());
         Ok(())
     }
 

@@ -118,7 +118,7 @@ struct Streak {
 /// idle gateway is not woken up for nothing.
 pub async fn run(
     pools: impl Fn() -> Vec<Arc<Pool>>,
-    mut installs: tokio::sync::watch::Receiver<u64>,
+    mut installs: tokio::sync::watch::Receiver<()>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut streaks: HashMap<(String, String), Streak> = HashMap::new();
