@@ -1,8 +1,15 @@
 //! Access log in nginx `combined` format plus `$upstream_addr
 //! $upstream_response_time $request_time`. Requests append their line to a
-//! shared buffer (no syscall, no thread wake-up on the request path); a
-//! writer thread writes the buffer out every 100 ms, or sooner when it grows
-//! past 256 KiB. `flush` writes what is pending (graceful exit).
+//! shared buffer (no syscall on the request path); a writer thread writes
+//! the buffer out in small pieces: once it holds `WRITE_AT` bytes, or
+//! `FLUSH_EVERY` after its first line, whichever comes first. With nothing
+//! pending the writer sleeps until a line arrives. `flush` writes what is
+//! pending (graceful exit).
+//!
+//! The pieces are small on purpose: in the benchmark (ka64, 2 CPUs shared
+//! with the load generator) 16 KiB writes gave a lower p99 than 256 KiB
+//! ones (bench/HISTORY.md, 2026-11-27). The disk write stays off the worker
+//! threads, so a slow disk stalls the writer, never a request.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -10,11 +17,18 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
-const FLUSH_BYTES: usize = 256 * 1024;
+const WRITE_AT: usize = 16 * 1024;
+
+/// What requests have appended and the writer has not taken yet.
+struct Pending {
+    data: Vec<u8>,
+    /// The writer is waiting for a first line (nothing pending, no timer).
+    writer_idle: bool,
+}
 
 struct Shared {
-    buf: Mutex<Vec<u8>>,
-    full: Condvar,
+    pending: Mutex<Pending>,
+    wake: Condvar,
     out: Mutex<Box<dyn Write + Send>>,
 }
 
@@ -33,28 +47,24 @@ impl AccessLog {
             path => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
         let shared = Arc::new(Shared {
-            buf: Mutex::new(Vec::with_capacity(FLUSH_BYTES)),
-            full: Condvar::new(),
+            pending: Mutex::new(Pending {
+                data: Vec::with_capacity(2 * WRITE_AT),
+                writer_idle: false,
+            }),
+            wake: Condvar::new(),
             out: Mutex::new(out),
         });
         let s = shared.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || loop {
-                let pending = {
-                    let buf = s.buf.lock().unwrap();
-                    let (mut buf, _) = s.full.wait_timeout(buf, FLUSH_EVERY).unwrap();
-                    std::mem::replace(&mut *buf, Vec::with_capacity(FLUSH_BYTES))
-                };
-                write_out(&s, &pending);
-            })?;
+            .spawn(move || writer(&s))?;
         let log = Arc::new(AccessLog { shared });
         let _ = GLOBAL.set(log.clone());
         Ok(Some(log))
     }
 
-    /// Append one line (with its newline).
-    /// Write the line `build` makes, in a buffer this thread keeps.
+    /// Write the line `build` makes (with its newline), in a buffer this
+    /// thread keeps.
     pub fn write_line(&self, build: impl FnOnce(&mut String)) {
         thread_local! {
             static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
@@ -68,25 +78,60 @@ impl AccessLog {
     }
 
     fn write(&self, line: &str) {
-        let mut buf = self.shared.buf.lock().unwrap();
-        buf.extend_from_slice(line.as_bytes());
-        if buf.len() >= FLUSH_BYTES {
-            self.shared.full.notify_one();
+        let mut p = self.shared.pending.lock().unwrap();
+        let before = p.data.len();
+        p.data.extend_from_slice(line.as_bytes());
+        // Wake the writer once: for the first line (it starts its timer) or
+        // when the buffer reaches `WRITE_AT`, not for every line after.
+        let crossed = before < WRITE_AT && p.data.len() >= WRITE_AT;
+        if p.writer_idle || crossed {
+            p.writer_idle = false;
+            self.shared.wake.notify_one();
         }
     }
 
     /// Write out everything pending now.
     pub fn flush(&self) {
-        let pending = std::mem::take(&mut *self.shared.buf.lock().unwrap());
-        write_out(&self.shared, &pending);
+        let mut p = self.shared.pending.lock().unwrap();
+        let data = std::mem::take(&mut p.data);
+        // Taken before `pending` is let go, so pieces are written in order.
+        let mut out = self.shared.out.lock().unwrap();
+        drop(p);
+        write_out(&mut out, &data);
     }
 }
 
-fn write_out(s: &Shared, data: &[u8]) {
+/// The writer thread: wait for lines, give them up to `FLUSH_EVERY` to
+/// reach `WRITE_AT`, write them, repeat. The buffer it writes becomes the
+/// next spare, so steady logging allocates nothing.
+fn writer(s: &Shared) {
+    let mut spare = Vec::with_capacity(2 * WRITE_AT);
+    let mut p = s.pending.lock().unwrap();
+    loop {
+        if p.data.is_empty() {
+            p.writer_idle = true;
+            p = s.wake.wait_while(p, |p| p.writer_idle).unwrap();
+        }
+        p = s
+            .wake
+            .wait_timeout_while(p, FLUSH_EVERY, |p| p.data.len() < WRITE_AT)
+            .unwrap()
+            .0;
+        let mut data = std::mem::replace(&mut p.data, spare);
+        let mut out = s.out.lock().unwrap();
+        drop(p);
+        write_out(&mut out, &data);
+        drop(out);
+        data.clear();
+        spare = data;
+        p = s.pending.lock().unwrap();
+    }
+}
+
+fn write_out(out: &mut Box<dyn Write + Send>, data: &[u8]) {
     if data.is_empty() {
         return;
     }
-    let mut out = s.out.lock().unwrap();
     let _ = out.write_all(data);
     let _ = out.flush();
 }
@@ -133,6 +178,59 @@ pub fn push_time_local(out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_written_whole_in_order_without_a_flush() {
+        let path = std::env::temp_dir().join(format!("portico-access-log-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let log = AccessLog::open(path.to_str().unwrap()).unwrap().unwrap();
+        let read = || std::fs::read_to_string(&path).unwrap();
+        let wait_for = |lines: usize| {
+            let t0 = std::time::Instant::now();
+            while read().lines().count() < lines && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            read()
+        };
+        // One line on an idle log: written by the timer, not left pending.
+        while !log.shared.pending.lock().unwrap().writer_idle {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        log.write_line(|l| l.push_str("first\n"));
+        assert_eq!(wait_for(1), "first\n");
+        // Two threads, far more than one piece each: every line whole, each
+        // thread's lines in the order it wrote them.
+        let per_thread = 4 * WRITE_AT / 20;
+        std::thread::scope(|sc| {
+            for t in ["a", "b"] {
+                let log = &log;
+                sc.spawn(move || {
+                    for i in 0..per_thread {
+                        log.write_line(|l| {
+                            l.push_str(t);
+                            push_num(l, i as u64);
+                            l.push_str(" ........\n");
+                        });
+                    }
+                });
+            }
+        });
+        let text = wait_for(1 + 2 * per_thread);
+        for t in ['a', 'b'] {
+            let seq: Vec<usize> = text
+                .lines()
+                .filter(|l| l.starts_with(t))
+                .map(|l| l[1..].trim_end_matches(" ........").parse().unwrap())
+                .collect();
+            let misplaced = seq.iter().enumerate().position(|(i, &n)| i != n);
+            assert!(
+                seq.len() == per_thread && misplaced.is_none(),
+                "thread {t}: {} of {per_thread} lines, first out of place at {misplaced:?}",
+                seq.len()
+            );
+        }
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn numbers_and_times_read_as_core_fmt_writes_them() {
