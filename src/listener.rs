@@ -352,6 +352,13 @@ impl Listener {
                                     if let Poll::Ready(r) = first.as_mut().poll(cx) {
                                         return Poll::Ready(r.map_err(|_| ()));
                                     }
+                                    // Only a keep-alive connection closes at shutdown. One that has
+                                    // carried no request yet was just opened for one, which may be on
+                                    // its way: it is served, as nginx does, until the process exits
+                                    // with nothing in flight (`ExitWhenIdle`).
+                                    if served == 0 {
+                                        return Poll::Pending;
+                                    }
                                     stop.as_mut().poll(cx).map(|()| Ok(None))
                                 })
                                 .await

@@ -1,6 +1,7 @@
 //! Operations: admin API (token, status, register, drain), hot reload
 //! (admin call and SIGHUP, bad files keep the running config), metrics, and
-//! a graceful stop that does not sleep out the whole grace period.
+//! a graceful stop that does not sleep out the whole grace period and
+//! serves the first request of a connection opened just before it.
 
 mod common;
 use common::*;
@@ -266,4 +267,29 @@ fn sigterm_exits_once_idle_not_after_the_grace_period() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_connection_opened_before_a_graceful_stop_gets_its_first_request_served() {
+    let b = Backend::start("b");
+    let g = Gateway::start(&format!(
+        "server:\n  grace_period: 60s\n  pid_file: {{DIR}}/p.pid\n  upgrade_sock: {{DIR}}/u.sock\nlisteners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
+        b.addr
+    ));
+    // One keep-alive connection that has carried a request, one that has carried none yet.
+    let mut used = Client::connect(g.port).unwrap();
+    assert_eq!(used.send("GET", "/", &[], b"").unwrap().status, 200);
+    let mut fresh = Client::connect(g.port).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    g.signal("TERM");
+    // The idle keep-alive connection is closed: the stop has begun.
+    assert!(
+        used.closed_within(Duration::from_secs(5)),
+        "an idle keep-alive connection closes at a graceful stop"
+    );
+    // The new connection's request may have been on its way as the stop began.
+    let r = fresh
+        .send("GET", "/", &[("Connection", "close")], b"")
+        .expect("the first request of a connection open before the stop is served, not dropped");
+    assert_eq!(r.status, 200);
 }

@@ -616,6 +616,17 @@ impl Client {
         })
     }
 
+    /// Whether the server closes this idle connection within `d`.
+    pub fn closed_within(&mut self, d: Duration) -> bool {
+        self.w.set_read_timeout(Some(d)).unwrap();
+        let mut b = [0u8; 1];
+        match self.r.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+
     pub fn send(
         &mut self,
         method: &str,
