@@ -241,15 +241,18 @@ fn register_and_drain_servers_at_runtime() {
     );
 }
 
+/// One pool of `b`, a 60 s grace period: a graceful stop must not wait it out.
+fn graceful_conf(b: &Backend) -> String {
+    format!(
+        "server:\n  grace_period: 60s\n  pid_file: {{DIR}}/p.pid\n  upgrade_sock: {{DIR}}/u.sock\nlisteners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
+        b.addr
+    )
+}
+
 #[test]
 fn sigterm_exits_once_idle_not_after_the_grace_period() {
     let b = Backend::start("b");
-    let port = free_port();
-    let _ = port;
-    let mut g = Gateway::start(&format!(
-        "server:\n  grace_period: 60s\n  pid_file: {{DIR}}/p.pid\n  upgrade_sock: {{DIR}}/u.sock\nlisteners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
-        b.addr
-    ));
+    let mut g = Gateway::start(&graceful_conf(&b));
     b.set(Behaviour::Slow(Duration::from_millis(1000)));
     let p = g.port;
     let slow = std::thread::spawn(move || request(p, "GET", "/", &[], b""));
@@ -272,10 +275,7 @@ fn sigterm_exits_once_idle_not_after_the_grace_period() {
 #[test]
 fn a_connection_opened_before_a_graceful_stop_gets_its_first_request_served() {
     let b = Backend::start("b");
-    let g = Gateway::start(&format!(
-        "server:\n  grace_period: 60s\n  pid_file: {{DIR}}/p.pid\n  upgrade_sock: {{DIR}}/u.sock\nlisteners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
-        b.addr
-    ));
+    let g = Gateway::start(&graceful_conf(&b));
     // One keep-alive connection that has carried a request, one that has carried none yet.
     let mut used = Client::connect(g.port).unwrap();
     assert_eq!(used.send("GET", "/", &[], b"").unwrap().status, 200);
