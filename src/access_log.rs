@@ -13,7 +13,7 @@
 
 use std::cell::RefCell;
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -92,12 +92,7 @@ impl AccessLog {
 
     /// Write out everything pending now.
     pub fn flush(&self) {
-        let mut p = self.shared.pending.lock().unwrap();
-        let data = std::mem::take(&mut p.data);
-        // Taken before `pending` is let go, so pieces are written in order.
-        let mut out = self.shared.out.lock().unwrap();
-        drop(p);
-        write_out(&mut out, &data);
+        write_pending(&self.shared, self.shared.pending.lock().unwrap(), Vec::new());
     }
 }
 
@@ -117,23 +112,24 @@ fn writer(s: &Shared) {
             .wait_timeout_while(p, FLUSH_EVERY, |p| p.data.len() < WRITE_AT)
             .unwrap()
             .0;
-        let mut data = std::mem::replace(&mut p.data, spare);
-        let mut out = s.out.lock().unwrap();
-        drop(p);
-        write_out(&mut out, &data);
-        drop(out);
-        data.clear();
-        spare = data;
+        spare = write_pending(s, p, spare);
         p = s.pending.lock().unwrap();
     }
 }
 
-fn write_out(out: &mut Box<dyn Write + Send>, data: &[u8]) {
-    if data.is_empty() {
-        return;
+/// Write what is pending, leaving `spare` in its place; returns the written
+/// buffer, emptied. The output is locked before `pending` is let go, so
+/// pieces reach it in the order they were taken.
+fn write_pending(s: &Shared, mut p: MutexGuard<'_, Pending>, spare: Vec<u8>) -> Vec<u8> {
+    let mut data = std::mem::replace(&mut p.data, spare);
+    let mut out = s.out.lock().unwrap();
+    drop(p);
+    if !data.is_empty() {
+        let _ = out.write_all(&data);
+        let _ = out.flush();
     }
-    let _ = out.write_all(data);
-    let _ = out.flush();
+    data.clear();
+    data
 }
 
 /// Flush the access log opened by this process, if any (before exiting).

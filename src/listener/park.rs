@@ -270,14 +270,14 @@ impl Lot {
                 // Closing the socket takes it out of the lot's epoll as well.
                 drop(slots.take(token));
             } else {
-                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                next = crate::clock::earliest(next, deadline);
             }
         }
         let give_back = slots.give_back > 0;
         slots.give_back = slots.give_back.saturating_sub(1);
         if slots.give_back > 0 {
             let again = now + SWEEP.as_millis() as u64;
-            next = Some(next.map_or(again, |n| n.min(again)));
+            next = crate::clock::earliest(next, again);
         }
         slots.wake_at = next;
         drop(slots);

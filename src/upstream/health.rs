@@ -137,7 +137,7 @@ pub async fn run(
                     due.push((pool.clone(), i, spec.clone()));
                 }
                 if let Some(t) = st.next_due {
-                    next = Some(next.map_or(t, |n| n.min(t)));
+                    next = crate::clock::earliest(next, t);
                 }
             }
         }
