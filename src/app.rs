@@ -201,6 +201,8 @@ pub fn run(args: Args) -> i32 {
         }
     }
 
+    // Upstream connectors load the system's CA bundle, slowly: built while serving (`warming`).
+    let transport = crate::proxy::lean::transport(&server.configuration);
     for (i, l) in cfg.listeners.iter().enumerate() {
         let gw = Gateway {
             live: live.clone(),
@@ -208,13 +210,20 @@ pub fn run(args: Args) -> i32 {
             scheme: if l.tls.is_some() { "https" } else { "http" },
             access_log: access_log.clone(),
         };
-        let lean = crate::proxy::lean::LeanPath::new(gw.clone(), &server.configuration);
-        let mut proxy = pingora_proxy::http_proxy(&server.configuration, gw);
-        let mut o = HttpServerOptions::default();
-        o.h2c = l.h2c;
-        proxy.server_options = Some(o);
+        let lean = crate::proxy::lean::LeanPath::new(gw.clone(), &server.configuration, transport.clone());
+        let mut server_options = HttpServerOptions::default();
+        server_options.h2c = l.h2c;
+        let proxy = crate::warming::Warming::new("the Pingora proxy", {
+            let (conf, options) = (server.configuration.clone(), server_options.clone());
+            move || {
+                let mut proxy = pingora_proxy::http_proxy(&conf, gw);
+                proxy.server_options = Some(options);
+                Arc::new(proxy)
+            }
+        });
         let app = crate::listener::Listener {
-            proxy: Arc::new(proxy),
+            proxy,
+            server_options,
             lean,
             live: live.clone(),
             index: i,

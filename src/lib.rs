@@ -10,7 +10,7 @@
 //! - `admin`, `metrics`: the admin API (status, draining, reload) and Prometheus
 //! - `plugins`: building filter plugins (crates in `plugins/`) and adapting headers for them
 //! - `tls`: certificates (checked at load) and SNI selection for TLS listeners
-//! - `access_log`, `template`, `clock`, `timeout`, `sockio`: small helpers
+//! - `access_log`, `template`, `clock`, `timeout`, `sockio`, `warming`: small helpers
 //! - `app`: wiring everything into a Pingora server
 //! - `demo`: the two demo backends of the quick start
 
@@ -33,3 +33,4 @@ pub mod template;
 pub mod timeout;
 pub mod tls;
 pub mod upstream;
+pub mod warming;

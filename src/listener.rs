@@ -30,6 +30,7 @@ use crate::live::Live;
 use crate::proxy::lean::{self, Head, LeanPath, LeanSession};
 use crate::proxy::Gateway;
 use crate::timeout::Alarm;
+use crate::warming::Warming;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
@@ -99,7 +100,12 @@ pub fn peer_of(stream: &Stream) -> Option<std::net::SocketAddr> {
 }
 
 pub struct Listener {
-    pub proxy: Arc<HttpProxy<Gateway>>,
+    /// Pingora's proxy, for what the lean path leaves to it (HTTP/2, h2c,
+    /// `server.lean_proxy: false`, requests it does not take); built while
+    /// the listener starts serving (`warming`).
+    pub proxy: Warming<Arc<HttpProxy<Gateway>>>,
+    /// The options `proxy` is built with.
+    pub server_options: HttpServerOptions,
     pub lean: LeanPath,
     pub live: Arc<Live>,
     /// Index of this listener in the configuration.
@@ -108,12 +114,6 @@ pub struct Listener {
     pub stop: Stop,
     /// Where idle keep-alive connections wait without a task.
     pub lot: park::Lot,
-}
-
-impl Listener {
-    fn options(&self) -> Option<&HttpServerOptions> {
-        self.proxy.server_options.as_ref()
-    }
 }
 
 /// The server's shutdown as connections waiting for a request see it: one
@@ -262,13 +262,15 @@ impl Listener {
 
     /// Does `stream` go to Pingora whole (HTTP/2, h2c, custom protocols)?
     fn whole(&self, stream: &Stream) -> bool {
-        self.options().is_some_and(|o| o.h2c || o.force_custom)
+        self.server_options.h2c
+            || self.server_options.force_custom
             || matches!(stream.selected_alpn_proto(), Some(ALPN::H2) | Some(ALPN::Custom(_)))
     }
 
     /// A connection Pingora serves whole, until it hands it back for HTTP/1.
     async fn serve_whole(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
-        while let Some(s) = ServerApp::process_new(&self.proxy, stream, shutdown).await {
+        let proxy = self.proxy.get().await;
+        while let Some(s) = ServerApp::process_new(proxy, stream, shutdown).await {
             if !self.whole(&s) {
                 let http1: Pin<Box<dyn Future<Output = ()> + Send + '_>> = Box::pin(self.serve(s, shutdown));
                 return http1.await;
@@ -315,7 +317,7 @@ impl Listener {
                 let idle = ms(s.keepalive_timeout.0);
                 (ms(first_wait(s)), idle, s.lean_keepalive, s.lean_proxy, park_after)
             };
-            let request_limit = self.options().and_then(|o| o.keepalive_request_limit);
+            let request_limit = self.server_options.keepalive_request_limit;
             let mut wait_ms = wait_ms.unwrap_or(first_ms);
             // Keep-alive state Pingora's loop hands on from a request it served (boxed: rare).
             let mut settings: Option<Box<HttpPersistentSettings>> = None;
@@ -396,14 +398,20 @@ impl Listener {
                     None => {
                         let keep = if served == 1 { first_ms } else { idle_ms };
                         let keep = (!*shutdown.borrow()).then_some(u64::from(keep / 1000));
-                        let session = pingora_session(s, previous.map(|b| *b), keep, reuses_left);
-                        HttpServerApp::process_new_http(&self.proxy, session, shutdown)
-                            .await
-                            .map(|reuse| {
-                                let (s, next) = reuse.consume();
-                                settings = next.map(Box::new);
-                                s
-                            })
+                        // Boxed: the wait for the proxy, in the first moments of a
+                        // gateway, would otherwise keep `s` and the rest in this future.
+                        let proxy = &self.proxy;
+                        Box::pin(async move {
+                            let proxy = proxy.get().await;
+                            let session = pingora_session(s, previous.map(|b| *b), keep, reuses_left);
+                            HttpServerApp::process_new_http(proxy, session, shutdown).await
+                        })
+                        .await
+                        .map(|reuse| {
+                            let (s, next) = reuse.consume();
+                            settings = next.map(Box::new);
+                            s
+                        })
                     }
                 };
                 let Some(s) = next else { return };
@@ -431,8 +439,16 @@ impl Listener {
         None
     }
 
+    /// Start building what the listener builds while it serves.
+    pub fn warm(&self) {
+        self.proxy.start();
+        self.lean.warm();
+    }
+
     async fn cleanup(&self) {
-        ServerApp::cleanup(self.proxy.as_ref()).await;
+        if let Some(proxy) = self.proxy.now() {
+            ServerApp::cleanup(proxy.as_ref()).await;
+        }
     }
 }
 

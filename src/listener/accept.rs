@@ -128,8 +128,10 @@ impl Service for Accepting {
                 std::process::exit(1);
             }
         };
+        let app = self.app.take().expect("a service starts once");
+        app.warm();
         let shared = Arc::new(Shared {
-            app: self.app.take().expect("a service starts once"),
+            app,
             tls: self.tls.take(),
             read_ahead: self.read_ahead,
             handshakes: Arc::new(Semaphore::new(self.threads.max(1))),

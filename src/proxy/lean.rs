@@ -190,11 +190,22 @@ fn routable(req: &httparse::Request, snap: &Snapshot, listener: usize, websocket
     }
 }
 
+/// Pingora's transport connector, built off the serving threads.
+pub type Transport = crate::warming::Warming<TransportConnector>;
+
+/// The transport for connectors configured as `conf` says.
+pub fn transport(conf: &ServerConf) -> Transport {
+    let options = ConnectorOptions::from_server_conf(conf);
+    Transport::new("the upstream transport", move || TransportConnector::new(Some(options)))
+}
+
 /// One listener's lean path: its gateway hooks and its own upstream pool.
 pub struct LeanPath {
     gw: Gateway,
-    /// Makes new upstream connections (TCP, TLS) the way Pingora does.
-    transport: TransportConnector,
+    /// Makes the upstream connections the lean path does not make itself
+    /// (TLS, proxies, socket options) the way Pingora does; one for all
+    /// listeners, built while the gateway starts serving.
+    transport: Transport,
     idle: Arc<IdlePool>,
     max_retries: usize,
 }
@@ -203,13 +214,18 @@ pub struct LeanPath {
 type Outcome = (bool, Option<Box<Error>>);
 
 impl LeanPath {
-    pub fn new(gw: Gateway, conf: &ServerConf) -> Self {
+    pub fn new(gw: Gateway, conf: &ServerConf, transport: Transport) -> Self {
         LeanPath {
             gw,
-            transport: TransportConnector::new(Some(ConnectorOptions::from_server_conf(conf))),
+            transport,
             idle: Arc::default(),
             max_retries: conf.max_retries,
         }
+    }
+
+    /// Start building the transport, if nothing has yet.
+    pub fn warm(&self) {
+        self.transport.start();
     }
 
     /// Serve the request `s` holds. Returns the connection if it may carry
