@@ -184,6 +184,11 @@ impl Live {
             .values()
             .flat_map(|p| p.servers.iter().map(|s| (p.name.to_string(), s.addr.clone())))
             .collect();
+        for p in snap.pools.values() {
+            if let [only] = p.servers.as_slice() {
+                only.state.clear_passive_down();
+            }
+        }
         self.current.store(Arc::new(snap));
         self.states
             .retain(|p, a| keep.contains(&(p.to_string(), a.to_string())));
@@ -371,6 +376,14 @@ fn build_pool(l: &Loaded, name: &str, u: &config::Upstream, states: &StateRegist
     }
     if servers.iter().all(|s| s.backup) {
         return Err(l.err(&format!("{p}.servers"), "upstream needs at least one non-backup server"));
+    }
+    if let [only] = servers.as_mut_slice() {
+        // nginx: the only server of a group is never considered unavailable
+        // (`max_fails` and `fail_timeout` are ignored): one failure would
+        // otherwise turn every request into a 503 for `fail_timeout`.
+        // Active health checks and draining still apply.
+        // A mark from before a reload left it alone is cleared at install.
+        only.max_fails = 0;
     }
     use config::Algorithm as A;
     let hash_key = match (u.algorithm, &u.hash_key) {

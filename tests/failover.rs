@@ -234,6 +234,68 @@ fn passive_marking_skips_then_restores_a_server() {
 }
 
 #[test]
+fn the_only_server_of_a_pool_is_never_marked_down() {
+    // nginx ignores max_fails/fail_timeout for a group's only server: one
+    // failure must not turn the next 30 s into 503s.
+    let a = Backend::start("a");
+    let addr = a.addr;
+    a.stop();
+    drop(a);
+    let g = gw_one(addr, "        max_fails: 1\n        fail_timeout: 30s\n");
+    assert_eq!(g.get("/").status, 502);
+    assert_eq!(g.get("/").status, 502, "tried again, not skipped");
+    let a = Backend::start_on("a", addr, Behaviour::Echo);
+    assert_eq!(g.get("/").backend(), "a", "served as soon as it is back");
+
+    // A server marked down while it had a sibling is usable at once when a
+    // reload leaves it alone.
+    let b = Backend::start("b");
+    let yaml = std::fs::read_to_string(&g.conf).unwrap();
+    let two = yaml.replace(
+        "  app:\n    servers:\n",
+        &format!(
+            "  app:\n    next_upstream: [error, timeout, http_502]\n    servers:\n      - address: {}\n        max_fails: 1\n        fail_timeout: 30s\n",
+            b.addr
+        ),
+    );
+    assert_ne!(two, yaml);
+    a.set(Behaviour::Status(502));
+    std::fs::write(&g.conf, &two).unwrap();
+    g.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while spread(&g, "/", 4).get("b") != Some(&4) {
+        assert!(Instant::now() < deadline, "a not marked down:\n{}", g.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hits = a.hits();
+    assert_eq!(spread(&g, "/", 4).get("b"), Some(&4));
+    assert_eq!(a.hits(), hits, "a marked down: skipped");
+    a.set(Behaviour::Echo);
+    std::fs::write(&g.conf, &yaml).unwrap();
+    g.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let r = g.get("/");
+        if r.status == 200 && r.backend() == "a" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reload to one server: {}\n{}",
+            r.status,
+            g.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn gw_one(addr: std::net::SocketAddr, server_extra: &str) -> Gateway {
+    Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app:\n    servers:\n      - address: {addr}\n{server_extra}virtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: app\n"
+    ))
+}
+
+#[test]
 fn active_check_takes_a_server_out_and_brings_it_back() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     let g = gw(

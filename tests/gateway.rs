@@ -203,12 +203,17 @@ fn connect_failure_is_502_and_timeout_is_504() {
 
 #[test]
 fn all_servers_down_gives_503_without_trying() {
-    let b = Backend::start("b");
-    let addr = b.addr;
-    drop(b);
-    // max_fails 1: the first failure marks it down for 30s; the next request finds nothing usable.
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let (a_addr, b_addr) = (a.addr, b.addr);
+    drop((a, b));
+    // max_fails 1: the first request tries both, and each failure marks its server
+    // down for 30s; the next request finds nothing usable. (A pool's only server is
+    // never marked down, as in nginx: tests/failover.rs.)
+    let server = |addr| format!("{{ address: \"{addr}\", max_fails: 1, fail_timeout: 30s }}");
     let g = Gateway::start(&format!(
-        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  a: {{ servers: [{{ address: \"{addr}\", max_fails: 1, fail_timeout: 30s }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: a }}]\n"
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  a: {{ servers: [{}, {}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: a }}]\n",
+        server(a_addr),
+        server(b_addr)
     ));
     assert_eq!(g.get("/").status, 502);
     let r = g.get("/");

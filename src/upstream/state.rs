@@ -149,6 +149,13 @@ impl ServerState {
         false
     }
 
+    /// Forget a `max_fails` mark and the failures counted towards one (a
+    /// pool left with this server alone, which passive health never marks).
+    pub fn clear_passive_down(&self) {
+        self.down_until_ms.store(0, Relaxed);
+        self.window.lock().unwrap().fails = 0;
+    }
+
     /// A success ends the failure window (nginx resets `fails` on success).
     #[inline]
     pub fn record_success(&self) {
