@@ -50,7 +50,7 @@ impl Args {
     }
 }
 
-struct HealthChecks(Arc<Live>);
+struct HealthChecks(Arc<Live>, crate::upstream::Transport);
 
 /// SIGHUP reloads the configuration file.
 struct ReloadOnHup(Arc<Live>);
@@ -107,6 +107,7 @@ impl BackgroundService for HealthChecks {
             move || live.snapshot().pools.values().cloned().collect(),
             installs,
             shutdown,
+            self.1.clone(),
         )
         .await;
     }
@@ -202,7 +203,7 @@ pub fn run(args: Args) -> i32 {
     }
 
     // Upstream connectors load the system's CA bundle, slowly: built while serving (`warming`).
-    let transport = crate::proxy::lean::transport(&server.configuration);
+    let transport = crate::upstream::transport(&server.configuration);
     for (i, l) in cfg.listeners.iter().enumerate() {
         let gw = Gateway {
             live: live.clone(),
@@ -260,7 +261,10 @@ pub fn run(args: Args) -> i32 {
         let svc = crate::listener::Accepting::new(&l.listen, app, tls, read_ahead, s.threads);
         server.add_service(svc);
     }
-    server.add_service(background_service("health checks", HealthChecks(live.clone())));
+    server.add_service(background_service(
+        "health checks",
+        HealthChecks(live.clone(), transport.clone()),
+    ));
     server.add_service(background_service("reload on SIGHUP", ReloadOnHup(live.clone())));
     server.add_service(background_service("exit when idle", ExitWhenIdle));
     if let Some(a) = &cfg.admin {

@@ -282,6 +282,46 @@ fn upstream_tls_with_verification_and_h2c() {
     );
 }
 
+#[test]
+fn http_health_checks_reach_tls_servers_over_tls() {
+    use std::time::{Duration, Instant};
+    let dir = temp_dir();
+    let ca = issue(&["Test CA"], None, -1, 30, true);
+    let leaf = issue(&["upstream.test"], Some(&ca), -1, 30, false);
+    let (cc, ck) = write(&dir, "leaf", &leaf);
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.cert.to_pem().unwrap()).unwrap();
+    let backend = Backend::start("app");
+    let inner = start_tls(&backend, &[(cc, ck)]);
+    // wait_for_first_pass: the server takes traffic only once a probe has passed,
+    // and a probe passes only if it speaks TLS (verified, with the pool's SNI).
+    let front = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  up:\n    tls: true\n    tls_sni: upstream.test\n    tls_ca_file: {}\n    health_check: {{ path: /health, interval: 100ms, healthy_threshold: 1, unhealthy_threshold: 1, wait_for_first_pass: true }}\n    servers: [{{ address: \"127.0.0.1:{}\" }}]\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: up }}]\n",
+        ca_file.display(),
+        inner.port
+    ));
+    let until = |status: u16, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = front.get("/app");
+            if r.status == status {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: {}\n{}", r.status, front.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until(200, "a TLS probe never passed");
+    std::thread::sleep(Duration::from_millis(200)); // the access log's writer
+    assert!(
+        inner.access_log().contains("GET /health"),
+        "the probe went through the TLS listener: {}",
+        inner.access_log()
+    );
+    backend.fail_paths.lock().unwrap().push("/health".into());
+    until(503, "a failing probe over TLS did not take the server out");
+}
+
 /// A TLS connection with SNI `name` (certificate not checked), read through a buffer.
 fn tls_connection(port: u16, name: &str) -> std::io::BufReader<openssl::ssl::SslStream<std::net::TcpStream>> {
     tls_over(name, tcp_to(port))

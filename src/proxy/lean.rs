@@ -42,7 +42,6 @@ pub use edits::ClientFields;
 use edits::{FieldEdits, RequestEdits};
 use idle::IdlePool;
 use log::{error, warn};
-use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
@@ -190,22 +189,13 @@ fn routable(req: &httparse::Request, snap: &Snapshot, listener: usize, websocket
     }
 }
 
-/// Pingora's transport connector, built off the serving threads.
-pub type Transport = crate::warming::Warming<TransportConnector>;
-
-/// The transport for connectors configured as `conf` says.
-pub fn transport(conf: &ServerConf) -> Transport {
-    let options = ConnectorOptions::from_server_conf(conf);
-    Transport::new("the upstream transport", move || TransportConnector::new(Some(options)))
-}
-
 /// One listener's lean path: its gateway hooks and its own upstream pool.
 pub struct LeanPath {
     gw: Gateway,
     /// Makes the upstream connections the lean path does not make itself
     /// (TLS, proxies, socket options) the way Pingora does; one for all
     /// listeners, built while the gateway starts serving.
-    transport: Transport,
+    transport: crate::upstream::Transport,
     idle: Arc<IdlePool>,
     max_retries: usize,
 }
@@ -214,7 +204,7 @@ pub struct LeanPath {
 type Outcome = (bool, Option<Box<Error>>);
 
 impl LeanPath {
-    pub fn new(gw: Gateway, conf: &ServerConf, transport: Transport) -> Self {
+    pub fn new(gw: Gateway, conf: &ServerConf, transport: crate::upstream::Transport) -> Self {
         LeanPath {
             gw,
             transport,

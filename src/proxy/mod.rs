@@ -292,13 +292,7 @@ impl Gateway {
         });
         let mut peer = match &pool.tls {
             None => HttpPeer::new(server.backend.addr.clone(), false, String::new()),
-            Some(t) => {
-                let mut p = HttpPeer::new(server.backend.addr.clone(), true, t.sni.clone());
-                p.options.verify_cert = t.verify;
-                p.options.verify_hostname = t.verify && !t.sni.is_empty();
-                p.options.ca = t.ca.clone();
-                p
-            }
+            Some(t) => t.peer(&server.backend.addr),
         };
         let o = &mut peer.options;
         if pool.http2 && !s.is_upgrade_req() {

@@ -2,12 +2,12 @@
 //! server at an interval, with healthy/unhealthy thresholds. Verdicts go to
 //! the shared `ServerState`, so they survive reloads like everything else.
 
-use super::Pool;
+use super::{Pool, PoolServer, Transport, UpstreamTls};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,10 +49,16 @@ pub fn parse_statuses(s: &str) -> Result<Vec<(u16, u16)>, String> {
         .collect()
 }
 
-/// Run one probe; `Err` carries the reason shown in logs and the admin API.
-pub async fn probe(addr: &str, spec: &CheckSpec) -> Result<(), String> {
+/// Run one probe of `server`; `Err` carries the reason shown in logs and the
+/// admin API. HTTP probes speak HTTP/1.1, over TLS when the pool's traffic
+/// does (`tls`: the pool's settings and the transport to connect with).
+pub async fn probe(
+    server: &PoolServer,
+    spec: &CheckSpec,
+    tls: Option<(&UpstreamTls, &Transport)>,
+) -> Result<(), String> {
+    let addr = server.addr.as_str();
     let work = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
         let Probe::Http {
             method,
             path,
@@ -61,27 +67,26 @@ pub async fn probe(addr: &str, spec: &CheckSpec) -> Result<(), String> {
             body,
         } = &spec.probe
         else {
+            TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
             return Ok(());
         };
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portico-health-check\r\nConnection: close\r\n\r\n",
             host.as_deref().unwrap_or(addr)
         );
-        s.write_all(req.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
-            if n == 0 || buf.len() > 64 * 1024 {
-                break;
+        let text = match tls {
+            None => {
+                let s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+                exchange(s, &req, body.is_some()).await?
             }
-            buf.extend_from_slice(&chunk[..n]);
-            // Without a body check, the status line is enough.
-            if body.is_none() && buf.windows(2).any(|w| w == b"\r\n") {
-                break;
+            Some((t, transport)) => {
+                let s = (transport.get().await)
+                    .new_stream(&t.peer(&server.backend.addr))
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                exchange(s, &req, body.is_some()).await?
             }
-        }
-        let text = String::from_utf8_lossy(&buf);
+        };
         let code: u16 = text
             .split_whitespace()
             .nth(1)
@@ -103,6 +108,31 @@ pub async fn probe(addr: &str, spec: &CheckSpec) -> Result<(), String> {
     }
 }
 
+/// Send `req` on `s` and read the answer: its status line, or (`whole`) up
+/// to the end of the response or 64 KiB.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, req: &str, whole: bool) -> Result<String, String> {
+    s.write_all(req.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match s.read(&mut chunk).await {
+            Ok(n) => n,
+            // A server that closes without TLS's close_notify (or resets) after answering.
+            Err(_) if !buf.is_empty() => 0,
+            Err(e) => return Err(format!("read: {e}")),
+        };
+        if n == 0 || buf.len() > 64 * 1024 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        // Without a body check, the status line is enough.
+        if !whole && buf.windows(2).any(|w| w == b"\r\n") {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
 #[derive(Default)]
 struct Streak {
     next_due: Option<Instant>,
@@ -120,6 +150,7 @@ pub async fn run(
     pools: impl Fn() -> Vec<Arc<Pool>>,
     mut installs: tokio::sync::watch::Receiver<()>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    transport: Transport,
 ) {
     let mut streaks: HashMap<(String, String), Streak> = HashMap::new();
     loop {
@@ -141,9 +172,9 @@ pub async fn run(
                 }
             }
         }
-        let results = futures::future::join_all(due.iter().map(|(pool, i, spec)| {
-            let addr = pool.servers[*i].addr.clone();
-            async move { probe(&addr, spec).await }
+        let transport = &transport;
+        let results = futures::future::join_all(due.iter().map(|(pool, i, spec)| async move {
+            probe(&pool.servers[*i], spec, pool.tls.as_ref().map(|t| (t, transport))).await
         }))
         .await;
         for ((pool, i, spec), res) in due.into_iter().zip(results) {

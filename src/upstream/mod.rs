@@ -9,6 +9,9 @@ pub mod sticky;
 
 use crate::config::schema::Algorithm;
 use crate::retry::RetryPolicy;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::selection::consistent::{KetamaConfig, KetamaHashing};
 use pingora_load_balancing::selection::{BackendIter, BackendSelection, FNVHash};
 use pingora_load_balancing::Backend;
@@ -221,6 +224,29 @@ pub struct UpstreamTls {
     pub verify: bool,
     /// Trusted CAs; the system store when `None`.
     pub ca: Option<Arc<Box<[openssl::x509::X509]>>>,
+}
+
+/// Pingora's transport connector (TCP, TLS), built off the serving threads
+/// (`crate::warming`): one per process, for the lean path's connections to
+/// TLS servers and the health checks' probes of them.
+pub type Transport = crate::warming::Warming<TransportConnector>;
+
+/// The transport for connections configured as `conf` says.
+pub fn transport(conf: &ServerConf) -> Transport {
+    let options = ConnectorOptions::from_server_conf(conf);
+    Transport::new("the upstream transport", move || TransportConnector::new(Some(options)))
+}
+
+impl UpstreamTls {
+    /// A peer for `addr` with this pool's TLS settings (SNI, verification,
+    /// CAs): what both the traffic and the health checks connect with.
+    pub fn peer(&self, addr: &pingora_core::protocols::l4::socket::SocketAddr) -> HttpPeer {
+        let mut p = HttpPeer::new(addr.clone(), true, self.sni.clone());
+        p.options.verify_cert = self.verify;
+        p.options.verify_hostname = self.verify && !self.sni.is_empty();
+        p.options.ca = self.ca.clone();
+        p
+    }
 }
 
 /// Everything needed to build a pool; produced by `crate::live` from the config.
