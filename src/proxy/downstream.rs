@@ -52,6 +52,13 @@ pub trait Downstream: Send + Sync {
             .unwrap_or("")
     }
 
+    /// An HTTP/1.1 request without a Host field, which RFC 9112 (3.2) has a
+    /// server answer with 400, as nginx does.
+    fn lacks_host(&self) -> bool {
+        let req = self.req();
+        req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST)
+    }
+
     /// The first field named `name` (any case), if it is visible ASCII.
     fn header(&self, name: &str) -> Option<&str> {
         self.req().first(name)

@@ -204,6 +204,11 @@ impl Gateway {
         ctx.snap = Some(snap.clone());
         ctx.in_flight = Some(RequestGauge::new());
         ctx.client_ip = s.client_ip();
+        if s.lacks_host() {
+            s.set_keepalive(None);
+            respond::send(s, 400, "text/plain", respond::error_body(400), None).await?;
+            return Ok(true);
+        }
         if let Some(hp) = &snap.health_path {
             if s.path() == hp && matches!(*s.method(), http::Method::GET | http::Method::HEAD) {
                 respond::send(s, 200, "text/plain", Bytes::from_static(b"ok"), None).await?;

@@ -649,6 +649,10 @@ impl HeadWriter {
 }
 
 impl Downstream for LeanSession {
+    fn lacks_host(&self) -> bool {
+        false // the lean loop takes only requests with a Host field
+    }
+
     fn req(&self) -> &RequestHeader {
         self.head.req()
     }
