@@ -104,6 +104,15 @@ fn finish<T>(inner: &Inner<T>, build: Build<T>) {
         Ok(v) => {
             let _ = inner.value.set(v);
             inner.ready.notify_waiters();
+            // OpenSSL allocates with the C library's malloc, here in this
+            // thread's arena: once the waiters are on their way, hand back
+            // what the build freed (idle RSS 1.2 MiB lower, `bench/README.md`,
+            // "Start-up").
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only returns free memory of the C heap to the system.
+            unsafe {
+                libc::malloc_trim(0);
+            }
         }
         Err(_) => {
             // As a panic while starting up would have: the waiters could only hang.
