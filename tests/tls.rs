@@ -219,18 +219,24 @@ fn reload_with_a_bad_certificate_keeps_the_old_one() {
     assert!(g.stderr().contains("reload failed"), "{}", g.stderr());
 }
 
-#[test]
-fn upstream_tls_with_verification_and_h2c() {
+/// A gateway terminating TLS for `upstream.test` in front of `backend`, with
+/// a certificate from a test CA, and the file holding that CA.
+fn tls_upstream(backend: &Backend) -> (Gateway, PathBuf) {
     let dir = temp_dir();
     let ca = issue(&["Test CA"], None, -1, 30, true);
     let leaf = issue(&["upstream.test"], Some(&ca), -1, 30, false);
     let (cc, ck) = write(&dir, "leaf", &leaf);
     let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, ca.cert.to_pem().unwrap()).unwrap();
+    (start_tls(backend, &[(cc, ck)]), ca_file)
+}
+
+#[test]
+fn upstream_tls_with_verification_and_h2c() {
     let backend = Backend::start("app");
     // The TLS upstream is another portico terminating TLS in front of the echo backend;
     // a third one speaks h2c.
-    let inner = start_tls(&backend, &[(cc, ck)]);
+    let (inner, ca_file) = tls_upstream(&backend);
     let h2c = Gateway::start(&format!(
         "listeners:\n  - {{ listen: \"127.0.0.1:{{PORT}}\", h2c: true }}\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\naccess_log: stdout\n",
         backend.addr
@@ -285,14 +291,8 @@ fn upstream_tls_with_verification_and_h2c() {
 #[test]
 fn http_health_checks_reach_tls_servers_over_tls() {
     use std::time::{Duration, Instant};
-    let dir = temp_dir();
-    let ca = issue(&["Test CA"], None, -1, 30, true);
-    let leaf = issue(&["upstream.test"], Some(&ca), -1, 30, false);
-    let (cc, ck) = write(&dir, "leaf", &leaf);
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca.cert.to_pem().unwrap()).unwrap();
     let backend = Backend::start("app");
-    let inner = start_tls(&backend, &[(cc, ck)]);
+    let (inner, ca_file) = tls_upstream(&backend);
     // wait_for_first_pass: the server takes traffic only once a probe has passed,
     // and a probe passes only if it speaks TLS (verified, with the pool's SNI).
     let front = Gateway::start(&format!(

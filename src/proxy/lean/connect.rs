@@ -8,8 +8,7 @@
 //! see them alike.
 
 use crate::sockio;
-use crate::warming::Warming;
-use pingora_core::connectors::TransportConnector;
+use crate::upstream::Transport;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
@@ -123,7 +122,7 @@ fn plain(peer: &HttpPeer) -> Option<std::net::SocketAddr> {
 }
 
 /// Connect to `peer`: a plain TCP server here, anything else through `transport`.
-pub async fn connect(transport: &Warming<TransportConnector>, peer: &HttpPeer) -> Result<UpStream> {
+pub async fn connect(transport: &Transport, peer: &HttpPeer) -> Result<UpStream> {
     let Some(addr) = plain(peer) else {
         return transport.get().await.new_stream(peer).await.map(UpStream::Pingora);
     };
@@ -154,11 +153,12 @@ pub async fn connect(transport: &Warming<TransportConnector>, peer: &HttpPeer) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora_core::connectors::TransportConnector;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn plain_servers_are_connected_here_and_errors_keep_pingoras_types() {
-        let transport = Warming::new("a test transport", || TransportConnector::new(None));
+        let transport = Transport::new("a test transport", || TransportConnector::new(None));
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = HttpPeer::new(l.local_addr().unwrap(), false, String::new());
         let mut up = connect(&transport, &peer).await.unwrap();
