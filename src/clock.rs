@@ -22,7 +22,6 @@ fn coarse(clock: libc::clockid_t) -> libc::timespec {
     ts
 }
 
-/// Milliseconds on the coarse monotonic clock (since boot; never 0).
 /// The earlier of a wake-up time already set (`None`: none yet) and `t`.
 pub fn earliest<T: Ord>(set: Option<T>, t: T) -> Option<T> {
     Some(match set {
@@ -31,6 +30,7 @@ pub fn earliest<T: Ord>(set: Option<T>, t: T) -> Option<T> {
     })
 }
 
+/// Milliseconds on the coarse monotonic clock (since boot; never 0).
 pub fn coarse_ms() -> u64 {
     let ts = coarse(libc::CLOCK_MONOTONIC_COARSE);
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000 + 1

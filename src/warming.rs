@@ -70,20 +70,13 @@ impl<T: Send + Sync + 'static> Warming<T> {
     }
 
     /// The value, waiting for it to be built (and starting the build if
-    /// nothing has yet). The wait is boxed: this future adds a few words to
-    /// a caller's, not a waiter entry (connection futures are what an idle
-    /// connection costs).
-    pub fn get(&self) -> impl std::future::Future<Output = &T> + Send + '_ {
-        let built = self.now();
-        async move {
-            match built {
-                Some(v) => v,
-                None => Box::pin(self.wait()).await,
-            }
+    /// nothing has yet). Callers on a connection's path call this inside a
+    /// boxed future, so the waiter entry is not part of what an idle
+    /// connection keeps.
+    pub async fn get(&self) -> &T {
+        if let Some(v) = self.0.value.get() {
+            return v;
         }
-    }
-
-    async fn wait(&self) -> &T {
         self.start();
         loop {
             let ready = self.0.ready.notified();
