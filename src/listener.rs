@@ -48,6 +48,7 @@ use tokio::sync::Notify;
 
 mod accept;
 mod conn;
+mod head;
 mod park;
 mod rewound;
 pub use accept::{Accepting, Tls};
@@ -325,9 +326,15 @@ impl Listener {
             let mut alarm = Alarm::default();
             loop {
                 let accepts = |head: &[u8]| {
-                    lean_proxy
-                        .then(|| lean::accepts(head, &self.live.snapshot(), self.index))
-                        .flatten()
+                    if !lean_proxy {
+                        return None;
+                    }
+                    let snap = self.live.snapshot();
+                    // Over the head's size limit: Pingora's loop is where it is refused.
+                    if !head::within(head, snap.cfg.server.max_request_header_size.0 as usize) {
+                        return None;
+                    }
+                    lean::accepts(head, &snap, self.index)
                 };
                 let (s, lean_head) = if !(lean_keepalive || lean_proxy) {
                     (stream, None) // straight on to Pingora's loop
@@ -400,8 +407,18 @@ impl Listener {
                         let keep = (!*shutdown.borrow()).then_some(u64::from(keep / 1000));
                         // Boxed: the wait for the proxy, in the first moments of a
                         // gateway, would otherwise keep `s` and the rest in this future.
-                        let proxy = &self.proxy;
+                        let (proxy, live) = (&self.proxy, &self.live);
                         Box::pin(async move {
+                            // The head's size limit, where the listener read the request's first bytes.
+                            let s = if lean_keepalive || lean_proxy {
+                                let (limit, wait) = {
+                                    let s = &live.snapshot().cfg.server;
+                                    (s.max_request_header_size.0 as usize, first_wait(s))
+                                };
+                                head::gather(s, limit, wait).await?
+                            } else {
+                                s
+                            };
                             let proxy = proxy.get().await;
                             let session = pingora_session(s, previous.map(|b| *b), keep, reuses_left);
                             HttpServerApp::process_new_http(proxy, session, shutdown).await

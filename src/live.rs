@@ -659,6 +659,12 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
     if c.server.threads == 0 {
         return Err(l.err("server.threads", "threads must be at least 1"));
     }
+    if !(1024..=1 << 20).contains(&c.server.max_request_header_size.0) {
+        return Err(l.err(
+            "server.max_request_header_size",
+            "max_request_header_size must be between 1k and 1m",
+        ));
+    }
     let mut trusted = Vec::new();
     for (i, t) in c.trusted_proxies.iter().enumerate() {
         let net = t

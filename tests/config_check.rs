@@ -114,6 +114,12 @@ fn bad_configs_are_located_precisely() {
             "upstreams.app.next_upstream: unknown next_upstream condition \"http_999\"",
             "FILE:5:",
         ),
+        // request head limit out of range
+        (
+            &format!("server:\n  max_request_header_size: 4m\n{GOOD}"),
+            "FILE:2:3: server.max_request_header_size: max_request_header_size must be between 1k and 1m",
+            "",
+        ),
         // YAML syntax error
         ("listeners: [\n", "FILE:", ""),
     ];

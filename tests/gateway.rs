@@ -350,6 +350,87 @@ fn malformed_request_gets_4xx_and_gateway_survives() {
     assert_eq!(g.get("/").status, 200, "still serving");
 }
 
+/// A request head over `server.max_request_header_size` (default 32k) gets
+/// 431, or 414 when its request line alone is over; the client reads the
+/// answer (no reset), nothing reaches the server, and heads within the
+/// limit pass whole, also when they come in pieces or fill more than one read.
+#[test]
+fn request_heads_over_the_size_limit_are_refused() {
+    let b = Backend::start("b");
+    let g = Gateway::start(&one_pool(&[&b], ""));
+    let req = |target: &str, field: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: x\r\nX-Big: {field}\r\nConnection: close\r\n\r\n")
+    };
+    let big = "v".repeat(40_000);
+    // Sent whole, and in pieces as a slow client sends them.
+    let over = req("/", &big);
+    let (a, z) = over.as_bytes().split_at(20_000);
+    for parts in [vec![over.as_bytes()], vec![a, z]] {
+        let text = raw_exchange(g.port, &parts, Duration::from_millis(50));
+        assert!(
+            text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{text}"
+        );
+    }
+    let long_target = format!("/{}", "t".repeat(40_000));
+    let text = raw_exchange(g.port, &[req(&long_target, "v").as_bytes()], Duration::ZERO);
+    assert!(text.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{text}");
+    // A 200 KB head, more than a socket buffer: still answered, not reset.
+    let huge = req("/", &"v".repeat(200_000));
+    let text = raw_exchange(g.port, &[huge.as_bytes()], Duration::ZERO);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    assert_eq!(b.hits(), 0, "nothing over the limit went upstream");
+    // A head that cannot be a request is answered at once, before its end
+    // (the client has not closed; the read gives up after 5 s).
+    for junk in [
+        &b"GARBAGE\r\n"[..],
+        b"GET / HTTP/1.1\r\nX Bad Header\r\n",
+        b"\x16\x03\x01\x02\x00\x01",
+    ] {
+        let text = raw_exchange(g.port, &[junk], Duration::ZERO);
+        assert!(text.starts_with("HTTP/1.1 400"), "{junk:?} -> {text}");
+    }
+
+    // Within the limit: whole, in pieces (the blank line split between two
+    // writes), and a POST whose body follows a head longer than one read.
+    let within = "w".repeat(30_000);
+    let ok = req("/", &within);
+    let cut = ok.len() - 3;
+    for parts in [
+        vec![ok.as_bytes()],
+        vec![&ok.as_bytes()[..100], &ok.as_bytes()[100..cut], &ok.as_bytes()[cut..]],
+    ] {
+        let text = raw_exchange(g.port, &parts, Duration::from_millis(50));
+        assert!(text.starts_with("HTTP/1.1 200"), "{}", &text[..text.len().min(200)]);
+        assert!(
+            text.to_ascii_lowercase().contains(&format!("header=x-big: {within}\n")),
+            "the whole field went upstream"
+        );
+    }
+    let post = format!(
+        "POST /p HTTP/1.1\r\nHost: x\r\nX-Big: {within}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+    );
+    let text = raw_exchange(g.port, &[post.as_bytes()], Duration::ZERO);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.contains("body-length=5"),
+        "{}",
+        &text[..text.len().min(300)]
+    );
+    assert_eq!(b.hits(), 3);
+
+    // A smaller limit, set by configuration, for the lean loop's requests too.
+    let g = Gateway::start(&format!(
+        "{}{}",
+        server_section(&["max_request_header_size: 2k"]),
+        one_pool(&[&b], "")
+    ));
+    let text = raw_exchange(g.port, &[req("/", &"v".repeat(3_000)).as_bytes()], Duration::ZERO);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    let text = raw_exchange(g.port, &[req("/", &"v".repeat(1_500)).as_bytes()], Duration::ZERO);
+    assert!(text.starts_with("HTTP/1.1 200"), "{}", &text[..text.len().min(200)]);
+    assert_eq!(b.hits(), 4);
+}
+
 /// Seeded random damage to valid and odd requests (bit flips, bytes added,
 /// cut or repeated, stray CR, LF, NUL, colons, framing fields): whatever
 /// arrives, the gateway answers with a status of its own or the server's,

@@ -569,6 +569,29 @@ fn https_requests_take_the_lean_loop_and_the_rest_pingoras_on_one_connection() {
     );
 }
 
+/// The head's size limit holds over TLS: a head longer than one TLS record
+/// passes whole on a kept-alive connection; one over the limit gets 431.
+#[test]
+fn https_request_heads_over_the_size_limit_are_refused() {
+    let backend = Backend::start("app");
+    let g = start_tls_a(&backend, &["max_request_header_size: 24k"]);
+    let mut s = tls_connection(g.port, "a.test");
+    let field = "v".repeat(20_000);
+    s.get_mut()
+        .write_all(format!("GET /a HTTP/1.1\r\nHost: a.test\r\nX-Big: {field}\r\n\r\n").as_bytes())
+        .unwrap();
+    let (status, body) = read_response(&mut s);
+    assert_eq!(status, 200);
+    assert!(body.contains(&format!("header=X-Big: {field}\n")) || body.contains(&format!("header=x-big: {field}\n")));
+    let field = "v".repeat(30_000);
+    s.get_mut()
+        .write_all(format!("GET /b HTTP/1.1\r\nHost: a.test\r\nX-Big: {field}\r\n\r\n").as_bytes())
+        .unwrap();
+    let (status, _) = read_response(&mut s);
+    assert_eq!(status, 431);
+    assert_eq!(backend.hits(), 1);
+}
+
 #[test]
 fn client_header_timeout_bounds_the_tls_handshake() {
     use std::net::TcpStream;

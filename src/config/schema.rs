@@ -77,6 +77,14 @@ pub struct ServerSection {
     /// How long a new connection may take to send its first request header
     /// (each read; nginx `client_header_timeout`, default 60s).
     pub client_header_timeout: Dur,
+    /// Largest HTTP/1 request head (request line and header fields) a client
+    /// may send: a longer one gets `431 Request Header Fields Too Large`
+    /// (`414 URI Too Long` if its request line alone is longer), and the
+    /// connection closes. nginx's `large_client_header_buffers` allow 32k
+    /// in all (8k per line). 1k to 1m; default 32k. With both
+    /// `lean_keepalive` and `lean_proxy` off, Pingora's loop reads the
+    /// head alone and its own limit (1 MiB) applies.
+    pub max_request_header_size: Size,
     /// Longest wait between two reads of a client's request body (Pingora's default: 60s).
     pub client_body_timeout: Option<Dur>,
     /// Read buffer per client connection (Pingora's default is 64k; it is held
@@ -115,6 +123,7 @@ impl Default for ServerSection {
             keepalive_timeout: Dur(std::time::Duration::from_secs(60)),
             client_header_timeout: Dur(std::time::Duration::from_secs(60)),
             client_body_timeout: None,
+            max_request_header_size: Size(32 * 1024),
             read_buffer: None,
             lean_keepalive: true,
             idle_park_after: Dur(std::time::Duration::from_secs(1)),

@@ -225,6 +225,11 @@ impl Conn {
         self.pos < self.back.len()
     }
 
+    /// The bytes [`Conn::pending`] tells of.
+    pub fn pending_bytes(&self) -> &[u8] {
+        &self.back[self.pos..]
+    }
+
     /// Let go of what only a request in flight needs, before the connection
     /// waits idle.
     pub fn rest(&mut self) {

@@ -57,6 +57,11 @@ impl Rewound {
         self.pos < self.back.len()
     }
 
+    /// The bytes [`Rewound::pending`] tells of.
+    pub fn pending_bytes(&self) -> &[u8] {
+        &self.back[self.pos..]
+    }
+
     /// `Pending` (waking `cx` when the socket turns readable) while a read
     /// could only find nothing: no bytes put back, none decrypted and kept
     /// by OpenSSL, none read ahead by the connection, and a socket with

@@ -1,0 +1,216 @@
+//! The request head's size limit, `server.max_request_header_size`: the
+//! request line and header fields up to and including the blank line that
+//! ends them. Pingora's HTTP/1 loop buffers up to 1 MiB of head per request
+//! and offers no setting for it; nginx refuses more than its
+//! `large_client_header_buffers` (4 × 8k).
+//!
+//! The listener has read a request's first bytes before it hands the
+//! request to Pingora's loop ([`gather`]). When those bytes hold the whole
+//! head, the check is one scan of them for the blank line. When they do
+//! not (a head longer than one read, or sent in pieces), the listener reads
+//! on until the head ends, puts it all back for Pingora's loop to read, and
+//! refuses a head that outgrows the limit: `414 URI Too Long` if the
+//! request line alone does, `431 Request Header Fields Too Large` if not.
+//! The lean loop takes only heads whose first read holds them whole, and
+//! only within the limit (see [`within`]).
+
+use super::{Conn, Rewound};
+use pingora_core::protocols::{Shutdown, Stream};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Where the head that `bytes` begin ends: just past its blank line.
+/// Empty lines before the request line (which parsers skip, RFC 9112 §2.2)
+/// do not end it.
+pub fn end(bytes: &[u8]) -> Option<usize> {
+    end_from(bytes, 0)
+}
+
+/// [`end`], for a head known not to end at a line feed before `from`.
+fn end_from(bytes: &[u8], from: usize) -> Option<usize> {
+    let start = bytes.iter().position(|b| !matches!(b, b'\r' | b'\n'))?;
+    let from = from.max(start);
+    memchr::memchr_iter(b'\n', &bytes[from..])
+        .map(|i| from + i)
+        .find_map(|i| match bytes.get(i + 1..) {
+            Some([b'\n', ..]) => Some(i + 2),
+            Some([b'\r', b'\n', ..]) => Some(i + 3),
+            _ => None,
+        })
+}
+
+/// May a request whose first read gave `bytes` be served as it stands? A
+/// head that ends within `limit` may; so may one not ended yet while fewer
+/// than `limit` bytes have come (the rest is [`gather`]'s to read).
+pub fn within(bytes: &[u8], limit: usize) -> bool {
+    bytes.len() <= limit || end(bytes).is_some_and(|e| e <= limit)
+}
+
+/// Bytes put back in front of `stream` and not read yet.
+fn pending(stream: &Stream) -> &[u8] {
+    let any = stream.as_any();
+    if let Some(c) = any.downcast_ref::<Conn>() {
+        return c.pending_bytes();
+    }
+    any.downcast_ref::<Rewound>().map_or(&[], Rewound::pending_bytes)
+}
+
+/// Put `data` back in front of `stream` (a listener's connection: plain,
+/// or TLS wrapped in [`Rewound`]), with nothing pending.
+fn put_back(stream: Stream, data: &[u8]) -> Stream {
+    let mut rw = match stream.into_any().downcast::<Conn>() {
+        Ok(mut c) => {
+            c.rewind(data);
+            return c;
+        }
+        Err(any) => match any.downcast::<Rewound>() {
+            Ok(rw) => rw,
+            Err(_) => unreachable!("the listener reads ahead only on its own connections"),
+        },
+    };
+    rw.rewind(data);
+    rw
+}
+
+/// Make sure the request whose first bytes were put back in front of
+/// `stream` has a head within `limit` bytes, reading the rest of the head
+/// (each read waits up to `wait`) if those bytes do not end it. `None`: the
+/// head was refused (and answered), or the client went away or timed out.
+pub async fn gather(mut stream: Stream, limit: usize, wait: Duration) -> Option<Stream> {
+    let first = pending(&stream);
+    match end(first) {
+        Some(e) if e <= limit => return Some(stream),
+        Some(_) => {
+            let line_ended = first[..limit].contains(&b'\n');
+            return refuse(stream, line_ended).await;
+        }
+        None => {}
+    }
+    let mut head = Vec::new();
+    // The head is checked for what Pingora's loop refuses at once, for its
+    // 400, whenever it has doubled (a bounded cost for heads that trickle in).
+    let mut check_at = 0;
+    loop {
+        if head.capacity() - head.len() < 4096 {
+            head.reserve(head.len().clamp(4096, limit));
+        }
+        // A blank line's first line feed may be one of the last two bytes read before.
+        let from = head.len().saturating_sub(2);
+        match tokio::time::timeout(wait, stream.read_buf(&mut head)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None, // closed, failed or too slow: nothing to answer
+        }
+        match end_from(&head, from) {
+            Some(e) if e <= limit => return Some(put_back(stream, &head)),
+            None if head.len() <= limit => {}
+            _ => return refuse(stream, head[..limit].contains(&b'\n')).await,
+        }
+        if head.len() >= check_at {
+            if malformed(&head) {
+                return Some(put_back(stream, &head));
+            }
+            check_at = head.len() * 2;
+        }
+    }
+}
+
+/// Would Pingora's loop refuse `head`, not ended yet, as it stands? It
+/// answers 400 to what `httparse` refuses, except for a request line whose
+/// target it may percent-encode (one that reads `METHOD target HTTP/`):
+/// that one is handed over once the head is whole, as is any other.
+fn malformed(head: &[u8]) -> bool {
+    let mut fields = [httparse::EMPTY_HEADER; 256]; // as many as Pingora's loop parses
+    match httparse::Request::new(&mut fields).parse(head) {
+        Ok(_) => false,
+        Err(httparse::Error::Token | httparse::Error::Version) => memchr::memmem::find(head, b" HTTP/").is_none(),
+        Err(_) => true,
+    }
+}
+
+/// Answer a head over the limit and close. As nginx's lingering close
+/// does, the answer is followed by the end of the connection's sending side
+/// and what the client still sends is read for a moment: closing over
+/// unread bytes would send a reset, which can destroy the answer on its way.
+async fn refuse(mut stream: Stream, line_ended: bool) -> Option<Stream> {
+    let status = if line_ended { 431 } else { 414 };
+    log::info!("request head over server.max_request_header_size: answered {status}");
+    let reason = if line_ended {
+        "Request Header Fields Too Large"
+    } else {
+        "URI Too Long"
+    };
+    let body = crate::proxy::respond::error_body(status);
+    let answer = format!(
+        "HTTP/1.1 {status} {reason}\r\nServer: portico\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if stream.write_all(answer.as_bytes()).await.is_err() || stream.write_all(&body).await.is_err() {
+        return None;
+    }
+    Shutdown::shutdown(&mut *stream).await; // flushes, then ends the sending side
+    let until = Instant::now() + LINGER;
+    let mut sink = [0u8; 4096];
+    let mut taken = 0;
+    while taken < LINGER_BYTES {
+        match tokio::time::timeout_at(until.into(), stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => taken += n,
+            _ => break,
+        }
+    }
+    None
+}
+
+/// How long, and for how many bytes, a refused client is read from.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_ends_at_its_first_blank_line() {
+        assert_eq!(end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"), Some(27));
+        assert_eq!(end(b"GET / HTTP/1.1\nHost: a\n\n"), Some(24));
+        assert_eq!(end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
+        assert_eq!(end(b"GET / HTTP/1.1"), None);
+        assert_eq!(end(b""), None);
+        // Empty lines before the request line are not its end.
+        assert_eq!(end(b"\r\n\r\n\r\nGET / HTTP/1.1\r\n\r\n"), Some(24));
+        assert_eq!(end(b"\r\n\r\n"), None);
+        // Found from a later position, as reads come in.
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for from in 0..=24 {
+            assert_eq!(end_from(head, from), Some(27), "from {from}");
+        }
+        assert_eq!(end_from(b"\r\nGET / HTTP/1.1\n\n", 0), Some(18));
+    }
+
+    #[test]
+    fn a_first_read_is_within_the_limit_if_its_head_is() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"; // 27 bytes
+        assert!(within(head, 27));
+        assert!(!within(head, 26));
+        assert!(within(&head[..20], 20), "not ended yet, but not over either");
+        assert!(!within(&head[..21], 20));
+        let mut with_body = head.to_vec();
+        with_body.extend_from_slice(&[b'x'; 100]);
+        assert!(within(&with_body, 27), "the body does not count");
+    }
+
+    #[test]
+    fn heads_pingora_refuses_at_once_are_told_apart() {
+        assert!(!malformed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: vvv"));
+        assert!(
+            !malformed(b"GET /a b HTTP/1.1\r\nHost: a\r\n"),
+            "a target Pingora percent-encodes"
+        );
+        assert!(malformed(b"GET /a b"), "nothing Pingora can mend");
+        assert!(
+            malformed(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+            "a TLS hello"
+        );
+        assert!(malformed(b"GET / HTTP/1.1\r\nX Bad Header\r\nHost: a\r\n"));
+    }
+}
