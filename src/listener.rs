@@ -3,14 +3,16 @@
 //! HTTP/1 keep-alive loop itself (the same steps as Pingora's own, through
 //! its public session API) in front of Pingora's `HttpProxy`, and hands
 //! HTTP/2, h2c and custom protocols to Pingora untouched. It exists for
-//! three things Pingora does not offer:
+//! what Pingora does not offer:
 //!
 //! - `server.client_header_timeout` (nginx's `client_header_timeout`): how
-//!   long a new connection may take to send its first request header (and,
-//!   on TLS, to complete its handshake). Pingora fixes both waits at 60 s.
-//!   Like Pingora's, the limit applies to each read while the header is
-//!   awaited; between requests `server.keepalive_timeout` governs the wait
-//!   instead.
+//!   long a new connection may take to send its first request's first bytes
+//!   (and, on TLS, to complete its handshake; Pingora fixes both waits at
+//!   60 s), and how long the rest of any request head may take (`head.rs`;
+//!   Pingora's applies to each read). Between requests
+//!   `server.keepalive_timeout` governs the wait instead.
+//! - `server.max_request_header_size`: the request head's size limit
+//!   (`head.rs`; Pingora's loop takes up to 1 MiB).
 //! - Lean idle connections (`server.lean_keepalive`, on by default): until
 //!   the first byte of a request arrives, a connection holds only its
 //!   socket (and, on TLS, its TLS state) and a small future. Pingora's

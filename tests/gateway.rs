@@ -584,6 +584,20 @@ fn client_header_timeout_closes_a_connection_that_sends_no_header() {
     let parts: [&[u8]; 2] = [b"GET / HTTP/1.1\r\nHost: x\r\n", b"Connection: close\r\n\r\n"];
     let out = raw_exchange(g.port, &parts, Duration::from_millis(500));
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // The limit bounds the whole header, as nginx's does: one sent a piece
+    // every 400 ms, each read well within 1 s, is cut once 1 s has passed.
+    let trickle: Vec<&[u8]> = vec![
+        b"GET / HTTP/1.1\r\n",
+        b"Host: x\r\n",
+        b"X-A: a\r\n",
+        b"X-B: b\r\n",
+        b"X-C: c\r\n",
+        b"\r\n",
+    ];
+    let hits = b.hits();
+    let out = raw_exchange(g.port, &trickle, Duration::from_millis(400));
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(b.hits(), hits, "never went upstream");
 }
 
 #[test]

@@ -74,8 +74,10 @@ pub struct ServerSection {
     pub daemon: bool,
     /// Downstream keep-alive idle timeout.
     pub keepalive_timeout: Dur,
-    /// How long a new connection may take to send its first request header
-    /// (each read; nginx `client_header_timeout`, default 60s).
+    /// How long a new connection may wait before its first request's first
+    /// bytes (and, on TLS, its handshake), and how long any request's head
+    /// may take in all once its first bytes came (nginx
+    /// `client_header_timeout`, default 60s).
     pub client_header_timeout: Dur,
     /// Largest HTTP/1 request head (request line and header fields) a client
     /// may send: a longer one gets `431 Request Header Fields Too Large`

@@ -74,7 +74,9 @@ fn put_back(stream: Stream, data: &[u8]) -> Stream {
 
 /// Make sure the request whose first bytes were put back in front of
 /// `stream` has a head within `limit` bytes, reading the rest of the head
-/// (each read waits up to `wait`) if those bytes do not end it. `None`: the
+/// if those bytes do not end it: all of it within `wait` of now, as nginx's
+/// `client_header_timeout` bounds a whole header, so a client cannot hold
+/// a connection by sending a byte now and then. `None`: the
 /// head was refused (and answered), or the client went away or timed out.
 pub async fn gather(mut stream: Stream, limit: usize, wait: Duration) -> Option<Stream> {
     let first = pending(&stream);
@@ -86,6 +88,7 @@ pub async fn gather(mut stream: Stream, limit: usize, wait: Duration) -> Option<
         }
         None => {}
     }
+    let deadline = tokio::time::Instant::now() + wait;
     let mut head = Vec::new();
     // The head is checked for what Pingora's loop refuses at once, for its
     // 400, whenever it has doubled (a bounded cost for heads that trickle in).
@@ -96,7 +99,7 @@ pub async fn gather(mut stream: Stream, limit: usize, wait: Duration) -> Option<
         }
         // A blank line's first line feed may be one of the last two bytes read before.
         let from = head.len().saturating_sub(2);
-        match tokio::time::timeout(wait, stream.read_buf(&mut head)).await {
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut head)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => return None, // closed, failed or too slow: nothing to answer
         }

@@ -568,7 +568,8 @@ impl Response {
 }
 
 /// Send `parts` on a new connection, pausing `pause` between them, and read
-/// until the gateway closes it (5 s at most): raw bytes for requests the
+/// until the gateway closes it (5 s at most; sending stops early if it has
+/// closed already): raw bytes for requests the
 /// client above would not write.
 pub fn raw_exchange(port: u16, parts: &[&[u8]], pause: Duration) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -577,7 +578,9 @@ pub fn raw_exchange(port: u16, parts: &[&[u8]], pause: Duration) -> String {
         if i > 0 {
             std::thread::sleep(pause);
         }
-        s.write_all(p).unwrap();
+        if s.write_all(p).is_err() {
+            break; // the gateway has closed the connection: read what it said
+        }
     }
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
