@@ -5,11 +5,18 @@
 //! `= /path` wins at once; otherwise the longest prefix is remembered, and
 //! used directly if marked `^~`; otherwise regexes are tried in file order
 //! and the first match wins; otherwise the longest prefix is used.
+//!
+//! Paths are matched as nginx matches its `$uri` ([`normalize`]): decoded,
+//! with `.` and `..` resolved and slashes merged, so `/x/../admin`,
+//! `//admin` and `/%61dmin` find the location of `/admin`. The request
+//! still goes upstream with the target as the client sent it (as nginx's
+//! `proxy_pass` without a URI part sends it).
 
 // FNV: the tables are filled from the config only; client names are looked up, never
 // inserted, so a cheap hash is safe here.
 use fnv::FnvHashMap as HashMap;
 use regex::Regex;
+use std::borrow::Cow;
 
 pub enum PathMatch {
     Exact(String),
@@ -169,6 +176,71 @@ impl<H: Clone> Default for HostTable<H> {
     }
 }
 
+/// A request path that cannot name a location: a `%` not followed by two
+/// hex digits, an encoded NUL, or a `..` above the root (nginx answers 400).
+#[derive(Debug, PartialEq)]
+pub struct BadPath;
+
+/// The path as locations are matched against it (nginx's `$uri`):
+/// percent-decoded, `.` and `..` segments resolved, repeated slashes
+/// merged. A path with nothing to change is returned as it is, found by one
+/// scan; a target that is not a path (`*`) too.
+pub fn normalize(path: &str) -> Result<Cow<'_, str>, BadPath> {
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') || !needs_normalizing(b) {
+        return Ok(Cow::Borrowed(path));
+    }
+    // Decode first: an encoded `/` or `.` takes part in the segments, as in nginx.
+    let mut decoded = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c != b'%' {
+            decoded.push(c);
+            i += 1;
+            continue;
+        }
+        let hex = |d: u8| (d as char).to_digit(16);
+        match (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (Some(h), Some(l)) if h * 16 + l != 0 => decoded.push((h * 16 + l) as u8),
+            _ => return Err(BadPath),
+        }
+        i += 3;
+    }
+    let mut out: Vec<&[u8]> = Vec::new();
+    let mut trailing = false;
+    for seg in decoded[1..].split(|&c| c == b'/') {
+        trailing = matches!(seg, b"" | b"." | b"..");
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                out.pop().ok_or(BadPath)?;
+            }
+            _ => out.push(seg),
+        }
+    }
+    let mut n = Vec::with_capacity(decoded.len());
+    for seg in &out {
+        n.push(b'/');
+        n.extend_from_slice(seg);
+    }
+    if trailing || out.is_empty() {
+        n.push(b'/');
+    }
+    Ok(Cow::Owned(String::from_utf8_lossy(&n).into_owned()))
+}
+
+/// Does `path` hold a `%`, an empty segment, or a `.` or `..` segment?
+fn needs_normalizing(path: &[u8]) -> bool {
+    memchr::memchr2_iter(b'/', b'%', path).any(|i| {
+        path[i] == b'%'
+            || matches!(
+                &path[i + 1..],
+                [b'/', ..] | [b'.'] | [b'.', b'/', ..] | [b'.', b'.'] | [b'.', b'.', b'/', ..]
+            )
+    })
+}
+
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
 pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
@@ -214,6 +286,33 @@ mod tests {
         assert_eq!(table(&["/api"]).lookup("/x"), None);
         assert!(PathMatch::parse("~ (").is_err());
         assert!(PathMatch::parse("api").is_err());
+    }
+
+    #[test]
+    fn paths_are_matched_as_nginx_normalizes_them() {
+        let n = |p: &str| normalize(p).map(Cow::into_owned);
+        for plain in ["/", "/a", "/a/b/", "/.well-known/x", "/a..b/c.", "/a/..b", "*"] {
+            assert!(matches!(normalize(plain), Ok(Cow::Borrowed(_))), "{plain}");
+        }
+        assert_eq!(n("/x/../admin/secret").unwrap(), "/admin/secret");
+        assert_eq!(n("/./admin/secret").unwrap(), "/admin/secret");
+        assert_eq!(n("//admin//secret").unwrap(), "/admin/secret");
+        assert_eq!(n("/%61dmin/secret").unwrap(), "/admin/secret");
+        assert_eq!(
+            n("/a%2F..%2Fadmin").unwrap(),
+            "/admin",
+            "encoded slashes and dots count"
+        );
+        assert_eq!(n("/%2e%2E/x").ok(), None, "above the root");
+        assert_eq!(n("/a/b/..").unwrap(), "/a/");
+        assert_eq!(n("/a/.").unwrap(), "/a/");
+        assert_eq!(n("/a/b/../..").unwrap(), "/");
+        assert_eq!(n("/a%20b").unwrap(), "/a b");
+        assert_eq!(n("/.."), Err(BadPath));
+        assert_eq!(n("/a/../.."), Err(BadPath));
+        assert_eq!(n("/%zz"), Err(BadPath));
+        assert_eq!(n("/a%2"), Err(BadPath));
+        assert_eq!(n("/a%00b"), Err(BadPath));
     }
 
     #[test]

@@ -350,6 +350,45 @@ fn malformed_request_gets_4xx_and_gateway_survives() {
     assert_eq!(g.get("/").status, 200, "still serving");
 }
 
+/// Locations match the path as nginx normalizes it (`.` and `..` resolved,
+/// slashes merged, `%XX` decoded), so a rule on `/admin/` cannot be walked
+/// around; the server still gets the target as the client sent it. In both
+/// loops: GETs take the lean one, POSTs Pingora's.
+#[test]
+fn locations_match_the_normalized_path_and_the_target_goes_upstream_as_sent() {
+    let b = Backend::start("b");
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations:\n      - {{ path: /admin/, return: {{ status: 403 }} }}\n      - {{ path: \"= /exact\", return: {{ status: 204 }} }}\n      - {{ path: /, proxy_pass: app }}\n",
+        b.addr
+    ));
+    for method in ["GET", "POST"] {
+        let send = |path: &str| request(g.port, method, path, &[], if method == "POST" { b"x" } else { b"" });
+        for path in [
+            "/admin/secret",
+            "/x/../admin/secret",
+            "/./admin/secret",
+            "//admin/secret",
+            "/%61dmin/secret",
+            "/a%2F..%2Fadmin/",
+        ] {
+            assert_eq!(send(path).status, 403, "{method} {path}");
+        }
+        assert_eq!(send("/x/./../exact").status, 204, "{method}");
+        for path in ["/../admin/", "/%zz", "/a%00b"] {
+            assert_eq!(send(path).status, 400, "{method} {path}");
+        }
+        let r = send("/x/..//y%20z?q=/../admin/");
+        assert_eq!(r.status, 200, "{method}");
+        assert!(
+            r.body
+                .contains(&format!("request={method} /x/..//y%20z?q=/../admin/ HTTP/1.1")),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(b.hits(), 2, "only the two requests routed to the pool");
+}
+
 /// A request head over `server.max_request_header_size` (default 32k) gets
 /// 431, or 414 when its request line alone is over; the client reads the
 /// answer (no reset), nothing reaches the server, and heads within the

@@ -33,6 +33,12 @@ pub trait Downstream: Send + Sync {
         self.req().uri.path()
     }
 
+    /// The path as locations are matched against it, nginx's `$uri`
+    /// ([`crate::routing::normalize`]).
+    fn uri(&self) -> std::result::Result<std::borrow::Cow<'_, str>, crate::routing::BadPath> {
+        crate::routing::normalize(self.path())
+    }
+
     /// The target as the request line gave it (path and query; `/` if none).
     fn target(&self) -> &str {
         let req = self.req();

@@ -175,11 +175,15 @@ fn routable(req: &httparse::Request, snap: &Snapshot, listener: usize, websocket
     let host = host.and_then(|h| std::str::from_utf8(h.value).ok()).unwrap_or("");
     let path = req.path.unwrap_or("/");
     let path = path.split('?').next().unwrap_or(path);
+    // A path that is no path (a bad escape, `..` above the root) gets its 400 in Pingora's loop.
+    let Ok(path) = crate::routing::normalize(path) else {
+        return false;
+    };
     let loc = snap
         .listeners
         .get(listener)
         .and_then(|l| l.hosts.lookup(host))
-        .and_then(|h| h.paths.lookup(path));
+        .and_then(|h| h.paths.lookup(&path));
     match loc {
         Some(l) => match &l.action {
             Action::Proxy(p) => !p.http2 && (!websocket || l.upgrade == Upgrade::WebSocket),

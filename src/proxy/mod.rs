@@ -41,6 +41,7 @@ use pingora_core::{Error, ErrorSource, ErrorType, OrErr, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portico_plugin_api::{self as api, Flow, Headers, Hooks, Reply};
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -127,7 +128,7 @@ impl Gateway {
             scheme: self.scheme,
             method: s.method().clone(),
             host: crate::routing::strip_port(s.host()).to_string(),
-            path: s.path().to_string(),
+            path: s.uri().map_or_else(|_| s.path().to_string(), Cow::into_owned),
             query: s.query().map(str::to_string),
             route: loc.name.clone(),
             pool: match &loc.action {
@@ -164,7 +165,7 @@ impl Gateway {
             scheme: self.scheme,
             host: crate::routing::strip_port(s.host()),
             request_uri: s.target(),
-            uri: s.path(),
+            uri: &s.uri().unwrap_or(Cow::Borrowed(s.path())),
             remote_addr: &ip,
         })
     }
@@ -209,18 +210,24 @@ impl Gateway {
             respond::send(s, 400, "text/plain", respond::error_body(400), None).await?;
             return Ok(true);
         }
-        if let Some(hp) = &snap.health_path {
-            if s.path() == hp && matches!(*s.method(), http::Method::GET | http::Method::HEAD) {
-                respond::send(s, 200, "text/plain", Bytes::from_static(b"ok"), None).await?;
-                return Ok(true);
-            }
-        }
+        // Locations see the path normalized, as nginx's do: `/x/../admin` is `/admin`.
+        let Ok(uri) = s.uri() else {
+            s.set_keepalive(None);
+            respond::send(s, 400, "text/plain", respond::error_body(400), None).await?;
+            return Ok(true);
+        };
+        let health = snap.health_path.as_ref().is_some_and(|hp| uri == hp.as_str());
         let loc = snap
             .listeners
             .get(self.listener)
             .and_then(|l| l.hosts.lookup(s.host()))
-            .and_then(|h| h.paths.lookup(s.path()))
+            .and_then(|h| h.paths.lookup(&uri))
             .cloned();
+        drop(uri);
+        if health && matches!(*s.method(), http::Method::GET | http::Method::HEAD) {
+            respond::send(s, 200, "text/plain", Bytes::from_static(b"ok"), None).await?;
+            return Ok(true);
+        }
         let Some(loc) = loc else {
             respond::send(s, 404, "text/plain", respond::error_body(404), None).await?;
             return Ok(true);
