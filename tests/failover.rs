@@ -360,6 +360,39 @@ fn wait_for_first_pass_routes_only_after_checks_pass() {
     assert_eq!(m.get("a"), Some(&10), "b never passed a check: {m:?}");
 }
 
+/// A client that pauses mid-body for longer than the pool's `read_timeout`
+/// gets 408; the servers, which were waiting for that body, are not marked
+/// down (nginx times a server only once the request is sent) and the
+/// request is not sent to another.
+#[test]
+fn a_client_stalling_its_body_is_not_held_against_the_servers() {
+    use std::io::Write;
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let g = gw(
+        &[&a, &b],
+        "    read_timeout: 500ms\n",
+        "        max_fails: 1\n        fail_timeout: 30s\n",
+    );
+    for _ in 0..2 {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n0123456789")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+        let _ = c.write_all(b"0123456789");
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut c, &mut out);
+        assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    }
+    assert_eq!(
+        a.posts.load(SeqCst) + b.posts.load(SeqCst),
+        0,
+        "no body was ever complete upstream"
+    );
+    let seen: std::collections::HashSet<String> = (0..6).map(|_| g.get("/").backend()).collect();
+    assert_eq!(seen.len(), 2, "both servers still take requests: {seen:?}");
+}
+
 #[test]
 fn client_abort_is_neither_retried_nor_held_against_the_server() {
     use std::io::Write;

@@ -89,6 +89,8 @@ pub trait Downstream: Send + Sync {
     fn response_status(&self) -> Option<u16>;
     /// A request body was too large to keep for a retry.
     fn retry_buffer_truncated(&self) -> bool;
+    /// Has the client sent the whole request body (or had none)?
+    fn request_body_done(&mut self) -> bool;
     /// `METHOD uri, Host: host`, for error logs.
     fn summary(&self) -> String;
     fn send_header(&mut self, resp: Box<ResponseHeader>, end: bool) -> impl Future<Output = Result<()>> + Send;
@@ -144,6 +146,10 @@ impl Downstream for Session {
 
     fn retry_buffer_truncated(&self) -> bool {
         self.as_downstream().retry_buffer_truncated()
+    }
+
+    fn request_body_done(&mut self) -> bool {
+        self.as_downstream_mut().is_body_done()
     }
 
     fn summary(&self) -> String {

@@ -519,6 +519,20 @@ impl Gateway {
         if std::mem::take(&mut ctx.status_retry) {
             return e; // decided in upstream_response_filter
         }
+        if e.esource() == &ErrorSource::Upstream
+            && e.etype() == &ErrorType::ReadTimedout
+            && ctx.current.as_ref().is_some_and(|a| a.header_time.is_none())
+            && !s.request_body_done()
+        {
+            // The server's answer was awaited while the client had not sent
+            // all of its body: the client's stall, not the server's (nginx
+            // times a server only once the request is sent). 408, no retry,
+            // nothing held against the server.
+            let mut e = Error::because(ErrorType::ReadTimedout, "the client stalled its request body", e);
+            e.esource = ErrorSource::Downstream;
+            e.set_retry(false);
+            return e;
+        }
         if e.esource() == &ErrorSource::Downstream {
             // The client went away or misbehaved: not the server's fault, nothing to retry.
             e.set_retry(false);

@@ -733,6 +733,10 @@ impl Downstream for LeanSession {
         false // no body to buffer
     }
 
+    fn request_body_done(&mut self) -> bool {
+        true // no body
+    }
+
     fn summary(&self) -> String {
         format!("{} {}, Host: {}", self.method(), self.target(), self.host())
     }
