@@ -389,6 +389,41 @@ fn locations_match_the_normalized_path_and_the_target_goes_upstream_as_sent() {
     assert_eq!(b.hits(), 2, "only the two requests routed to the pool");
 }
 
+/// `server.send_timeout` (nginx's): a client that stops reading its
+/// response is dropped once no byte has gone to it for that long, in both
+/// loops (a GET takes the lean one, a POST Pingora's); the rest of the
+/// response is never sent, and the gateway still serves.
+#[test]
+fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
+    use std::io::{Read, Write};
+    let size = 64 << 20; // more than the sockets between client and server hold
+    let b = Backend::start_with("big", Behaviour::Big(size));
+    let g = Gateway::start(&format!(
+        "{}{}",
+        server_section(&["send_timeout: 1s"]),
+        one_pool(&[&b], "")
+    ));
+    for req in [
+        &b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+    ] {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+        c.write_all(req).unwrap();
+        std::thread::sleep(Duration::from_secs(3)); // reads nothing
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        assert!(got > 0 && got < size, "{got} of {size} bytes before the gateway let go");
+    }
+    assert_eq!(g.get("/").status, 200, "still serving");
+}
+
 /// A request head over `server.max_request_header_size` (default 32k) gets
 /// 431, or 414 when its request line alone is over; the client reads the
 /// answer (no reset), nothing reaches the server, and heads within the

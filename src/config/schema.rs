@@ -79,6 +79,11 @@ pub struct ServerSection {
     /// may take in all once its first bytes came (nginx
     /// `client_header_timeout`, default 60s).
     pub client_header_timeout: Dur,
+    /// Longest a client may take to accept any of its response's bytes
+    /// (between two writes that go through, not for the whole response;
+    /// nginx `send_timeout`, default 60s). A client that stops reading is
+    /// then dropped, and with it the server's response.
+    pub send_timeout: Dur,
     /// Largest HTTP/1 request head (request line and header fields) a client
     /// may send: a longer one gets `431 Request Header Fields Too Large`
     /// (`414 URI Too Long` if its request line alone is longer), and the
@@ -126,6 +131,7 @@ impl Default for ServerSection {
             client_header_timeout: Dur(std::time::Duration::from_secs(60)),
             client_body_timeout: None,
             max_request_header_size: Size(32 * 1024),
+            send_timeout: Dur(std::time::Duration::from_secs(60)),
             read_buffer: None,
             lean_keepalive: true,
             idle_park_after: Dur(std::time::Duration::from_secs(1)),

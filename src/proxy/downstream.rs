@@ -84,6 +84,8 @@ pub trait Downstream: Send + Sync {
     /// (0: no limit), or close it (`None`).
     fn set_keepalive(&mut self, seconds: Option<u64>);
     fn set_read_timeout(&mut self, timeout: Option<Duration>);
+    /// Longest wait for a write to the client to go through (`send_timeout`).
+    fn set_write_timeout(&mut self, timeout: Option<Duration>);
     fn is_upgrade_req(&self) -> bool;
     /// The status of the response header sent so far, if any.
     fn response_status(&self) -> Option<u16>;
@@ -134,6 +136,10 @@ impl Downstream for Session {
 
     fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         self.as_downstream_mut().set_read_timeout(timeout);
+    }
+
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) {
+        self.as_downstream_mut().set_write_timeout(timeout);
     }
 
     fn is_upgrade_req(&self) -> bool {

@@ -202,6 +202,7 @@ impl Gateway {
             // Only where the client allows it (not HTTP/1.0 without keep-alive, not `Connection: close`).
             s.set_keepalive(Some(snap.cfg.server.keepalive_timeout.0.as_secs()));
         }
+        s.set_write_timeout(Some(snap.cfg.server.send_timeout.0));
         ctx.snap = Some(snap.clone());
         ctx.in_flight = Some(RequestGauge::new());
         ctx.client_ip = s.client_ip();
@@ -569,7 +570,7 @@ impl Gateway {
         e.esource() == &ErrorSource::Downstream
             && matches!(
                 e.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError | ErrorType::WriteTimedout
             )
     }
 
@@ -582,7 +583,7 @@ impl Gateway {
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
-                    WriteError | ReadError | ConnectionClosed => 0,
+                    WriteError | ReadError | ConnectionClosed | WriteTimedout => 0,
                     ReadTimedout => 408,
                     _ => 400,
                 },

@@ -14,6 +14,7 @@
 use super::edits::ClientFields;
 use super::upstream::{ends_chunked, put_field, ResponseHead};
 use crate::proxy::downstream::Downstream;
+use crate::timeout::Alarm;
 use bytes::{BufMut, Bytes, BytesMut};
 use log::warn;
 use pingora_core::protocols::Stream;
@@ -338,6 +339,10 @@ pub struct LeanSession {
     held: Option<BytesMut>,
     /// The connection is TLS (pieces are gathered into records).
     tls: bool,
+    /// Longest wait for a write to the client to go through (`send_timeout`),
+    /// on `alarm`, which is set only by a write that has to wait.
+    send_timeout: Option<Duration>,
+    alarm: Alarm,
 }
 
 /// How long a client whose socket is on no reactor yet waits for its answer
@@ -369,6 +374,8 @@ impl LeanSession {
             extra: false,
             held: None,
             tls,
+            send_timeout: None,
+            alarm: Alarm::default(),
         }
     }
 
@@ -426,18 +433,38 @@ impl LeanSession {
         if self.complete && self.will_keepalive() {
             return Some(self.stream);
         }
-        if self.tls {
-            // TLS ends with its close_notify alert.
-            let _ = self.stream.shutdown().await;
-        } else {
-            // Closing the socket sends what is left, then the FIN, as `shutdown` would, one
-            // system call sooner (nginx closes so too).
-            let _ = self.stream.flush().await;
-        }
+        let limit = self.send_timeout.unwrap_or(Duration::MAX);
+        let end = async {
+            if self.tls {
+                // TLS ends with its close_notify alert.
+                let _ = self.stream.shutdown().await;
+            } else {
+                // Closing the socket sends what is left, then the FIN, as `shutdown` would, one
+                // system call sooner (nginx closes so too).
+                let _ = self.stream.flush().await;
+            }
+        };
+        let _ = self.alarm.within(limit, std::pin::pin!(end)).await;
         None
     }
 
+    /// Write to the client within `send_timeout`.
     async fn write(&mut self, bytes: &[u8], flush: bool) -> Result<()> {
+        let Some(limit) = self.send_timeout else {
+            return self.write_now(bytes, flush).await;
+        };
+        let mut alarm = std::mem::take(&mut self.alarm);
+        let r = alarm.within(limit, std::pin::pin!(self.write_now(bytes, flush))).await;
+        self.alarm = alarm;
+        r.unwrap_or_else(|_| {
+            Error::e_explain(
+                ErrorType::WriteTimedout,
+                format!("the client took no bytes for {limit:?}"),
+            )
+        })
+    }
+
+    async fn write_now(&mut self, bytes: &[u8], flush: bool) -> Result<()> {
         self.put(bytes, flush)
             .await
             .or_err(ErrorType::WriteError, "while writing to the client")?;
@@ -719,6 +746,10 @@ impl Downstream for LeanSession {
 
     fn set_read_timeout(&mut self, _timeout: Option<Duration>) {
         // No body is read: nothing to time.
+    }
+
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) {
+        self.send_timeout = timeout;
     }
 
     fn is_upgrade_req(&self) -> bool {
