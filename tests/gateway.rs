@@ -424,6 +424,33 @@ fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
     assert_eq!(g.get("/").status, 200, "still serving");
 }
 
+/// The gateway answers as an HTTP/1.1 server whatever version the server
+/// used, and an HTTP/1.0 client, which knows no chunked encoding, gets a
+/// chunked response's body as it is, ended by the connection (as nginx).
+#[test]
+fn responses_are_http11_and_http10_clients_get_no_chunked_framing() {
+    let chunked = Backend::start_with("c", Behaviour::Chunked);
+    let g = Gateway::start(&one_pool(&[&chunked], ""));
+    for keep in ["", "Connection: keep-alive\r\n"] {
+        let req = format!("GET /x HTTP/1.0\r\nHost: x\r\n{keep}\r\n");
+        let text = raw_exchange(g.port, &[req.as_bytes()], Duration::ZERO);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{text}"));
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(!head.to_ascii_lowercase().contains("transfer-encoding"), "{head}");
+        assert!(body.starts_with("name=c\n") && body.ends_with("\nend\n"), "{body:?}");
+    }
+    let old = Backend::start_with("old", Behaviour::CloseDelimited);
+    let g = Gateway::start(&one_pool(&[&old], ""));
+    for req in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    ] {
+        let text = raw_exchange(g.port, &[req], Duration::ZERO);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("name=old"), "{text}");
+    }
+}
+
 /// A request head over `server.max_request_header_size` (default 32k) gets
 /// 431, or 414 when its request line alone is over; the client reads the
 /// answer (no reset), nothing reaches the server, and heads within the

@@ -73,6 +73,18 @@ fn bad_header(e: String) -> Box<Error> {
     Error::explain(ErrorType::InvalidHTTPHeader, e)
 }
 
+/// The response line and framing an HTTP/1 client gets, as nginx sends
+/// them: always `HTTP/1.1` (Pingora passes on the server's version), and
+/// for an HTTP/1.0 client, which knows no chunked encoding (RFC 9112
+/// §6.1), a body that ends with the connection instead.
+fn http1_framing(s: &mut Session, resp: &mut ResponseHeader) {
+    resp.set_version(http::Version::HTTP_11);
+    if s.req().version == http::Version::HTTP_10 && resp.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        resp.remove_header(&http::header::TRANSFER_ENCODING);
+        s.set_keepalive(None);
+    }
+}
+
 fn classify(e: &Error) -> Failure {
     use ErrorType::*;
     match e.etype() {
@@ -727,8 +739,11 @@ impl ProxyHttp for Gateway {
         Gateway::upstream_response_filter(self, s, resp, ctx)
     }
 
-    async fn response_filter(&self, _s: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(&self, s: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         Gateway::response_filter(self, resp.status.as_u16(), &mut RespHeaders(resp), ctx);
+        if !s.as_downstream().is_http2() {
+            http1_framing(s, resp);
+        }
         Ok(())
     }
 

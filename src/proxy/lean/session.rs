@@ -525,15 +525,11 @@ impl LeanSession {
         self.held = Some(buf);
     }
 
-    /// The response line and fields of `resp` as Pingora writes them.
+    /// The response line and fields of `resp` as Pingora writes them, but
+    /// always as `HTTP/1.1` (what the gateway speaks, as nginx answers).
     fn serialize(resp: &ResponseHeader, keep: Option<bool>) -> Result<BytesMut> {
-        let http10 = match resp.version {
-            http::Version::HTTP_10 => true,
-            http::Version::HTTP_11 => false,
-            _ => return Error::e_explain(ErrorType::WriteError, "serializing response header"),
-        };
         let reason = resp.get_reason_phrase().map(str::as_bytes);
-        let mut w = HeadWriter::new(http10, resp.status, reason, keep);
+        let mut w = HeadWriter::new(resp.status, reason, keep);
         resp.map(|name, value| {
             let name = match name {
                 HeaderNameVariant::Case(c) => c.as_slice(),
@@ -603,7 +599,7 @@ impl LeanSession {
         let built = self.status.is_none().then(|| {
             let code = head.status.as_u16();
             self.frame(code, chunked, length);
-            let mut w = HeadWriter::new(head.http10, head.status, Some(head.reason()), self.connection());
+            let mut w = HeadWriter::new(head.status, Some(head.reason()), self.connection());
             for (name, value) in fields {
                 w.field(name, value);
             }
@@ -630,9 +626,9 @@ struct HeadWriter {
 }
 
 impl HeadWriter {
-    fn new(http10: bool, status: http::StatusCode, reason: Option<&[u8]>, keep: Option<bool>) -> Self {
+    fn new(status: http::StatusCode, reason: Option<&[u8]>, keep: Option<bool>) -> Self {
         let mut buf = BytesMut::with_capacity(512);
-        buf.put_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+        buf.put_slice(b"HTTP/1.1 ");
         buf.put_slice(status.as_str().as_bytes());
         buf.put_u8(b' ');
         buf.put_slice(reason.unwrap_or_default());
