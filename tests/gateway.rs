@@ -451,6 +451,63 @@ fn responses_are_http11_and_http10_clients_get_no_chunked_framing() {
     }
 }
 
+/// `Expect: 100-continue` is answered by the gateway, which then reads the
+/// body, as nginx does: the client gets its `100` at once (the server here
+/// sends none), the field does not go upstream, and the connection is kept.
+/// A body over `client_max_body_size` gets its 413 without a `100`.
+#[test]
+fn expect_100_continue_is_answered_by_the_gateway() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let b = Backend::start("b");
+    let g = Gateway::start(&one_pool(&[&b], "        client_max_body_size: 10\n"));
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut line = String::new();
+    for i in 0..2 {
+        c.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+            .unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, "HTTP/1.1 100 Continue\r\n", "request {i}");
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, "\r\n");
+        c.write_all(b"hello").unwrap();
+        let mut head = Vec::new();
+        let mut len = 0;
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push(line.clone());
+        }
+        assert!(head[0].starts_with("HTTP/1.1 200"), "{head:?}");
+        assert!(
+            !head
+                .iter()
+                .any(|h| h.to_ascii_lowercase().starts_with("connection: close")),
+            "{head:?}"
+        );
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        let body = String::from_utf8(body).unwrap();
+        assert!(body.contains("body-length=5"), "{body}");
+        assert!(!body.to_ascii_lowercase().contains("header=expect"), "{body}");
+    }
+    let text = raw_exchange(
+        g.port,
+        &[b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 50\r\n\r\n"],
+        Duration::ZERO,
+    );
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+}
+
 /// A request head over `server.max_request_header_size` (default 32k) gets
 /// 431, or 414 when its request line alone is over; the client reads the
 /// answer (no reset), nothing reaches the server, and heads within the

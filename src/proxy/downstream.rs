@@ -147,7 +147,9 @@ impl Downstream for Session {
     }
 
     fn response_status(&self) -> Option<u16> {
-        self.as_downstream().response_written().map(|r| r.status.as_u16())
+        // A `100 Continue` the gateway sent is no response yet.
+        let written = self.as_downstream().response_written();
+        written.map(|r| r.status.as_u16()).filter(|&c| c != 100)
     }
 
     fn retry_buffer_truncated(&self) -> bool {

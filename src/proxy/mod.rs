@@ -85,6 +85,33 @@ fn http1_framing(s: &mut Session, resp: &mut ResponseHeader) {
     }
 }
 
+/// A client that sent `Expect: 100-continue` and is to be proxied is told
+/// to send its body at once, and the field does not go upstream: the
+/// gateway reads the body, as nginx does (forwarded, the field left a
+/// client waiting for a `100` from a server that sends none, curl for a
+/// second). Only HTTP/1.1 (RFC 9110 §10.1.1: ignored in HTTP/1.0).
+async fn continue_body(s: &mut Session) -> Result<()> {
+    let req = s.req();
+    let expects = req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get_all(http::header::EXPECT)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !expects || s.as_downstream().is_http2() {
+        return Ok(());
+    }
+    s.req_mut().remove_header(&http::header::EXPECT);
+    if !s.as_downstream_mut().is_body_done() {
+        // Pingora ends keep-alive for any answer written before the body is
+        // read, the `100` too; the final response decides that again.
+        let keep = s.as_downstream().get_keepalive();
+        s.as_downstream_mut().write_continue_response().await?;
+        s.set_keepalive(keep);
+    }
+    Ok(())
+}
+
 fn classify(e: &Error) -> Failure {
     use ErrorType::*;
     match e.etype() {
@@ -697,7 +724,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        Gateway::request_filter(self, s, ctx).await
+        if Gateway::request_filter(self, s, ctx).await? {
+            return Ok(true);
+        }
+        continue_body(s).await?;
+        Ok(false)
     }
 
     async fn upstream_peer(&self, s: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
