@@ -451,6 +451,47 @@ fn responses_are_http11_and_http10_clients_get_no_chunked_framing() {
     }
 }
 
+/// A server's hop-by-hop `Keep-Alive` parameters do not reach the client,
+/// in either loop (a GET takes the lean one, a POST Pingora's).
+#[test]
+fn the_servers_keep_alive_parameters_stay_behind() {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                // Each read is taken for one request (these are small, and answered one at a time).
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok";
+                    if s.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app: {{ servers: [{{ address: \"{addr}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n"
+    ));
+    for req in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    ] {
+        let text = raw_exchange(g.port, &[req], Duration::ZERO);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\nok"),
+            "{text}"
+        );
+        assert!(!text.to_ascii_lowercase().contains("\r\nkeep-alive:"), "{text}");
+    }
+}
+
 /// `Expect: 100-continue` is answered by the gateway, which then reads the
 /// body, as nginx does: the client gets its `100` at once (the server here
 /// sends none), the field does not go upstream, and the connection is kept.

@@ -74,11 +74,13 @@ fn bad_header(e: String) -> Box<Error> {
 }
 
 /// The response line and framing an HTTP/1 client gets, as nginx sends
-/// them: always `HTTP/1.1` (Pingora passes on the server's version), and
-/// for an HTTP/1.0 client, which knows no chunked encoding (RFC 9112
-/// §6.1), a body that ends with the connection instead.
+/// them: always `HTTP/1.1` (Pingora passes on the server's version),
+/// without the server's hop-by-hop `Keep-Alive` parameters, and for an
+/// HTTP/1.0 client, which knows no chunked encoding (RFC 9112 §6.1), a
+/// body that ends with the connection instead.
 fn http1_framing(s: &mut Session, resp: &mut ResponseHeader) {
     resp.set_version(http::Version::HTTP_11);
+    resp.remove_header("keep-alive");
     if s.req().version == http::Version::HTTP_10 && resp.headers.contains_key(http::header::TRANSFER_ENCODING) {
         resp.remove_header(&http::header::TRANSFER_ENCODING);
         s.set_keepalive(None);

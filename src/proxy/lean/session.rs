@@ -658,6 +658,8 @@ impl HeadWriter {
             self.ours(0);
         } else if name.len() == 10 && name.eq_ignore_ascii_case(b"connection") {
             self.ours(1);
+        } else if name.len() == 10 && name.eq_ignore_ascii_case(b"keep-alive") {
+            // The server's hop-by-hop keep-alive parameters are not the client's (nginx drops them too).
         } else {
             put_field(&mut self.buf, name, value);
         }
