@@ -451,10 +451,9 @@ fn responses_are_http11_and_http10_clients_get_no_chunked_framing() {
     }
 }
 
-/// A server's hop-by-hop `Keep-Alive` parameters do not reach the client,
-/// in either loop (a GET takes the lean one, a POST Pingora's).
-#[test]
-fn the_servers_keep_alive_parameters_stay_behind() {
+/// A server at `addr` that answers every read of a connection with `answer`
+/// (each read taken for one small request).
+fn raw_server(answer: &'static [u8]) -> std::net::SocketAddr {
     use std::io::{Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
@@ -463,32 +462,77 @@ fn the_servers_keep_alive_parameters_stay_behind() {
             let Ok(mut s) = s else { return };
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
-                // Each read is taken for one request (these are small, and answered one at a time).
                 while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 {
-                        return;
-                    }
-                    let answer = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok";
-                    if s.write_all(answer).is_err() {
+                    if n == 0 || s.write_all(answer).is_err() {
                         return;
                     }
                 }
             });
         }
     });
-    let g = Gateway::start(&format!(
+    addr
+}
+
+fn to_server(addr: std::net::SocketAddr) -> Gateway {
+    Gateway::start(&format!(
         "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app: {{ servers: [{{ address: \"{addr}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n"
+    ))
+}
+
+/// The same request to each loop: a GET takes the lean one, a POST Pingora's.
+const BOTH_LOOPS: [&[u8]; 2] = [
+    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+];
+
+/// A server's hop-by-hop `Keep-Alive` parameters do not reach the client,
+/// in either loop.
+#[test]
+fn the_servers_keep_alive_parameters_stay_behind() {
+    let g = to_server(raw_server(
+        b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
     ));
-    for req in [
-        &b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
-        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
-    ] {
+    for req in BOTH_LOOPS {
         let text = raw_exchange(g.port, &[req], Duration::ZERO);
         assert!(
             text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\nok"),
             "{text}"
         );
         assert!(!text.to_ascii_lowercase().contains("\r\nkeep-alive:"), "{text}");
+    }
+}
+
+/// A Content-Length given twice with one value goes on once, both ways
+/// (RFC 9110 §8.6), in either loop.
+#[test]
+fn a_repeated_content_length_goes_on_once() {
+    let g = to_server(raw_server(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+    ));
+    for req in BOTH_LOOPS {
+        let text = raw_exchange(g.port, &[req], Duration::ZERO);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\nok"),
+            "{text}"
+        );
+        assert_eq!(
+            text.to_ascii_lowercase().matches("\r\ncontent-length:").count(),
+            1,
+            "{text}"
+        );
+    }
+    let b = Backend::start("b");
+    let g = Gateway::start(&one_pool(&[&b], ""));
+    for cl in ["Content-Length: 1\r\nContent-Length: 1\r\n", "Content-Length: 1, 1\r\n"] {
+        let req = format!("POST / HTTP/1.1\r\nHost: x\r\n{cl}Connection: close\r\n\r\nx");
+        let text = raw_exchange(g.port, &[req.as_bytes()], Duration::ZERO);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        let got: Vec<&str> = text
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("header=content-length"))
+            .collect();
+        assert_eq!(got.len(), 1, "{cl:?}: {text}");
+        assert!(got[0].ends_with(": 1"), "{got:?}");
     }
 }
 

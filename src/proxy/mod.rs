@@ -81,6 +81,9 @@ fn bad_header(e: String) -> Box<Error> {
 fn http1_framing(s: &mut Session, resp: &mut ResponseHeader) {
     resp.set_version(http::Version::HTTP_11);
     resp.remove_header("keep-alive");
+    if let Some(v) = one_content_length(&resp.headers) {
+        let _ = resp.insert_header(http::header::CONTENT_LENGTH, v); // a value that parsed as one already
+    }
     if s.req().version == http::Version::HTTP_10 && resp.headers.contains_key(http::header::TRANSFER_ENCODING) {
         resp.remove_header(&http::header::TRANSFER_ENCODING);
         s.set_keepalive(None);
@@ -112,6 +115,25 @@ async fn continue_body(s: &mut Session) -> Result<()> {
         s.set_keepalive(keep);
     }
     Ok(())
+}
+
+/// A Content-Length given more than once with the same value (as fields or
+/// a list: `5, 5`; Pingora refuses differing ones) goes on as one value
+/// (RFC 9110 §8.6 forbids forwarding it as it came; nginx sends one too):
+/// that value, if the field needs it.
+fn one_content_length(h: &http::HeaderMap) -> Option<http::HeaderValue> {
+    let mut all = h.get_all(http::header::CONTENT_LENGTH).iter();
+    let first = all.next()?;
+    if all.next().is_none() && !first.as_bytes().contains(&b',') {
+        return None;
+    }
+    let one = first
+        .as_bytes()
+        .split(|&b| b == b',')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    http::HeaderValue::from_bytes(one).ok()
 }
 
 fn classify(e: &Error) -> Failure {
@@ -755,6 +777,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_request_filter(&self, s: &mut Session, up: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        if let Some(v) = one_content_length(&up.headers) {
+            up.insert_header(http::header::CONTENT_LENGTH, v)?;
+        }
         Gateway::upstream_request_filter(self, &*s, &mut ReqHeaders(up), ctx).await
     }
 

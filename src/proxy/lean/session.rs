@@ -623,6 +623,7 @@ struct HeadWriter {
     connection: Option<&'static [u8]>,
     /// Date, Connection written.
     done: [bool; 2],
+    length_sent: bool,
 }
 
 impl HeadWriter {
@@ -637,6 +638,7 @@ impl HeadWriter {
             buf,
             connection: keep.map(|k| if k { &b"keep-alive"[..] } else { b"close" }),
             done: [false; 2],
+            length_sent: false,
         }
     }
 
@@ -660,6 +662,11 @@ impl HeadWriter {
             self.ours(1);
         } else if name.len() == 10 && name.eq_ignore_ascii_case(b"keep-alive") {
             // The server's hop-by-hop keep-alive parameters are not the client's (nginx drops them too).
+        } else if name.len() == 14 && name.eq_ignore_ascii_case(b"content-length") {
+            // Given twice (with one value: the server's framing checked it), it goes once.
+            if !std::mem::replace(&mut self.length_sent, true) {
+                put_field(&mut self.buf, name, value);
+            }
         } else {
             put_field(&mut self.buf, name, value);
         }
