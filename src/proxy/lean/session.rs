@@ -339,10 +339,10 @@ pub struct LeanSession {
     held: Option<BytesMut>,
     /// The connection is TLS (pieces are gathered into records).
     tls: bool,
-    /// Longest wait for a write to the client to go through (`send_timeout`),
-    /// on `alarm`, which is set only by a write that has to wait.
-    send_timeout: Option<Duration>,
-    alarm: Alarm,
+    /// Longest wait for a write to the client to go through
+    /// (`send_timeout`, ms; 0: none). A write that does not have to wait
+    /// sets no timer.
+    send_timeout_ms: u32,
 }
 
 /// How long a client whose socket is on no reactor yet waits for its answer
@@ -374,8 +374,7 @@ impl LeanSession {
             extra: false,
             held: None,
             tls,
-            send_timeout: None,
-            alarm: Alarm::default(),
+            send_timeout_ms: 0,
         }
     }
 
@@ -433,7 +432,7 @@ impl LeanSession {
         if self.complete && self.will_keepalive() {
             return Some(self.stream);
         }
-        let limit = self.send_timeout.unwrap_or(Duration::MAX);
+        let limit = self.send_limit().unwrap_or(Duration::MAX);
         let end = async {
             if self.tls {
                 // TLS ends with its close_notify alert.
@@ -444,18 +443,23 @@ impl LeanSession {
                 let _ = self.stream.flush().await;
             }
         };
-        let _ = self.alarm.within(limit, std::pin::pin!(end)).await;
+        let _ = Alarm::default().within(limit, std::pin::pin!(end)).await;
         None
+    }
+
+    fn send_limit(&self) -> Option<Duration> {
+        (self.send_timeout_ms > 0).then(|| Duration::from_millis(self.send_timeout_ms.into()))
     }
 
     /// Write to the client within `send_timeout`.
     async fn write(&mut self, bytes: &[u8], flush: bool) -> Result<()> {
-        let Some(limit) = self.send_timeout else {
+        let Some(limit) = self.send_limit() else {
             return self.write_now(bytes, flush).await;
         };
-        let mut alarm = std::mem::take(&mut self.alarm);
-        let r = alarm.within(limit, std::pin::pin!(self.write_now(bytes, flush))).await;
-        self.alarm = alarm;
+        // The alarm's timer is made only if the write has to wait.
+        let r = Alarm::default()
+            .within(limit, std::pin::pin!(self.write_now(bytes, flush)))
+            .await;
         r.unwrap_or_else(|_| {
             Error::e_explain(
                 ErrorType::WriteTimedout,
@@ -623,7 +627,6 @@ struct HeadWriter {
     connection: Option<&'static [u8]>,
     /// Date, Connection written.
     done: [bool; 2],
-    length_sent: bool,
 }
 
 impl HeadWriter {
@@ -638,7 +641,6 @@ impl HeadWriter {
             buf,
             connection: keep.map(|k| if k { &b"keep-alive"[..] } else { b"close" }),
             done: [false; 2],
-            length_sent: false,
         }
     }
 
@@ -660,13 +662,6 @@ impl HeadWriter {
             self.ours(0);
         } else if name.len() == 10 && name.eq_ignore_ascii_case(b"connection") {
             self.ours(1);
-        } else if name.len() == 10 && name.eq_ignore_ascii_case(b"keep-alive") {
-            // The server's hop-by-hop keep-alive parameters are not the client's (nginx drops them too).
-        } else if name.len() == 14 && name.eq_ignore_ascii_case(b"content-length") {
-            // Given twice (with one value: the server's framing checked it), it goes once.
-            if !std::mem::replace(&mut self.length_sent, true) {
-                put_field(&mut self.buf, name, value);
-            }
         } else {
             put_field(&mut self.buf, name, value);
         }
@@ -754,7 +749,8 @@ impl Downstream for LeanSession {
     }
 
     fn set_write_timeout(&mut self, timeout: Option<Duration>) {
-        self.send_timeout = timeout;
+        let ms = timeout.map_or(0, |t| t.as_millis().clamp(1, u32::MAX.into()) as u32);
+        self.send_timeout_ms = ms;
     }
 
     fn is_upgrade_req(&self) -> bool {

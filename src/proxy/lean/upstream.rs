@@ -505,6 +505,7 @@ impl Exchange {
             chunked: framing.chunked == Some(true),
             length: framing.length,
             folded,
+            odd: framing.odd,
         }))
     }
 
@@ -627,6 +628,9 @@ pub struct ResponseHead {
     pub length: Option<u64>,
     /// A value spans lines (obsolete folding), which building normalizes.
     folded: bool,
+    /// A repeated Content-Length or a `Keep-Alive` field, which building
+    /// makes one or drops ([`Framing`]).
+    odd: bool,
 }
 
 impl ResponseHead {
@@ -654,9 +658,10 @@ impl ResponseHead {
         (self.fields.iter()).filter(|&&(n, _)| !(self.chunked && self.at(n).eq_ignore_ascii_case(b"content-length")))
     }
 
-    /// Can the fields go on as they came (no folded values to normalize)?
+    /// Can the fields go on as they came (no folded values to normalize,
+    /// no repeated Content-Length, no `Keep-Alive`)?
     pub fn passes_as_is(&self) -> bool {
-        !self.folded
+        !self.folded && !self.odd
     }
 
     /// The `ResponseHeader` the steps and plugins edit (what Pingora's client makes).
@@ -668,10 +673,21 @@ impl ResponseHead {
             http::Version::HTTP_11
         });
         header.set_reason_phrase(std::str::from_utf8(self.reason()).ok())?;
+        let mut length_given = false;
         for &(n, v) in &self.fields {
             let name = self.raw.slice(n.0 as usize..n.1 as usize);
-            if self.chunked && name.eq_ignore_ascii_case(b"content-length") {
-                continue;
+            if name.eq_ignore_ascii_case(b"content-length") {
+                // Dropped under Transfer-Encoding; once, with its one value, if repeated.
+                if self.chunked || std::mem::replace(&mut length_given, true) {
+                    continue;
+                }
+                if let (true, Some(n)) = (self.odd, self.length) {
+                    header.append_header(name, n.to_string())?;
+                    continue;
+                }
+            }
+            if name.eq_ignore_ascii_case(b"keep-alive") {
+                continue; // hop-by-hop parameters of the server's connection (nginx drops them too)
             }
             let value = pingora_http::header_value_from_raw(self.raw.slice(v.0 as usize..v.1 as usize));
             header
@@ -703,6 +719,9 @@ struct Framing {
     close: bool,
     /// `Connection: keep-alive` (for HTTP/1.0).
     keep_alive: bool,
+    /// A field the client must not get as it came: a Content-Length given
+    /// more than once (RFC 9110 8.6), or the hop-by-hop `Keep-Alive`.
+    odd: bool,
 }
 
 impl Framing {
@@ -712,6 +731,7 @@ impl Framing {
             length: None,
             close: false,
             keep_alive: false,
+            odd: false,
         };
         // RFC 9110 8.6: repeated or comma-joined Content-Length values must all agree.
         let mut bad_length = false;
@@ -722,6 +742,7 @@ impl Framing {
             if is(b"transfer-encoding") {
                 f.chunked = Some(ends_chunked(h.value));
             } else if is(b"content-length") {
+                f.odd |= f.length.is_some() || h.value.contains(&b',');
                 for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                     match (decimal(token), f.length) {
                         (Some(n), None) => f.length = Some(n),
@@ -737,6 +758,8 @@ impl Framing {
                         _ => {}
                     }
                 }
+            } else if is(b"keep-alive") {
+                f.odd = true;
             }
         }
         if f.chunked.is_some() {
