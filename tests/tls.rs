@@ -576,18 +576,18 @@ fn https_request_heads_over_the_size_limit_are_refused() {
     let backend = Backend::start("app");
     let g = start_tls_a(&backend, &["max_request_header_size: 24k"]);
     let mut s = tls_connection(g.port, "a.test");
-    let field = "v".repeat(20_000);
-    s.get_mut()
-        .write_all(format!("GET /a HTTP/1.1\r\nHost: a.test\r\nX-Big: {field}\r\n\r\n").as_bytes())
-        .unwrap();
-    let (status, body) = read_response(&mut s);
-    assert_eq!(status, 200);
-    assert!(body.contains(&format!("header=X-Big: {field}\n")) || body.contains(&format!("header=x-big: {field}\n")));
-    let field = "v".repeat(30_000);
-    s.get_mut()
-        .write_all(format!("GET /b HTTP/1.1\r\nHost: a.test\r\nX-Big: {field}\r\n\r\n").as_bytes())
-        .unwrap();
-    let (status, _) = read_response(&mut s);
+    let mut send = |len: usize| {
+        let field = "v".repeat(len);
+        let req = format!("GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: {field}\r\n\r\n");
+        s.get_mut().write_all(req.as_bytes()).unwrap();
+        let (status, body) = read_response(&mut s);
+        (
+            status,
+            body.to_ascii_lowercase().contains(&format!("header=x-big: {field}\n")),
+        )
+    };
+    assert_eq!(send(20_000), (200, true), "passed whole");
+    let (status, _) = send(30_000);
     assert_eq!(status, 431);
     assert_eq!(backend.hits(), 1);
 }
