@@ -15,6 +15,7 @@
 //! only within the limit (see [`within`]).
 
 use super::{Conn, Rewound};
+use crate::proxy::respond;
 use pingora_core::protocols::{Shutdown, Stream};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -137,12 +138,7 @@ fn malformed(head: &[u8]) -> bool {
 async fn refuse(mut stream: Stream, line_ended: bool) -> Option<Stream> {
     let status = if line_ended { 431 } else { 414 };
     log::info!("request head over server.max_request_header_size: answered {status}");
-    let reason = if line_ended {
-        "Request Header Fields Too Large"
-    } else {
-        "URI Too Long"
-    };
-    let body = crate::proxy::respond::error_body(status);
+    let (reason, body) = (respond::reason(status), respond::error_body(status));
     let answer = format!(
         "HTTP/1.1 {status} {reason}\r\nServer: portico\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()

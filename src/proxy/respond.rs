@@ -52,9 +52,13 @@ pub async fn send<D: Downstream>(
 
 /// A short plain-text error page such as `502 Bad Gateway`.
 pub fn error_body(status: u16) -> Bytes {
-    let reason = http::StatusCode::from_u16(status)
+    Bytes::from(format!("{status} {}\n", reason(status)))
+}
+
+/// The standard reason phrase of `status` (`Error` for one without).
+pub fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
         .ok()
         .and_then(|c| c.canonical_reason())
-        .unwrap_or("Error");
-    Bytes::from(format!("{status} {reason}\n"))
+        .unwrap_or("Error")
 }
