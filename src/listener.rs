@@ -51,10 +51,12 @@ use tokio::sync::Notify;
 mod accept;
 mod conn;
 mod head;
+mod held;
 mod park;
 mod rewound;
 pub use accept::{Accepting, Tls};
 use conn::Conn;
+use held::Fenced;
 pub use park::Lot;
 use rewound::Rewound;
 
@@ -79,17 +81,37 @@ pub fn unwatched(stream: &Stream) -> bool {
     stream.as_any().downcast_ref::<Conn>().is_some_and(Conn::unwatched)
 }
 
+/// The stream as a `T`, if it is one.
+fn downcast_mut<T: pingora_core::protocols::IO + 'static>(stream: &mut Stream) -> Option<&mut T> {
+    if !stream.as_any().is::<T>() {
+        return None;
+    }
+    let io: *mut dyn pingora_core::protocols::IO = &mut **stream;
+    // SAFETY: the stream is a `T`, checked just above (Pingora's `IO`
+    // offers no `as_any_mut`); the reference lives no longer than `stream`'s.
+    Some(unsafe { &mut *(io as *mut T) })
+}
+
 /// Put a plain client connection's socket on the reactor of the runtime
 /// this runs on, for [`poll_readable_for_watch`] (TLS ones are on it).
 pub fn watch(stream: &mut Stream) -> std::io::Result<()> {
-    if !stream.as_any().is::<Conn>() {
-        return Ok(());
+    downcast_mut::<Conn>(stream).map_or(Ok(()), Conn::watch)
+}
+
+/// The bytes a listener's connection holds in front of what it reads.
+fn held_mut(stream: &mut Stream) -> Option<&mut held::Held> {
+    if stream.as_any().is::<Conn>() {
+        return downcast_mut::<Conn>(stream).map(Conn::held);
     }
-    let conn: *mut dyn pingora_core::protocols::IO = &mut **stream;
-    // SAFETY: the stream is a `Conn`, checked just above (Pingora's `IO`
-    // offers no `as_any_mut`); the reference lives no longer than `stream`'s.
-    let conn = unsafe { &mut *(conn as *mut Conn) };
-    conn.watch()
+    downcast_mut::<Rewound>(stream).map(Rewound::held)
+}
+
+/// Let the request being served read no more than `limit` more bytes from
+/// the client (see `held.rs`); a watch on the client sets 0.
+pub fn fence(stream: &mut Stream, limit: Option<usize>) {
+    if let Some(held) = held_mut(stream) {
+        held.fence(limit);
+    }
 }
 
 /// The client's address, read from the connection itself (plain, or TLS as
@@ -162,13 +184,14 @@ impl Waiting {
             let Ok(mut conn) = stream.into_any().downcast::<Conn>() else {
                 unreachable!("checked")
             };
+            conn.held().fence(None);
             if conn.pending() {
                 return Err(conn);
             }
             conn.rest();
             return Ok(Waiting::Plain(conn));
         }
-        let rw: Box<Rewound> = if stream.as_any().is::<Rewound>() {
+        let mut rw: Box<Rewound> = if stream.as_any().is::<Rewound>() {
             let Ok(rw) = stream.into_any().downcast() else {
                 unreachable!("checked")
             };
@@ -176,6 +199,7 @@ impl Waiting {
         } else {
             Box::new(Rewound::new(stream))
         };
+        rw.held().fence(None);
         if rw.pending() {
             return Err(rw);
         }
@@ -205,10 +229,13 @@ impl Waiting {
             Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
                 let bytes = buf.filled();
                 let taken = lean.take().and_then(|lean| lean(bytes));
-                if taken.is_none() {
+                // Put back what is not the lean loop's: a request it declines, or those
+                // sent after the one it takes (pipelined).
+                let rest = taken.as_ref().map_or(bytes, |head| &bytes[head.wire_len()..]);
+                if !rest.is_empty() {
                     match self {
-                        Waiting::Plain(c) => c.rewind(bytes),
-                        Waiting::Tls(rw) => rw.rewind(bytes),
+                        Waiting::Plain(c) => c.rewind(rest),
+                        Waiting::Tls(rw) => rw.rewind(rest),
                     }
                 }
                 Poll::Ready(Some(taken))
@@ -342,7 +369,15 @@ impl Listener {
                     (stream, None) // straight on to Pingora's loop
                 } else {
                     match Waiting::of(stream) {
-                        Err(s) => (s, None),
+                        Err(mut s) => {
+                            // Already here: a request sent before the last one's answer (pipelined).
+                            let lean_head = held_mut(&mut s).and_then(|held| {
+                                let head = accepts(held.bytes())?;
+                                held.skip(head.wire_len());
+                                Some(head)
+                            });
+                            (s, lean_head)
+                        }
                         Ok(mut waiting) => {
                             // A plain keep-alive connection idle for `park_after` goes to the parking lot.
                             let park = served > 0
@@ -417,7 +452,13 @@ impl Listener {
                                     let s = &live.snapshot().cfg.server;
                                     (s.max_request_header_size.0 as usize, first_wait(s))
                                 };
-                                head::gather(s, limit, wait).await?
+                                let mut s = head::gather(s, limit, wait).await?;
+                                // Reads stop at the end of this request: what follows is the next one.
+                                if let Some(held) = held_mut(&mut s) {
+                                    let len = held::request_len(held.bytes());
+                                    held.fence(len);
+                                }
+                                s
                             } else {
                                 s
                             };

@@ -31,6 +31,7 @@
 //!   spared the system call. nginx, likewise, sets it only once a
 //!   connection turns keep-alive.
 
+use super::held::{Fenced, Held};
 use crate::sockio::{self, recv, send, writev};
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::protocols::raw_connect::ProxyDigest;
@@ -54,9 +55,9 @@ pub const GATHER: usize = 4096;
 pub struct Conn {
     socket: Socket,
     peer: SocketAddr,
-    /// Bytes to hand out before reading the socket again, from `pos` on.
-    back: Vec<u8>,
-    pos: usize,
+    /// Bytes to hand out before reading the socket again, and the fence
+    /// on reads past the request being served.
+    held: Held,
     /// Gathered writes not sent yet.
     out: Vec<u8>,
     read_ahead: usize,
@@ -112,8 +113,7 @@ impl Conn {
         Conn {
             socket: Socket::Off(tcp),
             peer,
-            back: Vec::new(),
-            pos: 0,
+            held: Held::default(),
             out: Vec::new(),
             read_ahead,
             digest: OnceLock::new(),
@@ -214,20 +214,17 @@ impl Conn {
 
     /// Put `data` back to be read first. Only called when nothing is pending.
     pub fn rewind(&mut self, data: &[u8]) {
-        debug_assert!(!self.pending(), "rewind over unread bytes");
-        self.back.clear();
-        self.back.extend_from_slice(data);
-        self.pos = 0;
+        self.held.rewind(data);
     }
 
     /// Bytes put back or read ahead, not handed out yet.
     pub fn pending(&self) -> bool {
-        self.pos < self.back.len()
+        self.held.pending()
     }
 
     /// The bytes [`Conn::pending`] tells of.
     pub fn pending_bytes(&self) -> &[u8] {
-        &self.back[self.pos..]
+        self.held.bytes()
     }
 
     /// Let go of what only a request in flight needs, before the connection
@@ -251,17 +248,6 @@ impl Conn {
             Socket::On(t) => t.into_std(),
             Socket::Lost => Err(lost()),
         })
-    }
-
-    /// Hand out pending bytes into `buf`, freeing them once all are out.
-    fn take_back(&mut self, buf: &mut ReadBuf<'_>) {
-        let n = (self.back.len() - self.pos).min(buf.remaining());
-        buf.put_slice(&self.back[self.pos..self.pos + n]);
-        self.pos += n;
-        if self.pos == self.back.len() {
-            self.back = Vec::new();
-            self.pos = 0;
-        }
     }
 
     /// Called before each write to the socket. The first goes out at once
@@ -324,26 +310,38 @@ impl Drop for Conn {
 
 impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.pending() {
-            this.take_back(buf);
+        self.get_mut().poll_fenced(cx, buf)
+    }
+}
+
+impl Fenced for Conn {
+    fn held(&mut self) -> &mut Held {
+        &mut self.held
+    }
+
+    fn poll_open(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.held.pending() {
+            self.held.take(buf);
             return Poll::Ready(Ok(()));
         }
-        if this.read_ahead <= buf.remaining() {
-            return this.poll_socket(cx, buf);
+        if self.read_ahead <= buf.remaining() {
+            return self.poll_socket(cx, buf);
         }
-        let mut ahead = Vec::with_capacity(this.read_ahead);
+        let mut ahead = Vec::with_capacity(self.read_ahead);
         let mut rb = ReadBuf::uninit(ahead.spare_capacity_mut());
-        ready!(this.poll_socket(cx, &mut rb))?;
+        ready!(self.poll_socket(cx, &mut rb))?;
         let n = rb.filled().len();
         if n > 0 {
             // SAFETY: the socket initialized the first `n` bytes.
             unsafe { ahead.set_len(n) };
-            this.back = ahead;
-            this.pos = 0;
-            this.take_back(buf);
+            self.held.keep(ahead);
+            self.held.take(buf);
         }
         Poll::Ready(Ok(()))
+    }
+
+    fn poll_stream(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.poll_socket(cx, buf)
     }
 }
 
@@ -461,20 +459,16 @@ impl Peek for Conn {
     /// Fill `buf` with the next bytes without consuming them (for Pingora's
     /// h2c preface check).
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        if self.pos > 0 {
-            self.back.drain(..self.pos);
-            self.pos = 0;
-        }
-        while self.back.len() < buf.len() {
+        while self.held.bytes().len() < buf.len() {
             let mut chunk = [MaybeUninit::<u8>::uninit(); 64];
             let mut chunk = ReadBuf::uninit(&mut chunk);
             std::future::poll_fn(|cx| self.poll_socket(cx, &mut chunk)).await?;
             if chunk.filled().is_empty() {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            self.back.extend_from_slice(chunk.filled());
+            self.held.extend(chunk.filled());
         }
-        buf.copy_from_slice(&self.back[..buf.len()]);
+        buf.copy_from_slice(&self.held.bytes()[..buf.len()]);
         Ok(true)
     }
 }
@@ -641,7 +635,7 @@ mod tests {
         let mut got = [0u8; 5];
         c.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"again");
-        assert_eq!(c.back.capacity(), 0, "read-back bytes are freed once read");
+        assert_eq!(c.held.capacity(), 0, "read-back bytes are freed once read");
     }
 
     #[tokio::test]
@@ -656,7 +650,7 @@ mod tests {
         let mut rest = Vec::new();
         c.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"abcdefgh");
-        assert_eq!(c.back.capacity(), 0);
+        assert_eq!(c.held.capacity(), 0);
     }
 
     #[tokio::test]

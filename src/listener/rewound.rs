@@ -4,6 +4,7 @@
 //! bytes ahead, exactly as on plain connections. Everything but reading the
 //! put-back bytes is passed straight to the wrapped stream.
 
+use super::held::{Fenced, Held};
 use super::Conn;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::SslStream;
@@ -20,17 +21,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 #[derive(Debug)]
 pub struct Rewound {
     inner: Stream,
-    /// Bytes to hand out before reading `inner` again, from `pos` on.
-    back: Vec<u8>,
-    pos: usize,
+    /// Bytes to hand out before reading `inner` again, and the fence on
+    /// reads past the request being served.
+    held: Held,
 }
 
 impl Rewound {
     pub fn new(inner: Stream) -> Self {
         Rewound {
             inner,
-            back: Vec::new(),
-            pos: 0,
+            held: Held::default(),
         }
     }
 
@@ -41,10 +41,7 @@ impl Rewound {
 
     /// Put `data` back to be read first. Only called when nothing is pending.
     pub fn rewind(&mut self, data: &[u8]) {
-        debug_assert!(self.pos >= self.back.len(), "rewind over unread bytes");
-        self.back.clear();
-        self.back.extend_from_slice(data);
-        self.pos = 0;
+        self.held.rewind(data);
     }
 
     /// The TLS stream over the listener's connection, as it wraps every one.
@@ -54,12 +51,12 @@ impl Rewound {
 
     /// Put-back bytes not read yet.
     pub fn pending(&self) -> bool {
-        self.pos < self.back.len()
+        self.held.pending()
     }
 
     /// The bytes [`Rewound::pending`] tells of.
     pub fn pending_bytes(&self) -> &[u8] {
-        &self.back[self.pos..]
+        self.held.bytes()
     }
 
     /// `Pending` (waking `cx` when the socket turns readable) while a read
@@ -86,19 +83,26 @@ impl Rewound {
 
 impl AsyncRead for Rewound {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.pos < this.back.len() {
-            let n = (this.back.len() - this.pos).min(buf.remaining());
-            buf.put_slice(&this.back[this.pos..this.pos + n]);
-            this.pos += n;
-            if this.pos == this.back.len() {
-                // Release the buffer: an idle connection keeps nothing here.
-                this.back = Vec::new();
-                this.pos = 0;
-            }
+        self.get_mut().poll_fenced(cx, buf)
+    }
+}
+
+impl Fenced for Rewound {
+    fn held(&mut self) -> &mut Held {
+        &mut self.held
+    }
+
+    fn poll_open(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.held.pending() {
+            // The buffer is freed once all is out: an idle connection keeps nothing here.
+            self.held.take(buf);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        self.poll_stream(cx, buf)
+    }
+
+    fn poll_stream(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 

@@ -21,7 +21,7 @@
 //! exists, so a request it declines goes to Pingora untouched. It declines
 //! anything Pingora would have to rewrite beyond dropping a plain
 //! `Connection: keep-alive|close`: hop-by-hop headers, bodies, absolute-form
-//! targets, unusual Host values, pipelined requests, and routes to HTTP/2
+//! targets, unusual Host values, and routes to HTTP/2
 //! pools; upgrades other than a WebSocket handshake to a location that
 //! passes WebSockets the standard way (`upgrade: websocket`, the default).
 //! A request it takes is parsed there, once.
@@ -76,20 +76,21 @@ fn plain_host(v: &[u8]) -> bool {
 }
 
 /// Can the lean path serve the request whose first bytes are `head`? If so,
-/// the request, parsed. Anything incomplete or unusual is declined
-/// (Pingora's loop serves it).
+/// the request, parsed ([`Head::wire_len`] tells where the next request, if
+/// any, begins). Anything incomplete or unusual is declined (Pingora's loop
+/// serves it).
 pub fn accepts(head: &[u8], snap: &Snapshot, listener: usize) -> Option<Box<Head>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
-    // Exactly one request: bytes after it would be a pipelined one.
-    if req.parse(head) != Ok(httparse::Status::Complete(head.len())) {
+    // Bytes after the head are the next request (pipelined): the lean loop takes no bodies.
+    let Ok(httparse::Status::Complete(len)) = req.parse(head) else {
         return None;
-    }
+    };
     let websocket = shape(&req)?;
     if !routable(&req, snap, listener, websocket) {
         return None;
     }
-    Head::build(head, &req, websocket)
+    Head::build(&head[..len], &req, websocket)
 }
 
 /// What [`shape`] makes of a request field, by its name.
@@ -450,6 +451,8 @@ impl LeanPath {
                 // 101 sent: the connection is the new protocol's, both ways, until it ends.
                 let idle = ctx.loc.as_ref().map_or(Duration::from_secs(3600), |l| l.ws_idle);
                 let (server, early) = up.tunnel_parts();
+                // The client's side is read on as the new protocol: no fence from the watch.
+                crate::listener::fence(s.stream_mut(), None);
                 let moved = Box::pin(tunnel::run(s.stream_mut(), server, early, idle)).await;
                 ctx.body_bytes += moved.up;
                 ctx.sent_bytes += moved.down;

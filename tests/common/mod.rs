@@ -653,6 +653,11 @@ impl Client {
         self.read_response(method == "HEAD")
     }
 
+    /// Write `bytes` as they are (requests sent ahead of their answers).
+    pub fn write_raw(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).unwrap();
+    }
+
     /// The connection's socket, for reading it raw.
     pub fn into_stream(self) -> TcpStream {
         self.w

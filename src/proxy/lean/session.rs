@@ -92,6 +92,11 @@ pub fn rewritten(name: &[u8]) -> bool {
 }
 
 impl Head {
+    /// The head's length as it came: where a request sent after it (pipelined) begins.
+    pub fn wire_len(&self) -> usize {
+        self.raw.len()
+    }
+
     /// Build the request from `head` (exactly one complete request head) as
     /// `httparse` saw it in `parsed`. `None` if Pingora's header types
     /// refuse it (Pingora's loop then serves it, with its own errors).
@@ -331,9 +336,6 @@ pub struct LeanSession {
     out: Out,
     /// The response went out whole.
     complete: bool,
-    /// The client sent more while its response was awaited (pipelining,
-    /// which Portico does not do): the connection closes after this response.
-    extra: bool,
     /// Written but not sent yet: the response head until the first piece of
     /// its Content-Length body; over TLS, any pieces until a flush.
     held: Option<BytesMut>,
@@ -371,7 +373,6 @@ impl LeanSession {
             status: None,
             out: Out::Header,
             complete: false,
-            extra: false,
             held: None,
             tls,
             send_timeout_ms: 0,
@@ -394,7 +395,7 @@ impl LeanSession {
     }
 
     fn will_keepalive(&self) -> bool {
-        self.keepalive.is_some() && self.reuses_left != Some(0) && !self.extra
+        self.keepalive.is_some() && self.reuses_left != Some(0)
     }
 
     /// Resolves once the client goes away while its response is awaited
@@ -413,15 +414,16 @@ impl LeanSession {
                 return Error::because(ErrorType::ReadError, "while waiting for the response", e);
             }
         }
+        // The request is read whole: what the client sends now is its next
+        // one (pipelined), kept by the connection for later, and such a read
+        // waits for ever; only the end of the stream comes through.
+        crate::listener::fence(&mut self.stream, Some(0));
         let mut byte = [0u8; 1];
         loop {
-            if self.extra {
-                std::future::pending::<()>().await;
-            }
             std::future::poll_fn(|cx| crate::listener::poll_readable_for_watch(&self.stream, cx)).await;
             match self.stream.read(&mut byte).await {
                 Ok(0) => return Error::explain(ErrorType::ConnectionClosed, "client closed the connection"),
-                Ok(_) => self.extra = true,
+                Ok(_) => {}
                 Err(e) => return Error::because(ErrorType::ReadError, "while waiting for the response", e),
             }
         }
