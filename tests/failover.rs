@@ -107,6 +107,40 @@ fn post_that_reached_a_502_server_is_not_replayed() {
     }
 }
 
+/// A body that outgrew the retry buffer (64 KiB) cannot be sent again: the
+/// server's 503 goes to the client as it came. (It was sent on to the next
+/// server without its body, which waited for it until `read_timeout`: a 504,
+/// and a failure charged to a healthy server.) A smaller body is retried.
+#[test]
+fn a_body_over_the_retry_buffer_is_not_sent_again() {
+    let (a, b) = (Backend::start_with("bad", Behaviour::Status(503)), Backend::start("b"));
+    let g = gw(
+        &[&a, &b],
+        "    read_timeout: 3s\n    next_upstream: [error, timeout, http_503]\n",
+        "        max_fails: 0\n",
+    );
+    let big = vec![b'x'; 300_000];
+    let start = Instant::now();
+    // Round robin: the first goes to the 503 server, the second to b.
+    let first = request(g.port, "PUT", "/big", &[], &big);
+    assert_eq!((first.status, first.backend().as_str()), (503, "bad"), "{}", first.body);
+    let second = request(g.port, "PUT", "/big", &[], &big);
+    assert_eq!(second.status, 200);
+    assert!(second.body.contains("body-length=300000"), "{}", second.body);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "no wait for a body that never came"
+    );
+    assert_eq!(b.hits(), 1, "the big body went to b once, on its own turn");
+    let small = request(g.port, "PUT", "/small", &[], b"hello");
+    assert_eq!(
+        (small.status, small.backend().as_str()),
+        (200, "b"),
+        "retried with its body"
+    );
+    assert!(small.body.contains("body-length=5"), "{}", small.body);
+}
+
 #[test]
 fn post_is_replayed_with_non_idempotent() {
     let (a, b) = (Backend::start_with("bad", Behaviour::Status(502)), Backend::start("b"));

@@ -165,7 +165,9 @@ impl Gateway {
         }
         let idempotent = s.method().is_idempotent();
         let tried = &ctx.tried;
+        // A body that outgrew the retry buffer cannot be sent again.
         let retry = s.response_status().is_none()
+            && !s.retry_buffer_truncated()
             && loc
                 .retry
                 .may_retry(f, idempotent, ctx.attempts, ctx.elapsed_since_first_attempt())
@@ -614,6 +616,7 @@ impl Gateway {
         if matches!(e.retry, RetryType::ReusedOnly)
             && client_reused
             && s.response_status().is_none()
+            && !s.retry_buffer_truncated()
             && ctx.loc.as_deref().is_none_or(resend)
         {
             e.set_retry(true);
@@ -623,7 +626,7 @@ impl Gateway {
             return e;
         }
         let why = e.to_string();
-        let retry = self.on_failure(s, ctx, classify(&e), &why, true) && !s.retry_buffer_truncated();
+        let retry = self.on_failure(s, ctx, classify(&e), &why, true);
         e.set_retry(retry);
         e
     }
