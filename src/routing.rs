@@ -176,18 +176,29 @@ impl<H: Clone> Default for HostTable<H> {
     }
 }
 
-/// A request path that cannot name a location: a `%` not followed by two
-/// hex digits, an encoded NUL, or a `..` above the root (nginx answers 400).
+/// A request path that cannot name a location: one that does not start
+/// with `/` (nor is `*`), a `%` not followed by two hex digits, an encoded
+/// NUL, or a `..` above the root (nginx answers 400).
 #[derive(Debug, PartialEq)]
 pub struct BadPath;
 
 /// The path as locations are matched against it (nginx's `$uri`):
 /// percent-decoded, `.` and `..` segments resolved, repeated slashes
 /// merged. A path with nothing to change is returned as it is, found by one
-/// scan; a target that is not a path (`*`) too.
+/// scan; so is `*` (`OPTIONS *`), which names no location. Anything else
+/// that does not start with `/` (`GET admin`, `GET %2Fadmin`) is refused:
+/// it would match no location as the server reads it, and servers read
+/// such targets in ways of their own.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, BadPath> {
     let b = path.as_bytes();
-    if b.first() != Some(&b'/') || !needs_normalizing(b) {
+    if b.first() != Some(&b'/') {
+        return if b == b"*" {
+            Ok(Cow::Borrowed(path))
+        } else {
+            Err(BadPath)
+        };
+    }
+    if !needs_normalizing(b) {
         return Ok(Cow::Borrowed(path));
     }
     // Decode first: an encoded `/` or `.` takes part in the segments, as in nginx.
@@ -312,6 +323,10 @@ mod tests {
         assert_eq!(n("/a/b/../..").unwrap(), "/");
         assert_eq!(n("/a%20b").unwrap(), "/a b");
         assert_eq!(n("/.."), Err(BadPath));
+        assert_eq!(n("*"), Ok("*".into()), "OPTIONS *");
+        for not_a_path in ["", "admin", "%2Fadmin", "admin/x", ".//admin", "?/admin"] {
+            assert_eq!(n(not_a_path), Err(BadPath), "{not_a_path:?}");
+        }
         assert_eq!(n("/a/../.."), Err(BadPath));
         assert_eq!(n("/%zz"), Err(BadPath));
         assert_eq!(n("/a%2"), Err(BadPath));

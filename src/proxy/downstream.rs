@@ -65,6 +65,22 @@ pub trait Downstream: Send + Sync {
         req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST)
     }
 
+    /// A request target of no form a server takes (RFC 9112 3.2): not a path
+    /// (`/...`), not absolute (`http://...`), not `*`, and not the authority
+    /// of a CONNECT. nginx answers 400; routed, `GET %2Fadmin` or `GET admin`
+    /// would pass by the locations that match `/admin`, and servers read such
+    /// targets in ways of their own.
+    fn odd_target(&self) -> bool {
+        let req = self.req();
+        let t = req.raw_path();
+        let scheme = |s: &[u8]| t.len() > s.len() && t[..s.len()].eq_ignore_ascii_case(s);
+        !(t.first() == Some(&b'/')
+            || t == b"*"
+            || scheme(b"http://")
+            || scheme(b"https://")
+            || req.method == http::Method::CONNECT)
+    }
+
     /// The first field named `name` (any case), if it is visible ASCII.
     fn header(&self, name: &str) -> Option<&str> {
         self.req().first(name)

@@ -682,6 +682,10 @@ impl Downstream for LeanSession {
         false // the lean loop takes only requests with a Host field
     }
 
+    fn odd_target(&self) -> bool {
+        false // nor any target that does not start with `/`
+    }
+
     fn req(&self) -> &RequestHeader {
         self.head.req()
     }
