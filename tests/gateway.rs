@@ -500,6 +500,44 @@ fn answers_in_both_loops(g: &Gateway) -> Vec<String> {
         .collect()
 }
 
+/// Odd response heads a server may send: a status line without a reason
+/// phrase is passed on (the lean loop's task panicked on it, and the client
+/// got nothing); an informational response read together with the final
+/// one is dropped and the final one answered at once (the lean loop waited
+/// for more bytes until `read_timeout`); a Transfer-Encoding not ending
+/// with chunked, next to a Content-Length, is refused with a 502 in both
+/// loops (the lean loop sent the client both framings; RFC 9112 6.3).
+#[test]
+fn odd_response_heads_are_answered_or_refused() {
+    for text in answers_in_both_loops(&to_server(raw_server(b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok"))) {
+        assert!(text.starts_with("http/1.1 200 "), "{text}");
+    }
+    let g = to_server(raw_server(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ));
+    let start = std::time::Instant::now();
+    let text = raw_exchange(
+        g.port,
+        &[b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"],
+        Duration::ZERO,
+    );
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\nok"),
+        "{text}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(2), "answered at once");
+    let g = to_server(raw_server(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nContent-Length: 2\r\n\r\nok",
+    ));
+    for req in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    ] {
+        let text = raw_exchange(g.port, &[req], Duration::ZERO);
+        assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    }
+}
+
 /// A server's hop-by-hop `Keep-Alive` parameters do not reach the client,
 /// in either loop.
 #[test]

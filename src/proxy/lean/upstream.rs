@@ -460,7 +460,11 @@ impl Exchange {
                 fields.push((span(h.name.as_bytes()), span(h.value)));
             }
             let framing = Framing::of(resp.headers)?;
-            let reason = resp.reason.map_or((0, 0), |r| span(r.as_bytes()));
+            // An empty reason phrase may not point into the buffer at all.
+            let reason = resp
+                .reason
+                .filter(|r| !r.is_empty())
+                .map_or((0, 0), |r| span(r.as_bytes()));
             (
                 len,
                 resp.code.unwrap_or(0),
@@ -473,7 +477,12 @@ impl Exchange {
         let raw = self.buf.split_to(len).freeze();
         let switched = code == 101 && self.upgrade_request && !http10;
         if (100..200).contains(&code) && !switched {
-            return Ok(None); // informational: dropped, as nginx does; the real one follows
+            // Informational: dropped, as nginx does; the real one follows, perhaps read already.
+            return if self.buf.is_empty() {
+                Ok(None)
+            } else {
+                self.parse_header()
+            };
         }
         let Ok(status) = http::StatusCode::from_u16(code) else {
             return Error::e_explain(InvalidHTTPHeader, format!("invalid status code {code}"));
@@ -761,6 +770,11 @@ impl Framing {
             } else if is(b"keep-alive") {
                 f.odd = true;
             }
+        }
+        if f.chunked == Some(false) {
+            // Its body would end with the server's close, whatever its Content-Length says
+            // (RFC 9112 6.3): refused, as Pingora's loop refuses it (502).
+            return Error::e_explain(InvalidHTTPHeader, "Transfer-Encoding does not end with chunked");
         }
         if f.chunked.is_some() {
             f.length = None; // Transfer-Encoding frames the body; Content-Length is ignored
