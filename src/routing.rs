@@ -256,7 +256,28 @@ fn needs_normalizing(path: &[u8]) -> bool {
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
+/// May `host` (a Host field, port and all) name a server? As nginx checks
+/// it: not empty, no `/`, `\\`, space, control byte or DEL, no empty label
+/// (`..`, a leading `.`), nothing but a port after an IPv6 literal.
+/// `Host: b.example/x` or `Host: ../b` is answered 400 instead of being
+/// routed to the default server and passed on.
+pub fn valid_host(host: &str) -> bool {
+    let name = strip_port(host);
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains("..")
+        && host.bytes().all(|b| b > 0x20 && b != 0x7f && b != b'/' && b != b'\\')
+        && (!host.starts_with('[') || host.len() == name.len() || host.as_bytes()[name.len()] == b':')
+}
+
+/// `host` without its port and without the trailing dot of a fully
+/// qualified name (`b.example.` is `b.example`).
 pub fn strip_port(host: &str) -> &str {
+    let name = port_off(host);
+    name.strip_suffix('.').unwrap_or(name)
+}
+
+fn port_off(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_once(']').map(|(h, _)| &host[..h.len() + 1]).unwrap_or(host);
     }
@@ -269,6 +290,37 @@ pub fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_are_checked_as_nginx_checks_them() {
+        for ok in [
+            "a",
+            "b.example",
+            "b.example.",
+            "B.Example:8080",
+            "[::1]",
+            "[::1]:80",
+            "x_y-z.t",
+        ] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "b.example/x",
+            "b.example x",
+            "../b.example",
+            ".b",
+            "a..b",
+            "a\\b",
+            "a\tb",
+            "[::1]x",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+        assert_eq!(strip_port("b.example.:80"), "b.example");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
 
     fn table(locs: &[&str]) -> PathTable<usize> {
         PathTable::new(

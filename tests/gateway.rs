@@ -500,6 +500,39 @@ fn answers_in_both_loops(g: &Gateway) -> Vec<String> {
         .collect()
 }
 
+/// Host fields are checked as nginx checks them: one that cannot name a
+/// server (a `/`, a space, an empty label, empty) gets a 400 instead of
+/// being routed to the default server and passed on; a fully qualified name
+/// (`b.example.`) routes as the name without its dot. In both loops.
+#[test]
+fn host_fields_are_checked_and_a_trailing_dot_routes_as_without() {
+    let b = Backend::start("b");
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n  - server_names: [b.example]\n    locations: [{{ path: /, return: {{ status: 204 }} }}]\n",
+        b.addr
+    ));
+    let status = |method: &str, host: &str| {
+        let body = if method == "POST" {
+            "Content-Length: 1\r\n\r\nx"
+        } else {
+            "\r\n"
+        };
+        let req = format!("{method} / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{body}");
+        let text = raw_exchange(g.port, &[req.as_bytes()], Duration::ZERO);
+        text.get(9..12).unwrap_or("none").to_string()
+    };
+    for method in ["GET", "POST"] {
+        for host in ["b.example", "b.example.", "B.Example.:80"] {
+            assert_eq!(status(method, host), "204", "{method} {host}");
+        }
+        assert_eq!(status(method, "a.example"), "200", "{method}");
+        for host in ["b.example/x", "b.example x", "../b.example", ".b.example", ""] {
+            assert_eq!(status(method, host), "400", "{method} {host:?}");
+        }
+    }
+    assert_eq!(b.hits(), 2, "only the two requests for the default server");
+}
+
 /// Odd response heads a server may send: a status line without a reason
 /// phrase is passed on (the lean loop's task panicked on it, and the client
 /// got nothing); an informational response read together with the final

@@ -58,11 +58,11 @@ pub trait Downstream: Send + Sync {
             .unwrap_or("")
     }
 
-    /// An HTTP/1.1 request without a Host field, which RFC 9112 (3.2) has a
-    /// server answer with 400, as nginx does.
+    /// An HTTP/1.1 request without a Host field, or with an empty one, which
+    /// RFC 9112 (3.2) has a server answer with 400, as nginx does.
     fn lacks_host(&self) -> bool {
         let req = self.req();
-        req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST)
+        req.version == http::Version::HTTP_11 && req.headers.get(http::header::HOST).is_none_or(|h| h.is_empty())
     }
 
     /// A request target of no form a server takes (RFC 9112 3.2): not a path
