@@ -533,6 +533,37 @@ fn host_fields_are_checked_and_a_trailing_dot_routes_as_without() {
     assert_eq!(b.hits(), 2, "only the two requests for the default server");
 }
 
+/// Request fields whose names hold an underscore are dropped, as nginx
+/// drops them by default (`X_Forwarded_For` reads as `X-Forwarded-For` to a
+/// CGI-style server), in both loops; `underscores_in_headers: true` passes
+/// them on.
+#[test]
+fn header_names_with_underscores_are_dropped_unless_allowed() {
+    let b = Backend::start("b");
+    let spoof = [("X_Forwarded_For", "6.6.6.6"), ("X_Custom", "a"), ("X-Kept", "k")];
+    for allowed in [false, true] {
+        let g = Gateway::start(&format!(
+            "{}{}",
+            server_section(&[&format!("underscores_in_headers: {allowed}")]),
+            one_pool(&[&b], "")
+        ));
+        for (method, body) in [("GET", &b""[..]), ("POST", b"x")] {
+            let r = request(g.port, method, "/", &spoof, body);
+            assert_eq!(r.status, 200, "{method}");
+            assert_eq!(r.echoed("x-kept").as_deref(), Some("k"), "{method}");
+            assert_eq!(r.echoed("x-forwarded-for").as_deref(), Some("127.0.0.1"), "{method}");
+            let passed =
+                r.body.contains("header=X_Forwarded_For: 6.6.6.6\n") && r.body.contains("header=X_Custom: a\n");
+            let dropped = !r.body.contains("X_Forwarded_For") && !r.body.contains("X_Custom");
+            assert!(
+                if allowed { passed } else { dropped },
+                "allowed: {allowed}, {method}: {}",
+                r.body
+            );
+        }
+    }
+}
+
 /// Odd response heads a server may send: a status line without a reason
 /// phrase is passed on (the lean loop's task panicked on it, and the client
 /// got nothing); an informational response read together with the final

@@ -114,6 +114,11 @@ pub struct ServerSection {
     /// Everything else (bodies, other upgrades, HTTP/1.0, HTTP/2) always
     /// takes Pingora's loop.
     pub lean_proxy: bool,
+    /// Pass on request header fields whose names hold an underscore (nginx
+    /// `underscores_in_headers`, default off: such fields are dropped, as
+    /// nginx ignores them, so `X_Forwarded_For` cannot stand in for
+    /// `X-Forwarded-For` at a server that reads `_` and `-` alike, as CGI does).
+    pub underscores_in_headers: bool,
 }
 
 impl Default for ServerSection {
@@ -136,6 +141,7 @@ impl Default for ServerSection {
             lean_keepalive: true,
             idle_park_after: Dur(std::time::Duration::from_secs(1)),
             lean_proxy: true,
+            underscores_in_headers: false,
         }
     }
 }

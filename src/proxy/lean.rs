@@ -135,6 +135,8 @@ fn shape(req: &httparse::Request) -> Option<bool> {
     let (mut websocket, mut conn_upgrade) = (false, false);
     for h in req.headers.iter() {
         match Name::of(h.name) {
+            // A name with an underscore is dropped or not as the configuration says: Pingora's loop.
+            Name::Other if h.name.contains('_') => return None,
             Name::Other => {}
             Name::Host => {
                 if host.is_some() || !plain_host(h.value) {

@@ -117,6 +117,20 @@ async fn continue_body(s: &mut Session) -> Result<()> {
     Ok(())
 }
 
+/// Drop the request fields whose names hold an underscore
+/// (`server.underscores_in_headers` off, nginx's default).
+fn drop_underscored(up: &mut RequestHeader) {
+    let names: Vec<http::HeaderName> = up
+        .headers
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in names {
+        up.remove_header(&name);
+    }
+}
+
 /// A Content-Length given more than once with the same value (as fields or
 /// a list: `5, 5`; Pingora refuses differing ones) goes on as one value
 /// (RFC 9110 §8.6 forbids forwarding it as it came; nginx sends one too):
@@ -782,6 +796,9 @@ impl ProxyHttp for Gateway {
     async fn upstream_request_filter(&self, s: &mut Session, up: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
         if let Some(v) = one_content_length(&up.headers) {
             up.insert_header(http::header::CONTENT_LENGTH, v)?;
+        }
+        if !ctx.snap.as_ref().is_some_and(|s| s.cfg.server.underscores_in_headers) {
+            drop_underscored(up);
         }
         Gateway::upstream_request_filter(self, &*s, &mut ReqHeaders(up), ctx).await
     }
