@@ -214,6 +214,8 @@ pub fn run(args: Args) -> i32 {
         let lean = crate::proxy::lean::LeanPath::new(gw.clone(), &server.configuration, transport.clone());
         let mut server_options = HttpServerOptions::default();
         server_options.h2c = l.h2c;
+        // An HTTP/2 connection with no stream open closes after keepalive_timeout (set at start).
+        server_options.h2_idle_timeout = Some(cfg.server.keepalive_timeout.0);
         let proxy = crate::warming::Warming::new("the Pingora proxy", {
             let (conf, options) = (server.configuration.clone(), server_options.clone());
             move || {

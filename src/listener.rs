@@ -98,12 +98,17 @@ pub fn watch(stream: &mut Stream) -> std::io::Result<()> {
     downcast_mut::<Conn>(stream).map_or(Ok(()), Conn::watch)
 }
 
+/// A listener's connection, as what holds bytes in front of what it reads.
+fn fenced_mut(stream: &mut Stream) -> Option<&mut (dyn Fenced + Send)> {
+    if stream.as_any().is::<Conn>() {
+        return downcast_mut::<Conn>(stream).map(|c| c as &mut (dyn Fenced + Send));
+    }
+    downcast_mut::<Rewound>(stream).map(|r| r as &mut (dyn Fenced + Send))
+}
+
 /// The bytes a listener's connection holds in front of what it reads.
 fn held_mut(stream: &mut Stream) -> Option<&mut held::Held> {
-    if stream.as_any().is::<Conn>() {
-        return downcast_mut::<Conn>(stream).map(Conn::held);
-    }
-    downcast_mut::<Rewound>(stream).map(Rewound::held)
+    fenced_mut(stream).map(Fenced::held)
 }
 
 /// Let the request being served read no more than `limit` more bytes from
@@ -290,11 +295,33 @@ impl Listener {
         first_wait(&self.live.snapshot().cfg.server)
     }
 
-    /// Does `stream` go to Pingora whole (HTTP/2, h2c, custom protocols)?
+    /// Does `stream` go to Pingora whole (HTTP/2 by ALPN, custom protocols)?
     fn whole(&self, stream: &Stream) -> bool {
-        self.server_options.h2c
-            || self.server_options.force_custom
+        self.server_options.force_custom
             || matches!(stream.selected_alpn_proto(), Some(ALPN::H2) | Some(ALPN::Custom(_)))
+    }
+
+    /// A new connection's protocol: `Some(true)` for Pingora whole (HTTP/2,
+    /// custom protocols), `Some(false)` for the HTTP/1 loop. HTTP/2 must
+    /// send its preface within `client_header_timeout`, as an HTTP/1 client
+    /// must send its first bytes (Pingora waits for it without a limit); on
+    /// an h2c listener the preface, or the first byte that differs from it,
+    /// tells HTTP/2 from HTTP/1, which takes the HTTP/1 loop and its limits.
+    /// `None`: the client sent nothing in time, or closed.
+    async fn opening(&self, mut stream: Stream) -> Option<(Stream, bool)> {
+        let h2c = self.server_options.h2c && stream.get_ssl().is_none();
+        if !h2c && !matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let whole = self.whole(&stream);
+            return Some((stream, whole));
+        }
+        if fenced_mut(&mut stream).is_none() {
+            stream = Box::new(Rewound::new(stream)); // TLS: wrapped once, to hold what is read
+        }
+        let conn = fenced_mut(&mut stream).expect("a listener's connection");
+        match tokio::time::timeout(self.header_timeout(), held::begins_h2(conn)).await {
+            Ok(Ok(h2)) => Some((stream, h2 || !h2c)),
+            _ => None,
+        }
     }
 
     /// A connection Pingora serves whole, until it hands it back for HTTP/1.
@@ -335,9 +362,15 @@ impl Listener {
         wait_ms: Option<u32>,
     ) -> impl Future<Output = ()> + Send + 'a {
         async move {
-            if self.whole(&stream) {
-                let whole: Pin<Box<dyn Future<Output = ()> + Send + '_>> = Box::pin(self.serve_whole(stream, shutdown));
-                return whole.await;
+            if served == 0 {
+                // Boxed: the wait for the protocol is no part of the idle connection's future.
+                let opening: Pin<Box<dyn Future<Output = _> + Send + '_>> = Box::pin(self.opening(stream));
+                let Some((s, whole)) = opening.await else { return };
+                if whole {
+                    let whole: Pin<Box<dyn Future<Output = ()> + Send + '_>> = Box::pin(self.serve_whole(s, shutdown));
+                    return whole.await;
+                }
+                stream = s;
             }
             // The waits in milliseconds: they are kept in the idle future, which is the connection's memory.
             let (first_ms, idle_ms, lean_keepalive, lean_proxy, mut park_ms) = {

@@ -946,6 +946,60 @@ fn client_header_timeout_closes_a_connection_that_sends_no_header() {
     assert_eq!(b.hits(), hits, "never went upstream");
 }
 
+/// On an h2c listener, the first bytes tell HTTP/2's preface from HTTP/1:
+/// HTTP/1 takes the same loop, and limits, as on any listener (Pingora
+/// waited without a limit for 24 bytes to compare: a silent connection, a
+/// partial request, even a whole `GET / HTTP/1.0` of 18 bytes sat there).
+/// HTTP/2 must send its preface within `client_header_timeout`, and a
+/// connection with no stream open closes after `keepalive_timeout`.
+#[test]
+fn h2c_listeners_bound_silent_connections_and_serve_short_http1_requests() {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+    let b = Backend::start("b");
+    let g = Gateway::start(&format!(
+        "{}listeners:\n  - {{ listen: \"127.0.0.1:{{PORT}}\", h2c: true }}\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
+        server_section(&["client_header_timeout: 1s", "keepalive_timeout: 2s"]),
+        b.addr
+    ));
+    // Sends `first`, then reads to the end: what came, and when the gateway closed (None: not in 6 s).
+    let after = |first: &[u8]| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+        s.write_all(first).unwrap();
+        let t = Instant::now();
+        let mut got = Vec::new();
+        let closed = s.read_to_end(&mut got).ok().map(|_| t.elapsed());
+        (got, closed)
+    };
+    for silent in [&b""[..], b"GE", b"PRI * HTTP/2.0\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n"] {
+        let (_, closed) = after(silent);
+        let closed = closed.unwrap_or_else(|| panic!("{silent:?}: still open"));
+        assert!(closed < Duration::from_secs(3), "{silent:?}: {closed:?}");
+    }
+    let (got, _) = after(b"GET / HTTP/1.0\r\n\r\n");
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    // The preface and an empty SETTINGS frame, then no stream: closed after keepalive_timeout.
+    let (got, closed) = after(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0");
+    assert_eq!(got.get(3), Some(&4), "the gateway's SETTINGS frame");
+    let closed = closed.expect("closed while idle");
+    assert!(
+        closed > Duration::from_millis(1500) && closed < Duration::from_secs(4),
+        "{closed:?}"
+    );
+    // HTTP/2 with prior knowledge still works.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-w", "\nversion=%{http_version}"])
+        .arg(format!("http://127.0.0.1:{}/h2", g.port))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.ends_with("version=2") && text.contains("request=GET /h2 "),
+        "{text}"
+    );
+}
+
 #[test]
 fn idle_keepalive_connections_are_kept_then_closed_by_keepalive_timeout() {
     use std::io::{BufRead, BufReader, Read, Write};

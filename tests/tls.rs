@@ -605,6 +605,54 @@ fn client_header_timeout_bounds_the_tls_handshake() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 }
 
+/// An HTTP/2 connection (ALPN h2) must send its preface within
+/// `client_header_timeout` (Pingora waited without a limit), and one with
+/// no stream open closes after `keepalive_timeout`.
+#[test]
+fn http2_connections_that_send_nothing_or_idle_are_closed() {
+    use std::time::{Duration, Instant};
+    let backend = Backend::start("app");
+    let g = start_tls_a(&backend, &["client_header_timeout: 1s", "keepalive_timeout: 2s"]);
+    let h2 = || {
+        let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+        b.set_verify(SslVerifyMode::NONE);
+        b.set_alpn_protos(b"\x02h2").unwrap();
+        let c = b.build().configure().unwrap().verify_hostname(false);
+        let s = c.connect("a.test", tcp_to(g.port)).unwrap();
+        assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+        s
+    };
+    // Until the gateway closes, what it sent and when (None: still open after 10 s).
+    let closed_after = |s: &mut openssl::ssl::SslStream<std::net::TcpStream>| {
+        let t = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return (got, Some(t.elapsed())),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return (got, None)
+                }
+                Err(_) => return (got, Some(t.elapsed())),
+            }
+        }
+    };
+    let (_, closed) = closed_after(&mut h2());
+    let closed = closed.expect("closed without a preface");
+    assert!(closed < Duration::from_secs(3), "{closed:?}");
+    let mut s = h2();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let (got, closed) = closed_after(&mut s);
+    assert_eq!(got.get(3), Some(&4), "the gateway's SETTINGS frame");
+    let closed = closed.expect("closed while idle");
+    assert!(
+        closed > Duration::from_millis(1500) && closed < Duration::from_secs(4),
+        "{closed:?}"
+    );
+}
+
 #[test]
 fn stalled_handshakes_do_not_hold_up_others() {
     use std::net::TcpStream;

@@ -163,6 +163,32 @@ pub trait Fenced {
     }
 }
 
+/// HTTP/2's connection preface (RFC 9113 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Read until the bytes held tell whether they begin with HTTP/2's
+/// preface: `true` if they do, `false` at the first byte that differs.
+/// The bytes stay held, for whoever reads the connection next.
+pub async fn begins_h2(c: &mut (dyn Fenced + Send)) -> io::Result<bool> {
+    loop {
+        let held = c.held().bytes();
+        let n = held.len().min(H2_PREFACE.len());
+        if held[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+        let mut rb = ReadBuf::uninit(&mut chunk);
+        std::future::poll_fn(|cx| c.poll_stream(cx, &mut rb)).await?;
+        if rb.filled().is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        c.held().extend(rb.filled());
+    }
+}
+
 /// The length of the request that `bytes` begin with: its head and its
 /// Content-Length body. `None` when it cannot be told from them: a head not
 /// complete or not valid, a body of another framing (chunked), or a request
