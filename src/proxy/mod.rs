@@ -816,7 +816,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_response_filter(&self, s: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         // A Transfer-Encoding not ending with chunked leaves the body's end to the server's
         // close while its Content-Length may say otherwise: refused (502), in both loops.
-        let te = resp.headers.get_all(http::header::TRANSFER_ENCODING).iter().last();
+        let te = resp.headers.get_all(http::header::TRANSFER_ENCODING).iter().next_back();
         if te.is_some_and(|v| !lean::ends_chunked(v.as_bytes())) {
             let mut e = Error::explain(
                 ErrorType::InvalidHTTPHeader,
