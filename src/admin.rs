@@ -114,14 +114,28 @@ fn render_metrics(live: &Live) -> String {
     metrics::render()
 }
 
-/// Start draining `addr` in `pool` and deregister it once idle or after `delay`.
-fn drain(live: Arc<Live>, pool: &str, addr: &str, delay: Duration) -> Result<(), String> {
-    let sa = resolve(addr)?;
+/// Start draining `addr` in `pool` and deregister it once idle or after
+/// `delay`. `Err` with the status to answer: 400 for an address that is
+/// none, 404 for an unknown pool or server, 409 when the pool would be left
+/// without a server (a pool needs one; the drain is refused at once rather
+/// than failing when it ends).
+fn drain(live: Arc<Live>, pool: &str, addr: &str, delay: Duration) -> Result<(), (u16, String)> {
+    let sa = resolve(addr).map_err(|e| (400, e))?;
     let snap = live.snapshot();
-    let p = snap.pools.get(pool).ok_or_else(|| format!("no upstream {pool:?}"))?;
+    let p = snap
+        .pools
+        .get(pool)
+        .ok_or_else(|| (404, format!("no upstream {pool:?}")))?;
     let i = p
         .index_of_addr(&sa.to_string())
-        .ok_or_else(|| format!("no server {addr} in {pool}"))?;
+        .ok_or_else(|| (404, format!("no server {addr} in {pool}")))?;
+    let staying = p.servers.iter().filter(|s| !s.state.draining.load(Relaxed)).count();
+    if !p.servers[i].state.draining.load(Relaxed) && staying <= 1 {
+        return Err((
+            409,
+            format!("{addr} is the last server of {pool} not draining: a pool needs one"),
+        ));
+    }
     let state = p.servers[i].state.clone();
     state.draining.store(true, Relaxed);
     log::warn!("draining {sa} from upstream {pool} (up to {delay:?})");
@@ -211,7 +225,7 @@ impl ServeHttp for Admin {
                 };
                 match drain(self.live.clone(), pool, addr, delay) {
                     Ok(()) => json_reply(202, json!({ "result": "draining", "server": addr })),
-                    Err(e) => error(404, e),
+                    Err((status, e)) => error(status, e),
                 }
             }
             _ => error(404, format!("no such admin endpoint: {method} {path}")),

@@ -198,12 +198,16 @@ impl Live {
 
     /// Rebuild from the running file configuration plus the updated overlay.
     fn change_overlay(&self, f: impl FnOnce(&mut Overlay)) -> Result<(), String> {
+        const RUNTIME: &str = " (+ runtime changes)";
         let _g = self.change.lock().unwrap();
         let before = self.overlay.lock().unwrap().clone();
         f(&mut self.overlay.lock().unwrap());
         let cur = self.snapshot();
         let l = Loaded {
-            file: format!("{} (+ runtime changes)", cur.file),
+            file: match cur.file.ends_with(RUNTIME) {
+                true => cur.file.clone(),
+                false => format!("{}{RUNTIME}", cur.file),
+            },
             cfg: cur.base.clone(),
             pos: Default::default(),
         };

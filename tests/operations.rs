@@ -239,6 +239,12 @@ fn register_and_drain_servers_at_runtime() {
         st.contains(&b.addr.to_string()) && !st.contains(&a.addr.to_string()),
         "{st}"
     );
+    // The last server of a pool is not drained: refused at once (it was
+    // accepted, and its removal failed silently when the drain ended).
+    let r = admin(ap, "DELETE", &format!("/pools/app/servers/{}?delay=1s", b.addr), "");
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(!admin(ap, "GET", "/status", "").body.contains("\"state\": \"draining\""));
+    assert_eq!(g.get("/").backend(), "b");
 }
 
 /// One pool of `b`, a 60 s grace period: a graceful stop must not wait it out.
