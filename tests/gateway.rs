@@ -564,6 +564,51 @@ fn header_names_with_underscores_are_dropped_unless_allowed() {
     }
 }
 
+/// Requests refused for their method or framing, as nginx refuses them
+/// (they went upstream): TRACE 405; a Transfer-Encoding other than one
+/// `chunked` 501 (the coding was dropped and the body re-chunked); a
+/// Content-Length over 2^63 - 1 400. An HTTP/1.0 request without Host goes
+/// upstream with the server's address as its Host (it went with none).
+#[test]
+fn requests_refused_for_their_method_or_framing_and_http10_without_host() {
+    let b = Backend::start("b");
+    let g = Gateway::start(&one_pool(&[&b], ""));
+    let status = |req: &str| {
+        raw_exchange(g.port, &[req.as_bytes()], Duration::ZERO)
+            .get(9..12)
+            .map(str::to_string)
+    };
+    let cases = [
+        ("TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", "405"),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "501",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "501",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551615\r\n\r\nx",
+            "400",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9223372036854775808\r\n\r\nx",
+            "400",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+            "200",
+        ),
+    ];
+    for (req, want) in cases {
+        assert_eq!(status(req).as_deref(), Some(want), "{req:?}");
+    }
+    assert_eq!(b.hits(), 1, "only the plain chunked one went upstream");
+    let out = raw_exchange(g.port, &[b"GET /old HTTP/1.0\r\n\r\n"], Duration::ZERO);
+    assert!(out.contains(&format!("header=Host: {}\n", b.addr)), "{out}");
+}
+
 /// Odd response heads a server may send: a status line without a reason
 /// phrase is passed on (the lean loop's task panicked on it, and the client
 /// got nothing); an informational response read together with the final

@@ -152,6 +152,7 @@ fn http2_and_http1_clients_are_proxied_alike() {
     for (flag, want) in [("--http2", "2"), ("--http1.1", "1.1")] {
         let out = Command::new("curl")
             .args(["-sk", flag, "--resolve", &format!("a.test:{}:127.0.0.1", g.port)])
+            .args(["-H", "cookie: a=1", "-H", "cookie: b=2", "-H", "Expect: 100-continue"])
             .arg(format!("https://a.test:{}/h?x=1", g.port))
             .args(["-w", "\nversion=%{http_version}"])
             .output()
@@ -161,6 +162,14 @@ fn http2_and_http1_clients_are_proxied_alike() {
         assert!(text.contains("header=x-forwarded-proto: https"), "{text}");
         assert!(text.contains("header=x-real-ip: 127.0.0.1"), "{text}");
         assert!(text.contains("request=GET /h?x=1 HTTP/1.1"), "{text}");
+        // The authority as the client gave it, port and all, whatever the version.
+        let host = format!("header=x-forwarded-host: a.test:{}\n", g.port);
+        assert!(text.to_ascii_lowercase().contains(&host), "{text}");
+        assert!(!text.to_ascii_lowercase().contains("header=expect"), "{text}");
+        if want == "2" {
+            // HTTP/2's cookie fields are one field in HTTP/1.1 (RFC 9113 §8.2.3).
+            assert!(text.contains("header=cookie: a=1; b=2\n"), "{text}");
+        }
     }
 }
 

@@ -49,12 +49,13 @@ pub trait Downstream: Send + Sync {
         self.req().uri.query()
     }
 
-    /// The Host field, else the target's authority, else "".
+    /// The Host field, else the target's authority (HTTP/2's `:authority`),
+    /// port and all, as a Host field would give it; else "".
     fn host(&self) -> &str {
         let req = self.req();
         (req.headers.get(http::header::HOST))
             .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.host())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
             .unwrap_or("")
     }
 
@@ -79,6 +80,33 @@ pub trait Downstream: Send + Sync {
             || scheme(b"http://")
             || scheme(b"https://")
             || req.method == http::Method::CONNECT)
+    }
+
+    /// A request refused for its method or framing, as nginx refuses it:
+    /// TRACE (405: it would echo the client's cookies back to a script),
+    /// a Transfer-Encoding other than one `chunked` (501: the coding would be
+    /// lost, the body re-chunked), a Content-Length over 2^63 - 1 (400: a
+    /// server reading it as a signed number may overflow).
+    fn refusal(&self) -> Option<u16> {
+        let req = self.req();
+        if req.method == http::Method::TRACE {
+            return Some(405);
+        }
+        let mut te = req.headers.get_all(http::header::TRANSFER_ENCODING).iter();
+        if let Some(first) = te.next() {
+            if te.next().is_some() || !first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Some(501);
+            }
+        }
+        // Digits (Pingora refuses anything else), more than an i64 holds.
+        let too_long = |v: &http::HeaderValue| {
+            let d = v.as_bytes().trim_ascii();
+            !d.is_empty()
+                && d.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(d).is_ok_and(|t| t.parse::<i64>().is_err())
+        };
+        let mut cl = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+        cl.any(too_long).then_some(400)
     }
 
     /// The first field named `name` (any case), if it is visible ASCII.

@@ -117,6 +117,24 @@ async fn continue_body(s: &mut Session) -> Result<()> {
     Ok(())
 }
 
+/// An HTTP/2 request made an HTTP/1.1 one: its `cookie` fields joined into
+/// one (RFC 9113 §8.2.3; many servers read only the first), and no
+/// `Expect` (a `100` cannot go back over HTTP/2 through Pingora, and the
+/// body comes anyway).
+fn from_http2(up: &mut RequestHeader) -> Result<()> {
+    up.remove_header(&http::header::EXPECT);
+    let mut cookies = up.headers.get_all(http::header::COOKIE).iter();
+    if let (Some(first), Some(_)) = (cookies.next(), cookies.next()) {
+        let mut joined = first.as_bytes().to_vec();
+        for c in up.headers.get_all(http::header::COOKIE).iter().skip(1) {
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(c.as_bytes());
+        }
+        up.insert_header(http::header::COOKIE, joined)?;
+    }
+    Ok(())
+}
+
 /// Drop the request fields whose names hold an underscore
 /// (`server.underscores_in_headers` off, nginx's default).
 fn drop_underscored(up: &mut RequestHeader) {
@@ -288,6 +306,11 @@ impl Gateway {
         if s.lacks_host() || s.odd_target() || !(s.host().is_empty() || crate::routing::valid_host(s.host())) {
             s.set_keepalive(None);
             respond::send(s, 400, "text/plain", respond::error_body(400), None).await?;
+            return Ok(true);
+        }
+        if let Some(status) = s.refusal() {
+            s.set_keepalive(None);
+            respond::send(s, status, "text/plain", respond::error_body(status), None).await?;
             return Ok(true);
         }
         // Locations see the path normalized, as nginx's do: `/x/../admin` is `/admin`.
@@ -799,6 +822,19 @@ impl ProxyHttp for Gateway {
         }
         if !ctx.snap.as_ref().is_some_and(|s| s.cfg.server.underscores_in_headers) {
             drop_underscored(up);
+        }
+        if s.as_downstream().is_http2() {
+            from_http2(up)?;
+        } else if !up.headers.contains_key(http::header::HOST) {
+            // An HTTP/1.0 request without one: the server's address, as an HTTP/1.1 request needs a Host.
+            let server = ctx
+                .pool
+                .as_ref()
+                .zip(ctx.current.as_ref())
+                .map(|(p, a)| p.servers[a.server].addr.clone());
+            if let Some(addr) = server {
+                up.insert_header(http::header::HOST, addr)?;
+            }
         }
         Gateway::upstream_request_filter(self, &*s, &mut ReqHeaders(up), ctx).await
     }

@@ -686,6 +686,10 @@ impl Downstream for LeanSession {
         false // nor any target that does not start with `/`
     }
 
+    fn refusal(&self) -> Option<u16> {
+        None // nor any method but GET and HEAD, nor a body
+    }
+
     fn req(&self) -> &RequestHeader {
         self.head.req()
     }
