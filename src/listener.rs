@@ -49,6 +49,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::Notify;
 
 mod accept;
+mod chunks;
 mod conn;
 mod head;
 mod held;
@@ -488,8 +489,8 @@ impl Listener {
                                 let mut s = head::gather(s, limit, wait).await?;
                                 // Reads stop at the end of this request: what follows is the next one.
                                 if let Some(held) = held_mut(&mut s) {
-                                    let len = held::request_len(held.bytes());
-                                    held.fence(len);
+                                    let framing = held::request_framing(held.bytes());
+                                    held.fence_request(framing);
                                 }
                                 s
                             } else {

@@ -19,6 +19,7 @@
 //! reader has its answer to wait for), or finds the end of the stream if
 //! the client has closed.
 
+use super::chunks::{ChunkScan, Scanned};
 use std::io;
 use std::task::{ready, Context, Poll};
 use tokio::io::ReadBuf;
@@ -36,6 +37,9 @@ pub struct Held {
     pos: usize,
     /// How many more bytes the request being served may read ([`OPEN`]: no limit).
     fence: usize,
+    /// After those bytes (its head), the request's chunked body: scanned as
+    /// it is read, and the fence set where it ends ([`super::chunks`]).
+    chunked: Option<Box<ChunkScan>>,
 }
 
 impl Default for Held {
@@ -44,6 +48,7 @@ impl Default for Held {
             back: Vec::new(),
             pos: 0,
             fence: OPEN,
+            chunked: None,
         }
     }
 }
@@ -102,6 +107,27 @@ impl Held {
     /// Let the request being served read `limit` more bytes (`None`: any).
     pub fn fence(&mut self, limit: Option<usize>) {
         self.fence = limit.unwrap_or(OPEN);
+        self.chunked = None;
+    }
+
+    /// Fence the request being served where its framing (`framing`) ends.
+    pub fn fence_request(&mut self, framing: Option<Framing>) {
+        match framing {
+            Some(Framing::Length(n)) => self.fence(Some(n)),
+            Some(Framing::Chunked { head }) => {
+                self.fence = head;
+                self.chunked = Some(Box::default());
+            }
+            None => self.fence(None),
+        }
+    }
+
+    /// Put `data` back in front of the bytes held.
+    fn prepend(&mut self, mut data: Vec<u8>) {
+        if self.pending() {
+            data.extend_from_slice(self.bytes());
+        }
+        self.keep(data);
     }
 
     /// The buffer's size (freed once every byte is handed out).
@@ -136,6 +162,28 @@ pub trait Fenced {
             Some(_) if buf.remaining() == 0 => return Poll::Ready(Ok(())),
             Some(left) => left,
         };
+        if left == 0 && self.held().chunked.is_some() {
+            // In the chunked body: read on, and find its end.
+            let start = buf.filled().len();
+            let r = self.poll_open(cx, buf);
+            let held = self.held();
+            let scan = held.chunked.as_mut().expect("checked");
+            match scan.scan(&buf.filled()[start..]) {
+                Scanned::More => {}
+                Scanned::End(n) => {
+                    let after = buf.filled()[start + n..].to_vec();
+                    buf.set_filled(start + n);
+                    if !after.is_empty() {
+                        held.prepend(after);
+                    }
+                    held.chunked = None; // fenced at its end: what follows is the next request
+                }
+                Scanned::Bad => {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "bad chunked framing")));
+                }
+            }
+            return r;
+        }
         if left > 0 {
             let mut part = buf.take(left);
             let r = self.poll_open(cx, &mut part);
@@ -189,11 +237,20 @@ pub async fn begins_h2(c: &mut (dyn Fenced + Send)) -> io::Result<bool> {
     }
 }
 
-/// The length of the request that `bytes` begin with: its head and its
-/// Content-Length body. `None` when it cannot be told from them: a head not
-/// complete or not valid, a body of another framing (chunked), or a request
-/// whose connection may turn into something else (`Upgrade`, `CONNECT`).
-pub fn request_len(bytes: &[u8]) -> Option<usize> {
+/// Where a request ends, by its framing.
+#[derive(Debug, PartialEq)]
+pub enum Framing {
+    /// After this many bytes: its head and Content-Length body.
+    Length(usize),
+    /// With its chunked body, after its head of `head` bytes.
+    Chunked { head: usize },
+}
+
+/// Where the request that `bytes` begin with ends. `None` when it cannot be
+/// told from them: a head not complete or not valid, a Transfer-Encoding
+/// other than one `chunked`, or a request whose connection may turn into
+/// something else (`Upgrade`, `CONNECT`).
+pub fn request_framing(bytes: &[u8]) -> Option<Framing> {
     let mut fields = [httparse::EMPTY_HEADER; 256]; // as many as Pingora's loop parses
     let mut req = httparse::Request::new(&mut fields);
     let httparse::Status::Complete(head) = req.parse(bytes).ok()? else {
@@ -203,9 +260,17 @@ pub fn request_len(bytes: &[u8]) -> Option<usize> {
         return None;
     }
     let mut body: Option<usize> = None;
+    let mut chunked = false;
     for f in req.headers.iter() {
-        if f.name.eq_ignore_ascii_case("transfer-encoding") || f.name.eq_ignore_ascii_case("upgrade") {
+        if f.name.eq_ignore_ascii_case("upgrade") {
             return None;
+        }
+        if f.name.eq_ignore_ascii_case("transfer-encoding") {
+            if chunked || !f.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return None;
+            }
+            chunked = true;
+            continue;
         }
         if f.name.eq_ignore_ascii_case("content-length") {
             let v = f.value.trim_ascii();
@@ -220,12 +285,22 @@ pub fn request_len(bytes: &[u8]) -> Option<usize> {
             body = Some(n);
         }
     }
-    head.checked_add(body.unwrap_or(0))
+    if chunked {
+        return Some(Framing::Chunked { head });
+    }
+    head.checked_add(body.unwrap_or(0)).map(Framing::Length)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request_len(bytes: &[u8]) -> Option<usize> {
+        match request_framing(bytes)? {
+            Framing::Length(n) => Some(n),
+            Framing::Chunked { .. } => None,
+        }
+    }
 
     #[test]
     fn a_request_is_its_head_and_its_content_length_body() {
@@ -322,6 +397,25 @@ mod tests {
         // A client that closed: the end of the stream.
         f.held.skip(6);
         assert_eq!(read(&mut f), Poll::Ready(Vec::new()));
+        // A chunked body: fenced where it ends, whatever the reads bring.
+        let mut f = Fake {
+            held: Held::default(),
+            stream: b"",
+        };
+        f.held.rewind(b"POST /\r\n\r\n3\r\nabc\r\n0\r\n\r\nNEXT");
+        f.held.fence_request(Some(Framing::Chunked { head: 10 }));
+        assert_eq!(read(&mut f), Poll::Ready(b"POST /\r\n\r\n".to_vec()));
+        assert_eq!(read(&mut f), Poll::Ready(b"3\r\nabc\r\n0\r\n\r\n".to_vec()));
+        assert_eq!(read(&mut f), Poll::Pending);
+        assert_eq!(f.held.bytes(), b"NEXT");
+        // Broken chunked framing fails the read.
+        f.held.skip(4);
+        f.held.rewind(b"2;\nxx\r\n");
+        f.held.fence_request(Some(Framing::Chunked { head: 0 }));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut space = [0u8; 64];
+        let mut buf = ReadBuf::new(&mut space);
+        assert!(matches!(f.poll_fenced(&mut cx, &mut buf), Poll::Ready(Err(_))));
         // A fence within what one read would give.
         f.held.rewind(b"0123456789");
         f.held.fence(Some(4));
