@@ -126,7 +126,11 @@ fn a_body_over_the_retry_buffer_is_not_sent_again() {
     answers.sort_by_key(|r| r.status);
     assert_eq!((answers[0].status, answers[0].backend().as_str()), (200, "b"));
     assert!(answers[0].body.contains("body-length=300000"), "{}", answers[0].body);
-    assert_eq!((answers[1].status, answers[1].backend().as_str()), (503, "bad"), "not sent again");
+    assert_eq!(
+        (answers[1].status, answers[1].backend().as_str()),
+        (503, "bad"),
+        "not sent again"
+    );
     assert!(
         start.elapsed() < Duration::from_secs(3),
         "no wait for a body that never came"

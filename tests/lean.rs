@@ -544,3 +544,19 @@ fn plugins_edit_responses_alike_in_both_loops() {
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
     assert_eq!(lean_count(ap_lean) - before, 3, "the lean loop served them");
 }
+
+/// Empty lines before a request line (RFC 9112 §2.2, which has servers
+/// skip them) do not go upstream: a server that reads one as a request
+/// would answer it (the lean loop passed them on).
+#[test]
+fn empty_lines_before_the_request_line_stay_behind() {
+    let b = Backend::start("b");
+    let g = Gateway::start(&conf(free_port(), &[&b], true));
+    let out = raw_exchange(
+        g.port,
+        &[b"\r\n\r\nGET /plain/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"],
+        Duration::ZERO,
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("request=GET /plain/x HTTP/1.1\n"), "{out}");
+}

@@ -81,6 +81,10 @@ fn plain_host(v: &[u8]) -> bool {
 /// any, begins). Anything incomplete or unusual is declined (Pingora's loop
 /// serves it).
 pub fn accepts(head: &[u8], snap: &Snapshot, listener: usize) -> Option<Box<Head>> {
+    // Empty lines before the request line (RFC 9112 §2.2): Pingora's loop leaves them behind.
+    if matches!(head.first(), Some(b'\r' | b'\n')) {
+        return None;
+    }
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     // Bytes after the head are the next request (pipelined): the lean loop takes no bodies.
