@@ -662,6 +662,24 @@ fn http2_connections_that_send_nothing_or_idle_are_closed() {
     );
 }
 
+/// Plain HTTP sent to a TLS listener gets a plain 400 that says so, as
+/// nginx answers it (the connection closed with nothing said); TLS
+/// connections go on as ever.
+#[test]
+fn plain_http_to_a_tls_listener_is_told_so() {
+    let backend = Backend::start("app");
+    let g = start_tls_a(&backend, &[]);
+    let out = raw_exchange(
+        g.port,
+        &[b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"],
+        std::time::Duration::ZERO,
+    );
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    assert!(out.ends_with("plain HTTP request was sent to HTTPS port\n"), "{out}");
+    let (_, resp) = https_get(g.port, "a.test", "/");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}
+
 #[test]
 fn stalled_handshakes_do_not_hold_up_others() {
     use std::net::TcpStream;

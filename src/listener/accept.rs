@@ -37,7 +37,7 @@ use openssl::ssl::{select_next_proto, AlpnError, SslAcceptor, SslMethod};
 use pingora_core::listeners::TlsAccept;
 use pingora_core::protocols::tls::server::handshake_with_callback;
 use pingora_core::protocols::tls::SslStream;
-use pingora_core::protocols::Stream;
+use pingora_core::protocols::{Peek, Stream};
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::Service;
 use std::future::Future;
@@ -360,6 +360,14 @@ async fn handshake(shared: &Shared, tls: &Tls, mut conn: Conn) -> Option<SslStre
     // the same order). The slot goes when the handshake next waits for the client.
     let handshake = async {
         conn.readable().await.ok()?;
+        // A TLS record starts with its type (22 for the ClientHello); a letter is a plain HTTP request.
+        let mut first = [0u8; 1];
+        if Peek::try_peek(&mut conn, &mut first).await.is_ok() && first[0].is_ascii_uppercase() {
+            log::info!("plain HTTP from {peer} on a TLS listener: answered 400");
+            let body = b"400 The plain HTTP request was sent to HTTPS port\n";
+            super::head::answer_and_close(Box::new(conn), 400, body).await;
+            return None;
+        }
         let slot = shared.handshakes.clone().acquire_owned().await.ok()?;
         conn.hold_until_read_waits(slot);
         match handshake_with_callback(&tls.acceptor, conn, tls.callbacks.as_ref()).await {

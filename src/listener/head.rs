@@ -131,20 +131,26 @@ fn malformed(head: &[u8]) -> bool {
     }
 }
 
-/// Answer a head over the limit and close. As nginx's lingering close
-/// does, the answer is followed by the end of the connection's sending side
-/// and what the client still sends is read for a moment: closing over
-/// unread bytes would send a reset, which can destroy the answer on its way.
-async fn refuse(mut stream: Stream, line_ended: bool) -> Option<Stream> {
+/// Answer a head over the limit and close.
+async fn refuse(stream: Stream, line_ended: bool) -> Option<Stream> {
     let status = if line_ended { 431 } else { 414 };
     log::info!("request head over server.max_request_header_size: answered {status}");
-    let (reason, body) = (respond::reason(status), respond::error_body(status));
+    answer_and_close(stream, status, &respond::error_body(status)).await;
+    None
+}
+
+/// Answer `status` with `body` and close. As nginx's lingering close does,
+/// the answer is followed by the end of the connection's sending side and
+/// what the client still sends is read for a moment: closing over unread
+/// bytes would send a reset, which can destroy the answer on its way.
+pub async fn answer_and_close(mut stream: Stream, status: u16, body: &[u8]) {
+    let reason = respond::reason(status);
     let answer = format!(
         "HTTP/1.1 {status} {reason}\r\nServer: portico\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    if stream.write_all(answer.as_bytes()).await.is_err() || stream.write_all(&body).await.is_err() {
-        return None;
+    if stream.write_all(answer.as_bytes()).await.is_err() || stream.write_all(body).await.is_err() {
+        return;
     }
     Shutdown::shutdown(&mut *stream).await; // flushes, then ends the sending side
     let until = Instant::now() + LINGER;
@@ -156,7 +162,6 @@ async fn refuse(mut stream: Stream, line_ended: bool) -> Option<Stream> {
             _ => break,
         }
     }
-    None
 }
 
 /// How long, and for how many bytes, a refused client is read from.
