@@ -302,6 +302,12 @@ impl Listener {
             || matches!(stream.selected_alpn_proto(), Some(ALPN::H2) | Some(ALPN::Custom(_)))
     }
 
+    /// Is a new connection HTTP/2 by ALPN, or perhaps h2c (on an h2c listener, not TLS)?
+    fn may_be_h2(&self, stream: &Stream) -> bool {
+        (self.server_options.h2c && stream.get_ssl().is_none())
+            || matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
+    }
+
     /// A new connection's protocol: `Some(true)` for Pingora whole (HTTP/2,
     /// custom protocols), `Some(false)` for the HTTP/1 loop. HTTP/2 must
     /// send its preface within `client_header_timeout`, as an HTTP/1 client
@@ -310,11 +316,11 @@ impl Listener {
     /// tells HTTP/2 from HTTP/1, which takes the HTTP/1 loop and its limits.
     /// `None`: the client sent nothing in time, or closed.
     async fn opening(&self, mut stream: Stream) -> Option<(Stream, bool)> {
-        let h2c = self.server_options.h2c && stream.get_ssl().is_none();
-        if !h2c && !matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        if !self.may_be_h2(&stream) {
             let whole = self.whole(&stream);
             return Some((stream, whole));
         }
+        let h2c = self.server_options.h2c && stream.get_ssl().is_none();
         if fenced_mut(&mut stream).is_none() {
             stream = Box::new(Rewound::new(stream)); // TLS: wrapped once, to hold what is read
         }
@@ -363,7 +369,7 @@ impl Listener {
         wait_ms: Option<u32>,
     ) -> impl Future<Output = ()> + Send + 'a {
         async move {
-            if served == 0 {
+            if served == 0 && (self.may_be_h2(&stream) || self.whole(&stream)) {
                 // Boxed: the wait for the protocol is no part of the idle connection's future.
                 let opening: Pin<Box<dyn Future<Output = _> + Send + '_>> = Box::pin(self.opening(stream));
                 let Some((s, whole)) = opening.await else { return };

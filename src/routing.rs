@@ -262,21 +262,34 @@ fn needs_normalizing(path: &[u8]) -> bool {
 /// `Host: b.example/x` or `Host: ../b` is answered 400 instead of being
 /// routed to the default server and passed on.
 pub fn valid_host(host: &str) -> bool {
-    let name = strip_port(host);
-    !name.is_empty()
-        && !name.starts_with('.')
-        && !name.contains("..")
-        && host.bytes().all(|b| b > 0x20 && b != 0x7f && b != b'/' && b != b'\\')
-        && (!host.starts_with('[') || host.len() == name.len() || host.as_bytes()[name.len()] == b':')
+    let b = host.as_bytes();
+    // Empty, a leading dot (an empty label), or a port with no name.
+    if matches!(b.first(), None | Some(b'.' | b':')) {
+        return false;
+    }
+    let mut prev = 0;
+    for &c in b {
+        if c <= 0x20 || c == 0x7f || c == b'/' || c == b'\\' || (c == b'.' && prev == b'.') {
+            return false;
+        }
+        prev = c;
+    }
+    // An IPv6 literal: nothing but a port after it.
+    b[0] != b'['
+        || b.iter()
+            .position(|&c| c == b']')
+            .is_some_and(|i| matches!(b.get(i + 1), None | Some(b':')))
 }
 
 /// `host` without its port and without the trailing dot of a fully
 /// qualified name (`b.example.` is `b.example`).
+#[inline]
 pub fn strip_port(host: &str) -> &str {
     let name = port_off(host);
     name.strip_suffix('.').unwrap_or(name)
 }
 
+#[inline]
 fn port_off(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_once(']').map(|(h, _)| &host[..h.len() + 1]).unwrap_or(host);

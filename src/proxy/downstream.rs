@@ -82,6 +82,12 @@ pub trait Downstream: Send + Sync {
             || req.method == http::Method::CONNECT)
     }
 
+    /// Does the request's host pass [`crate::routing::valid_host`] (or is there none)?
+    fn host_valid(&self) -> bool {
+        let host = self.host();
+        host.is_empty() || crate::routing::valid_host(host)
+    }
+
     /// A request refused for its method or framing, as nginx refuses it:
     /// TRACE (405: it would echo the client's cookies back to a script),
     /// a Transfer-Encoding other than one `chunked` (501: the coding would be

@@ -70,10 +70,20 @@ const DECLINE: [&str; 11] = [
     "http2-settings",
 ];
 
+/// A Host the lean loop takes: letters, digits and `.-_:` (or an IPv6
+/// literal's brackets), and one that [`crate::routing::valid_host`] passes
+/// (checked here, in the scan, so the request's steps need not check it
+/// again: [`LeanSession`]'s `host_valid`).
 fn plain_host(v: &[u8]) -> bool {
-    !v.is_empty()
-        && v.iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'))
+    let mut prev = b'.'; // a leading dot is an empty label
+    for &b in v {
+        if !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'[' | b']')) && (b != b'.' || prev == b'.')
+        {
+            return false;
+        }
+        prev = b;
+    }
+    !v.is_empty() && v[0] != b':' && (v[0] != b'[' || crate::routing::valid_host(std::str::from_utf8(v).unwrap_or("")))
 }
 
 /// Can the lean path serve the request whose first bytes are `head`? If so,
@@ -96,6 +106,21 @@ pub fn accepts(head: &[u8], snap: &Snapshot, listener: usize) -> Option<Box<Head
         return None;
     }
     Head::build(&head[..len], &req, websocket)
+}
+
+/// Does `name` hold an underscore? Eight bytes at a time (names are short:
+/// a search function costs more to call than it saves on them).
+fn has_underscore(name: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const UNDERSCORES: u64 = u64::from_ne_bytes([b'_'; 8]);
+    let chunks = name.chunks_exact(8);
+    let rest = chunks.remainder();
+    chunks.into_iter().any(|c| {
+        // A zero byte in `x`, where a byte of `c` is `_` (names are ASCII: no false hits).
+        let x = u64::from_ne_bytes(c.try_into().expect("8 bytes")) ^ UNDERSCORES;
+        x.wrapping_sub(ONES) & !x & HIGHS != 0
+    }) || rest.iter().any(|&b| b == b'_')
 }
 
 /// What [`shape`] makes of a request field, by its name.
@@ -139,8 +164,8 @@ fn shape(req: &httparse::Request) -> Option<bool> {
     let (mut websocket, mut conn_upgrade) = (false, false);
     for h in req.headers.iter() {
         match Name::of(h.name) {
-            // A name with an underscore is dropped or not as the configuration says: Pingora's loop.
-            Name::Other if h.name.contains('_') => return None,
+            // Dropped or not as the configuration says: Pingora's loop.
+            Name::Other if has_underscore(h.name.as_bytes()) => return None,
             Name::Other => {}
             Name::Host => {
                 if host.is_some() || !plain_host(h.value) {
@@ -496,6 +521,24 @@ impl LeanPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn underscores_are_found_anywhere_in_a_name() {
+        for name in [
+            "_",
+            "X_A",
+            "X-Forwarded_For",
+            "ABCDEFG_",
+            "ABCDEFGH_",
+            "ABCDEFGHIJKLMNO_",
+            "_ABCDEFGHIJ",
+        ] {
+            assert!(has_underscore(name.as_bytes()), "{name}");
+        }
+        for name in ["", "Host", "User-Agent", "X-Forwarded-For", "ABCDEFGH", "~^`abcdefghi"] {
+            assert!(!has_underscore(name.as_bytes()), "{name}");
+        }
+    }
 
     #[test]
     fn field_names_are_told_apart_in_any_case() {

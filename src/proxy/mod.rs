@@ -303,7 +303,7 @@ impl Gateway {
         ctx.snap = Some(snap.clone());
         ctx.in_flight = Some(RequestGauge::new());
         ctx.client_ip = s.client_ip();
-        if s.lacks_host() || s.odd_target() || !(s.host().is_empty() || crate::routing::valid_host(s.host())) {
+        if s.lacks_host() || s.odd_target() || !s.host_valid() {
             s.set_keepalive(None);
             respond::send(s, 400, "text/plain", respond::error_body(400), None).await?;
             return Ok(true);

@@ -690,6 +690,10 @@ impl Downstream for LeanSession {
         None // nor any method but GET and HEAD, nor a body
     }
 
+    fn host_valid(&self) -> bool {
+        true // checked as `accepts` took the request in
+    }
+
     fn req(&self) -> &RequestHeader {
         self.head.req()
     }
