@@ -120,7 +120,7 @@ fn has_underscore(name: &[u8]) -> bool {
         // A zero byte in `x`, where a byte of `c` is `_` (names are ASCII: no false hits).
         let x = u64::from_ne_bytes(c.try_into().expect("8 bytes")) ^ UNDERSCORES;
         x.wrapping_sub(ONES) & !x & HIGHS != 0
-    }) || rest.iter().any(|&b| b == b'_')
+    }) || rest.contains(&b'_')
 }
 
 /// What [`shape`] makes of a request field, by its name.
