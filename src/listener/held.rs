@@ -148,7 +148,14 @@ pub trait Fenced {
     fn held(&mut self) -> &mut Held;
 
     /// A read with no fence: held bytes first, then the stream.
-    fn poll_open(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>>;
+    fn poll_open(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.held().pending() {
+            // The buffer is freed once all is out: an idle connection keeps nothing here.
+            self.held().take(buf);
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_stream(cx, buf)
+    }
 
     /// A read from the stream itself, past any held bytes.
     fn poll_stream(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>>;
@@ -342,13 +349,6 @@ mod tests {
     impl Fenced for Fake {
         fn held(&mut self) -> &mut Held {
             &mut self.held
-        }
-        fn poll_open(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-            if self.held.pending() {
-                self.held.take(buf);
-                return Poll::Ready(Ok(()));
-            }
-            self.poll_stream(cx, buf)
         }
         fn poll_stream(&mut self, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
             let n = self.stream.len().min(buf.remaining());

@@ -92,15 +92,6 @@ impl Fenced for Rewound {
         &mut self.held
     }
 
-    fn poll_open(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.held.pending() {
-            // The buffer is freed once all is out: an idle connection keeps nothing here.
-            self.held.take(buf);
-            return Poll::Ready(Ok(()));
-        }
-        self.poll_stream(cx, buf)
-    }
-
     fn poll_stream(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
