@@ -565,7 +565,8 @@ fn header_names_with_underscores_are_dropped_unless_allowed() {
 }
 
 /// Requests refused for their method or framing, as nginx refuses them
-/// (they went upstream): TRACE 405; a Transfer-Encoding other than one
+/// (they went upstream): TRACE 405; `*` but for OPTIONS 400 (`OPTIONS *`
+/// names no location: 404); a Transfer-Encoding other than one
 /// `chunked` 501 (the coding was dropped and the body re-chunked); a
 /// Content-Length over 2^63 - 1 400. An HTTP/1.0 request without Host goes
 /// upstream with the server's address as its Host (it went with none).
@@ -580,6 +581,8 @@ fn requests_refused_for_their_method_or_framing_and_http10_without_host() {
     };
     let cases = [
         ("TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", "405"),
+        ("GET * HTTP/1.1\r\nHost: x\r\n\r\n", "400"),
+        ("OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "404"),
         (
             "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
             "501",

@@ -67,8 +67,8 @@ pub trait Downstream: Send + Sync {
     }
 
     /// A request target of no form a server takes (RFC 9112 3.2): not a path
-    /// (`/...`), not absolute (`http://...`), not `*`, and not the authority
-    /// of a CONNECT. nginx answers 400; routed, `GET %2Fadmin` or `GET admin`
+    /// (`/...`), not absolute (`http://...`), not `*` of an OPTIONS, and not
+    /// the authority of a CONNECT. nginx answers 400; routed, `GET %2Fadmin` or `GET admin`
     /// would pass by the locations that match `/admin`, and servers read such
     /// targets in ways of their own.
     fn odd_target(&self) -> bool {
@@ -76,7 +76,7 @@ pub trait Downstream: Send + Sync {
         let t = req.raw_path();
         let scheme = |s: &[u8]| t.len() > s.len() && t[..s.len()].eq_ignore_ascii_case(s);
         !(t.first() == Some(&b'/')
-            || t == b"*"
+            || (t == b"*" && req.method == http::Method::OPTIONS)
             || scheme(b"http://")
             || scheme(b"https://")
             || req.method == http::Method::CONNECT)
