@@ -222,11 +222,6 @@ impl Conn {
         self.held.pending()
     }
 
-    /// The bytes [`Conn::pending`] tells of.
-    pub fn pending_bytes(&self) -> &[u8] {
-        self.held.bytes()
-    }
-
     /// Let go of what only a request in flight needs, before the connection
     /// waits idle.
     pub fn rest(&mut self) {

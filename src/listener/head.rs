@@ -14,7 +14,6 @@
 //! The lean loop takes only heads whose first read holds them whole, and
 //! only within the limit (see [`within`]).
 
-use super::{Conn, Rewound};
 use crate::proxy::respond;
 use pingora_core::protocols::{Shutdown, Stream};
 use std::time::{Duration, Instant};
@@ -47,32 +46,6 @@ pub fn within(bytes: &[u8], limit: usize) -> bool {
     bytes.len() <= limit || end(bytes).is_some_and(|e| e <= limit)
 }
 
-/// Bytes put back in front of `stream` and not read yet.
-fn pending(stream: &Stream) -> &[u8] {
-    let any = stream.as_any();
-    if let Some(c) = any.downcast_ref::<Conn>() {
-        return c.pending_bytes();
-    }
-    any.downcast_ref::<Rewound>().map_or(&[], Rewound::pending_bytes)
-}
-
-/// Put `data` back in front of `stream` (a listener's connection: plain,
-/// or TLS wrapped in [`Rewound`]), with nothing pending.
-fn put_back(stream: Stream, data: &[u8]) -> Stream {
-    let mut rw = match stream.into_any().downcast::<Conn>() {
-        Ok(mut c) => {
-            c.rewind(data);
-            return c;
-        }
-        Err(any) => match any.downcast::<Rewound>() {
-            Ok(rw) => rw,
-            Err(_) => unreachable!("the listener reads ahead only on its own connections"),
-        },
-    };
-    rw.rewind(data);
-    rw
-}
-
 /// Make sure the request whose first bytes were put back in front of
 /// `stream` has a head within `limit` bytes, reading the rest of the head
 /// if those bytes do not end it: all of it within `wait` of now, as nginx's
@@ -80,7 +53,7 @@ fn put_back(stream: Stream, data: &[u8]) -> Stream {
 /// a connection by sending a byte now and then. `None`: the
 /// head was refused (and answered), or the client went away or timed out.
 pub async fn gather(mut stream: Stream, limit: usize, wait: Duration) -> Option<Stream> {
-    let first = pending(&stream);
+    let first = super::held_mut(&mut stream).map_or(&[][..], |h| h.bytes());
     match end(first) {
         Some(e) if e <= limit => return Some(stream),
         Some(_) => {
@@ -162,6 +135,14 @@ pub async fn answer_and_close(mut stream: Stream, status: u16, body: &[u8]) {
             _ => break,
         }
     }
+}
+
+/// `stream` with `data` put back in front of it (nothing is pending).
+fn put_back(mut stream: Stream, data: &[u8]) -> Stream {
+    if let Some(held) = super::held_mut(&mut stream) {
+        held.rewind(data);
+    }
+    stream
 }
 
 /// How long, and for how many bytes, a refused client is read from.

@@ -54,11 +54,6 @@ impl Rewound {
         self.held.pending()
     }
 
-    /// The bytes [`Rewound::pending`] tells of.
-    pub fn pending_bytes(&self) -> &[u8] {
-        self.held.bytes()
-    }
-
     /// `Pending` (waking `cx` when the socket turns readable) while a read
     /// could only find nothing: no bytes put back, none decrypted and kept
     /// by OpenSSL, none read ahead by the connection, and a socket with

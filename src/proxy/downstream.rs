@@ -59,42 +59,24 @@ pub trait Downstream: Send + Sync {
             .unwrap_or("")
     }
 
-    /// An HTTP/1.1 request without a Host field, or with an empty one, which
-    /// RFC 9112 (3.2) has a server answer with 400, as nginx does.
-    fn lacks_host(&self) -> bool {
-        let req = self.req();
-        req.version == http::Version::HTTP_11 && req.headers.get(http::header::HOST).is_none_or(|h| h.is_empty())
-    }
-
-    /// A request target of no form a server takes (RFC 9112 3.2): not a path
-    /// (`/...`), not absolute (`http://...`), not `*` of an OPTIONS, and not
-    /// the authority of a CONNECT. nginx answers 400; routed, `GET %2Fadmin` or `GET admin`
-    /// would pass by the locations that match `/admin`, and servers read such
-    /// targets in ways of their own.
-    fn odd_target(&self) -> bool {
-        let req = self.req();
-        let t = req.raw_path();
-        let scheme = |s: &[u8]| t.len() > s.len() && t[..s.len()].eq_ignore_ascii_case(s);
-        !(t.first() == Some(&b'/')
-            || (t == b"*" && req.method == http::Method::OPTIONS)
-            || scheme(b"http://")
-            || scheme(b"https://")
-            || req.method == http::Method::CONNECT)
-    }
-
-    /// Does the request's host pass [`crate::routing::valid_host`] (or is there none)?
-    fn host_valid(&self) -> bool {
-        let host = self.host();
-        host.is_empty() || crate::routing::valid_host(host)
-    }
-
-    /// A request refused for its method or framing, as nginx refuses it:
-    /// TRACE (405: it would echo the client's cookies back to a script),
-    /// a Transfer-Encoding other than one `chunked` (501: the coding would be
-    /// lost, the body re-chunked), a Content-Length over 2^63 - 1 (400: a
-    /// server reading it as a signed number may overflow).
+    /// The status a request is refused with, as nginx refuses it, before it
+    /// is routed:
+    /// - 400: an HTTP/1.1 request without a Host field or with an empty one
+    ///   (RFC 9112 3.2); a target of no form a server takes ([`odd_target`]);
+    ///   a Host that cannot name a server ([`crate::routing::valid_host`]);
+    /// - 405: TRACE (it would echo the client's cookies back to a script);
+    /// - 501: a Transfer-Encoding other than one `chunked` (the coding would
+    ///   be lost, the body re-chunked);
+    /// - 400: a Content-Length over 2^63 - 1 (a server reading it as a
+    ///   signed number may overflow).
     fn refusal(&self) -> Option<u16> {
         let req = self.req();
+        let no_host =
+            req.version == http::Version::HTTP_11 && req.headers.get(http::header::HOST).is_none_or(|h| h.is_empty());
+        let host = self.host();
+        if no_host || odd_target(req) || !(host.is_empty() || crate::routing::valid_host(host)) {
+            return Some(400);
+        }
         if req.method == http::Method::TRACE {
             return Some(405);
         }
@@ -150,6 +132,21 @@ pub trait Downstream: Send + Sync {
 }
 
 /// [`Downstream::find_field`] over a whole header.
+/// A request target of no form a server takes (RFC 9112 3.2): not a path
+/// (`/...`), not absolute (`http://...`), not `*` of an OPTIONS, and not
+/// the authority of a CONNECT. Routed, `GET %2Fadmin` or `GET admin` would
+/// pass by the locations that match `/admin`, and servers read such targets
+/// in ways of their own.
+fn odd_target(req: &RequestHeader) -> bool {
+    let t = req.raw_path();
+    let scheme = |s: &[u8]| t.len() > s.len() && t[..s.len()].eq_ignore_ascii_case(s);
+    !(t.first() == Some(&b'/')
+        || (t == b"*" && req.method == http::Method::OPTIONS)
+        || scheme(b"http://")
+        || scheme(b"https://")
+        || req.method == http::Method::CONNECT)
+}
+
 pub fn find_field<'a>(
     req: &'a RequestHeader,
     name: &str,

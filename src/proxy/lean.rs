@@ -73,7 +73,7 @@ const DECLINE: [&str; 11] = [
 /// A Host the lean loop takes: letters, digits and `.-_:` (or an IPv6
 /// literal's brackets), and one that [`crate::routing::valid_host`] passes
 /// (checked here, in the scan, so the request's steps need not check it
-/// again: [`LeanSession`]'s `host_valid`).
+/// again: [`LeanSession`]'s `refusal`).
 fn plain_host(v: &[u8]) -> bool {
     let mut prev = b'.'; // a leading dot is an empty label
     for &b in v {

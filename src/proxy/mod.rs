@@ -303,11 +303,6 @@ impl Gateway {
         ctx.snap = Some(snap.clone());
         ctx.in_flight = Some(RequestGauge::new());
         ctx.client_ip = s.client_ip();
-        if s.lacks_host() || s.odd_target() || !s.host_valid() {
-            s.set_keepalive(None);
-            respond::send(s, 400, "text/plain", respond::error_body(400), None).await?;
-            return Ok(true);
-        }
         if let Some(status) = s.refusal() {
             s.set_keepalive(None);
             respond::send(s, status, "text/plain", respond::error_body(status), None).await?;

@@ -678,20 +678,10 @@ impl HeadWriter {
 }
 
 impl Downstream for LeanSession {
-    fn lacks_host(&self) -> bool {
-        false // the lean loop takes only requests with a Host field
-    }
-
-    fn odd_target(&self) -> bool {
-        false // nor any target that does not start with `/`
-    }
-
     fn refusal(&self) -> Option<u16> {
-        None // nor any method but GET and HEAD, nor a body
-    }
-
-    fn host_valid(&self) -> bool {
-        true // checked as `accepts` took the request in
+        // `accepts` takes only GET and HEAD without a body, with a target
+        // that starts with `/` and one Host it has checked as `valid_host` does.
+        None
     }
 
     fn req(&self) -> &RequestHeader {
