@@ -156,6 +156,17 @@ fn drain(live: Arc<Live>, pool: &str, addr: &str, delay: Duration) -> Result<(),
     Ok(())
 }
 
+/// The methods an admin endpoint answers, for a 405 to any other (`None`:
+/// no such endpoint).
+fn allowed(parts: &[&str]) -> Option<&'static str> {
+    match parts {
+        ["status"] | ["metrics"] | ["config"] => Some("GET"),
+        ["reload"] | ["pools", _, "servers"] => Some("POST"),
+        ["pools", _, "servers", _] => Some("DELETE"),
+        _ => None,
+    }
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
@@ -228,7 +239,15 @@ impl ServeHttp for Admin {
                     Err((status, e)) => error(status, e),
                 }
             }
-            _ => error(404, format!("no such admin endpoint: {method} {path}")),
+            _ => match allowed(parts.as_slice()) {
+                Some(allow) => {
+                    let mut r = error(405, format!("{method} is not allowed on {path} (allowed: {allow})"));
+                    r.headers_mut()
+                        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+                    r
+                }
+                None => error(404, format!("no such admin endpoint: {method} {path}")),
+            },
         }
     }
 }

@@ -582,6 +582,10 @@ fn requests_refused_for_their_method_or_framing_and_http10_without_host() {
     let cases = [
         ("TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", "405"),
         ("GET * HTTP/1.1\r\nHost: x\r\n\r\n", "400"),
+        // A method nginx refuses, a target with a space or a control byte (Pingora would encode them).
+        ("get / HTTP/1.1\r\nHost: x\r\n\r\n", "400"),
+        ("GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", "400"),
+        ("GET /a\x01b HTTP/1.1\r\nHost: x\r\n\r\n", "400"),
         ("OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "404"),
         (
             "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",

@@ -37,6 +37,13 @@ fn admin_requires_the_token() {
     assert!(r.body.contains(&b.addr.to_string()), "{}", r.body);
     assert!(r.body.contains("\"state\": \"healthy\""), "{}", r.body);
     assert_eq!(admin(ap, "GET", "/nope", "").status, 404);
+    // A known endpoint asked with another method: 405, and the method it takes.
+    let r = admin(ap, "POST", "/status", "");
+    assert_eq!(r.status, 405, "{}", r.body);
+    assert_eq!(r.header("allow"), Some("GET"));
+    let r = admin(ap, "GET", "/pools/app/servers/127.0.0.1:1", "");
+    assert_eq!((r.status, r.header("allow")), (405, Some("DELETE")));
+    assert_eq!(admin(ap, "GET", "/pools/app/servers/a/b", "").status, 404);
     drop(g);
 }
 

@@ -12,7 +12,9 @@
 //! refuses a head that outgrows the limit: `414 URI Too Long` if the
 //! request line alone does, `431 Request Header Fields Too Large` if not.
 //! The lean loop takes only heads whose first read holds them whole, and
-//! only within the limit (see [`within`]).
+//! only within the limit (see [`within`]). A whole head is also refused (400)
+//! for a space or a control byte in its request line's target, which
+//! Pingora's loop would percent-encode and pass on (nginx refuses them).
 
 use crate::proxy::respond;
 use pingora_core::protocols::{Shutdown, Stream};
@@ -55,7 +57,10 @@ pub fn within(bytes: &[u8], limit: usize) -> bool {
 pub async fn gather(mut stream: Stream, limit: usize, wait: Duration) -> Option<Stream> {
     let first = super::held_mut(&mut stream).map_or(&[][..], |h| h.bytes());
     match end(first) {
-        Some(e) if e <= limit => return Some(stream),
+        Some(e) if e <= limit => {
+            let odd = odd_request_line(first);
+            return checked_line(stream, odd).await;
+        }
         Some(_) => {
             let line_ended = first[..limit].contains(&b'\n');
             return refuse(stream, line_ended).await;
@@ -78,7 +83,10 @@ pub async fn gather(mut stream: Stream, limit: usize, wait: Duration) -> Option<
             _ => return None, // closed, failed or too slow: nothing to answer
         }
         match end_from(&head, from) {
-            Some(e) if e <= limit => return Some(put_back(stream, &head)),
+            Some(e) if e <= limit => {
+                let odd = odd_request_line(&head);
+                return checked_line(put_back(stream, &head), odd).await;
+            }
             None if head.len() <= limit => {}
             _ => return refuse(stream, head[..limit].contains(&b'\n')).await,
         }
@@ -89,6 +97,33 @@ pub async fn gather(mut stream: Stream, limit: usize, wait: Duration) -> Option<
             check_at = head.len() * 2;
         }
     }
+}
+
+/// `stream`, unless its whole head's request line is `odd`: it holds a
+/// byte nginx refuses there since 1.21.1, a space inside the target or a
+/// control byte. Pingora's loop would percent-encode them and pass the
+/// request on; here it gets a 400 and the connection closes.
+async fn checked_line(stream: Stream, odd: bool) -> Option<Stream> {
+    if !odd {
+        return Some(stream);
+    }
+    log::info!("request line with a space in its target or a control byte: answered 400");
+    answer_and_close(stream, 400, &respond::error_body(400)).await;
+    None
+}
+
+/// Does the request line `head` begins with (after any empty lines) hold
+/// more than the two spaces that part method, target and version, or a
+/// control byte before its line end?
+fn odd_request_line(head: &[u8]) -> bool {
+    let start = head
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(head.len());
+    let line = &head[start..];
+    let line = &line[..memchr::memchr(b'\n', line).unwrap_or(line.len())];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    memchr::memchr_iter(b' ', line).nth(2).is_some() || line.iter().any(|&b| b < 0x20 || b == 0x7f)
 }
 
 /// Would Pingora's loop refuse `head`, not ended yet, as it stands? It
@@ -182,6 +217,22 @@ mod tests {
         let mut with_body = head.to_vec();
         with_body.extend_from_slice(&[b'x'; 100]);
         assert!(within(&with_body, 27), "the body does not count");
+    }
+
+    #[test]
+    fn request_lines_with_spaces_or_control_bytes_in_the_target_are_odd() {
+        assert!(!odd_request_line(b"GET /a?b=%20 HTTP/1.1\r\nHost: a b\r\n\r\n"));
+        assert!(!odd_request_line(b"\r\nGET / HTTP/1.1\n\n"));
+        assert!(
+            !odd_request_line(b"GET /\"<>\" HTTP/1.1\r\n\r\n"),
+            "Pingora encodes, nginx passes"
+        );
+        assert!(odd_request_line(b"GET /a b HTTP/1.1\r\n\r\n"));
+        assert!(odd_request_line(b"GET /a HTTP/1.1 \r\n\r\n"));
+        assert!(odd_request_line(b"GET /a\x01 HTTP/1.1\r\n\r\n"));
+        assert!(odd_request_line(b"GET /a\tb HTTP/1.1\r\n\r\n"));
+        assert!(odd_request_line(b"GET /a\x7f HTTP/1.1\r\n\r\n"));
+        assert!(odd_request_line(b"GET /a\rb HTTP/1.1\r\n\r\n"));
     }
 
     #[test]

@@ -74,7 +74,11 @@ pub trait Downstream: Send + Sync {
         let no_host =
             req.version == http::Version::HTTP_11 && req.headers.get(http::header::HOST).is_none_or(|h| h.is_empty());
         let host = self.host();
-        if no_host || odd_target(req) || !(host.is_empty() || crate::routing::valid_host(host)) {
+        if no_host
+            || odd_method(&req.method)
+            || odd_target(req)
+            || !(host.is_empty() || crate::routing::valid_host(host))
+        {
             return Some(400);
         }
         if req.method == http::Method::TRACE {
@@ -137,6 +141,16 @@ pub trait Downstream: Send + Sync {
 /// the authority of a CONNECT. Routed, `GET %2Fadmin` or `GET admin` would
 /// pass by the locations that match `/admin`, and servers read such targets
 /// in ways of their own.
+/// A method nginx refuses: one with a byte other than `A`-`Z`, `_` or `-`
+/// (a lower-case `get`, which some servers read as `GET`, past rules that
+/// go by the method).
+fn odd_method(method: &http::Method) -> bool {
+    !method
+        .as_str()
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
+}
+
 fn odd_target(req: &RequestHeader) -> bool {
     let t = req.raw_path();
     let scheme = |s: &[u8]| t.len() > s.len() && t[..s.len()].eq_ignore_ascii_case(s);
