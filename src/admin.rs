@@ -49,7 +49,9 @@ fn error(status: u16, msg: impl Into<String>) -> Response<Vec<u8>> {
 
 fn server_state(p: &Pool, i: usize) -> &'static str {
     let st = &p.servers[i].state;
-    if st.draining.load(Relaxed) {
+    if p.servers[i].down {
+        "down (config)"
+    } else if st.draining.load(Relaxed) {
         "draining"
     } else if !st.healthy.load(Relaxed) {
         "unhealthy"
@@ -99,7 +101,7 @@ fn render_metrics(live: &Live) -> String {
             m.inflight
                 .with_label_values(&l)
                 .set(s.state.inflight.load(Relaxed) as i64);
-            m.healthy.with_label_values(&l).set(s.state.usable() as i64);
+            m.healthy.with_label_values(&l).set(s.usable() as i64);
             m.draining
                 .with_label_values(&l)
                 .set(s.state.draining.load(Relaxed) as i64);

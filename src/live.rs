@@ -376,6 +376,7 @@ fn build_pool(l: &Loaded, name: &str, u: &config::Upstream, states: &StateRegist
             max_fails: s.max_fails,
             fail_timeout: dur(&s.fail_timeout).unwrap_or(Duration::from_secs(10)),
             backup: s.backup,
+            down: s.down,
         });
     }
     if servers.iter().all(|s| s.backup) {
@@ -393,7 +394,7 @@ fn build_pool(l: &Loaded, name: &str, u: &config::Upstream, states: &StateRegist
     let hash_key = match (u.algorithm, &u.hash_key) {
         (A::Hash, None) => return Err(l.err(&format!("{p}.hash_key"), "algorithm `hash` needs a hash_key")),
         (A::Hash, Some(k)) => Some(HashKey::parse(k).map_err(|e| l.err(&format!("{p}.hash_key"), e))?),
-        (A::IpHash, _) => Some(HashKey::ClientIp),
+        (A::IpHash, _) => Some(HashKey::ClientNet),
         (_, Some(_)) => return Err(l.err(&format!("{p}.hash_key"), "hash_key is only used with algorithm `hash`")),
         _ => None,
     };

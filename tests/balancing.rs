@@ -127,6 +127,71 @@ fn weighted_round_robin_is_smooth() {
     assert!(longest <= 4, "longest heavy run {longest} in {shape}");
 }
 
+/// A stopped server's share goes to the others by the algorithm's own rule,
+/// as nginx spreads it, not all to the server after it in the list.
+#[test]
+fn a_stopped_servers_share_is_spread_over_the_others() {
+    let (b, c, d) = (Backend::start("b"), Backend::start("c"), Backend::start("d"));
+    let dead = format!("127.0.0.1:{}", free_port()); // nothing listens: refused
+    let yaml = |pool: &str, weights: [&str; 4]| {
+        let mut servers = format!("      - {{ address: \"{dead}\", {} }}\n", weights[0]);
+        for (be, w) in [&b, &c, &d].iter().zip(&weights[1..]) {
+            servers.push_str(&format!("      - {{ address: \"{}\", {w} }}\n", be.addr));
+        }
+        let yaml = gw_yaml(pool, &[]);
+        yaml.replace("    servers:\n", &format!("    servers:\n{servers}"))
+    };
+    let cases = [
+        (
+            "    algorithm: round_robin\n",
+            ["weight: 5", "weight: 1", "weight: 1", "weight: 1"],
+        ),
+        ("    algorithm: least_conn\n", ["weight: 1"; 4]),
+    ];
+    for (pool, weights) in cases {
+        let g = Gateway::start(&yaml(pool, weights));
+        // The first request finds the dead server (max_fails 1 marks it down), later ones skip it.
+        let got: HashMap<String, usize> = sequence(&g, "/", 61).into_iter().fold(HashMap::new(), |mut m, n| {
+            *m.entry(n).or_default() += 1;
+            m
+        });
+        for name in ["b", "c", "d"] {
+            let n = count(&got, name);
+            assert!(
+                (18..=22).contains(&n),
+                "{pool}: {name} took {n} of 61, want 20±2: {got:?}"
+            );
+        }
+    }
+}
+
+/// A hash whose key a request lacks goes round robin (nginx `hash`), not all
+/// to one server; a server marked `down` keeps its place, so only its own
+/// keys move.
+#[test]
+fn hash_without_a_key_goes_round_robin_and_down_servers_keep_their_place() {
+    let bs: Vec<Backend> = (0..3).map(|i| Backend::start(&format!("h{i}"))).collect();
+    let all: Vec<(&Backend, &str)> = bs.iter().map(|b| (b, "")).collect();
+    let g = gw(HASH_POOL, &all);
+    let seq = sequence(&g, "/no-key", 12);
+    for b in &bs {
+        assert_eq!(seq.iter().filter(|n| **n == b.name).count(), 4, "{seq:?}");
+    }
+    let before = key_map(&g, 120);
+    let with_down: Vec<(&Backend, &str)> = bs
+        .iter()
+        .map(|b| (b, if b.name == "h1" { "down: true" } else { "" }))
+        .collect();
+    let g = gw(HASH_POOL, &with_down);
+    let after = key_map(&g, 120);
+    for (k, (was, is)) in before.iter().zip(&after).enumerate() {
+        assert_ne!(is, "h1", "key {k} went to the down server");
+        if was != "h1" {
+            assert_eq!(was, is, "key {k} moved though its server is up");
+        }
+    }
+}
+
 // ------------------------------------------------------------------ least_conn
 
 #[test]

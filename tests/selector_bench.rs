@@ -57,12 +57,13 @@ fn pool(
                 max_fails: 1,
                 fail_timeout: Duration::from_secs(10),
                 backup: false,
+                down: false,
             }
         })
         .collect();
     let hash_key = match alg {
         Algorithm::Hash => Some(HashKey::Arg("user".into())),
-        Algorithm::IpHash => Some(HashKey::ClientIp),
+        Algorithm::IpHash => Some(HashKey::ClientNet),
         _ => None,
     };
     Pool::new(PoolSpec {

@@ -265,6 +265,10 @@ pub struct Server {
     pub fail_timeout: Option<Dur>,
     #[serde(default)]
     pub backup: bool,
+    /// nginx's `down`: kept in the pool (a hash keeps the other servers'
+    /// keys where they were) but sent nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub down: bool,
 }
 
 fn one() -> usize {

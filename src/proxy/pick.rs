@@ -22,7 +22,13 @@ fn key<'a, D: Downstream>(pool: &Pool, s: &'a D, ctx: &Ctx) -> Cow<'a, [u8]> {
             Some(std::net::IpAddr::V6(ip)) => Cow::Owned(ip.octets().to_vec()),
             None => Cow::Borrowed(&[]),
         },
+        HashKey::ClientNet => match ctx.client_ip {
+            Some(std::net::IpAddr::V4(ip)) => Cow::Owned(ip.octets()[..3].to_vec()),
+            Some(std::net::IpAddr::V6(ip)) => Cow::Owned(ip.octets().to_vec()),
+            None => Cow::Borrowed(&[]),
+        },
         HashKey::Uri => Cow::Borrowed(s.path().as_bytes()),
+        HashKey::RequestUri => Cow::Borrowed(s.target().as_bytes()),
         HashKey::Header(h) => Cow::Borrowed(s.req().headers.get(h.as_str()).map(|v| v.as_bytes()).unwrap_or(&[])),
         HashKey::Cookie(c) => Cow::Borrowed(cookie(s, c).unwrap_or("").as_bytes()),
         HashKey::Arg(a) => Cow::Borrowed(
@@ -50,8 +56,9 @@ pub fn choose<D: Downstream>(pool: &Pool, s: &D, ctx: &mut Ctx, https: bool) -> 
                 let pinned = cookie(s, &st.cookie)
                     .and_then(|v| st.decode(v))
                     .and_then(|id| pool.server_by_sticky_id(id))
-                    .filter(|&i| !skip(i) && pool.servers[i].state.usable());
-                if pinned.is_some() {
+                    .filter(|&i| !skip(i) && pool.servers[i].usable());
+                if let Some(i) = pinned {
+                    pool.picked(i);
                     return pinned;
                 }
                 let i = pool.select(&[], &skip)?;

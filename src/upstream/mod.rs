@@ -15,7 +15,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::selection::consistent::{KetamaConfig, KetamaHashing};
 use pingora_load_balancing::selection::{BackendIter, BackendSelection, FNVHash};
 use pingora_load_balancing::Backend;
-use selectors::{HasBackends, LeastConn, LeastTime, Plain, RandomPick, RotIter, SmoothWrr, StateTable, TwoLeastConn};
+use selectors::{LeastConn, LeastTime, Pick, Plain, RandomPick, SmoothWrr, StateTable, TwoLeastConn};
 use state::ServerState;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -32,35 +32,32 @@ type Addr = pingora_core::protocols::l4::socket::SocketAddr;
 /// need (a `HashSet` of visited backends, a `Backend` clone and a readiness
 /// lookup per step).
 pub trait Select: Send + Sync {
-    /// Walk the selector's preference order (at most `max_steps` steps) until
-    /// `accept` takes a server index.
-    fn pick(&self, key: &[u8], max_steps: usize, accept: &mut dyn FnMut(usize) -> bool) -> bool;
+    /// The server for a request with `key`, among those `ok` accepts.
+    fn pick(&self, key: &[u8], ok: &dyn Fn(usize) -> bool) -> Option<usize>;
 }
 
-/// Portico's own selectors: their iterators yield positions, mapped to pool
-/// indices through a table built once, so a step touches no `Backend`.
+/// Portico's own selectors ([`Pick`]): built over the pool's servers in
+/// the pool's order, they answer in positions, mapped to pool indices
+/// through a table built once.
 struct Positional<S> {
-    sel: Arc<S>,
+    sel: S,
     to_pool: Vec<u32>,
 }
 
-impl<S> Select for Positional<S>
-where
-    S: BackendSelection<Iter = RotIter<S>> + HasBackends + Send + Sync + 'static,
-{
-    fn pick(&self, key: &[u8], max_steps: usize, accept: &mut dyn FnMut(usize) -> bool) -> bool {
-        let mut it = self.sel.iter(key);
-        (0..max_steps)
-            .map_while(|_| it.next_position())
-            .any(|i| accept(self.to_pool[i] as usize))
+impl<S: Pick + Send + Sync> Select for Positional<S> {
+    fn pick(&self, key: &[u8], ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let p = self.sel.pick(key, &|p| ok(self.to_pool[p] as usize))?;
+        Some(self.to_pool[p] as usize)
     }
 }
 
 /// The crate's hashing selectors (FNV, ketama): yielded backends are mapped
-/// back by address. Ketama may repeat a server; `accept` is cheap to repeat.
+/// back by address, and the first one accepted within `max_steps` wins.
+/// Ketama may repeat a server; `ok` is cheap to repeat.
 struct ByAddr<S> {
     sel: Arc<S>,
     index: HashMap<Addr, usize>,
+    max_steps: usize,
 }
 
 impl<S> Select for ByAddr<S>
@@ -68,51 +65,51 @@ where
     S: BackendSelection + Send + Sync + 'static,
     S::Iter: BackendIter,
 {
-    fn pick(&self, key: &[u8], max_steps: usize, accept: &mut dyn FnMut(usize) -> bool) -> bool {
+    fn pick(&self, key: &[u8], ok: &dyn Fn(usize) -> bool) -> Option<usize> {
         let mut it = self.sel.iter(key);
-        (0..max_steps)
+        (0..self.max_steps)
             .map_while(|_| it.next().map(|b| self.index.get(&b.addr).copied()))
             .flatten()
-            .any(&mut *accept)
+            .find(|&i| ok(i))
     }
 }
 
-fn positional<S>(set: &BTreeSet<Backend>, table: &StateTable, index: &HashMap<Addr, usize>) -> Box<dyn Select>
-where
-    S: BackendSelection<Iter = RotIter<S>, Config = StateTable> + HasBackends + Send + Sync + 'static,
-{
-    let sel = Arc::new(S::build_with_config(set, table));
-    let to_pool = (0..set.len()).map(|i| index[&sel.backend(i).addr] as u32).collect();
+/// `servers` as (pool index, backend), in the pool's order.
+type Members<'a> = [(usize, &'a Backend)];
+
+fn positional<S: Pick + Send + Sync + 'static>(members: &Members, table: &StateTable) -> Box<dyn Select> {
+    let sel = S::from_list(members.iter().map(|(_, b)| (*b).clone()).collect(), table);
+    let to_pool = members.iter().map(|&(i, _)| i as u32).collect();
     Box::new(Positional { sel, to_pool })
 }
 
-fn by_addr<S>(set: &BTreeSet<Backend>, config: &S::Config, index: &HashMap<Addr, usize>) -> Box<dyn Select>
+fn by_addr<S>(members: &Members, config: &S::Config, steps_per_server: usize) -> Box<dyn Select>
 where
     S: BackendSelection + Send + Sync + 'static,
     S::Iter: BackendIter,
 {
-    let sel = Arc::new(S::build_with_config(set, config));
-    let index = set.iter().map(|b| (b.addr.clone(), index[&b.addr])).collect();
-    Box::new(ByAddr { sel, index })
+    let set: BTreeSet<Backend> = members.iter().map(|(_, b)| (*b).clone()).collect();
+    let sel = Arc::new(S::build_with_config(&set, config));
+    let index = members.iter().map(|&(i, b)| (b.addr.clone(), i)).collect();
+    Box::new(ByAddr {
+        sel,
+        index,
+        max_steps: members.len() * steps_per_server + 16,
+    })
 }
 
-fn build_selector(
-    alg: Algorithm,
-    consistent: bool,
-    set: &BTreeSet<Backend>,
-    t: &StateTable,
-    index: &HashMap<Addr, usize>,
-) -> Box<dyn Select> {
+fn build_selector(alg: Algorithm, consistent: bool, members: &Members, t: &StateTable) -> Box<dyn Select> {
     match alg {
-        Algorithm::RoundRobin | Algorithm::Sticky => positional::<SmoothWrr>(set, t, index),
-        Algorithm::LeastConn => positional::<LeastConn>(set, t, index),
-        Algorithm::Random => positional::<RandomPick<Plain>>(set, t, index),
-        Algorithm::RandomTwoLeastConn => positional::<RandomPick<TwoLeastConn>>(set, t, index),
-        Algorithm::LeastTime => positional::<RandomPick<LeastTime>>(set, t, index),
+        Algorithm::RoundRobin | Algorithm::Sticky => positional::<SmoothWrr>(members, t),
+        Algorithm::LeastConn => positional::<LeastConn>(members, t),
+        Algorithm::Random => positional::<RandomPick<Plain>>(members, t),
+        Algorithm::RandomTwoLeastConn => positional::<RandomPick<TwoLeastConn>>(members, t),
+        Algorithm::LeastTime => positional::<RandomPick<LeastTime>>(members, t),
+        // Ketama walks ring points (160 per server).
         Algorithm::IpHash | Algorithm::Hash if consistent => {
-            by_addr::<KetamaHashing>(set, &KetamaConfig { point_multiple: None }, index)
+            by_addr::<KetamaHashing>(members, &KetamaConfig { point_multiple: None }, 160)
         }
-        Algorithm::IpHash | Algorithm::Hash => by_addr::<FNVHash>(set, &(), index),
+        Algorithm::IpHash | Algorithm::Hash => by_addr::<FNVHash>(members, &(), 2),
     }
 }
 
@@ -125,11 +122,21 @@ pub struct PoolServer {
     pub max_fails: usize,
     pub fail_timeout: Duration,
     pub backup: bool,
+    /// Marked `down` in the config: never sent a request, but kept in its
+    /// place (a hash keeps every other server's keys where they were).
+    pub down: bool,
     /// Response-header time histogram (Prometheus).
     pub histogram: prometheus::Histogram,
 }
 
 impl PoolServer {
+    /// May a new request go to this server (not `down` in the config,
+    /// healthy, not draining, not marked down by its failures)?
+    #[inline]
+    pub fn usable(&self) -> bool {
+        !self.down && self.state.usable()
+    }
+
     pub fn record_failure(&self, pool: &str, why: &str) {
         if self.state.record_failure(self.max_fails, self.fail_timeout, why) {
             log::warn!(
@@ -145,8 +152,15 @@ impl PoolServer {
 /// What a request's hash key is made of.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HashKey {
+    /// `$remote_addr`: the client's address.
     ClientIp,
+    /// `ip_hash`: as nginx's, the first three bytes of an IPv4 address (its
+    /// /24, so clients behind one NAT pool stay together), a whole IPv6 one.
+    ClientNet,
+    /// `$uri`: the path.
     Uri,
+    /// `$request_uri`: the target as sent, query included.
+    RequestUri,
     Header(String),
     Cookie(String),
     Arg(String),
@@ -157,13 +171,14 @@ impl HashKey {
         let v = s.trim();
         Ok(match v {
             "$remote_addr" | "$binary_remote_addr" => HashKey::ClientIp,
-            "$uri" | "$request_uri" => HashKey::Uri,
+            "$uri" => HashKey::Uri,
+            "$request_uri" => HashKey::RequestUri,
             _ if v.starts_with("$http_") => HashKey::Header(v[6..].replace('_', "-")),
             _ if v.starts_with("$cookie_") => HashKey::Cookie(v[8..].to_string()),
             _ if v.starts_with("$arg_") => HashKey::Arg(v[5..].to_string()),
             _ => {
                 return Err(format!(
-                    "unsupported hash key {v:?} (use $remote_addr, $uri, $http_NAME, $cookie_NAME or $arg_NAME)"
+                    "unsupported hash key {v:?} (use $remote_addr, $uri, $request_uri, $http_NAME, $cookie_NAME or $arg_NAME)"
                 ))
             }
         })
@@ -198,7 +213,10 @@ pub struct Pool {
     pub servers: Vec<PoolServer>,
     primary: Box<dyn Select>,
     backup: Option<Box<dyn Select>>,
-    max_steps: usize,
+    /// For a hash: round robin over the primaries, for a request whose key
+    /// is empty (nginx's `hash` does the same), so requests without one do
+    /// not all go to one server.
+    keyless: Option<Box<dyn Select>>,
     /// Sticky cookie id of each server, and the reverse map.
     pub sticky_ids: Vec<String>,
     sticky_index: HashMap<String, usize>,
@@ -274,11 +292,11 @@ impl Pool {
                 .map(|s| (s.backend.addr.to_string(), s.state.clone()))
                 .collect(),
         );
-        let set = |backup: bool| -> BTreeSet<Backend> {
-            spec.servers
-                .iter()
-                .filter(|s| s.backup == backup)
-                .map(|s| s.backend.clone())
+        // The servers as configured, in the config's order (nginx's, where order breaks ties).
+        let members = |backup: bool| -> Vec<(usize, &Backend)> {
+            (spec.servers.iter().enumerate())
+                .filter(|(_, s)| s.backup == backup)
+                .map(|(i, s)| (i, &s.backend))
                 .collect()
         };
         // Sticky `hash` mode hashes the application cookie on a consistent ring.
@@ -286,17 +304,12 @@ impl Pool {
             Some(st) if st.mode == sticky::Mode::Hash => (Algorithm::Hash, true),
             _ => (spec.algorithm, spec.consistent),
         };
-        let index: HashMap<Addr, usize> = spec
-            .servers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.backend.addr.clone(), i))
-            .collect();
-        let primary = build_selector(alg, consistent, &set(false), &table, &index);
-        let backups = set(true);
-        let backup =
-            (!backups.is_empty()).then(|| build_selector(Algorithm::RoundRobin, false, &backups, &table, &index));
-        let consistent = consistent && matches!(alg, Algorithm::Hash | Algorithm::IpHash);
+        let primaries = members(false);
+        let primary = build_selector(alg, consistent, &primaries, &table);
+        let hashed = matches!(alg, Algorithm::Hash | Algorithm::IpHash);
+        let keyless = hashed.then(|| build_selector(Algorithm::RoundRobin, false, &primaries, &table));
+        let backups = members(true);
+        let backup = (!backups.is_empty()).then(|| build_selector(Algorithm::RoundRobin, false, &backups, &table));
         let sticky_ids: Vec<String> = match &spec.sticky {
             Some(st) => spec.servers.iter().map(|s| st.server_id(&s.addr)).collect(),
             None => Vec::new(),
@@ -304,12 +317,6 @@ impl Pool {
         Pool {
             name: spec.name.as_str().into(),
             algorithm: spec.algorithm,
-            // Ketama walks ring points (160 per server), the others one step per server.
-            max_steps: if consistent {
-                spec.servers.len() * 160 + 16
-            } else {
-                spec.servers.len() * 2 + 8
-            },
             servers: spec.servers,
             sticky_index: sticky_ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect(),
             sticky_fixed: match &spec.sticky {
@@ -322,6 +329,7 @@ impl Pool {
             sticky_ids,
             primary,
             backup,
+            keyless,
             hash_key: spec.hash_key,
             sticky: spec.sticky,
             timeouts: spec.timeouts,
@@ -338,29 +346,26 @@ impl Pool {
     /// Choose a usable server for `key` that `skip` does not exclude:
     /// primaries first, backups only when no primary can take it.
     pub fn select(&self, key: &[u8], skip: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let mut chosen = usize::MAX;
-        let mut accept = |i: usize| -> bool {
-            let ok = !skip(i) && self.servers[i].state.usable();
-            if ok {
-                chosen = i;
-            }
-            ok
+        let ok = |i: usize| !skip(i) && self.servers[i].usable();
+        let primary = match &self.keyless {
+            Some(rr) if key.is_empty() => rr,
+            _ => &self.primary,
         };
-        if self.primary.pick(key, self.max_steps, &mut accept) {
-            return Some(chosen);
-        }
-        match &self.backup {
-            Some(b) if b.pick(key, self.max_steps, &mut accept) => Some(chosen),
-            _ => None,
-        }
+        let i = (primary.pick(key, &ok)).or_else(|| self.backup.as_ref()?.pick(key, &ok))?;
+        self.picked(i);
+        Some(i)
+    }
+
+    /// Server `i` takes the next attempt (see [`ServerState::picked`]).
+    #[inline]
+    pub fn picked(&self, i: usize) {
+        let s = &self.servers[i];
+        s.state.picked(s.max_fails, s.fail_timeout);
     }
 
     /// Is any server other than those `skip` excludes usable right now?
     pub fn any_usable(&self, skip: &dyn Fn(usize) -> bool) -> bool {
-        self.servers
-            .iter()
-            .enumerate()
-            .any(|(i, s)| !skip(i) && s.state.usable())
+        self.servers.iter().enumerate().any(|(i, s)| !skip(i) && s.usable())
     }
 
     pub fn server_by_sticky_id(&self, id: &str) -> Option<usize> {

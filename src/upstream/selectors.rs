@@ -3,15 +3,28 @@
 //! read in-flight counts and latencies from the shared `ServerState`s handed
 //! in as their `Config`, so those survive every selector rebuild.
 //!
-//! Each `iter` yields the first choice first, then the remaining servers as
-//! fallbacks (the caller skips unusable or already-tried ones).
+//! Portico asks them through [`Pick`]: the position (in the order the
+//! servers were given, the pool's) of the server a request goes to, among
+//! those a predicate accepts (usable, not tried yet). A refused server's
+//! share goes to the others by the algorithm's own rule, as nginx skips a
+//! down peer, never all to its neighbour. `BackendSelection::iter` yields
+//! the same first choice, then the other servers in rotation.
 
 use super::state::{Counters, ServerState};
 use pingora_load_balancing::selection::{BackendIter, BackendSelection};
 use pingora_load_balancing::Backend;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// How Portico asks a selector for a server.
+pub trait Pick: Sized {
+    /// A selector over `backends`, in this order (the pool's).
+    fn from_list(backends: Vec<Backend>, table: &StateTable) -> Self;
+    /// The position of the server for a request with `key`, among those
+    /// `ok` accepts; `None` if it accepts none.
+    fn pick(&self, key: &[u8], ok: &dyn Fn(usize) -> bool) -> Option<usize>;
+}
 
 /// Shared server state by backend address, the `Config` of stateful selectors.
 pub type StateTable = Arc<HashMap<String, Arc<ServerState>>>;
@@ -76,11 +89,18 @@ fn rot<S>(sel: &Arc<S>, first: usize, n: usize) -> RotIter<S> {
 
 /// nginx's smooth weighted round robin, precomputed into one cycle at build
 /// time so a pick is a single atomic increment: weights 5/1/1 give
-/// `a a b a c a a`, never a burst of five to one server.
+/// `a a b a c a a`, never a burst of five to one server. When the cycle's
+/// server is refused, nginx's algorithm itself runs over the servers
+/// accepted ([`SmoothWrr::pick_among`]), so the refused one's share is
+/// spread by weight.
 pub struct SmoothWrr {
     backends: Vec<Backend>,
+    /// Weights divided by their greatest common divisor.
+    weights: Vec<i64>,
     cycle: Vec<u32>,
     next: AtomicUsize,
+    /// nginx's current weights, for the picks among some servers only.
+    current: Mutex<Vec<i64>>,
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -91,30 +111,48 @@ fn gcd(a: usize, b: usize) -> usize {
     }
 }
 
+/// Weights divided by their greatest common divisor (0 counts as 1).
+fn reduced(weights: &[usize]) -> Vec<i64> {
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    weights.iter().map(|x| (x / g).max(1) as i64).collect()
+}
+
+/// One step of nginx's smooth weighted round robin over the positions `ok`
+/// accepts: each gains its weight, the highest wins and loses the total.
+fn smooth_step(current: &mut [i64], weights: &[i64], ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+    let (mut total, mut best) = (0, None::<usize>);
+    for (i, w) in weights.iter().enumerate() {
+        if !ok(i) {
+            continue;
+        }
+        current[i] += w;
+        total += w;
+        if best.is_none_or(|b| current[i] > current[b]) {
+            best = Some(i);
+        }
+    }
+    current[best?] -= total;
+    best
+}
+
 /// The nginx smooth weighted round-robin order for one full cycle.
 pub fn smooth_cycle(weights: &[usize]) -> Vec<u32> {
-    if weights.is_empty() {
-        return Vec::new();
-    }
-    let g = weights.iter().copied().fold(0, gcd).max(1);
-    let w: Vec<i64> = weights.iter().map(|x| (x / g).max(1) as i64).collect();
+    let w = reduced(weights);
     let total: i64 = w.iter().sum();
     // Very large weight sums are rare; cap the cycle and keep proportions.
     let len = total.min(1 << 16) as usize;
     let mut current = vec![0i64; w.len()];
-    let mut out = Vec::with_capacity(len);
-    for _ in 0..len {
-        let mut best = 0;
-        for i in 0..w.len() {
-            current[i] += w[i];
-            if current[i] > current[best] {
-                best = i;
-            }
-        }
-        current[best] -= total;
-        out.push(best as u32);
+    (0..len)
+        .filter_map(|_| smooth_step(&mut current, &w, &|_| true))
+        .map(|i| i as u32)
+        .collect()
+}
+
+impl SmoothWrr {
+    /// nginx's algorithm over the servers `ok` accepts.
+    fn pick_among(&self, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+        smooth_step(&mut self.current.lock().unwrap(), &self.weights, ok)
     }
-    out
 }
 
 impl HasBackends for SmoothWrr {
@@ -123,37 +161,55 @@ impl HasBackends for SmoothWrr {
     }
 }
 
-impl BackendSelection for SmoothWrr {
-    type Iter = RotIter<SmoothWrr>;
-    type Config = StateTable;
-
-    fn build(backends: &BTreeSet<Backend>) -> Self {
-        let backends: Vec<Backend> = backends.iter().cloned().collect();
+impl Pick for SmoothWrr {
+    fn from_list(backends: Vec<Backend>, _: &StateTable) -> Self {
         let weights: Vec<usize> = backends.iter().map(|b| b.weight).collect();
         SmoothWrr {
             cycle: smooth_cycle(&weights),
+            weights: reduced(&weights),
+            current: Mutex::new(vec![0; backends.len()]),
             backends,
             next: AtomicUsize::new(0),
         }
     }
 
-    fn iter(self: &Arc<Self>, _key: &[u8]) -> Self::Iter {
-        let n = self.backends.len();
-        if n == 0 {
-            return rot(self, 0, 0);
+    fn pick(&self, _key: &[u8], ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+        if self.backends.is_empty() {
+            return None;
         }
-        let i = self.next.fetch_add(1, Relaxed) % self.cycle.len();
-        rot(self, self.cycle[i] as usize, n)
+        let first = self.cycle[self.next.fetch_add(1, Relaxed) % self.cycle.len()] as usize;
+        if ok(first) {
+            return Some(first);
+        }
+        self.pick_among(ok)
+    }
+}
+
+impl BackendSelection for SmoothWrr {
+    type Iter = RotIter<SmoothWrr>;
+    type Config = StateTable;
+
+    fn build(backends: &BTreeSet<Backend>) -> Self {
+        Self::from_list(backends.iter().cloned().collect(), &Arc::default())
+    }
+
+    fn iter(self: &Arc<Self>, key: &[u8]) -> Self::Iter {
+        let n = self.backends.len();
+        rot(self, self.pick(key, &|_| true).unwrap_or(0), n)
     }
 }
 
 // ---------------------------------------------------------------- least_conn
 
-/// Fewest in-flight requests relative to weight; ties rotate.
+/// Fewest in-flight requests relative to weight. Ties go by weight: the
+/// scan starts at the next server of the smooth weighted cycle, so idle
+/// servers of weights 3 and 1 take three and one requests of every four,
+/// as nginx's least_conn breaks ties by weighted round robin.
 pub struct LeastConn {
     backends: Vec<Backend>,
     counts: Counts,
     weights: Vec<u64>,
+    cycle: Vec<u32>,
     rr: AtomicUsize,
 }
 
@@ -218,8 +274,7 @@ impl HasBackends for LeastConn {
 }
 
 impl LeastConn {
-    fn new(backends: &BTreeSet<Backend>, table: &StateTable) -> Self {
-        let backends: Vec<Backend> = backends.iter().cloned().collect();
+    fn new(backends: Vec<Backend>, table: &StateTable) -> Self {
         let weights: Vec<u64> = backends.iter().map(|b| b.weight.max(1) as u64).collect();
         let states = states_for(&backends, table);
         let counts = match states.first().map(|s| s.inflight.arena().clone()) {
@@ -248,23 +303,22 @@ impl LeastConn {
         };
         LeastConn {
             counts,
+            cycle: smooth_cycle(&backends.iter().map(|b| b.weight).collect::<Vec<_>>()),
             weights,
             backends,
             rr: AtomicUsize::new(0),
         }
     }
 
-    /// Index with the least load, scanning from a rotating start so that
-    /// equal loads share the traffic.
-    fn least(&self) -> usize {
+    /// Index with the least load, scanning from `start` so that equal
+    /// loads share the traffic.
+    fn least(&self, start: usize) -> usize {
         let n = self.backends.len();
-        let start = self.rr.fetch_add(1, Relaxed) % n;
-        if self.counts.get(start) == 0 {
-            return start; // nothing beats an idle server (for any weight)
-        }
         match &self.counts {
             Counts::Arena {
-                arena, dense: Some(d), ..
+                arena,
+                slot,
+                dense: Some(d),
             } => {
                 // Fast path: two passes over the pool's contiguous counters
                 // (slot order). First the least load, relative to weight
@@ -273,6 +327,7 @@ impl LeastConn {
                 // at or after `start` that has it, so equal loads share the
                 // traffic. Then map the slot back to its server.
                 let run = &arena.slots[d.lo..d.lo + n];
+                let start = slot[start] as usize - d.lo;
                 let pos = match &d.inv_weight {
                     None => {
                         let least = min4(run, |_, c| c.load(Relaxed), usize::MAX, usize::min);
@@ -303,6 +358,52 @@ impl LeastConn {
             }
         }
     }
+
+    /// The least loaded of the servers `ok` accepts; of several, the
+    /// `r`-th in turn.
+    fn least_among(&self, r: usize, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let below = |(l, w): (u64, u64), (bl, bw): (u64, u64)| (l as u128) * (bw as u128) < (bl as u128) * (w as u128);
+        let load = |i: usize| (self.counts.get(i), self.weights[i]);
+        let (mut best, mut ties) = (None, 0);
+        for i in (0..self.backends.len()).filter(|&i| ok(i)) {
+            let l = load(i);
+            match best {
+                Some(b) if below(load(b), l) => {}
+                Some(b) if !below(l, load(b)) => ties += 1,
+                _ => (best, ties) = (Some(i), 1),
+            }
+        }
+        let b = load(best?);
+        let nth = r % ties;
+        (0..self.backends.len())
+            .filter(|&i| ok(i) && !below(b, load(i)) && !below(load(i), b))
+            .nth(nth)
+            .or(best)
+    }
+}
+
+impl Pick for LeastConn {
+    fn from_list(backends: Vec<Backend>, table: &StateTable) -> Self {
+        Self::new(backends, table)
+    }
+
+    fn pick(&self, _key: &[u8], ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+        if self.backends.is_empty() {
+            return None;
+        }
+        let r = self.rr.fetch_add(1, Relaxed);
+        let start = self.cycle[r % self.cycle.len()] as usize;
+        // Nothing beats an idle server (for any weight).
+        let first = if self.counts.get(start) == 0 {
+            start
+        } else {
+            self.least(start)
+        };
+        if ok(first) {
+            return Some(first);
+        }
+        self.least_among(r, ok)
+    }
 }
 
 impl BackendSelection for LeastConn {
@@ -310,15 +411,14 @@ impl BackendSelection for LeastConn {
     type Config = StateTable;
 
     fn build(backends: &BTreeSet<Backend>) -> Self {
-        Self::new(backends, &Arc::default())
+        Self::new(backends.iter().cloned().collect(), &Arc::default())
     }
     fn build_with_config(backends: &BTreeSet<Backend>, table: &StateTable) -> Self {
-        Self::new(backends, table)
+        Self::new(backends.iter().cloned().collect(), table)
     }
-    fn iter(self: &Arc<Self>, _key: &[u8]) -> Self::Iter {
+    fn iter(self: &Arc<Self>, key: &[u8]) -> Self::Iter {
         let n = self.backends.len();
-        let first = if n == 0 { 0 } else { self.least() };
-        rot(self, first, n)
+        rot(self, self.pick(key, &|_| true).unwrap_or(0), n)
     }
 }
 
@@ -377,8 +477,7 @@ impl<M> HasBackends for RandomPick<M> {
 }
 
 impl<M: Mode> RandomPick<M> {
-    fn new(backends: &BTreeSet<Backend>, table: &StateTable) -> Self {
-        let backends: Vec<Backend> = backends.iter().cloned().collect();
+    fn new(backends: Vec<Backend>, table: &StateTable) -> Self {
         let mut acc = 0;
         let cumulative = backends
             .iter()
@@ -399,6 +498,37 @@ impl<M: Mode> RandomPick<M> {
         let total = *self.cumulative.last().unwrap();
         let r = fastrand_u64() % total;
         self.cumulative.partition_point(|&c| c <= r)
+    }
+
+    fn weight(&self, i: usize) -> u64 {
+        self.backends[i].weight.max(1) as u64
+    }
+
+    /// A weighted random draw among the servers `ok` accepts.
+    fn draw_among(&self, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let total: u64 = (0..self.backends.len())
+            .filter(|&i| ok(i))
+            .map(|i| self.weight(i))
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        let mut r = fastrand_u64() % total;
+        (0..self.backends.len()).filter(|&i| ok(i)).find(|&i| {
+            let w = self.weight(i);
+            let hit = r < w;
+            r = r.wrapping_sub(w);
+            hit
+        })
+    }
+
+    /// Of two candidates, the one the mode scores lower.
+    fn better(&self, a: usize, b: usize) -> usize {
+        if M::score(&self.states[b], self.weight(b)) < M::score(&self.states[a], self.weight(a)) {
+            b
+        } else {
+            a
+        }
     }
 }
 
@@ -426,20 +556,15 @@ fn fastrand_u64() -> u64 {
     })
 }
 
-impl<M: Mode> BackendSelection for RandomPick<M> {
-    type Iter = RotIter<RandomPick<M>>;
-    type Config = StateTable;
-
-    fn build(backends: &BTreeSet<Backend>) -> Self {
-        Self::new(backends, &Arc::default())
-    }
-    fn build_with_config(backends: &BTreeSet<Backend>, table: &StateTable) -> Self {
+impl<M: Mode> Pick for RandomPick<M> {
+    fn from_list(backends: Vec<Backend>, table: &StateTable) -> Self {
         Self::new(backends, table)
     }
-    fn iter(self: &Arc<Self>, _key: &[u8]) -> Self::Iter {
+
+    fn pick(&self, _key: &[u8], ok: &dyn Fn(usize) -> bool) -> Option<usize> {
         let n = self.backends.len();
         if n == 0 {
-            return rot(self, 0, 0);
+            return None;
         }
         let mut first = self.draw();
         if M::TWO && n > 1 {
@@ -454,12 +579,34 @@ impl<M: Mode> BackendSelection for RandomPick<M> {
             if second == first {
                 second = (first + 1) % n;
             }
-            let w = |i: usize| self.backends[i].weight.max(1) as u64;
-            if M::score(&self.states[second], w(second)) < M::score(&self.states[first], w(first)) {
-                first = second;
-            }
+            first = self.better(first, second);
         }
-        rot(self, first, n)
+        if ok(first) {
+            return Some(first);
+        }
+        // Drawn again among those accepted, so none of them takes the refused one's share alone.
+        let first = self.draw_among(ok)?;
+        if !M::TWO {
+            return Some(first);
+        }
+        let second = self.draw_among(&|i| i != first && ok(i));
+        Some(second.map_or(first, |second| self.better(first, second)))
+    }
+}
+
+impl<M: Mode> BackendSelection for RandomPick<M> {
+    type Iter = RotIter<RandomPick<M>>;
+    type Config = StateTable;
+
+    fn build(backends: &BTreeSet<Backend>) -> Self {
+        Self::new(backends.iter().cloned().collect(), &Arc::default())
+    }
+    fn build_with_config(backends: &BTreeSet<Backend>, table: &StateTable) -> Self {
+        Self::new(backends.iter().cloned().collect(), table)
+    }
+    fn iter(self: &Arc<Self>, key: &[u8]) -> Self::Iter {
+        let n = self.backends.len();
+        rot(self, self.pick(key, &|_| true).unwrap_or(0), n)
     }
 }
 
@@ -506,6 +653,60 @@ mod tests {
         reg2.get("p", addrs[0], true).inflight.store(4, Relaxed);
         reg2.get("p", addrs[1], true).inflight.store(2, Relaxed);
         assert_eq!(first(&w), addrs[0]);
+    }
+
+    fn list(weights: &[usize]) -> Vec<Backend> {
+        (weights.iter().enumerate())
+            .map(|(i, &w)| Backend::new_with_weight(&format!("10.0.0.{}:80", i + 1), w).unwrap())
+            .collect()
+    }
+
+    /// How many of `n` picks went to each position, with position `down` refused.
+    fn shares(sel: &impl Pick, servers: usize, down: usize, n: usize) -> Vec<usize> {
+        let mut got = vec![0; servers];
+        for _ in 0..n {
+            got[sel.pick(b"", &|i| i != down).unwrap()] += 1;
+        }
+        got
+    }
+
+    #[test]
+    fn a_refused_servers_share_is_spread_by_weight() {
+        let table = StateTable::default();
+        // nginx, weights 5/1/1 with the first down: the other two alike.
+        let wrr = SmoothWrr::from_list(list(&[5, 1, 1]), &table);
+        assert_eq!(shares(&wrr, 3, 0, 70), [0, 35, 35]);
+        let wrr = SmoothWrr::from_list(list(&[1, 1, 1, 1]), &table);
+        assert_eq!(shares(&wrr, 4, 1, 60), [20, 0, 20, 20]);
+        let wrr = SmoothWrr::from_list(list(&[3, 2, 1]), &table);
+        assert_eq!(shares(&wrr, 3, 0, 60), [0, 40, 20]);
+        // least_conn, all idle: the others alike, and weights break ties.
+        let lc = LeastConn::from_list(list(&[1, 1, 1, 1]), &table);
+        let got = shares(&lc, 4, 0, 30);
+        assert!(got[0] == 0 && got[1..].iter().all(|g| (9..=11).contains(g)), "{got:?}");
+        let lc = LeastConn::from_list(list(&[3, 1]), &table);
+        assert_eq!(shares(&lc, 2, 9, 40), [30, 10]);
+        // Random: drawn again among the others (3,000 draws: each within 25% of its 1,000).
+        let r = RandomPick::<Plain>::from_list(list(&[1, 1, 1, 1]), &table);
+        for (i, got) in shares(&r, 4, 2, 3000).into_iter().enumerate() {
+            assert!(if i == 2 { got == 0 } else { (750..1250).contains(&got) }, "{i}: {got}");
+        }
+        let r = RandomPick::<TwoLeastConn>::from_list(list(&[1, 1, 1]), &table);
+        assert!(shares(&r, 3, 0, 300)[1..].iter().all(|&g| g > 50));
+        assert_eq!(wrr.pick(b"", &|_| false), None, "none accepted");
+    }
+
+    #[test]
+    fn least_conn_skips_refused_servers_for_the_least_loaded_of_the_rest() {
+        let reg = crate::upstream::state::StateRegistry::default();
+        let addrs = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
+        let s = least_conn_over(&reg, &addrs, &[1, 1, 1]);
+        for (a, l) in addrs.iter().zip([0, 4, 2]) {
+            reg.get("p", a, true).inflight.store(l, Relaxed);
+        }
+        for _ in 0..6 {
+            assert_eq!(s.pick(b"", &|i| i != 0), Some(2));
+        }
     }
 
     #[test]

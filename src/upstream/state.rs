@@ -14,10 +14,17 @@ pub fn now_ms() -> u64 {
     crate::clock::coarse_ms()
 }
 
+/// nginx's passive health bookkeeping for one server (its `fails`,
+/// `accessed` and `checked`; ms on `now_ms`).
 #[derive(Default)]
-struct FailWindow {
+struct Passive {
+    /// Failures counted towards `max_fails`.
     fails: usize,
-    since_ms: u64,
+    /// When the last failure was.
+    failed_ms: u64,
+    /// When the server was last failed or picked more than `fail_timeout`
+    /// after that: a success after such a pick clears `fails`.
+    checked_ms: u64,
 }
 
 /// In-flight counters of one pool's servers, side by side in memory so that
@@ -83,7 +90,9 @@ pub struct ServerState {
     pub failures: AtomicU64,
     /// Passive health: skipped until this instant (ms on `now_ms`).
     down_until_ms: AtomicU64,
-    window: Mutex<FailWindow>,
+    /// `passive.fails`, read without the lock (0 nearly always).
+    fails: AtomicUsize,
+    passive: Mutex<Passive>,
     /// Active health-check verdict.
     pub healthy: AtomicBool,
     /// Draining: no new requests or sticky pins.
@@ -107,7 +116,8 @@ impl ServerState {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             down_until_ms: AtomicU64::new(0),
-            window: Mutex::new(FailWindow::default()),
+            fails: AtomicUsize::new(0),
+            passive: Mutex::new(Passive::default()),
             healthy: AtomicBool::new(healthy),
             draining: AtomicBool::new(false),
             ewma_us: AtomicU64::new(0),
@@ -124,9 +134,10 @@ impl ServerState {
         self.healthy.load(Relaxed) && !self.draining.load(Relaxed) && (down_until == 0 || down_until <= now_ms())
     }
 
-    /// Record a failed attempt (nginx semantics: `max_fails` failures within
-    /// `fail_timeout` make the server unavailable for `fail_timeout`).
-    /// Returns true when this failure marked the server down.
+    /// Record a failed attempt, as nginx counts them: `max_fails` failures
+    /// with no success between them that came after a check (see
+    /// [`ServerState::picked`]) make the server unavailable for
+    /// `fail_timeout`. Returns true when the server is now marked down.
     pub fn record_failure(&self, max_fails: usize, fail_timeout: Duration, why: &str) -> bool {
         self.failures.fetch_add(1, Relaxed);
         *self.last_failure.lock().unwrap() = Some(why.to_string());
@@ -134,34 +145,64 @@ impl ServerState {
             return false;
         }
         let now = now_ms();
-        let ft = fail_timeout.as_millis() as u64;
-        let mut w = self.window.lock().unwrap();
-        if now.saturating_sub(w.since_ms) > ft {
-            w.fails = 0;
-            w.since_ms = now;
-        }
-        w.fails += 1;
-        if w.fails >= max_fails {
-            w.fails = 0;
-            self.down_until_ms.store(now + ft, Relaxed);
+        let mut p = self.passive.lock().unwrap();
+        p.fails += 1;
+        p.failed_ms = now;
+        p.checked_ms = now;
+        self.fails.store(p.fails, Relaxed);
+        if p.fails >= max_fails {
+            self.down_until_ms.store(now + fail_timeout.as_millis() as u64, Relaxed);
             return true;
         }
         false
     }
 
+    /// A request goes to this server. As nginx does, a pick more than
+    /// `fail_timeout` after the server's last check is a new check: a
+    /// success then clears the failures counted so far. A server marked
+    /// down whose `fail_timeout` has passed so gets one request: until it
+    /// answers (or another `fail_timeout` passes) it stays out for the
+    /// others, and one more failure marks it down again.
+    #[inline]
+    pub fn picked(&self, max_fails: usize, fail_timeout: Duration) {
+        if self.fails.load(Relaxed) != 0 {
+            self.picked_after_failures(max_fails, fail_timeout);
+        }
+    }
+
+    #[cold]
+    fn picked_after_failures(&self, max_fails: usize, fail_timeout: Duration) {
+        let now = now_ms();
+        let ft = fail_timeout.as_millis() as u64;
+        let mut p = self.passive.lock().unwrap();
+        if now.saturating_sub(p.checked_ms) > ft {
+            p.checked_ms = now;
+            if max_fails > 0 && p.fails >= max_fails {
+                self.down_until_ms.store(now + ft, Relaxed);
+            }
+        }
+    }
+
     /// Forget a `max_fails` mark and the failures counted towards one (a
     /// pool left with this server alone, which passive health never marks).
     pub fn clear_passive_down(&self) {
+        let mut p = self.passive.lock().unwrap();
+        p.fails = 0;
+        self.fails.store(0, Relaxed);
         self.down_until_ms.store(0, Relaxed);
-        self.window.lock().unwrap().fails = 0;
     }
 
-    /// A success ends the failure window (nginx resets `fails` on success).
+    /// A success. As in nginx, it clears the failures only if it came after
+    /// a check (a pick `fail_timeout` after the last failure): a server
+    /// that fails every other request is still marked down.
     #[inline]
     pub fn record_success(&self) {
-        if self.failures.load(Relaxed) != 0 {
-            if let Ok(mut w) = self.window.try_lock() {
-                w.fails = 0;
+        if self.fails.load(Relaxed) != 0 {
+            let mut p = self.passive.lock().unwrap();
+            if p.failed_ms < p.checked_ms {
+                p.fails = 0;
+                self.fails.store(0, Relaxed);
+                self.down_until_ms.store(0, Relaxed);
             }
         }
     }
@@ -233,5 +274,36 @@ impl StateRegistry {
     /// Forget servers that are no longer in any pool (after a reload).
     pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
         self.map.lock().unwrap().retain(|(p, a), _| keep(p, a));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_count_as_nginx_counts_them() {
+        let ft = Duration::from_millis(300);
+        let s = ServerState::new(true);
+        // A success between two failures does not clear the first: no check came between.
+        assert!(!s.record_failure(2, ft, "reset"));
+        s.picked(2, ft);
+        s.record_success();
+        assert!(s.record_failure(2, ft, "reset"), "the second failure marks it down");
+        assert!(!s.usable());
+        // After fail_timeout one request may go; the others skip it until it answers.
+        std::thread::sleep(ft + Duration::from_millis(100));
+        assert!(s.usable());
+        s.picked(2, ft);
+        assert!(!s.usable(), "one trial at a time");
+        // It fails: down again at once, one failure was enough.
+        assert!(s.record_failure(2, ft, "reset"));
+        assert!(!s.usable());
+        // The next trial succeeds: the failures are forgotten.
+        std::thread::sleep(ft + Duration::from_millis(100));
+        s.picked(2, ft);
+        s.record_success();
+        assert!(s.usable());
+        assert!(!s.record_failure(2, ft, "reset"), "counting starts over");
     }
 }
