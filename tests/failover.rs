@@ -473,3 +473,45 @@ fn location_header_timeout_overrides_the_pool() {
         "the pool itself has no header limit"
     );
 }
+
+/// An error page for the servers' failure (502, 503, 504) leaves the
+/// client's connection open, as nginx leaves it: in an outage, clients do
+/// not reconnect (and shake hands again) for every request. Only the lean
+/// loop can (Pingora's closes the connection after any proxying error):
+/// there the page says `Connection: close`, and the connection closes.
+#[test]
+fn error_pages_for_server_failures_keep_the_client_connection() {
+    let a = Backend::start("a");
+    let addr = a.addr;
+    a.stop();
+    drop(a);
+    for lean in [true, false] {
+        let g = Gateway::start(&format!(
+            "{}listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app:\n    servers:\n      - address: {addr}\nvirtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: app\n",
+            server_section(&[&format!("lean_proxy: {lean}")])
+        ));
+        let mut c = Client::connect(g.port).unwrap();
+        let kept = if lean { &["GET", "HEAD", "GET"][..] } else { &[] };
+        for method in kept {
+            let r = c
+                .send(method, "/", &[], b"")
+                .unwrap_or_else(|e| panic!("{method}: {e}"));
+            assert_eq!(r.status, 502, "{method}: {r:?}");
+            assert_ne!(r.header("connection"), Some("close"), "{method}");
+        }
+        // Pingora's loop (any method there, DELETE in the lean one): closed, and said so.
+        let method = if lean { "DELETE" } else { "GET" };
+        let r = c.send(method, "/", &[], b"").unwrap();
+        assert_eq!(
+            (r.status, r.header("connection")),
+            (502, Some("close")),
+            "lean_proxy {lean}"
+        );
+        assert!(c.closed_within(Duration::from_secs(2)), "lean_proxy {lean}");
+        // A client that asked to close gets its close.
+        let mut c = Client::connect(g.port).unwrap();
+        let r = c.send("GET", "/", &[("Connection", "close")], b"").unwrap();
+        assert_eq!(r.status, 502);
+        assert!(c.closed_within(Duration::from_secs(2)), "lean_proxy {lean}");
+    }
+}

@@ -112,6 +112,13 @@ pub trait Downstream: Send + Sync {
         find_field(self.req(), name, find)
     }
 
+    /// May the connection carry another request after an error page
+    /// (`fail_to_proxy`)? Pingora's loop closes it whatever that answers,
+    /// unless the error came before the proxying, so it says no.
+    fn reusable_after_error(&self) -> bool {
+        false
+    }
+
     fn client_ip(&self) -> Option<IpAddr>;
     /// Does the client let the connection carry another request (not
     /// `Connection: close`, not HTTP/1.0 without keep-alive)?

@@ -281,9 +281,9 @@ impl LeanPath {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    self.fail(&mut s, &e, "Fail to filter request:").await;
+                    let reuse = self.fail(&mut s, &e, "Fail to filter request:").await;
                     gw.logging(&s, &mut ctx);
-                    return None;
+                    return if reuse { s.finish().await } else { None };
                 }
             }
             let mut tries = 0;
@@ -307,24 +307,28 @@ impl LeanPath {
             }
             if let Some(e) = &failure {
                 let context = format!("Fail to proxy (tries: {tries}, retry: false):");
-                self.fail(&mut s, e, &context).await;
+                // The client may keep the connection after some error pages (see `fail_to_proxy`).
+                reuse = self.fail(&mut s, e, &context).await;
             }
             gw.logging(&s, &mut ctx);
-            match failure {
-                None if reuse => s.finish().await,
-                _ => None,
+            if reuse {
+                s.finish().await
+            } else {
+                None
             }
         }
     }
 
     /// The final error: the error page (`fail_to_proxy`) and, unless
-    /// suppressed, one error log line, as Pingora writes them.
-    async fn fail(&self, s: &mut LeanSession, e: &Error, context: &str) {
+    /// suppressed, one error log line, as Pingora writes them. Whether the
+    /// connection may carry another request.
+    async fn fail(&self, s: &mut LeanSession, e: &Error, context: &str) -> bool {
         let gw = &self.gw;
         let res = gw.fail_to_proxy(s, e).await;
         if !gw.suppress_error_log(e) {
             error!("{context} {e}, status: {}, {}", res.error_code, s.summary());
         }
+        res.can_reuse_downstream
     }
 
     /// One attempt at one server: pick, connect, relay.

@@ -688,13 +688,25 @@ impl Gateway {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
+        // After a page for the servers' failure (502, 503, 504) the client
+        // keeps its connection, as nginx lets it, if it sent all of its
+        // request: in an outage, clients do not reconnect (and shake hands
+        // again) for every request. Any other error ends the connection, as
+        // does any error in Pingora's loop.
+        let keep =
+            matches!(code, 502..=504) && s.reusable_after_error() && s.keepalive_allowed() && s.request_body_done();
+        let mut sent = false;
         if code > 0 && s.response_status().is_none() {
-            s.set_keepalive(None);
-            let _ = respond::send(s, code, "text/plain", respond::error_body(code), None).await;
+            if !keep {
+                s.set_keepalive(None);
+            }
+            sent = respond::send(s, code, "text/plain", respond::error_body(code), None)
+                .await
+                .is_ok();
         }
         FailToProxy {
             error_code: code,
-            can_reuse_downstream: false,
+            can_reuse_downstream: keep && sent,
         }
     }
 

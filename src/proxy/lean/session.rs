@@ -744,6 +744,10 @@ impl Downstream for LeanSession {
         self.keepalive.is_some()
     }
 
+    fn reusable_after_error(&self) -> bool {
+        true
+    }
+
     fn set_keepalive(&mut self, seconds: Option<u64>) {
         self.keepalive = seconds;
     }
