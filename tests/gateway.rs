@@ -319,6 +319,18 @@ fn access_log_has_upstream_address_and_times() {
         secs(tail[1]) && secs(tail[2]),
         "times in seconds with milliseconds: {line}"
     );
+    // Answers the gateway makes itself log their body's size too, as nginx's do.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let gone = Gateway::start(&one_pool(&[&b], "").replace(&b.addr.to_string(), &dead));
+    assert_eq!(gone.get("/nginx/health").status, 200);
+    assert_eq!(gone.get("/gone").status, 502);
+    std::thread::sleep(Duration::from_millis(200));
+    for (path, status, bytes) in [("/nginx/health", 200, 2), ("/gone", 502, 16)] {
+        let line = gone
+            .access_log_line(path)
+            .unwrap_or_else(|| panic!("{path}: {:?}", gone.access_log()));
+        assert!(line.contains(&format!("\" {status} {bytes} \"")), "{line}");
+    }
 }
 
 #[test]

@@ -281,7 +281,7 @@ impl LeanPath {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    let reuse = self.fail(&mut s, &e, "Fail to filter request:").await;
+                    let reuse = self.fail(&mut s, &mut ctx, &e, "Fail to filter request:").await;
                     gw.logging(&s, &mut ctx);
                     return if reuse { s.finish().await } else { None };
                 }
@@ -308,7 +308,7 @@ impl LeanPath {
             if let Some(e) = &failure {
                 let context = format!("Fail to proxy (tries: {tries}, retry: false):");
                 // The client may keep the connection after some error pages (see `fail_to_proxy`).
-                reuse = self.fail(&mut s, e, &context).await;
+                reuse = self.fail(&mut s, &mut ctx, e, &context).await;
             }
             gw.logging(&s, &mut ctx);
             if reuse {
@@ -322,9 +322,9 @@ impl LeanPath {
     /// The final error: the error page (`fail_to_proxy`) and, unless
     /// suppressed, one error log line, as Pingora writes them. Whether the
     /// connection may carry another request.
-    async fn fail(&self, s: &mut LeanSession, e: &Error, context: &str) -> bool {
+    async fn fail(&self, s: &mut LeanSession, ctx: &mut super::Ctx, e: &Error, context: &str) -> bool {
         let gw = &self.gw;
-        let res = gw.fail_to_proxy(s, e).await;
+        let res = gw.fail_to_proxy(s, e, ctx).await;
         if !gw.suppress_error_log(e) {
             error!("{context} {e}, status: {}, {}", res.error_code, s.summary());
         }

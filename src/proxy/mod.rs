@@ -282,7 +282,7 @@ impl Gateway {
         ctx: &mut Ctx,
         mut r: ResponseHeader,
         body: Bytes,
-    ) -> impl Future<Output = Result<()>> + 's {
+    ) -> impl Future<Output = Result<u64>> + 's {
         Self::run_response_plugins(ctx, r.status.as_u16(), &mut RespHeaders(&mut r));
         respond::write(s, r, body)
     }
@@ -305,13 +305,13 @@ impl Gateway {
         ctx.client_ip = s.client_ip();
         if let Some(status) = s.refusal() {
             s.set_keepalive(None);
-            respond::send(s, status, "text/plain", respond::error_body(status), None).await?;
+            ctx.sent_bytes += respond::send(s, status, "text/plain", respond::error_body(status), None).await?;
             return Ok(true);
         }
         // Locations see the path normalized, as nginx's do: `/x/../admin` is `/admin`.
         let Ok(uri) = s.uri() else {
             s.set_keepalive(None);
-            respond::send(s, 400, "text/plain", respond::error_body(400), None).await?;
+            ctx.sent_bytes += respond::send(s, 400, "text/plain", respond::error_body(400), None).await?;
             return Ok(true);
         };
         let health = snap.health_path.as_ref().is_some_and(|hp| uri == hp.as_str());
@@ -323,18 +323,18 @@ impl Gateway {
             .cloned();
         drop(uri);
         if health && matches!(*s.method(), http::Method::GET | http::Method::HEAD) {
-            respond::send(s, 200, "text/plain", Bytes::from_static(b"ok"), None).await?;
+            ctx.sent_bytes += respond::send(s, 200, "text/plain", Bytes::from_static(b"ok"), None).await?;
             return Ok(true);
         }
         let Some(loc) = loc else {
-            respond::send(s, 404, "text/plain", respond::error_body(404), None).await?;
+            ctx.sent_bytes += respond::send(s, 404, "text/plain", respond::error_body(404), None).await?;
             return Ok(true);
         };
         if let Some(max) = loc.max_body {
             let len = s.header("content-length").and_then(|v| v.parse::<u64>().ok());
             if len.is_some_and(|n| n > max) {
                 s.set_keepalive(None);
-                respond::send(s, 413, "text/plain", respond::error_body(413), None).await?;
+                ctx.sent_bytes += respond::send(s, 413, "text/plain", respond::error_body(413), None).await?;
                 return Ok(true);
             }
         }
@@ -353,7 +353,7 @@ impl Gateway {
                 for (k, v) in &reply.headers {
                     r.append_header(k.clone(), v.as_str())?;
                 }
-                Self::reply(s, ctx, r, reply.body).await?;
+                ctx.sent_bytes += Self::reply(s, ctx, r, reply.body).await?;
                 return Ok(true);
             }
         }
@@ -365,7 +365,7 @@ impl Gateway {
                     .map(|t| Bytes::from(self.expand(s, ctx, t)))
                     .unwrap_or_default();
                 let r = respond::header(*status, "text/plain", body.len(), location)?;
-                Self::reply(s, ctx, r, body).await?;
+                ctx.sent_bytes += Self::reply(s, ctx, r, body).await?;
                 Ok(true)
             }
             Action::Proxy(pool) => {
@@ -673,7 +673,7 @@ impl Gateway {
     }
 
     /// The final error: map it to a status and write a short page.
-    pub async fn fail_to_proxy<D: Downstream>(&self, s: &mut D, e: &Error) -> FailToProxy {
+    pub async fn fail_to_proxy<D: Downstream>(&self, s: &mut D, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         use ErrorType::*;
         let code = match e.etype() {
             HTTPStatus(c) => *c,
@@ -700,9 +700,9 @@ impl Gateway {
             if !keep {
                 s.set_keepalive(None);
             }
-            sent = respond::send(s, code, "text/plain", respond::error_body(code), None)
-                .await
-                .is_ok();
+            let r = respond::send(s, code, "text/plain", respond::error_body(code), None).await;
+            sent = r.is_ok();
+            ctx.sent_bytes += r.unwrap_or(0);
         }
         FailToProxy {
             error_code: code,
@@ -905,8 +905,8 @@ impl ProxyHttp for Gateway {
         Gateway::suppress_error_log(self, e)
     }
 
-    async fn fail_to_proxy(&self, s: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
-        Gateway::fail_to_proxy(self, s, e).await
+    async fn fail_to_proxy(&self, s: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        Gateway::fail_to_proxy(self, s, e, ctx).await
     }
 
     async fn logging(&self, s: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
