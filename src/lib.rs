@@ -23,6 +23,7 @@ pub mod config;
 pub mod demo;
 pub mod listener;
 pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod plugins;
 pub mod proxy;

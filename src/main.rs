@@ -2,7 +2,7 @@
 static GLOBAL: portico::alloc::Mimalloc = portico::alloc::Mimalloc;
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    portico::logging::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match portico::app::Args::parse(&args) {
         Ok(a) => std::process::exit(portico::app::run(a)),
