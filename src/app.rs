@@ -276,6 +276,11 @@ pub fn run(args: Args) -> i32 {
         };
         let mut svc = pingora_core::services::listening::Service::new("admin".into(), admin);
         svc.add_tcp(&a.listen);
+        // One thread: Pingora's accept loop may run on one of a service's
+        // runtimes and its socket on another; stopped in the wrong order at
+        // SIGINT, the loop then fails without end, at full CPU and a log
+        // line each time (seen with `threads: 2`). The admin API needs no more.
+        svc.threads = Some(1);
         server.add_service(svc);
     }
     log::info!(

@@ -611,6 +611,11 @@ fn requests_refused_for_their_method_or_framing_and_http10_without_host() {
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551615\r\n\r\nx",
             "400",
         ),
+        // An upgrade with a chunked body: not framed by the strict chunk check, so refused.
+        (
+            "POST /a HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n\r\n\r\n",
+            "400",
+        ),
         (
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9223372036854775808\r\n\r\nx",
             "400",

@@ -89,6 +89,11 @@ pub trait Downstream: Send + Sync {
             if te.next().is_some() || !first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 return Some(501);
             }
+            // A protocol switch with a chunked body: the listener leaves the body of a
+            // request that may turn into a tunnel to Pingora's lenient chunk parser.
+            if req.headers.contains_key(http::header::UPGRADE) {
+                return Some(400);
+            }
         }
         // Digits (Pingora refuses anything else), more than an i64 holds.
         let too_long = |v: &http::HeaderValue| {

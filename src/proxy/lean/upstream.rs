@@ -273,6 +273,20 @@ fn io_error(etype: ErrorType, context: &'static str, e: std::io::Error, before_r
 const KEPT_BUF: usize = 2 * HEADER_READ;
 
 /// One request and its response on one upstream connection.
+/// What [`Exchange::parse_one`] found in the buffer.
+enum Parsed {
+    /// No whole head yet.
+    Partial,
+    /// An informational response, consumed.
+    Interim,
+    Final(ResponseHead),
+}
+
+/// Informational responses skipped for one request before the server is
+/// taken to be broken (502): enough for any real use (100 Continue, 103
+/// Early Hints), not an endless stream.
+const MAX_INTERIM: u32 = 64;
+
 pub struct Exchange {
     stream: UpStream,
     alarm: Alarm,
@@ -283,6 +297,8 @@ pub struct Exchange {
     head_request: bool,
     /// The request asks for a protocol switch: a 101 is its answer, not an interim one.
     upgrade_request: bool,
+    /// Informational (1xx) responses skipped so far.
+    interim: u32,
     pub read_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
 }
@@ -297,6 +313,7 @@ impl Exchange {
             keepalive: false,
             head_request: false,
             upgrade_request: false,
+            interim: 0,
             read_timeout: None,
             write_timeout: None,
         }
@@ -427,8 +444,29 @@ impl Exchange {
     }
 
     /// Parse a complete header from the buffer, if there is one, and set up
-    /// the body's framing. 1xx responses are consumed and skipped.
+    /// the body's framing. 1xx responses are consumed and skipped (in a
+    /// loop: a server may send thousands in one write), up to
+    /// [`MAX_INTERIM`] of them.
     fn parse_header(&mut self) -> Result<Option<ResponseHead>> {
+        loop {
+            match self.parse_one()? {
+                Parsed::Partial => return Ok(None),
+                Parsed::Final(head) => return Ok(Some(head)),
+                Parsed::Interim => {
+                    self.interim += 1;
+                    if self.interim > MAX_INTERIM {
+                        return Error::e_explain(
+                            InvalidHTTPHeader,
+                            format!("more than {MAX_INTERIM} informational responses"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// One response head from the buffer.
+    fn parse_one(&mut self) -> Result<Parsed> {
         let mut fields = Vec::new();
         let (len, code, http10, reason, framing, folded) = {
             let mut parsed = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
@@ -438,7 +476,7 @@ impl Exchange {
             parser.allow_obsolete_multiline_headers_in_responses(true);
             let len = match parser.parse_response_with_uninit_headers(&mut resp, &self.buf, &mut parsed) {
                 Ok(httparse::Status::Complete(n)) => n,
-                Ok(httparse::Status::Partial) => return Ok(None),
+                Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
                 Err(e) => {
                     return Err(Error::because(
                         InvalidHTTPHeader,
@@ -478,11 +516,7 @@ impl Exchange {
         let switched = code == 101 && self.upgrade_request && !http10;
         if (100..200).contains(&code) && !switched {
             // Informational: dropped, as nginx does; the real one follows, perhaps read already.
-            return if self.buf.is_empty() {
-                Ok(None)
-            } else {
-                self.parse_header()
-            };
+            return Ok(Parsed::Interim);
         }
         let Ok(status) = http::StatusCode::from_u16(code) else {
             return Error::e_explain(InvalidHTTPHeader, format!("invalid status code {code}"));
@@ -505,7 +539,7 @@ impl Exchange {
                 (None, Some(n)) => Body::Length(n),
             }
         };
-        Ok(Some(ResponseHead {
+        Ok(Parsed::Final(ResponseHead {
             status,
             http10,
             raw,
@@ -1025,6 +1059,21 @@ pub(super) mod tests {
             .expect("the final response, read with the 100");
         assert_eq!(head.status, 201, "the 100 is skipped");
         assert!(x.buf.is_empty());
+        // Many in one read are skipped one after the other (each once took a
+        // stack frame of its own: a few hundred overflowed the stack), up to a limit.
+        let burst = |n: usize| {
+            let mut b = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(n);
+            b.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            b
+        };
+        x.body = Body::Header;
+        x.interim = 0;
+        x.buf.extend_from_slice(&burst(60));
+        assert_eq!(x.parse_header().unwrap().expect("whole").status, 200);
+        x.body = Body::Header;
+        x.interim = 0;
+        x.buf.extend_from_slice(&burst(5000));
+        assert!(x.parse_header().is_err(), "more than MAX_INTERIM: a broken server");
     }
 
     #[tokio::test]
