@@ -695,6 +695,15 @@ fn odd_response_heads_are_answered_or_refused() {
         let text = raw_exchange(g.port, &[req], Duration::ZERO);
         assert!(text.starts_with("HTTP/1.1 502"), "{text}");
     }
+    // A thousand interim answers in one write: a broken server (502), not a
+    // crash of the gateway (the lean loop took a stack frame per 1xx).
+    let mut burst = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(1000);
+    burst.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let g = to_server(raw_server(Box::leak(burst.into_boxed_slice())));
+    let get = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let text = raw_exchange(g.port, &[get], Duration::ZERO);
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert_eq!(g.get("/nginx/health").status, 200, "the gateway still runs");
 }
 
 /// A server's hop-by-hop `Keep-Alive` parameters do not reach the client,
