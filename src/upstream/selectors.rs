@@ -85,6 +85,29 @@ fn rot<S>(sel: &Arc<S>, first: usize, n: usize) -> RotIter<S> {
     }
 }
 
+/// `BackendSelection` for a [`Pick`] selector with `HasBackends`: built
+/// from the set (address order), its iterator yields the pick among all
+/// servers, then the others in rotation.
+macro_rules! selection_via_pick {
+    ($t:ty $(, $g:ident: $bound:path)?) => {
+        impl$(<$g: $bound>)? BackendSelection for $t {
+            type Iter = RotIter<$t>;
+            type Config = StateTable;
+
+            fn build(backends: &BTreeSet<Backend>) -> Self {
+                Self::build_with_config(backends, &Arc::default())
+            }
+            fn build_with_config(backends: &BTreeSet<Backend>, table: &StateTable) -> Self {
+                Self::from_list(backends.iter().cloned().collect(), table)
+            }
+            fn iter(self: &Arc<Self>, key: &[u8]) -> Self::Iter {
+                let n = self.backends.len();
+                rot(self, self.pick(key, &|_| true).unwrap_or(0), n)
+            }
+        }
+    };
+}
+
 // ---------------------------------------------------------------- smooth WRR
 
 /// nginx's smooth weighted round robin, precomputed into one cycle at build
@@ -185,19 +208,7 @@ impl Pick for SmoothWrr {
     }
 }
 
-impl BackendSelection for SmoothWrr {
-    type Iter = RotIter<SmoothWrr>;
-    type Config = StateTable;
-
-    fn build(backends: &BTreeSet<Backend>) -> Self {
-        Self::from_list(backends.iter().cloned().collect(), &Arc::default())
-    }
-
-    fn iter(self: &Arc<Self>, key: &[u8]) -> Self::Iter {
-        let n = self.backends.len();
-        rot(self, self.pick(key, &|_| true).unwrap_or(0), n)
-    }
-}
+selection_via_pick!(SmoothWrr);
 
 // ---------------------------------------------------------------- least_conn
 
@@ -406,21 +417,7 @@ impl Pick for LeastConn {
     }
 }
 
-impl BackendSelection for LeastConn {
-    type Iter = RotIter<LeastConn>;
-    type Config = StateTable;
-
-    fn build(backends: &BTreeSet<Backend>) -> Self {
-        Self::new(backends.iter().cloned().collect(), &Arc::default())
-    }
-    fn build_with_config(backends: &BTreeSet<Backend>, table: &StateTable) -> Self {
-        Self::new(backends.iter().cloned().collect(), table)
-    }
-    fn iter(self: &Arc<Self>, key: &[u8]) -> Self::Iter {
-        let n = self.backends.len();
-        rot(self, self.pick(key, &|_| true).unwrap_or(0), n)
-    }
-}
+selection_via_pick!(LeastConn);
 
 // ------------------------------------------------- random / two choices / least_time
 
@@ -594,21 +591,7 @@ impl<M: Mode> Pick for RandomPick<M> {
     }
 }
 
-impl<M: Mode> BackendSelection for RandomPick<M> {
-    type Iter = RotIter<RandomPick<M>>;
-    type Config = StateTable;
-
-    fn build(backends: &BTreeSet<Backend>) -> Self {
-        Self::new(backends.iter().cloned().collect(), &Arc::default())
-    }
-    fn build_with_config(backends: &BTreeSet<Backend>, table: &StateTable) -> Self {
-        Self::new(backends.iter().cloned().collect(), table)
-    }
-    fn iter(self: &Arc<Self>, key: &[u8]) -> Self::Iter {
-        let n = self.backends.len();
-        rot(self, self.pick(key, &|_| true).unwrap_or(0), n)
-    }
-}
+selection_via_pick!(RandomPick<M>, M: Mode);
 
 #[cfg(test)]
 mod tests {
