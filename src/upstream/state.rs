@@ -15,16 +15,18 @@ pub fn now_ms() -> u64 {
 }
 
 /// nginx's passive health bookkeeping for one server (its `fails`,
-/// `accessed` and `checked`; ms on `now_ms`).
+/// `accessed` and `checked`; ms on `now_ms`). Changed with the lock held;
+/// the times are atomics so that the checks on every pick and success of a
+/// server with failures take no lock unless they may change something.
 #[derive(Default)]
 struct Passive {
     /// Failures counted towards `max_fails`.
-    fails: usize,
+    fails: Mutex<usize>,
     /// When the last failure was.
-    failed_ms: u64,
+    failed_ms: AtomicU64,
     /// When the server was last failed or picked more than `fail_timeout`
     /// after that: a success after such a pick clears `fails`.
-    checked_ms: u64,
+    checked_ms: AtomicU64,
 }
 
 /// In-flight counters of one pool's servers, side by side in memory so that
@@ -92,7 +94,7 @@ pub struct ServerState {
     down_until_ms: AtomicU64,
     /// `passive.fails`, read without the lock (0 nearly always).
     fails: AtomicUsize,
-    passive: Mutex<Passive>,
+    passive: Passive,
     /// Active health-check verdict.
     pub healthy: AtomicBool,
     /// Draining: no new requests or sticky pins.
@@ -117,7 +119,7 @@ impl ServerState {
             failures: AtomicU64::new(0),
             down_until_ms: AtomicU64::new(0),
             fails: AtomicUsize::new(0),
-            passive: Mutex::new(Passive::default()),
+            passive: Passive::default(),
             healthy: AtomicBool::new(healthy),
             draining: AtomicBool::new(false),
             ewma_us: AtomicU64::new(0),
@@ -145,12 +147,12 @@ impl ServerState {
             return false;
         }
         let now = now_ms();
-        let mut p = self.passive.lock().unwrap();
-        p.fails += 1;
-        p.failed_ms = now;
-        p.checked_ms = now;
-        self.fails.store(p.fails, Relaxed);
-        if p.fails >= max_fails {
+        let mut fails = self.passive.fails.lock().unwrap();
+        *fails += 1;
+        self.passive.failed_ms.store(now, Relaxed);
+        self.passive.checked_ms.store(now, Relaxed);
+        self.fails.store(*fails, Relaxed);
+        if *fails >= max_fails {
             self.down_until_ms.store(now + fail_timeout.as_millis() as u64, Relaxed);
             return true;
         }
@@ -174,10 +176,14 @@ impl ServerState {
     fn picked_after_failures(&self, max_fails: usize, fail_timeout: Duration) {
         let now = now_ms();
         let ft = fail_timeout.as_millis() as u64;
-        let mut p = self.passive.lock().unwrap();
-        if now.saturating_sub(p.checked_ms) > ft {
-            p.checked_ms = now;
-            if max_fails > 0 && p.fails >= max_fails {
+        let due = || now.saturating_sub(self.passive.checked_ms.load(Relaxed)) > ft;
+        if !due() {
+            return; // checked within fail_timeout: nothing to change
+        }
+        let fails = self.passive.fails.lock().unwrap();
+        if due() {
+            self.passive.checked_ms.store(now, Relaxed);
+            if max_fails > 0 && *fails >= max_fails {
                 self.down_until_ms.store(now + ft, Relaxed);
             }
         }
@@ -186,8 +192,8 @@ impl ServerState {
     /// Forget a `max_fails` mark and the failures counted towards one (a
     /// pool left with this server alone, which passive health never marks).
     pub fn clear_passive_down(&self) {
-        let mut p = self.passive.lock().unwrap();
-        p.fails = 0;
+        let mut fails = self.passive.fails.lock().unwrap();
+        *fails = 0;
         self.fails.store(0, Relaxed);
         self.down_until_ms.store(0, Relaxed);
     }
@@ -197,13 +203,15 @@ impl ServerState {
     /// that fails every other request is still marked down.
     #[inline]
     pub fn record_success(&self) {
-        if self.fails.load(Relaxed) != 0 {
-            let mut p = self.passive.lock().unwrap();
-            if p.failed_ms < p.checked_ms {
-                p.fails = 0;
-                self.fails.store(0, Relaxed);
-                self.down_until_ms.store(0, Relaxed);
-            }
+        let checked = || self.passive.failed_ms.load(Relaxed) < self.passive.checked_ms.load(Relaxed);
+        if self.fails.load(Relaxed) == 0 || !checked() {
+            return;
+        }
+        let mut fails = self.passive.fails.lock().unwrap();
+        if checked() {
+            *fails = 0;
+            self.fails.store(0, Relaxed);
+            self.down_until_ms.store(0, Relaxed);
         }
     }
 
