@@ -151,10 +151,7 @@ fn a_stopped_servers_share_is_spread_over_the_others() {
     for (pool, weights) in cases {
         let g = Gateway::start(&yaml(pool, weights));
         // The first request finds the dead server (max_fails 1 marks it down), later ones skip it.
-        let got: HashMap<String, usize> = sequence(&g, "/", 61).into_iter().fold(HashMap::new(), |mut m, n| {
-            *m.entry(n).or_default() += 1;
-            m
-        });
+        let got = spread(&g, "/", 61);
         for name in ["b", "c", "d"] {
             let n = count(&got, name);
             assert!(
@@ -173,9 +170,9 @@ fn hash_without_a_key_goes_round_robin_and_down_servers_keep_their_place() {
     let bs: Vec<Backend> = (0..3).map(|i| Backend::start(&format!("h{i}"))).collect();
     let all: Vec<(&Backend, &str)> = bs.iter().map(|b| (b, "")).collect();
     let g = gw(HASH_POOL, &all);
-    let seq = sequence(&g, "/no-key", 12);
+    let got = spread(&g, "/no-key", 12);
     for b in &bs {
-        assert_eq!(seq.iter().filter(|n| **n == b.name).count(), 4, "{seq:?}");
+        assert_eq!(count(&got, &b.name), 4, "{got:?}");
     }
     let before = key_map(&g, 120);
     let with_down: Vec<(&Backend, &str)> = bs

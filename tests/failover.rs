@@ -328,9 +328,14 @@ fn the_only_server_of_a_pool_is_never_marked_down() {
 }
 
 fn gw_one(addr: std::net::SocketAddr, server_extra: &str) -> Gateway {
-    Gateway::start(&format!(
+    Gateway::start(&one_server(addr, server_extra))
+}
+
+/// One pool `app` of the one server `addr` behind `/`.
+fn one_server(addr: std::net::SocketAddr, server_extra: &str) -> String {
+    format!(
         "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app:\n    servers:\n      - address: {addr}\n{server_extra}virtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: app\n"
-    ))
+    )
 }
 
 #[test]
@@ -487,8 +492,9 @@ fn error_pages_for_server_failures_keep_the_client_connection() {
     drop(a);
     for lean in [true, false] {
         let g = Gateway::start(&format!(
-            "{}listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app:\n    servers:\n      - address: {addr}\nvirtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: app\n",
-            server_section(&[&format!("lean_proxy: {lean}")])
+            "{}{}",
+            server_section(&[&format!("lean_proxy: {lean}")]),
+            one_server(addr, "")
         ));
         let mut c = Client::connect(g.port).unwrap();
         let kept = if lean { &["GET", "HEAD", "GET"][..] } else { &[] };

@@ -275,6 +275,13 @@ impl Gateway {
         }
     }
 
+    /// A short error page the gateway makes itself (`502 Bad Gateway`), its
+    /// body counted for the access log.
+    async fn error_page<D: Downstream>(s: &mut D, ctx: &mut Ctx, code: u16) -> Result<()> {
+        ctx.sent_bytes += respond::send(s, code, "text/plain", respond::error_body(code), None).await?;
+        Ok(())
+    }
+
     /// Write an answer the gateway made itself, through the response plugins
     /// (run before the returned future, which is only the boxed write).
     fn reply<'s, D: Downstream>(
@@ -305,13 +312,13 @@ impl Gateway {
         ctx.client_ip = s.client_ip();
         if let Some(status) = s.refusal() {
             s.set_keepalive(None);
-            ctx.sent_bytes += respond::send(s, status, "text/plain", respond::error_body(status), None).await?;
+            Self::error_page(s, ctx, status).await?;
             return Ok(true);
         }
         // Locations see the path normalized, as nginx's do: `/x/../admin` is `/admin`.
         let Ok(uri) = s.uri() else {
             s.set_keepalive(None);
-            ctx.sent_bytes += respond::send(s, 400, "text/plain", respond::error_body(400), None).await?;
+            Self::error_page(s, ctx, 400).await?;
             return Ok(true);
         };
         let health = snap.health_path.as_ref().is_some_and(|hp| uri == hp.as_str());
@@ -327,14 +334,14 @@ impl Gateway {
             return Ok(true);
         }
         let Some(loc) = loc else {
-            ctx.sent_bytes += respond::send(s, 404, "text/plain", respond::error_body(404), None).await?;
+            Self::error_page(s, ctx, 404).await?;
             return Ok(true);
         };
         if let Some(max) = loc.max_body {
             let len = s.header("content-length").and_then(|v| v.parse::<u64>().ok());
             if len.is_some_and(|n| n > max) {
                 s.set_keepalive(None);
-                ctx.sent_bytes += respond::send(s, 413, "text/plain", respond::error_body(413), None).await?;
+                Self::error_page(s, ctx, 413).await?;
                 return Ok(true);
             }
         }
@@ -700,9 +707,7 @@ impl Gateway {
             if !keep {
                 s.set_keepalive(None);
             }
-            let r = respond::send(s, code, "text/plain", respond::error_body(code), None).await;
-            sent = r.is_ok();
-            ctx.sent_bytes += r.unwrap_or(0);
+            sent = Self::error_page(s, ctx, code).await.is_ok();
         }
         FailToProxy {
             error_code: code,

@@ -17,13 +17,12 @@ fn key<'a, D: Downstream>(pool: &Pool, s: &'a D, ctx: &Ctx) -> Cow<'a, [u8]> {
         return Cow::Borrowed(&[]);
     };
     match k {
-        HashKey::ClientIp => match ctx.client_ip {
-            Some(std::net::IpAddr::V4(ip)) => Cow::Owned(ip.octets().to_vec()),
-            Some(std::net::IpAddr::V6(ip)) => Cow::Owned(ip.octets().to_vec()),
-            None => Cow::Borrowed(&[]),
-        },
-        HashKey::ClientNet => match ctx.client_ip {
-            Some(std::net::IpAddr::V4(ip)) => Cow::Owned(ip.octets()[..3].to_vec()),
+        HashKey::ClientIp | HashKey::ClientNet => match ctx.client_ip {
+            // `ip_hash` takes an IPv4 address's first three bytes.
+            Some(std::net::IpAddr::V4(ip)) => {
+                let bytes = if *k == HashKey::ClientNet { 3 } else { 4 };
+                Cow::Owned(ip.octets()[..bytes].to_vec())
+            }
             Some(std::net::IpAddr::V6(ip)) => Cow::Owned(ip.octets().to_vec()),
             None => Cow::Borrowed(&[]),
         },

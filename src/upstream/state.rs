@@ -14,14 +14,14 @@ pub fn now_ms() -> u64 {
     crate::clock::coarse_ms()
 }
 
-/// nginx's passive health bookkeeping for one server (its `fails`,
-/// `accessed` and `checked`; ms on `now_ms`). Changed with the lock held;
-/// the times are atomics so that the checks on every pick and success of a
-/// server with failures take no lock unless they may change something.
+/// nginx's passive health bookkeeping for one server, beside its `fails`
+/// (`ServerState::fails`): its `accessed` and `checked` (ms on `now_ms`).
+/// Changed with the lock held; all atomics, so that the checks on every
+/// pick and success of a server with failures take no lock unless they may
+/// change something.
 #[derive(Default)]
 struct Passive {
-    /// Failures counted towards `max_fails`.
-    fails: Mutex<usize>,
+    lock: Mutex<()>,
     /// When the last failure was.
     failed_ms: AtomicU64,
     /// When the server was last failed or picked more than `fail_timeout`
@@ -92,7 +92,7 @@ pub struct ServerState {
     pub failures: AtomicU64,
     /// Passive health: skipped until this instant (ms on `now_ms`).
     down_until_ms: AtomicU64,
-    /// `passive.fails`, read without the lock (0 nearly always).
+    /// Failures counted towards `max_fails` (0 nearly always).
     fails: AtomicUsize,
     passive: Passive,
     /// Active health-check verdict.
@@ -147,12 +147,12 @@ impl ServerState {
             return false;
         }
         let now = now_ms();
-        let mut fails = self.passive.fails.lock().unwrap();
-        *fails += 1;
+        let _changing = self.passive.lock.lock().unwrap();
+        let fails = self.fails.load(Relaxed) + 1;
+        self.fails.store(fails, Relaxed);
         self.passive.failed_ms.store(now, Relaxed);
         self.passive.checked_ms.store(now, Relaxed);
-        self.fails.store(*fails, Relaxed);
-        if *fails >= max_fails {
+        if fails >= max_fails {
             self.down_until_ms.store(now + fail_timeout.as_millis() as u64, Relaxed);
             return true;
         }
@@ -180,10 +180,10 @@ impl ServerState {
         if !due() {
             return; // checked within fail_timeout: nothing to change
         }
-        let fails = self.passive.fails.lock().unwrap();
+        let _changing = self.passive.lock.lock().unwrap();
         if due() {
             self.passive.checked_ms.store(now, Relaxed);
-            if max_fails > 0 && *fails >= max_fails {
+            if max_fails > 0 && self.fails.load(Relaxed) >= max_fails {
                 self.down_until_ms.store(now + ft, Relaxed);
             }
         }
@@ -192,8 +192,7 @@ impl ServerState {
     /// Forget a `max_fails` mark and the failures counted towards one (a
     /// pool left with this server alone, which passive health never marks).
     pub fn clear_passive_down(&self) {
-        let mut fails = self.passive.fails.lock().unwrap();
-        *fails = 0;
+        let _changing = self.passive.lock.lock().unwrap();
         self.fails.store(0, Relaxed);
         self.down_until_ms.store(0, Relaxed);
     }
@@ -207,9 +206,8 @@ impl ServerState {
         if self.fails.load(Relaxed) == 0 || !checked() {
             return;
         }
-        let mut fails = self.passive.fails.lock().unwrap();
+        let _changing = self.passive.lock.lock().unwrap();
         if checked() {
-            *fails = 0;
             self.fails.store(0, Relaxed);
             self.down_until_ms.store(0, Relaxed);
         }
