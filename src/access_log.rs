@@ -154,6 +154,28 @@ pub fn push_num(out: &mut String, mut n: u64) {
     out.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
+/// Append `text` as nginx writes a variable into its access log: `"`,
+/// `\`, control bytes and bytes over 0x7e as `\xHH`, so that a quote in a
+/// target or a header cannot end a quoted field and forge the rest of the line.
+pub fn push_escaped(out: &mut String, text: &[u8]) {
+    let plain = |b: u8| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
+    if text.iter().all(|&b| plain(b)) {
+        // All visible ASCII: the common case, one scan and one copy.
+        out.push_str(std::str::from_utf8(text).unwrap_or_default());
+        return;
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in text {
+        if plain(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str("\\x");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+}
+
 /// Append a time in seconds with milliseconds (`0.004`), rounded, as nginx
 /// writes `$request_time`.
 pub fn push_secs(out: &mut String, d: Duration) {
@@ -226,6 +248,23 @@ mod tests {
             );
         }
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn quotes_backslashes_and_odd_bytes_are_escaped_as_nginx_escapes_them() {
+        let esc = |b: &[u8]| {
+            let mut s = String::new();
+            push_escaped(&mut s, b);
+            s
+        };
+        assert_eq!(esc(b"/a?b=1&c=%20"), "/a?b=1&c=%20");
+        assert_eq!(esc(b""), "");
+        assert_eq!(esc(b"x\" 200 \"y"), "x\\x22 200 \\x22y");
+        assert_eq!(esc(b"a\\b"), "a\\x5Cb");
+        assert_eq!(
+            esc(b"\x16\x03\x01\r\n\x7f\xc3\xa9"),
+            "\\x16\\x03\\x01\\x0D\\x0A\\x7F\\xC3\\xA9"
+        );
     }
 
     #[test]

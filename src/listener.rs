@@ -51,7 +51,7 @@ use tokio::sync::Notify;
 mod accept;
 mod chunks;
 mod conn;
-mod head;
+pub mod head;
 mod held;
 mod park;
 mod rewound;
@@ -484,7 +484,7 @@ impl Listener {
                         let keep = (!*shutdown.borrow()).then_some(u64::from(keep / 1000));
                         // Boxed: the wait for the proxy, in the first moments of a
                         // gateway, would otherwise keep `s` and the rest in this future.
-                        let (proxy, live) = (&self.proxy, &self.live);
+                        let (proxy, live, gw) = (&self.proxy, &self.live, self.lean.gateway());
                         Box::pin(async move {
                             // The head's size limit, where the listener read the request's first bytes.
                             let s = if lean_keepalive || lean_proxy {
@@ -492,7 +492,9 @@ impl Listener {
                                     let s = &live.snapshot().cfg.server;
                                     (s.max_request_header_size.0 as usize, first_wait(s))
                                 };
-                                let mut s = head::gather(s, limit, wait).await?;
+                                let client = peer_of(&s).map(|a| a.ip());
+                                let report = |r: &head::Refused| gw.log_refused(client, r);
+                                let mut s = head::gather(s, limit, wait, &report).await?;
                                 // Reads stop at the end of this request: what follows is the next one.
                                 if let Some(held) = held_mut(&mut s) {
                                     let framing = held::request_framing(held.bytes());

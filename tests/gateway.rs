@@ -362,6 +362,55 @@ fn malformed_request_gets_4xx_and_gateway_survives() {
     assert_eq!(g.get("/").status, 200, "still serving");
 }
 
+/// An absolute-form target (`GET http://host/x`) routes by its authority
+/// and goes to the server as a path, as from nginx; a Host that differs
+/// from it is refused (Pingora's rule, stricter than RFC 9112 §3.2.2).
+#[test]
+fn absolute_targets_route_by_their_authority_and_go_upstream_as_paths() {
+    let (a, b) = (Backend::start("public"), Backend::start("admin"));
+    let g = Gateway::start(&format!(
+        r#"
+listeners:
+  - listen: 127.0.0.1:{{PORT}}
+upstreams:
+  a: {{ servers: [{{ address: "{}" }}] }}
+  b: {{ servers: [{{ address: "{}" }}] }}
+virtual_hosts:
+  - server_names: [public.test]
+    default: true
+    locations: [{{ path: /, proxy_pass: a }}]
+  - server_names: [admin.test]
+    locations: [{{ path: /, proxy_pass: b }}]
+"#,
+        a.addr, b.addr
+    ));
+    for (head, line) in [
+        (
+            "GET http://admin.test/x?q=1 HTTP/1.1\r\nHost: admin.test",
+            "GET /x?q=1 HTTP/1.1",
+        ),
+        ("GET HTTP://admin.test HTTP/1.1\r\nHost: admin.test", "GET / HTTP/1.1"),
+        (
+            "GET https://admin.test?z HTTP/1.1\r\nHost: admin.test",
+            "GET /?z HTTP/1.1",
+        ),
+        (
+            "POST http://admin.test/p HTTP/1.1\r\nHost: admin.test\r\nContent-Length: 2",
+            "POST /p HTTP/1.1",
+        ),
+    ] {
+        let req = format!("{head}\r\nConnection: close\r\n\r\nhi");
+        let text = raw_exchange(g.port, &[req.as_bytes()], Duration::ZERO);
+        assert!(text.starts_with("HTTP/1.1 200"), "{head}: {text}");
+        assert!(text.contains("name=admin\n"), "{head}: {text}");
+        assert!(text.contains(&format!("request={line}\n")), "{head}: {text}");
+    }
+    let req = b"GET http://admin.test/x HTTP/1.1\r\nHost: public.test\r\nConnection: close\r\n\r\n";
+    let text = raw_exchange(g.port, &[req], Duration::ZERO);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(a.hits(), 0);
+}
+
 /// Locations match the path as nginx normalizes it (`.` and `..` resolved,
 /// slashes merged, `%XX` decoded), so a rule on `/admin/` cannot be walked
 /// around; the server still gets the target as the client sent it. In both

@@ -92,6 +92,94 @@ fn metrics_follow_traffic() {
     );
 }
 
+/// Requests refused before they are routed (a head that cannot be parsed,
+/// one over the size limit, framing or Host fields Pingora's loop would
+/// refuse) are answered by the gateway, logged with their request line as
+/// it came, and counted, as nginx logs its 400s. Quotes and odd bytes are
+/// escaped in the log, so a client cannot forge a line's fields.
+#[test]
+fn refused_requests_are_answered_logged_and_counted() {
+    let b = Backend::start("b");
+    let ap = free_port();
+    let g = Gateway::start(&conf(ap, &[&b], ""));
+    let refused = |text: &str| {
+        let m = admin(ap, "GET", "/metrics", "").body;
+        let n = m
+            .lines()
+            .filter(|l| l.starts_with("portico_requests_total{") && l.contains("route=\"-\""))
+            .filter(|l| l.contains(&format!("status=\"{text}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>();
+        n
+    };
+    let before = refused("4xx");
+    let big = format!("GET /big HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "v".repeat(40_000));
+    let cases: [(&[u8], &str, &str); 7] = [
+        (
+            b"GET /bad HTTP/1.1\r\nHost: x\r\nX Bad Header\r\n\r\n",
+            "400",
+            "\"GET /bad HTTP/1.1\" 400 16 ",
+        ),
+        (
+            b"GET /two HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "400",
+            "\"GET /two HTTP/1.1\" 400 16 ",
+        ),
+        (
+            b"POST /cl HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            "400",
+            "\"POST /cl HTTP/1.1\" 400 16 ",
+        ),
+        (
+            b"GET http://a.test/abs HTTP/1.1\r\nHost: b.test\r\n\r\n",
+            "400",
+            "\"GET http://a.test/abs HTTP/1.1\" 400 16 ",
+        ),
+        (
+            b"\x16\x03\x01\"tls\r\n\r\n",
+            "400",
+            "\"\\x16\\x03\\x01\\x22tls\" 400 16 ",
+        ),
+        (
+            b"GET /sp ace HTTP/1.1\r\nHost: x\r\n\r\n",
+            "400",
+            "\"GET /sp ace HTTP/1.1\" 400 16 ",
+        ),
+        (big.as_bytes(), "431", "\"GET /big HTTP/1.1\" 431 36 "),
+    ];
+    for (req, status, _) in &cases {
+        let text = raw_exchange(g.port, &[req], Duration::ZERO);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{req:?}: {text}");
+        assert!(text.contains("Server: portico\r\n"), "answered by the gateway: {text}");
+    }
+    // The same, arriving in pieces: refused before its end.
+    let text = raw_exchange(
+        g.port,
+        &[b"GET /slow HTTP/1.1\r\nX Bad", b"\r\n"],
+        Duration::from_millis(100),
+    );
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    // A quote in a target or a field cannot end the log's quoted fields.
+    let forged = b"GET /q\"uote HTTP/1.1\r\nHost: x\r\nUser-Agent: ua\" 200 \"x\r\nConnection: close\r\n\r\n";
+    let text = raw_exchange(g.port, &[forged], Duration::ZERO);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !g.access_log().contains("uote") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = g.access_log();
+    for (_, _, line) in &cases {
+        assert!(log.contains(line), "{line} not in {log}");
+    }
+    assert!(log.contains("\"GET /slow HTTP/1.1\" 400 16 "), "{log}");
+    assert!(
+        log.contains("\"GET /q\\x22uote HTTP/1.1\" 200 ") && log.contains("\"ua\\x22 200 \\x22x\""),
+        "{log}"
+    );
+    assert_eq!(refused("4xx") - before, cases.len() as u64 + 1);
+    assert_eq!(b.hits(), 1, "only the last request went upstream");
+}
+
 #[test]
 fn idle_keepalive_connections_park_come_back_and_time_out() {
     let b = Backend::start("b");

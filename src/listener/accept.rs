@@ -365,7 +365,14 @@ async fn handshake(shared: &Shared, tls: &Tls, mut conn: Conn) -> Option<SslStre
         if Peek::try_peek(&mut conn, &mut first).await.is_ok() && first[0].is_ascii_uppercase() {
             log::info!("plain HTTP from {peer} on a TLS listener: answered 400");
             let body = b"400 The plain HTTP request was sent to HTTPS port\n";
-            super::head::answer_and_close(Box::new(conn), 400, body).await;
+            let refused = super::head::Refused {
+                status: 400,
+                line: Vec::new(), // not read: what is left of it is read and dropped
+                sent: body.len() as u64,
+                start: std::time::Instant::now(),
+            };
+            let report = || shared.app.lean.gateway().log_refused(Some(peer.ip()), &refused);
+            super::head::answer_and_close(Box::new(conn), 400, body, report).await;
             return None;
         }
         let slot = shared.handshakes.clone().acquire_owned().await.ok()?;

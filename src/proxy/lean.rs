@@ -241,6 +241,11 @@ pub struct LeanPath {
 type Outcome = (bool, Option<Box<Error>>);
 
 impl LeanPath {
+    /// The listener's proxy logic.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gw
+    }
+
     pub fn new(gw: Gateway, conf: &ServerConf, transport: crate::upstream::Transport) -> Self {
         LeanPath {
             gw,

@@ -43,6 +43,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portico_plugin_api::{self as api, Flow, Headers, Hooks, Reply};
 use std::borrow::Cow;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -133,6 +134,21 @@ fn from_http2(up: &mut RequestHeader) -> Result<()> {
         up.insert_header(http::header::COOKIE, joined)?;
     }
     Ok(())
+}
+
+/// The origin-form target (`/x?q`) of an absolute-form one
+/// (`http://host/x?q`; `http://host?q` gives `/?q`), or `None` for a
+/// target of another form.
+fn origin_form(target: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let scheme = [&b"http://"[..], b"https://"]
+        .into_iter()
+        .find(|s| target.len() >= s.len() && target[..s.len()].eq_ignore_ascii_case(s))?;
+    let rest = &target[scheme.len()..];
+    let rest = &rest[rest.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(rest.len())..];
+    Some(match rest.first() {
+        Some(b'/') => Cow::Borrowed(rest),
+        _ => Cow::Owned([&b"/"[..], rest].concat()),
+    })
 }
 
 /// Drop the request fields whose names hold an underscore
@@ -737,16 +753,10 @@ impl Gateway {
         // nginx `combined` plus upstream addresses, upstream times and the request time,
         // written without `core::fmt` (which cost more than the rest of the request's steps).
         log.write_line(|line| {
-            match ctx.client_ip {
-                Some(ip) => forwarded::push_ip(line, ip),
-                None => line.push('-'),
-            }
-            line.push_str(" - - [");
-            access_log::push_time_local(line);
-            line.push_str("] \"");
+            line_start(line, ctx.client_ip);
             line.push_str(s.method().as_str());
             line.push(' ');
-            line.push_str(s.target());
+            access_log::push_escaped(line, s.target().as_bytes());
             line.push(' ');
             line.push_str(version_text(s.version()));
             line.push_str("\" ");
@@ -754,9 +764,9 @@ impl Gateway {
             line.push(' ');
             access_log::push_num(line, ctx.sent_bytes);
             line.push_str(" \"");
-            line.push_str(header("referer"));
+            access_log::push_escaped(line, header("referer").as_bytes());
             line.push_str("\" \"");
-            line.push_str(header("user-agent"));
+            access_log::push_escaped(line, header("user-agent").as_bytes());
             line.push_str("\" ");
             if ctx.upstream_log.is_empty() && cur.is_none() {
                 line.push_str("- -");
@@ -783,11 +793,46 @@ impl Gateway {
                 line.push(' ');
                 line.push_str(k);
                 line.push('=');
-                line.push_str(v);
+                access_log::push_escaped(line, v.as_bytes());
             }
             line.push('\n');
         });
     }
+}
+
+impl Gateway {
+    /// Count and log a request the listener refused before either loop
+    /// read it ([`crate::listener::head`]): as nginx logs its 400s, with the
+    /// request line as it came, and no upstream.
+    pub fn log_refused(&self, client: Option<IpAddr>, r: &crate::listener::head::Refused) {
+        if let Some(l) = self.live.snapshot().listeners.get(self.listener) {
+            l.unrouted.count(r.status);
+        }
+        metrics::get().request_time.observe(r.start.elapsed().as_secs_f64());
+        let Some(log) = &self.access_log else { return };
+        log.write_line(|line| {
+            line_start(line, client);
+            access_log::push_escaped(line, &r.line);
+            line.push_str("\" ");
+            access_log::push_num(line, u64::from(r.status));
+            line.push(' ');
+            access_log::push_num(line, r.sent);
+            line.push_str(" \"-\" \"-\" - - ");
+            access_log::push_secs(line, r.start.elapsed());
+            line.push('\n');
+        });
+    }
+}
+
+/// An access-log line up to its request line's opening quote.
+fn line_start(line: &mut String, client: Option<IpAddr>) {
+    match client {
+        Some(ip) => forwarded::push_ip(line, ip),
+        None => line.push('-'),
+    }
+    line.push_str(" - - [");
+    access_log::push_time_local(line);
+    line.push_str("] \"");
 }
 
 /// Pingora's loop: each hook is the step of the same name above.
@@ -837,6 +882,11 @@ impl ProxyHttp for Gateway {
         }
         if s.as_downstream().is_http2() {
             from_http2(up)?;
+        } else if let Some(origin) = origin_form(up.raw_path()) {
+            // Absolute-form (`GET http://host/x`, its Host equal to the authority, as
+            // Pingora checks): the server gets the path, as from nginx.
+            let origin = origin.into_owned();
+            up.set_raw_path(&origin)?;
         } else if !up.headers.contains_key(http::header::HOST) {
             // An HTTP/1.0 request without one: the server's address, as an HTTP/1.1 request needs a Host.
             let server = ctx
@@ -916,5 +966,23 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, s: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         Gateway::logging(self, s, ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_form;
+
+    #[test]
+    fn absolute_targets_go_on_as_their_path_and_query() {
+        let of = |t: &str| origin_form(t.as_bytes()).map(|o| String::from_utf8(o.into_owned()).unwrap());
+        assert_eq!(of("http://a.test/x?q=1").as_deref(), Some("/x?q=1"));
+        assert_eq!(of("HTTPS://a.test:8443/").as_deref(), Some("/"));
+        assert_eq!(of("http://a.test").as_deref(), Some("/"));
+        assert_eq!(of("http://a.test?q").as_deref(), Some("/?q"));
+        assert_eq!(of("http://a.test/a/http://b/").as_deref(), Some("/a/http://b/"));
+        assert_eq!(of("/x?http://a"), None);
+        assert_eq!(of("*"), None);
+        assert_eq!(of("ftp://a.test/x"), None);
     }
 }
