@@ -561,6 +561,60 @@ fn answers_in_both_loops(g: &Gateway) -> Vec<String> {
         .collect()
 }
 
+/// A response body that comes in pieces is passed on piece by piece, as
+/// nginx sends what it has: a head and the first bytes of a Content-Length
+/// body, then a pause, reach the client before the rest. In both loops
+/// (a GET takes the lean one, a POST Pingora's).
+#[test]
+fn a_slow_body_goes_on_piece_by_piece() {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello");
+                std::thread::sleep(Duration::from_millis(1500));
+                let _ = s.write_all(b"world");
+                let _ = s.read(&mut buf);
+            });
+        }
+    });
+    let g = to_server(addr);
+    for req in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    ] {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let t0 = Instant::now();
+        c.write_all(req).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(5).any(|w| w == b"hello") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let first = t0.elapsed();
+        assert!(
+            first < Duration::from_millis(1000),
+            "the first piece took {first:?}: {}",
+            String::from_utf8_lossy(&req[..4])
+        );
+        c.read_to_end(&mut got).unwrap();
+        assert!(
+            got.ends_with(b"\r\n\r\nhelloworld"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        assert!(t0.elapsed() >= Duration::from_millis(1400));
+    }
+}
+
 /// Host fields are checked as nginx checks them: one that cannot name a
 /// server (a `/`, a space, an empty label, empty) gets a 400 instead of
 /// being routed to the default server and passed on; a fully qualified name

@@ -13,9 +13,10 @@
 //! - Reads and writes are system calls made directly (`rustix`), not
 //!   through the C library, whose wrappers mark each one a thread
 //!   cancellation point (two atomic updates around every call).
-//! - Writes are gathered until a flush (or until [`GATHER`] bytes), so a
-//!   response head and a short body leave in one `sendto`, as through
-//!   Pingora's buffered stream. The buffer is freed once flushed.
+//! - Writes are gathered until a flush (or until [`GATHER`] bytes, or a
+//!   read that has to wait), so a response head and a short body leave in
+//!   one `sendto`, as through Pingora's buffered stream. The buffer is
+//!   freed once flushed.
 //! - Bytes can be put back to be read again ([`Conn::rewind`]): the
 //!   listener reads a request's first bytes ahead of the loop that serves it.
 //! - With `read_ahead` (TLS listeners, `server.read_buffer`), a short read
@@ -304,8 +305,18 @@ impl Drop for Conn {
 }
 
 impl AsyncRead for Conn {
+    /// A read that has to wait first sends what writes have gathered: the
+    /// writer has gone back to waiting too (Pingora's loop watches the
+    /// client while it waits for the server's next piece), so a response's
+    /// piece does not wait in the buffer for the rest of the body.
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_fenced(cx, buf)
+        let this = self.get_mut();
+        let r = this.poll_fenced(cx, buf);
+        if r.is_pending() && !this.out.is_empty() {
+            // If the socket is full, the wait is on it as well; an error shows at the next write.
+            let _ = this.poll_send_out(cx);
+        }
+        r
     }
 }
 
@@ -608,6 +619,28 @@ mod tests {
         peer.read_exact(&mut got).await.unwrap();
         assert_eq!(got[0], b'x');
         assert!(got[1..].iter().all(|&b| b == b'y'));
+    }
+
+    #[tokio::test]
+    async fn gathered_writes_go_when_a_read_has_to_wait() {
+        let (mut c, mut peer) = pair(0).await;
+        c.write_all(b"head and a first piece").await.unwrap();
+        // The writer now waits for what comes next, watching the client.
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_millis(50), c.read(&mut buf)).await;
+        assert!(read.is_err(), "nothing to read");
+        let mut got = [0u8; 22];
+        tokio::time::timeout(Duration::from_secs(2), peer.read_exact(&mut got))
+            .await
+            .expect("the gathered bytes went when the read waited")
+            .unwrap();
+        assert_eq!(&got, b"head and a first piece");
+        // A read that finds bytes waiting sends nothing early.
+        c.write_all(b"more").await.unwrap();
+        peer.write_all(b"x").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(c.read(&mut buf).await.unwrap(), 1);
+        assert_eq!(c.out.len(), 4, "still gathered");
     }
 
     #[tokio::test]

@@ -807,7 +807,8 @@ impl Downstream for LeanSession {
                         warn!("Trying to write data over content-length: {left} bytes left");
                     }
                     self.out = Out::Length(left - n);
-                    self.write(&b[..n as usize], left == n).await?;
+                    // Each piece goes as it came, as nginx sends what it has: the next may be slow.
+                    self.write(&b[..n as usize], true).await?;
                 }
                 Out::Chunked => {
                     let size = format!("{:X}\r\n", b.len());
