@@ -561,6 +561,29 @@ fn answers_in_both_loops(g: &Gateway) -> Vec<String> {
         .collect()
 }
 
+/// `[::]:P` next to `0.0.0.0:P` (nginx's `listen 80; listen [::]:80;`):
+/// the IPv6 socket takes IPv6 clients only, as nginx's `ipv6only=on`, so
+/// both bind (the IPv6 one found the port taken and retried for ever).
+#[test]
+fn ipv6_and_ipv4_wildcard_listeners_share_a_port() {
+    use std::io::{Read, Write};
+    let b = Backend::start("b");
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 0.0.0.0:{{PORT}}\n  - listen: \"[::]:{{PORT}}\"\nupstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
+        b.addr
+    ));
+    for addr in [format!("127.0.0.1:{}", g.port), format!("[::1]:{}", g.port)] {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{addr}: {text}");
+    }
+    assert!(!g.stderr().contains("in use"), "{}", g.stderr());
+}
+
 /// A response body that comes in pieces is passed on piece by piece, as
 /// nginx sends what it has: a head and the first bytes of a Content-Length
 /// body, then a pause, reach the client before the rest. In both loops

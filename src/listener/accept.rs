@@ -197,7 +197,13 @@ async fn bind(addr: &str) -> io::Result<TcpListener> {
     loop {
         let s = match sock_addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+            SocketAddr::V6(_) => {
+                let s = TcpSocket::new_v6()?;
+                // IPv6 clients only, as nginx's `ipv6only=on`: `[::]:80` can then
+                // listen next to `0.0.0.0:80` (dual-stack, it found the port taken).
+                rustix::net::sockopt::set_ipv6_v6only(&s, true)?;
+                s
+            }
         };
         s.set_reuseaddr(true)?;
         match s.bind(sock_addr) {
