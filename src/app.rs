@@ -17,7 +17,10 @@ pub const USAGE: &str = "usage: portico [-c FILE] [-t] [-u] [-d] [--demo]
   -t, --test        check the configuration and exit
   -u, --upgrade     take over listening sockets from a running portico (graceful upgrade)
   -d, --daemon      run in the background
-      --demo        also start two demo backends on 127.0.0.1:9001 and :9002";
+      --demo        also start two demo backends on 127.0.0.1:9001 and :9002
+      --import-nginx FILE
+                    translate an nginx configuration into Portico's YAML (stdout);
+                    what is not translated is listed with its line (stderr)";
 
 #[derive(Debug, Default)]
 pub struct Args {
@@ -26,6 +29,8 @@ pub struct Args {
     pub upgrade: bool,
     pub daemon: bool,
     pub demo: bool,
+    /// An nginx configuration to translate (`--import-nginx`).
+    pub import_nginx: Option<String>,
 }
 
 impl Args {
@@ -42,6 +47,7 @@ impl Args {
                 "-u" | "--upgrade" => a.upgrade = true,
                 "-d" | "--daemon" => a.daemon = true,
                 "--demo" => a.demo = true,
+                "--import-nginx" => a.import_nginx = Some(it.next().ok_or("--import-nginx needs a file")?.clone()),
                 "-h" | "--help" => return Err("portico: HTTP gateway and load balancer".into()),
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -136,6 +142,9 @@ fn signal_old_process(pid_file: &str) {
 
 /// Run the gateway (or just check the config with `-t`); returns the exit code.
 pub fn run(args: Args) -> i32 {
+    if let Some(path) = &args.import_nginx {
+        return crate::import::run(path);
+    }
     let states = Arc::new(StateRegistry::default());
     let snap = match live::load_file(&args.conf, &states) {
         Ok(s) => s,

@@ -13,6 +13,7 @@
 //! - `access_log`, `template`, `clock`, `timeout`, `sockio`, `warming`: small helpers
 //! - `app`: wiring everything into a Pingora server
 //! - `demo`: the two demo backends of the quick start
+//! - `import`: `--import-nginx`, an nginx configuration translated into Portico YAML
 
 pub mod access_log;
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod import;
 pub mod listener;
 pub mod live;
 pub mod logging;

@@ -1,0 +1,276 @@
+//! `portico --import-nginx FILE`: an nginx configuration translated into
+//! Portico's YAML. What has an equivalent is translated, what Portico does
+//! by default is dropped, and every directive that is not translated is
+//! named with its line, on stderr and in the file's opening comment.
+
+mod emit;
+mod lex;
+mod translate;
+
+pub use translate::Note;
+
+pub struct Imported {
+    pub yaml: String,
+    pub notes: Vec<Note>,
+}
+
+/// Translate the nginx configuration `src` (read from `file`). `Err`: a
+/// syntax error, with its line.
+pub fn nginx(file: &str, src: &str) -> Result<Imported, String> {
+    let parsed = lex::parse(src).map_err(|(line, why)| format!("{file}:{line}: {why}"))?;
+    let mut t = translate::Translator::default();
+    t.main(&parsed.list);
+    let (cfg, mut notes) = t.finish();
+    notes.extend(parsed.slips.into_iter().map(|(line, why)| Note {
+        line,
+        directive: "(syntax)".into(),
+        why,
+    }));
+    notes.sort_by_key(|n| n.line);
+    // A rule inherited by several locations is noted once.
+    let mut seen = std::collections::HashSet::new();
+    notes.retain(|n| seen.insert((n.line, n.directive.clone(), n.why.clone())));
+    let mut preface = format!("# Imported from {file} by `portico --import-nginx`.\n");
+    if notes.is_empty() {
+        preface.push_str("# Every directive was translated.\n");
+    } else {
+        preface.push_str("# Not translated (line: directive: why):\n");
+        for n in &notes {
+            preface.push_str(&format!("#   {}\n", note_text(n).replace('\n', " ")));
+        }
+    }
+    preface.push('\n');
+    Ok(Imported {
+        yaml: emit::yaml(&cfg, &preface),
+        notes,
+    })
+}
+
+/// `12: root html: why`, or without the line for what no line holds.
+pub fn note_text(n: &Note) -> String {
+    match n.line {
+        0 => format!("{}: {}", n.directive, n.why),
+        l => format!("{l}: {}: {}", n.directive, n.why),
+    }
+}
+
+/// The command: the YAML on stdout, the notes and the result of checking
+/// the output as `-t` checks a file on stderr. Exit status 1 for a file
+/// that cannot be read or parsed.
+pub fn run(path: &str) -> i32 {
+    let src = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("portico: {path}: {e}");
+            return 1;
+        }
+    };
+    let imported = match nginx(path, &src) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("portico: {e}");
+            return 1;
+        }
+    };
+    print!("{}", imported.yaml);
+    for n in &imported.notes {
+        match n.line {
+            0 => eprintln!("portico: {path}: {}: {}", n.directive, n.why),
+            l => eprintln!("portico: {path}:{l}: {}: {}", n.directive, n.why),
+        }
+    }
+    let states = crate::upstream::state::StateRegistry::default();
+    let checked = crate::config::parse("(imported)", &imported.yaml).and_then(|l| crate::live::build(&l, &states));
+    match checked {
+        Ok(_) => eprintln!("portico: the imported configuration passes -t"),
+        Err(e) => eprintln!("portico: the imported configuration does not pass -t yet: {e}"),
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::schema::{Algorithm, Config};
+
+    fn import(src: &str) -> (Config, Vec<String>) {
+        let i = nginx("t.conf", src).unwrap();
+        let cfg = crate::config::parse("t.yaml", &i.yaml)
+            .unwrap_or_else(|e| panic!("{e}\n{}", i.yaml))
+            .cfg;
+        (cfg, i.notes.iter().map(note_text).collect())
+    }
+
+    #[test]
+    fn pools_keep_their_algorithm_servers_and_parameters() {
+        let (cfg, notes) = import(
+            "upstream a { hash $cookie_sid consistent; server 10.0.0.1 weight=3 max_fails=2 fail_timeout=30s;\n\
+             server 10.0.0.2:8080 backup; server 10.0.0.3:8080 down; server 10.0.0.4 slow_start=30s; keepalive 8; }\n\
+             upstream b { random two least_conn; server unix:/tmp/s; server 10.0.1.1; }\n\
+             upstream c { ip_hash; server 10.0.2.1; }\n\
+             server { listen 80; location / { proxy_pass http://a; } }",
+        );
+        let a = &cfg.upstreams["a"];
+        assert_eq!(
+            (a.algorithm, a.hash_key.as_deref(), a.consistent, a.keepalive),
+            (Algorithm::Hash, Some("$cookie_sid"), true, 8)
+        );
+        let s = &a.servers;
+        assert_eq!(
+            (s[0].address.as_str(), s[0].weight, s[0].max_fails),
+            ("10.0.0.1:80", 3, 2)
+        );
+        assert_eq!(s[0].fail_timeout.map(|d| d.0.as_secs()), Some(30));
+        assert!(s[1].backup && s[2].down && s.len() == 4);
+        assert_eq!(cfg.upstreams["b"].algorithm, Algorithm::RandomTwoLeastConn);
+        assert_eq!(cfg.upstreams["b"].servers.len(), 1);
+        assert_eq!(cfg.upstreams["c"].algorithm, Algorithm::IpHash);
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("2: server 10.0.0.4 slow_start=30s: `slow_start=30s`")),
+            "{notes:?}"
+        );
+        assert!(
+            notes.iter().any(|n| n.starts_with("3: server unix:/tmp/s:")),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn servers_become_listeners_and_virtual_hosts_as_nginx_picks_them() {
+        let (cfg, notes) = import(
+            "server { listen 80; server_name a.example www.a.example; location / { proxy_pass http://10.0.0.1:8080; } }\n\
+             server { listen 80 default_server; server_name .b.example; location / { return 404; } }\n\
+             server { listen 80; server_name _; location / { return 444; } }\n\
+             server { listen 443 ssl; http2 on; server_name a.example; ssl_certificate a.pem; ssl_certificate_key a.key;\n\
+               location / { proxy_pass https://secure.example; } }\n\
+             server { listen 443 ssl; server_name c.example; ssl_certificate c.pem; ssl_certificate_key c.key;\n\
+               return 301 https://a.example$request_uri; }\n",
+        );
+        let addrs: Vec<&str> = cfg.listeners.iter().map(|l| l.listen.as_str()).collect();
+        assert_eq!(addrs, ["0.0.0.0:80", "0.0.0.0:443"]);
+        let tls = cfg.listeners[1].tls.as_ref().unwrap();
+        assert!(tls.http2);
+        assert_eq!(tls.certificates.len(), 2);
+        assert!(
+            tls.certificates[0].server_names.is_empty(),
+            "the first is the default certificate"
+        );
+        assert_eq!(tls.certificates[1].server_names, ["c.example"]);
+        let v = &cfg.virtual_hosts;
+        assert_eq!(
+            v.len(),
+            4,
+            "the nameless server that is not the default is left out: {notes:?}"
+        );
+        assert_eq!(
+            (v[0].default, v[0].listen.clone()),
+            (false, vec!["0.0.0.0:80".to_string()])
+        );
+        assert_eq!(v[1].server_names, ["b.example", "*.b.example"]);
+        assert!(v[1].default);
+        assert!(
+            notes.iter().any(|n| n.starts_with("3: server: a server with no name")),
+            "{notes:?}"
+        );
+        let secure = &cfg.upstreams[v[2].locations[0].proxy_pass.as_ref().unwrap()];
+        assert!(secure.tls && secure.servers[0].address == "secure.example:443");
+        assert_eq!(secure.tls_sni.as_deref(), Some("secure.example"));
+        let r = v[3].locations[0].ret.as_ref().unwrap();
+        assert_eq!(
+            (r.status, r.location.as_deref()),
+            (301, Some("https://a.example$request_uri"))
+        );
+    }
+
+    #[test]
+    fn location_settings_inherit_and_what_portico_does_anyway_is_dropped() {
+        let (cfg, notes) = import(
+            "http {\n client_max_body_size 10m; proxy_read_timeout 1m30s; large_client_header_buffers 4 16k;\n\
+             proxy_set_header X-Env prod;\n\
+             server {\n listen 8080;\n\
+               location / { proxy_pass http://10.0.0.1/; proxy_set_header Host $host; proxy_set_header X-Real-IP $remote_addr;\n\
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header Connection \"\"; proxy_set_header X-Drop \"\"; }\n\
+               location /api { proxy_pass http://10.0.0.1/v2; proxy_set_header X-Id $request_id; client_max_body_size 1k;\n\
+                 location ~ \\.json$ { proxy_pass http://10.0.0.1; add_header X-Json yes always; }\n\
+                 allow 10.0.0.0/8; allow 192.168.0.0/16; deny all; }\n\
+               location /mixed { deny 10.0.0.1; allow 10.0.0.0/8; deny all; proxy_pass http://10.0.0.1; }\n\
+             }\n}\n",
+        );
+        let locs = &cfg.virtual_hosts[0].locations;
+        let root = &locs[0];
+        assert_eq!(root.client_max_body_size.map(|s| s.0), Some(10 << 20));
+        assert_eq!(root.read_timeout.map(|d| d.0.as_secs()), Some(90));
+        let set = |l: &crate::config::schema::Location| -> Vec<(String, String)> {
+            l.proxy_set_header.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        assert!(
+            set(root).is_empty(),
+            "Portico's own are dropped, and a level that sets some inherits none"
+        );
+        assert_eq!(root.proxy_remove_header, ["X-Drop"]);
+        assert_eq!(
+            set(&locs[3]),
+            [("X-Env".to_string(), "prod".to_string())],
+            "a level that sets none inherits"
+        );
+        let api = &locs[1];
+        assert!(
+            api.proxy_set_header.is_empty(),
+            "it sets its own (which is not translated): none inherited"
+        );
+        assert_eq!(api.client_max_body_size.map(|s| s.0), Some(1024));
+        let json = &locs[2];
+        assert_eq!(json.path, "~ \\.json$");
+        assert_eq!(cfg.server.max_request_header_size.0, 64 << 10);
+        let plugin_names = |l: &crate::config::schema::Location| -> Vec<String> {
+            l.plugins.iter().flat_map(|p| p.keys().cloned()).collect()
+        };
+        assert_eq!(plugin_names(api), ["ip_access"]);
+        assert_eq!(
+            plugin_names(json),
+            ["ip_access", "headers"],
+            "a nested location inherits the rules"
+        );
+        assert!(plugin_names(&locs[3]).is_empty());
+        for expected in [
+            "8: proxy_pass http://10.0.0.1/v2: the URI part `/v2` is not applied",
+            "8: proxy_set_header X-Id $request_id: a variable Portico does not know",
+            "9: location ~ \\.json$: nested in `location /api`",
+            "11: allow/deny: mixed allow and deny rules",
+        ] {
+            assert!(
+                notes.iter().any(|n| n.starts_with(expected)),
+                "{expected} not in {notes:?}"
+            );
+        }
+        assert!(
+            !notes.iter().any(|n| n.starts_with("6:")),
+            "location / has nothing left out: {notes:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_and_slips_name_their_line() {
+        assert_eq!(
+            nginx("t.conf", "server {\n  return 200 'x;\n}").err().unwrap(),
+            "t.conf:2: the string opened here with ' is never closed"
+        );
+        let i = nginx(
+            "t.conf",
+            "server {\n listen 80;\n location / { proxy_pass http://10.0.0.1:80; }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            note_text(&i.notes[0]),
+            "1: (syntax): the block opened here is never closed with \"}\": closed at the end of the file"
+        );
+        assert!(i.yaml.starts_with("# Imported from t.conf"), "{}", i.yaml);
+        assert!(
+            i.yaml.contains("#   1: (syntax)"),
+            "the notes head the file: {}",
+            i.yaml
+        );
+    }
+}

@@ -1,0 +1,439 @@
+//! nginx directives into Portico's configuration. What has a Portico
+//! equivalent is translated; what Portico does by default (forwarding
+//! fields, upgrades, HTTP/1.1 and keep-alive upstream) is dropped quietly;
+//! everything else is named in a [`Note`] with its line.
+
+mod pools;
+mod sites;
+
+use super::lex::Directive;
+use crate::config::schema::{Location, ServerSection, Upstream};
+use crate::config::units::{parse_size, Dur, Size};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A directive not translated (or translated only in part), and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    pub line: usize,
+    pub directive: String,
+    pub why: String,
+}
+
+/// What a location inherits from the levels above it, as nginx inherits:
+/// a level that sets one of these replaces what it would inherit (for the
+/// lists, as a whole).
+#[derive(Clone, Default)]
+struct Inherited {
+    client_max_body_size: Option<Size>,
+    connect_timeout: Option<Dur>,
+    read_timeout: Option<Dur>,
+    write_timeout: Option<Dur>,
+    next_upstream: Option<Vec<String>>,
+    next_upstream_tries: Option<usize>,
+    next_upstream_timeout: Option<Dur>,
+    /// `proxy_set_header` name, value and line.
+    set_headers: Option<Vec<(String, String, usize)>>,
+    /// `add_header` name and value.
+    add_headers: Option<Vec<(String, String)>>,
+    /// `allow` / `deny` rules in order: (allow?, address, line).
+    access: Option<Vec<(bool, String, usize)>>,
+    /// The lists this level has set itself (the first line of one replaces what came from above).
+    own: [bool; 3],
+}
+
+impl Inherited {
+    /// What a level below starts from.
+    fn below(&self) -> Inherited {
+        Inherited {
+            own: [false; 3],
+            ..self.clone()
+        }
+    }
+
+    /// The list `i` of this level, emptied of what came from above when this level first sets it.
+    fn own<'a, T>(own: &mut [bool; 3], i: usize, list: &'a mut Option<Vec<T>>) -> &'a mut Vec<T> {
+        if !std::mem::replace(&mut own[i], true) {
+            *list = None;
+        }
+        list.get_or_insert_with(Vec::new)
+    }
+}
+
+/// One `server` block, as read.
+struct Site {
+    line: usize,
+    names: Vec<String>,
+    /// `(address, default_server)`.
+    listens: Vec<(String, bool)>,
+    tls: bool,
+    http2: bool,
+    cert: Option<(String, String)>,
+    locations: Vec<Location>,
+}
+
+#[derive(Default)]
+pub struct Translator {
+    pub notes: Vec<Note>,
+    server: ServerSection,
+    upstreams: BTreeMap<String, Upstream>,
+    sites: Vec<Site>,
+    /// Locations outside any `server` block (invalid in nginx).
+    stray: Vec<Location>,
+    access_log: Option<String>,
+    /// Which `server` settings were set, and where (one value for all in Portico).
+    global_lines: BTreeMap<&'static str, usize>,
+}
+
+fn note(d: &Directive, why: impl Into<String>) -> Note {
+    Note {
+        line: d.line,
+        directive: d.text(),
+        why: why.into(),
+    }
+}
+
+/// An nginx time (`30s`, `1m30s`, `500ms`, `10`: seconds).
+fn nginx_time(s: &str) -> Option<Dur> {
+    let mut total = 0u64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let ms = match &rest[..unit_len] {
+            "ms" => 1,
+            "" | "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            "M" => 30 * 86_400_000,
+            "y" => 365 * 86_400_000,
+            _ => return None,
+        };
+        total += n * ms;
+        rest = &rest[unit_len..];
+    }
+    Some(Dur(Duration::from_millis(total)))
+}
+
+/// The nginx variables Portico's templates know, and their meaning is the same.
+fn template_ok(value: &str) -> bool {
+    crate::template::Template::parse(value).is_ok()
+}
+
+impl Translator {
+    fn not_translated(&mut self, d: &Directive, why: impl Into<String>) {
+        self.notes.push(note(d, why));
+    }
+
+    /// The top level of a file: `http`, or the parts of one (a `conf.d` file).
+    pub fn main(&mut self, list: &[Directive]) {
+        let mut http_parts = Vec::new();
+        for d in list {
+            match d.name.as_str() {
+                "http" => match &d.block {
+                    Some(b) => self.http(b),
+                    None => self.not_translated(d, "not a block"),
+                },
+                "events" => {
+                    for e in d.block.iter().flatten() {
+                        self.not_translated(e, "connection handling is Portico's own (no equivalent)");
+                    }
+                }
+                "worker_processes" => match d.args.first().and_then(|a| a.parse::<usize>().ok()) {
+                    Some(n) if n > 0 => self.server.threads = n,
+                    _ => self.not_translated(d, "set server.threads (worker threads per listener; default 1)"),
+                },
+                "error_log" => self.error_log(d),
+                "user"
+                | "pid"
+                | "worker_rlimit_nofile"
+                | "worker_cpu_affinity"
+                | "daemon"
+                | "master_process"
+                | "load_module"
+                | "include"
+                | "env"
+                | "pcre_jit"
+                | "thread_pool"
+                | "timer_resolution" => self.not_translated(d, "no equivalent in Portico"),
+                _ => http_parts.push(d.clone()),
+            }
+        }
+        if !http_parts.is_empty() {
+            self.http(&http_parts);
+        }
+    }
+
+    fn error_log(&mut self, d: &Directive) {
+        match d.args.first().map(String::as_str) {
+            Some("stderr") | None => {}
+            Some(path) => {
+                self.server.error_log = Some(path.to_string());
+                if d.args.len() > 1 {
+                    self.not_translated(d, "the level is not translated (set RUST_LOG)");
+                }
+            }
+        }
+    }
+
+    fn http(&mut self, list: &[Directive]) {
+        // Upstreams first: a proxy_pass may name one defined further down.
+        for d in list.iter().filter(|d| d.name == "upstream") {
+            self.upstream(d);
+        }
+        let mut inherited = Inherited::default();
+        for d in list {
+            match d.name.as_str() {
+                "upstream" | "server" | "location" => {}
+                "map" => self.map(d),
+                _ => {
+                    if !self.setting(d, &mut inherited) && !self.global(d) {
+                        self.not_translated(d, "no equivalent in Portico");
+                    }
+                }
+            }
+        }
+        for d in list {
+            match d.name.as_str() {
+                "server" => match &d.block {
+                    Some(b) => self.site(d, b, &inherited),
+                    None => self.not_translated(d, "not a block"),
+                },
+                "location" => {
+                    self.notes.push(note(
+                        d,
+                        "a location outside any server block (invalid in nginx): put in a server on port 80",
+                    ));
+                    let locs = self.location(d, &inherited, "");
+                    self.stray.extend(locs);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// `map $http_upgrade $connection_upgrade` is what Portico does for
+    /// every upgrade; other maps have no equivalent.
+    fn map(&mut self, d: &Directive) {
+        let upgrade = d.args.first().is_some_and(|a| a == "$http_upgrade");
+        if !upgrade {
+            self.not_translated(d, "no equivalent in Portico (maps are not translated)");
+        }
+    }
+
+    /// Settings Portico has once for all servers. `true` if `d` was one.
+    fn global(&mut self, d: &Directive) -> bool {
+        let arg = d.args.first().map(String::as_str).unwrap_or("");
+        let key: &'static str = match d.name.as_str() {
+            "send_timeout" | "keepalive_timeout" | "client_header_timeout" | "client_body_timeout" => {
+                let Some(t) = nginx_time(arg) else {
+                    self.not_translated(d, "an invalid time");
+                    return true;
+                };
+                match d.name.as_str() {
+                    "send_timeout" => self.server.send_timeout = t,
+                    "keepalive_timeout" => {
+                        self.server.keepalive_timeout = t;
+                        if d.args.len() > 1 {
+                            self.not_translated(d, "the Keep-Alive header timeout is not translated");
+                        }
+                    }
+                    "client_header_timeout" => self.server.client_header_timeout = t,
+                    _ => self.server.client_body_timeout = Some(t),
+                }
+                match d.name.as_str() {
+                    "send_timeout" => "send_timeout",
+                    "keepalive_timeout" => "keepalive_timeout",
+                    "client_header_timeout" => "client_header_timeout",
+                    _ => "client_body_timeout",
+                }
+            }
+            "large_client_header_buffers" => {
+                let total = d
+                    .args
+                    .first()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .zip(d.args.get(1).and_then(|s| parse_size(s).ok()));
+                match total {
+                    Some((n, each)) => self.server.max_request_header_size = Size(n * each),
+                    None => self.not_translated(d, "expected a number and a size"),
+                }
+                "max_request_header_size"
+            }
+            "underscores_in_headers" => {
+                self.server.underscores_in_headers = arg == "on";
+                "underscores_in_headers"
+            }
+            "access_log" => {
+                let dest = if arg == "off" { "off" } else { arg };
+                if d.args.len() > 1 && arg != "off" {
+                    self.not_translated(
+                        d,
+                        "the log format is not translated: Portico writes nginx's `combined` plus upstream address and times",
+                    );
+                }
+                if self.access_log.as_deref().is_some_and(|a| a != dest) {
+                    self.not_translated(d, "Portico has one access log: the first one is kept");
+                } else {
+                    self.access_log = Some(dest.to_string());
+                }
+                return true;
+            }
+            "error_log" => {
+                self.error_log(d);
+                return true;
+            }
+            "server_tokens"
+            | "sendfile"
+            | "tcp_nopush"
+            | "tcp_nodelay"
+            | "default_type"
+            | "types_hash_max_size"
+            | "gzip"
+            | "log_format"
+            | "include"
+            | "charset"
+            | "keepalive_requests"
+            | "ssl_protocols"
+            | "ssl_ciphers"
+            | "ssl_prefer_server_ciphers"
+            | "ssl_session_cache"
+            | "ssl_session_timeout"
+            | "resolver"
+            | "server_names_hash_bucket_size" => {
+                let why = match d.name.as_str() {
+                    "ssl_protocols" | "ssl_ciphers" | "ssl_prefer_server_ciphers" => {
+                        "Portico offers TLS 1.2 and 1.3 with OpenSSL's default ciphers (no setting)"
+                    }
+                    "log_format" => "Portico's access log has one format: `combined` plus upstream address and times",
+                    "include" => "not followed: import the included file on its own",
+                    "gzip" => "Portico does not compress responses",
+                    _ => "no equivalent in Portico",
+                };
+                self.not_translated(d, why);
+                return true;
+            }
+            _ => return false,
+        };
+        if let Some(&first) = self.global_lines.get(key) {
+            if first != d.line {
+                self.not_translated(
+                    d,
+                    format!("Portico has one `{key}` for all servers: this one (the last) applies to all (also set on line {first})"),
+                );
+            }
+        }
+        self.global_lines.insert(key, d.line);
+        true
+    }
+
+    /// Settings a location inherits. `true` if `d` was one.
+    fn setting(&mut self, d: &Directive, into: &mut Inherited) -> bool {
+        let arg = d.args.first().map(String::as_str).unwrap_or("");
+        let time = |me: &mut Self| {
+            let t = nginx_time(arg);
+            if t.is_none() {
+                me.not_translated(d, "an invalid time");
+            }
+            t
+        };
+        match d.name.as_str() {
+            "client_max_body_size" => match parse_size(arg) {
+                Ok(n) => into.client_max_body_size = Some(Size(n)),
+                Err(e) => self.not_translated(d, e),
+            },
+            "proxy_connect_timeout" => into.connect_timeout = time(self),
+            "proxy_read_timeout" => into.read_timeout = time(self),
+            "proxy_send_timeout" => into.write_timeout = time(self),
+            "proxy_next_upstream" => {
+                const KNOWN: [&str; 11] = [
+                    "error",
+                    "timeout",
+                    "invalid_header",
+                    "http_500",
+                    "http_502",
+                    "http_503",
+                    "http_504",
+                    "http_403",
+                    "http_404",
+                    "http_429",
+                    "non_idempotent",
+                ];
+                let (known, other): (Vec<&String>, Vec<&String>) = d
+                    .args
+                    .iter()
+                    .partition(|a| KNOWN.contains(&a.as_str()) || a.as_str() == "off");
+                if !other.is_empty() {
+                    let other: Vec<&str> = other.iter().map(|s| s.as_str()).collect();
+                    self.not_translated(d, format!("not translated: {}", other.join(" ")));
+                }
+                into.next_upstream = Some(known.into_iter().cloned().collect());
+            }
+            "proxy_next_upstream_tries" => match arg.parse() {
+                Ok(n) => into.next_upstream_tries = Some(n),
+                Err(_) => self.not_translated(d, "expected a number"),
+            },
+            "proxy_next_upstream_timeout" => into.next_upstream_timeout = time(self),
+            "proxy_set_header" if d.args.len() == 2 => {
+                let list = Inherited::own(&mut into.own, 0, &mut into.set_headers);
+                list.push((d.args[0].clone(), d.args[1].clone(), d.line));
+            }
+            "add_header" if d.args.len() >= 2 => {
+                let list = Inherited::own(&mut into.own, 1, &mut into.add_headers);
+                list.push((d.args[0].clone(), d.args[1].clone()));
+            }
+            "allow" | "deny" if d.args.len() == 1 => {
+                let list = Inherited::own(&mut into.own, 2, &mut into.access);
+                list.push((d.name == "allow", d.args[0].clone(), d.line));
+            }
+            // Portico's behaviour already: HTTP/1.1 upstream, buffering as it streams, redirects as sent.
+            "proxy_http_version" | "proxy_buffering" | "proxy_redirect" | "proxy_request_buffering" => {}
+            "root" | "index" | "alias" | "try_files" | "autoindex" | "expires" | "sub_filter" => {
+                self.not_translated(d, "Portico serves no files and rewrites no bodies")
+            }
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// `host` or `host:port` as `host:port`.
+fn with_port(addr: &str, port: u16) -> String {
+    let has_port = match addr.rfind(':') {
+        Some(i) => !addr.starts_with('[') || addr[..i].ends_with(']'),
+        None => false,
+    };
+    if has_port {
+        addr.to_string()
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nginx_times_and_addresses_read_as_nginx_reads_them() {
+        let ms = |s: &str| nginx_time(s).map(|d| d.0.as_millis());
+        assert_eq!(ms("30s"), Some(30_000));
+        assert_eq!(ms("10"), Some(10_000));
+        assert_eq!(ms("1m30s"), Some(90_000));
+        assert_eq!(ms("500ms"), Some(500));
+        assert_eq!(ms("2h"), Some(7_200_000));
+        assert_eq!(ms("x"), None);
+        assert_eq!(ms(""), None);
+        assert_eq!(with_port("10.0.0.1", 80), "10.0.0.1:80");
+        assert_eq!(with_port("a.example:8080", 80), "a.example:8080");
+        assert_eq!(with_port("[::1]", 443), "[::1]:443");
+        assert_eq!(with_port("[::1]:8443", 443), "[::1]:8443");
+    }
+}

@@ -1,0 +1,188 @@
+//! `upstream` blocks and `proxy_pass` targets into Portico's pools.
+
+use super::{nginx_time, with_port, Translator};
+use crate::config::schema::{Algorithm, Server, Upstream};
+use crate::import::lex::Directive;
+
+impl Translator {
+    pub(super) fn upstream(&mut self, d: &Directive) {
+        let Some(name) = d.args.first() else {
+            return self.not_translated(d, "an upstream needs a name");
+        };
+        let mut u = pool(false, Vec::new());
+        for e in d.block.iter().flatten() {
+            match e.name.as_str() {
+                "server" => {
+                    if let Some(s) = self.upstream_server(e) {
+                        u.servers.push(s);
+                    }
+                }
+                "least_conn" => u.algorithm = Algorithm::LeastConn,
+                "ip_hash" => u.algorithm = Algorithm::IpHash,
+                "random" => {
+                    u.algorithm = if e.args.first().is_some_and(|a| a == "two") {
+                        if e.args.get(1).is_some_and(|m| m != "least_conn") {
+                            self.not_translated(e, "only `random two least_conn` has an equivalent");
+                        }
+                        Algorithm::RandomTwoLeastConn
+                    } else {
+                        Algorithm::Random
+                    }
+                }
+                "hash" => match e.args.first() {
+                    Some(key) => {
+                        u.algorithm = Algorithm::Hash;
+                        u.hash_key = Some(key.clone());
+                        u.consistent = e.args.get(1).is_some_and(|c| c == "consistent");
+                        if !hash_key_ok(key) {
+                            self.not_translated(
+                                e,
+                                "Portico hashes one of $remote_addr, $uri, $request_uri, $http_X, $cookie_X, $arg_X",
+                            );
+                        }
+                    }
+                    None => self.not_translated(e, "a hash needs a key"),
+                },
+                "keepalive" => match e.args.first().and_then(|n| n.parse().ok()) {
+                    Some(n) => u.keepalive = n,
+                    None => self.not_translated(e, "expected a number"),
+                },
+                "keepalive_timeout" => match e.args.first().and_then(|t| nginx_time(t)) {
+                    Some(t) => u.keepalive_timeout = Some(t),
+                    None => self.not_translated(e, "an invalid time"),
+                },
+                "zone" | "keepalive_requests" | "keepalive_time" => {}
+                _ => self.not_translated(e, "no equivalent in Portico"),
+            }
+        }
+        if u.servers.is_empty() {
+            return self.not_translated(d, "an upstream with no server Portico can use: left out");
+        }
+        self.upstreams.insert(name.clone(), u);
+    }
+
+    fn upstream_server(&mut self, e: &Directive) -> Option<Server> {
+        let Some(addr) = e.args.first() else {
+            self.not_translated(e, "a server needs an address");
+            return None;
+        };
+        if addr.starts_with("unix:") {
+            self.not_translated(e, "Portico connects to TCP servers only");
+            return None;
+        }
+        let mut s = Server {
+            address: with_port(addr, 80),
+            weight: 1,
+            max_fails: 1,
+            fail_timeout: None,
+            backup: false,
+            down: false,
+        };
+        for p in &e.args[1..] {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            match k {
+                "weight" => s.weight = v.parse().unwrap_or(1),
+                "max_fails" => s.max_fails = v.parse().unwrap_or(1),
+                "fail_timeout" => s.fail_timeout = nginx_time(v),
+                "backup" => s.backup = true,
+                "down" => s.down = true,
+                _ => self.not_translated(e, format!("`{p}` is not translated")),
+            }
+        }
+        Some(s)
+    }
+
+    /// The pool a `proxy_pass` names: an `upstream`, or a new one of one server.
+    pub(super) fn proxy_pass(&mut self, e: &Directive, path: &str) -> Option<String> {
+        let Some(url) = e.args.first() else {
+            self.not_translated(e, "proxy_pass needs a URL");
+            return None;
+        };
+        let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else {
+            self.not_translated(e, "only http:// and https:// are translated");
+            return None;
+        };
+        if url.contains('$') {
+            self.not_translated(e, "a proxy_pass with variables is not translated");
+            return None;
+        }
+        let (host, uri) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let same = uri.is_empty() || (uri == "/" && path == "/");
+        if !same {
+            self.not_translated(
+                e,
+                format!("the URI part `{uri}` is not applied: Portico passes the request's target as sent"),
+            );
+        }
+        if let Some(u) = self.upstreams.get_mut(host) {
+            if tls {
+                u.tls = true;
+            }
+            return Some(host.to_string());
+        }
+        if !host.contains([':', '.']) && host != "localhost" {
+            self.not_translated(
+                e,
+                format!(
+                    "no `upstream {host}` in this file: taken as the host {host}, port {}",
+                    if tls { 443 } else { 80 }
+                ),
+            );
+        }
+        let address = with_port(host, if tls { 443 } else { 80 });
+        let name = address.replace([':', '.', '[', ']'], "_");
+        let server = Server {
+            address,
+            weight: 1,
+            max_fails: 1,
+            fail_timeout: None,
+            backup: false,
+            down: false,
+        };
+        let u = self
+            .upstreams
+            .entry(name.clone())
+            .or_insert_with(|| pool(tls, vec![server]));
+        if tls {
+            u.tls_sni = Some(host.split(':').next().unwrap_or(host).to_string());
+        }
+        Some(name)
+    }
+}
+
+fn hash_key_ok(key: &str) -> bool {
+    matches!(key, "$remote_addr" | "$uri" | "$request_uri")
+        || ["$http_", "$cookie_", "$arg_"]
+            .iter()
+            .any(|p| key.starts_with(p) && key.len() > p.len())
+}
+
+/// A pool with Portico's defaults.
+fn pool(tls: bool, servers: Vec<Server>) -> Upstream {
+    Upstream {
+        algorithm: Algorithm::RoundRobin,
+        hash_key: None,
+        consistent: false,
+        sticky: None,
+        keepalive: 64,
+        keepalive_timeout: None,
+        connect_timeout: None,
+        read_timeout: None,
+        header_timeout: None,
+        write_timeout: None,
+        next_upstream: None,
+        next_upstream_tries: None,
+        next_upstream_timeout: None,
+        health_check: None,
+        tls,
+        tls_sni: None,
+        tls_verify: true,
+        tls_ca_file: None,
+        http2: false,
+        servers,
+    }
+}
