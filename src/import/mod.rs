@@ -251,6 +251,49 @@ mod tests {
         );
     }
 
+    /// Seeded random damage to a real-looking file (bytes dropped, doubled
+    /// or replaced by nginx's own punctuation): the import never panics, and
+    /// whatever it writes reads back as a Portico configuration.
+    #[test]
+    fn damaged_files_never_panic_and_the_output_always_reads_back() {
+        let sample = "worker_processes 2;\nhttp {\n upstream app { least_conn; server 10.0.0.1:80 weight=2 max_fails=3 fail_timeout=10s; keepalive 8; }\n\
+            map $http_upgrade $c { default upgrade; '' close; }\n\
+            server { listen 443 ssl http2 default_server; server_name a.example .b.example; ssl_certificate a.pem; ssl_certificate_key a.key;\n\
+            client_max_body_size 5m; proxy_read_timeout 30s; proxy_set_header X-A \"v $host\";\n\
+            location / { proxy_pass http://app; proxy_next_upstream error timeout http_502; add_header X y; }\n\
+            location = /h { return 200 'ok'; } location ~* \\.php$ { deny all; return 403; }\n\
+            location /r { return 301 https://$host$request_uri; } }\n}\n";
+        let mut seed: u64 = 0x5eed;
+        let mut next = move |n: usize| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as usize) % n
+        };
+        let punct = b"{};'\"$#\\ \n=:/~*^";
+        let mut oks = 0;
+        for _ in 0..3000 {
+            let mut b = sample.as_bytes().to_vec();
+            for _ in 0..1 + next(4) {
+                let at = next(b.len());
+                match next(3) {
+                    0 => {
+                        b.remove(at);
+                    }
+                    1 => b.insert(at, b[at]),
+                    _ => b[at] = punct[next(punct.len())],
+                }
+            }
+            let text = String::from_utf8_lossy(&b);
+            let r = nginx("f.conf", &text);
+            oks += usize::from(r.is_ok());
+            if let Ok(i) = r {
+                if let Err(e) = crate::config::parse("f.yaml", &i.yaml) {
+                    panic!("{e}\nfrom:\n{text}\nyaml:\n{}", i.yaml);
+                }
+            }
+        }
+        assert!(oks > 1500, "most damaged files are still imported: {oks} of 3000");
+    }
+
     #[test]
     fn syntax_errors_and_slips_name_their_line() {
         assert_eq!(
