@@ -405,6 +405,14 @@ virtual_hosts:
         assert!(text.contains("name=admin\n"), "{head}: {text}");
         assert!(text.contains(&format!("request={line}\n")), "{head}: {text}");
     }
+    // HTTP/1.0 needs no Host: the target's authority routes, and is the Host the server gets.
+    let req = b"POST http://admin.test/p HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi";
+    let text = raw_exchange(g.port, &[req], Duration::ZERO);
+    assert!(
+        text.contains("name=admin\n") && text.contains("request=POST /p HTTP/1.1\n"),
+        "{text}"
+    );
+    assert!(text.contains("header=Host: admin.test\n"), "{text}");
     let req = b"GET http://admin.test/x HTTP/1.1\r\nHost: public.test\r\nConnection: close\r\n\r\n";
     let text = raw_exchange(g.port, &[req], Duration::ZERO);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");

@@ -49,13 +49,15 @@ pub trait Downstream: Send + Sync {
         self.req().uri.query()
     }
 
-    /// The Host field, else the target's authority (HTTP/2's `:authority`),
-    /// port and all, as a Host field would give it; else "".
+    /// The Host field, else the target's authority (HTTP/2's `:authority`,
+    /// an HTTP/1.0 absolute target's), port and all, as a Host field would
+    /// give it; else "".
     fn host(&self) -> &str {
         let req = self.req();
         (req.headers.get(http::header::HOST))
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.authority().map(|a| a.as_str()))
+            .or_else(|| absolute_target(req.raw_path()).map(|(authority, _)| authority))
             .unwrap_or("")
     }
 
@@ -171,6 +173,19 @@ fn odd_target(req: &RequestHeader) -> bool {
         || scheme(b"http://")
         || scheme(b"https://")
         || req.method == http::Method::CONNECT)
+}
+
+/// The authority and the rest (path and query, maybe empty) of an
+/// absolute-form target (`http://host:8080/x?q`), or `None` for a target
+/// of another form. Pingora keeps an HTTP/1 target's authority out of the
+/// parsed URI.
+pub fn absolute_target(target: &[u8]) -> Option<(&str, &[u8])> {
+    let scheme = [&b"http://"[..], b"https://"]
+        .into_iter()
+        .find(|s| target.len() >= s.len() && target[..s.len()].eq_ignore_ascii_case(s))?;
+    let rest = &target[scheme.len()..];
+    let end = rest.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(rest.len());
+    Some((std::str::from_utf8(&rest[..end]).ok()?, &rest[end..]))
 }
 
 pub fn find_field<'a>(

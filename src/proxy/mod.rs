@@ -140,11 +140,7 @@ fn from_http2(up: &mut RequestHeader) -> Result<()> {
 /// (`http://host/x?q`; `http://host?q` gives `/?q`), or `None` for a
 /// target of another form.
 fn origin_form(target: &[u8]) -> Option<Cow<'_, [u8]>> {
-    let scheme = [&b"http://"[..], b"https://"]
-        .into_iter()
-        .find(|s| target.len() >= s.len() && target[..s.len()].eq_ignore_ascii_case(s))?;
-    let rest = &target[scheme.len()..];
-    let rest = &rest[rest.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(rest.len())..];
+    let (_, rest) = downstream::absolute_target(target)?;
     Some(match rest.first() {
         Some(b'/') => Cow::Borrowed(rest),
         _ => Cow::Owned([&b"/"[..], rest].concat()),
@@ -798,9 +794,7 @@ impl Gateway {
             line.push('\n');
         });
     }
-}
 
-impl Gateway {
     /// Count and log a request the listener refused before either loop
     /// read it ([`crate::listener::head`]): as nginx logs its 400s, with the
     /// request line as it came, and no upstream.
@@ -880,21 +874,24 @@ impl ProxyHttp for Gateway {
         if !ctx.snap.as_ref().is_some_and(|s| s.cfg.server.underscores_in_headers) {
             drop_underscored(up);
         }
-        if s.as_downstream().is_http2() {
-            from_http2(up)?;
-        } else if let Some(origin) = origin_form(up.raw_path()) {
+        if let Some(origin) = origin_form(up.raw_path()).filter(|_| !s.as_downstream().is_http2()) {
             // Absolute-form (`GET http://host/x`, its Host equal to the authority, as
             // Pingora checks): the server gets the path, as from nginx.
             let origin = origin.into_owned();
             up.set_raw_path(&origin)?;
+        }
+        if s.as_downstream().is_http2() {
+            from_http2(up)?;
         } else if !up.headers.contains_key(http::header::HOST) {
-            // An HTTP/1.0 request without one: the server's address, as an HTTP/1.1 request needs a Host.
-            let server = ctx
-                .pool
-                .as_ref()
-                .zip(ctx.current.as_ref())
-                .map(|(p, a)| p.servers[a.server].addr.clone());
-            if let Some(addr) = server {
+            // An HTTP/1.0 request without one: the host it named in an absolute
+            // target (its routing host), else the server's address, as an HTTP/1.1
+            // request needs a Host.
+            let named = Some(s.host()).filter(|h| !h.is_empty()).map(str::to_string);
+            let server = || {
+                let (p, a) = ctx.pool.as_ref().zip(ctx.current.as_ref())?;
+                Some(p.servers[a.server].addr.clone())
+            };
+            if let Some(addr) = named.or_else(server) {
                 up.insert_header(http::header::HOST, addr)?;
             }
         }
