@@ -143,7 +143,8 @@ mod tests {
             "server { listen 80; server_name a.example www.a.example; location / { proxy_pass http://10.0.0.1:8080; } }\n\
              server { listen 80 default_server; server_name .b.example; location / { return 404; } }\n\
              server { listen 80; server_name _; location / { return 444; } }\n\
-             server { listen 443 ssl; http2 on; server_name a.example; ssl_certificate a.pem; ssl_certificate_key a.key;\n\
+             ssl_certificate a.pem; ssl_certificate_key a.key;\n\
+             server { listen 443 ssl; http2 on; server_name a.example;\n\
                location / { proxy_pass https://secure.example; } }\n\
              server { listen 443 ssl; server_name c.example; ssl_certificate c.pem; ssl_certificate_key c.key;\n\
                return 301 https://a.example$request_uri; }\n",

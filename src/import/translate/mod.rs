@@ -83,6 +83,8 @@ pub struct Translator {
     access_log: Option<String>,
     /// Which `server` settings were set, and where (one value for all in Portico).
     global_lines: BTreeMap<&'static str, usize>,
+    /// `ssl_certificate` and `ssl_certificate_key` set in `http`, for the servers that set none.
+    http_cert: (Option<String>, Option<String>),
 }
 
 fn note(d: &Directive, why: impl Into<String>) -> Note {
@@ -193,6 +195,8 @@ impl Translator {
             match d.name.as_str() {
                 "upstream" | "server" | "location" => {}
                 "map" => self.map(d),
+                "ssl_certificate" => self.http_cert.0 = d.args.first().cloned(),
+                "ssl_certificate_key" => self.http_cert.1 = d.args.first().cloned(),
                 _ => {
                     if !self.setting(d, &mut inherited) && !self.global(d) {
                         self.not_translated(d, "no equivalent in Portico");

@@ -18,7 +18,7 @@ impl Translator {
             locations: Vec::new(),
         };
         let mut inherited = above.below();
-        let (mut cert, mut key) = (None, None);
+        let (mut cert, mut key) = self.http_cert.clone();
         for e in block {
             match e.name.as_str() {
                 "listen" => self.listen(e, &mut site),
