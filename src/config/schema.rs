@@ -362,7 +362,7 @@ pub struct VirtualHost {
     pub locations: Vec<Location>,
 }
 
-#[derive(Debug, Deserialize, Serialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Location {
     /// nginx syntax: `/prefix`, `^~ /prefix`, `= /exact`, `~ regex`, `~* regex`.

@@ -88,7 +88,7 @@ fn block(
             }
         };
         let mut args = Vec::new();
-        loop {
+        let block = loop {
             match it.peek() {
                 Some((_, Token::Word(_))) => {
                     if let Some((_, Token::Word(w))) = it.next() {
@@ -97,40 +97,25 @@ fn block(
                 }
                 Some((_, Token::End)) => {
                     it.next();
-                    list.push(Directive {
-                        name,
-                        args,
-                        line,
-                        block: None,
-                    });
-                    break;
+                    break None;
                 }
                 Some(&(at, Token::Open)) => {
                     it.next();
-                    let inner = block(it, Some(at), slips)?;
-                    list.push(Directive {
-                        name,
-                        args,
-                        line,
-                        block: Some(inner),
-                    });
-                    break;
+                    break Some(block(it, Some(at), slips)?);
                 }
                 Some((_, Token::Close)) | None => {
-                    slips.push((
-                        line,
-                        format!("directive \"{name}\" is not ended with \";\": ended here"),
-                    ));
-                    list.push(Directive {
-                        name,
-                        args,
-                        line,
-                        block: None,
-                    });
-                    break;
+                    let why = format!("directive \"{name}\" is not ended with \";\": ended here");
+                    slips.push((line, why));
+                    break None;
                 }
             }
-        }
+        };
+        list.push(Directive {
+            name,
+            args,
+            line,
+            block,
+        });
     }
 }
 

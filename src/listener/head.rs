@@ -148,13 +148,7 @@ async fn checked(stream: Stream, refusal: Option<&str>, start: Instant, report: 
 /// more than the two spaces that part method, target and version, or a
 /// control byte before its line end?
 fn odd_request_line(head: &[u8]) -> bool {
-    let start = head
-        .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n'))
-        .unwrap_or(head.len());
-    let line = &head[start..];
-    let line = &line[..memchr::memchr(b'\n', line).unwrap_or(line.len())];
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = first_line(head);
     memchr::memchr_iter(b' ', line).nth(2).is_some() || line.iter().any(|&b| b < 0x20 || b == 0x7f)
 }
 
@@ -253,17 +247,23 @@ async fn answer_and_report(mut stream: Stream, status: u16, start: Instant, repo
     answer_and_close(stream, status, &body, || report(&refused)).await;
 }
 
-/// The request line `head` begins with (after any empty lines), without its
-/// line end, at most [`LINE_KEPT`] bytes of it.
+/// The request line `head` begins with, as the log keeps it: at most
+/// [`LINE_KEPT`] bytes of it.
 fn request_line(head: &[u8]) -> Vec<u8> {
+    let line = first_line(head);
+    line[..line.len().min(LINE_KEPT)].to_vec()
+}
+
+/// The line `head` begins with after any empty lines (which parsers skip,
+/// RFC 9112 §2.2), without its line end.
+fn first_line(head: &[u8]) -> &[u8] {
     let start = head
         .iter()
         .position(|b| !matches!(b, b'\r' | b'\n'))
         .unwrap_or(head.len());
     let line = &head[start..];
     let line = &line[..memchr::memchr(b'\n', line).unwrap_or(line.len())];
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    line[..line.len().min(LINE_KEPT)].to_vec()
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// Answer `status` with `body` and close. As nginx's lingering close does,

@@ -413,21 +413,7 @@ impl Translator {
 fn empty_location(path: String) -> Location {
     Location {
         path,
-        proxy_pass: None,
-        ret: None,
-        client_max_body_size: None,
-        connect_timeout: None,
-        read_timeout: None,
-        header_timeout: None,
-        write_timeout: None,
-        next_upstream: None,
-        next_upstream_tries: None,
-        next_upstream_timeout: None,
-        proxy_set_header: BTreeMap::new(),
-        proxy_remove_header: Vec::new(),
-        upgrade: None,
-        websocket_idle_timeout: None,
-        plugins: Vec::new(),
+        ..Default::default()
     }
 }
 
