@@ -646,6 +646,33 @@ fn a_slow_body_goes_on_piece_by_piece() {
     }
 }
 
+/// A server's response head over 64 KiB is refused with a 502 in both
+/// loops, as nginx refuses one over its `proxy_buffer_size` ("upstream sent
+/// too big header"); Pingora passed up to 1 MiB on, to HTTP/2 clients too.
+#[test]
+fn response_heads_over_64k_are_refused() {
+    let head = |fields: usize| -> &'static [u8] {
+        let mut h = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+        for i in 0..fields {
+            h.push_str(&format!("X-Field-{i:04}: {}\r\n", "v".repeat(1000)));
+        }
+        h.push_str("\r\nok");
+        Box::leak(h.into_bytes().into_boxed_slice())
+    };
+    // About 60 and 70 KiB of fields.
+    for text in answers_in_both_loops(&to_server(raw_server(head(60)))) {
+        assert!(text.starts_with("http/1.1 200 "), "{}", &text[..100]);
+    }
+    let g = to_server(raw_server(head(70)));
+    for req in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    ] {
+        let text = raw_exchange(g.port, &[req], Duration::ZERO);
+        assert!(text.starts_with("HTTP/1.1 502"), "{}", &text[..text.len().min(200)]);
+    }
+}
+
 /// Host fields are checked as nginx checks them: one that cannot name a
 /// server (a `/`, a space, an empty label, empty) gets a 400 instead of
 /// being routed to the default server and passed on; a fully qualified name

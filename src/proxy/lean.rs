@@ -51,7 +51,7 @@ pub use session::{Head, LeanSession};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-pub use upstream::ends_chunked;
+pub use upstream::{ends_chunked, MAX_RESPONSE_HEAD};
 use upstream::{Exchange, Part};
 
 /// Headers whose presence sends a request to Pingora's loop: hop-by-hop

@@ -147,6 +147,12 @@ fn origin_form(target: &[u8]) -> Option<Cow<'_, [u8]>> {
     })
 }
 
+/// About the bytes `resp` took on the wire: its status line and fields.
+fn head_size(resp: &ResponseHeader) -> usize {
+    let fields: usize = resp.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    fields + 17 + resp.get_reason_phrase().map_or(0, str::len)
+}
+
 /// Drop the request fields whose names hold an underscore
 /// (`server.underscores_in_headers` off, nginx's default).
 fn drop_underscored(up: &mut RequestHeader) {
@@ -912,11 +918,16 @@ impl ProxyHttp for Gateway {
         // A Transfer-Encoding not ending with chunked leaves the body's end to the server's
         // close while its Content-Length may say otherwise: refused (502), in both loops.
         let te = resp.headers.get_all(http::header::TRANSFER_ENCODING).iter().next_back();
-        if te.is_some_and(|v| !lean::ends_chunked(v.as_bytes())) {
-            let mut e = Error::explain(
-                ErrorType::InvalidHTTPHeader,
-                "Transfer-Encoding does not end with chunked",
-            );
+        let refusal = if te.is_some_and(|v| !lean::ends_chunked(v.as_bytes())) {
+            Some("Transfer-Encoding does not end with chunked")
+        } else if head_size(resp) > lean::MAX_RESPONSE_HEAD {
+            // As the lean loop's limit (Pingora's own is 1 MiB).
+            Some("response header larger than 64 KiB")
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            let mut e = Error::explain(ErrorType::InvalidHTTPHeader, why);
             e.esource = ErrorSource::Upstream;
             return Err(e);
         }

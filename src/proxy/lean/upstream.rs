@@ -28,12 +28,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Most response header fields accepted, as in Pingora.
 const MAX_HEADERS: usize = 256;
-/// Largest response header accepted, as in Pingora.
+/// Largest trailer section accepted, as Pingora's largest header.
 const MAX_HEADER_SIZE: usize = 1_048_575;
+/// Largest response head a server may send (status line and fields); a
+/// larger one is a 502, as nginx's "upstream sent too big header" (whose
+/// limit, `proxy_buffer_size`, is 4k or 8k). Both loops.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Read size while waiting for the header.
 const HEADER_READ: usize = 4096;
 /// Read size for the body, as Pingora's body buffer.
 const BODY_READ: usize = 64 * 1024;
+
+fn too_big<T>() -> Result<T> {
+    Error::e_explain(
+        InvalidHTTPHeader,
+        format!("response header larger than {MAX_RESPONSE_HEAD} bytes"),
+    )
+}
 
 /// Write the request head for `req`: its request line and header fields in
 /// the client's order and case, without `Connection` (the upstream
@@ -425,11 +436,8 @@ impl Exchange {
                     return Ok(header);
                 }
             }
-            if self.buf.len() > MAX_HEADER_SIZE {
-                return Error::e_explain(
-                    InvalidHTTPHeader,
-                    format!("Response header larger than {MAX_HEADER_SIZE}"),
-                );
+            if self.buf.len() > MAX_RESPONSE_HEAD {
+                return too_big();
             }
             let already = self.buf.len();
             if self.fill(HEADER_READ).await? == 0 {
@@ -475,6 +483,7 @@ impl Exchange {
             parser.allow_spaces_after_header_name_in_responses(true);
             parser.allow_obsolete_multiline_headers_in_responses(true);
             let len = match parser.parse_response_with_uninit_headers(&mut resp, &self.buf, &mut parsed) {
+                Ok(httparse::Status::Complete(n)) if n > MAX_RESPONSE_HEAD => return too_big(),
                 Ok(httparse::Status::Complete(n)) => n,
                 Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
                 Err(e) => {
