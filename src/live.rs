@@ -745,8 +745,13 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
             }
             for (ni, n) in vh.server_names.iter().enumerate() {
                 let np = format!("{vp}.server_names[{ni}]");
-                if n.is_empty() || (n.contains('*') && !n.starts_with("*.")) || n[1..].contains('*') {
+                if n.is_empty() || (n.contains('*') && !n.starts_with("*.")) || n.bytes().skip(1).any(|b| b == b'*') {
                     return Err(l.err(&np, format!("invalid server name {n:?} (exact or *.suffix)")));
+                }
+                if !n.is_ascii() {
+                    // A Host field is ASCII: such a name would never match.
+                    let why = format!("server name {n:?} is not ASCII (write an IDN as punycode, xn--...)");
+                    return Err(l.err(&np, why));
                 }
                 if !lis.hosts.add_name(n, host.clone()) {
                     return Err(l.err(&np, format!("duplicate server name {n:?} on {}", lis.addr)));

@@ -106,6 +106,12 @@ fn bad_configs_are_located_precisely() {
             "FILE:5:20: virtual_hosts[1].server_names[0]: duplicate server name \"a.com\"",
             "",
         ),
+        // a name a Host field can never hold (it made -t panic)
+        (
+            "listeners: [{ listen: \"127.0.0.1:1\" }]\nvirtual_hosts:\n  - server_names: [ümlaut.test]\n    locations: [{ path: /, return: { status: 200 } }]\n",
+            "FILE:3:20: virtual_hosts[0].server_names[0]: server name \"ümlaut.test\" is not ASCII",
+            "",
+        ),
         // bad listen address
         ("listeners:\n  - listen: localhost\n", "FILE:2:5: listeners[0].listen: invalid listen address", ""),
         // unknown retry condition
