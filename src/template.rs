@@ -36,10 +36,18 @@ impl Template {
         while let Some(i) = rest.find('$') {
             lit.push_str(&rest[..i]);
             let after = &rest[i + 1..];
-            let name_len = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            let var = match &after[..name_len] {
+            // `${name}` (nginx's form for a name followed by a letter) or `$name`.
+            let braced = after.strip_prefix('{').and_then(|b| Some((b, b.find('}')?)));
+            let (name, skip) = match braced {
+                Some((inner, close)) => (&inner[..close], close + 2),
+                None => {
+                    let len = after
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(after.len());
+                    (&after[..len], len)
+                }
+            };
+            let var = match name {
                 "scheme" => Var::Scheme,
                 "host" => Var::Host,
                 "request_uri" => Var::RequestUri,
@@ -60,7 +68,7 @@ impl Template {
                 parts.push(Part::Lit(std::mem::take(&mut lit)));
             }
             parts.push(Part::Var(var));
-            rest = &after[name_len..];
+            rest = &after[skip..];
         }
         lit.push_str(rest);
         if !lit.is_empty() {
@@ -109,5 +117,9 @@ mod tests {
         assert_eq!(Template::parse("cost $ 5").unwrap().expand(&v), "cost $ 5");
         assert!(Template::parse("$remote_addr via $scheme").unwrap().uses_remote_addr());
         assert!(!t.uses_remote_addr());
+        // nginx's braced form, for a name followed by a letter.
+        let braced = Template::parse("${scheme}://${host}v2${request_uri}").unwrap();
+        assert_eq!(braced.expand(&v), "http://a.comv2/x?y=1");
+        assert!(Template::parse("${nope}").is_err());
     }
 }

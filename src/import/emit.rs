@@ -42,6 +42,9 @@ pub fn yaml(cfg: &Config, preface: &str) -> String {
     for v in &cfg.virtual_hosts {
         vhost(&mut y, v);
     }
+    if !cfg.trusted_proxies.is_empty() {
+        let _ = writeln!(y, "\ntrusted_proxies: {}", list(&cfg.trusted_proxies));
+    }
     if cfg.access_log != "stdout" {
         let _ = writeln!(y, "\naccess_log: {}", q(&cfg.access_log));
     }
@@ -78,6 +81,9 @@ fn server(y: &mut String, s: &ServerSection) {
     }
     if let Some(e) = &s.error_log {
         lines.push(format!("error_log: {}", q(e)));
+    }
+    if let Some(p) = &s.pid_file {
+        lines.push(format!("pid_file: {}", q(p)));
     }
     if lines.is_empty() {
         return;
@@ -128,6 +134,9 @@ fn upstream(y: &mut String, u: &Upstream) {
     }
     if !u.tls_verify {
         y.push_str("    tls_verify: false\n");
+    }
+    if let Some(ca) = &u.tls_ca_file {
+        let _ = writeln!(y, "    tls_ca_file: {}", q(ca));
     }
     y.push_str("    servers:\n");
     for s in &u.servers {
@@ -200,6 +209,7 @@ fn location(y: &mut String, l: &Location) {
             ("connect_timeout", l.connect_timeout),
             ("read_timeout", l.read_timeout),
             ("write_timeout", l.write_timeout),
+            ("websocket_idle_timeout", l.websocket_idle_timeout),
         ],
     );
     next_upstream(y, p, &l.next_upstream, l.next_upstream_tries, l.next_upstream_timeout);

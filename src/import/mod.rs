@@ -177,7 +177,11 @@ mod tests {
         );
         let secure = &cfg.upstreams[v[2].locations[0].proxy_pass.as_ref().unwrap()];
         assert!(secure.tls && secure.servers[0].address == "secure.example:443");
-        assert_eq!(secure.tls_sni.as_deref(), Some("secure.example"));
+        assert_eq!(
+            (secure.tls_sni.as_deref(), secure.tls_verify),
+            (None, false),
+            "as nginx's defaults"
+        );
         let r = v[3].locations[0].ret.as_ref().unwrap();
         assert_eq!(
             (r.status, r.location.as_deref()),
@@ -203,6 +207,11 @@ mod tests {
         let root = &locs[0];
         assert_eq!(root.client_max_body_size.map(|s| s.0), Some(10 << 20));
         assert_eq!(root.read_timeout.map(|d| d.0.as_secs()), Some(90));
+        assert_eq!(
+            root.websocket_idle_timeout.map(|d| d.0.as_secs()),
+            Some(90),
+            "nginx times upgraded connections by it"
+        );
         let set = |l: &crate::config::schema::Location| -> Vec<(String, String)> {
             l.proxy_set_header.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
         };
@@ -211,14 +220,16 @@ mod tests {
             "Portico's own are dropped, and a level that sets some inherits none"
         );
         assert_eq!(root.proxy_remove_header, ["X-Drop"]);
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
         assert_eq!(
             set(&locs[3]),
-            [("X-Env".to_string(), "prod".to_string())],
-            "a level that sets none inherits"
+            [pair("Host", "10.0.0.1"), pair("X-Env", "prod")],
+            "a level that sets none inherits; without a Host line nginx sends the proxy_pass host"
         );
         let api = &locs[1];
-        assert!(
-            api.proxy_set_header.is_empty(),
+        assert_eq!(
+            set(api),
+            [pair("Host", "10.0.0.1")],
             "it sets its own (which is not translated): none inherited"
         );
         assert_eq!(api.client_max_body_size.map(|s| s.0), Some(1024));
@@ -234,12 +245,16 @@ mod tests {
             ["ip_access", "headers"],
             "a nested location inherits the rules"
         );
-        assert!(plugin_names(&locs[3]).is_empty());
+        assert_eq!(plugin_names(&locs[3]), ["ip_access"]);
+        let rules = serde_yaml::to_string(&locs[3].plugins[0]).unwrap();
+        assert_eq!(
+            rules, "ip_access:\n  deny:\n  - 10.0.0.1\n  allow:\n  - 10.0.0.0/8\n",
+            "denies, allows, deny all"
+        );
         for expected in [
             "8: proxy_pass http://10.0.0.1/v2: the URI part `/v2` is not applied",
             "8: proxy_set_header X-Id $request_id: a variable Portico does not know",
-            "9: location ~ \\.json$: nested in `location /api`",
-            "11: allow/deny: mixed allow and deny rules",
+            "9: location ~ \\.json$: nested in `location /api`: made a location of its own, which now also matches outside it",
         ] {
             assert!(
                 notes.iter().any(|n| n.starts_with(expected)),
@@ -249,6 +264,104 @@ mod tests {
         assert!(
             !notes.iter().any(|n| n.starts_with("6:")),
             "location / has nothing left out: {notes:?}"
+        );
+    }
+
+    /// What a review of the importer found translated wrongly: each case
+    /// as nginx does it, or refusing (fail closed) where it cannot be.
+    #[test]
+    fn nginx_defaults_and_refusals_are_kept() {
+        let (cfg, notes) = import(
+            "pid /run/n.pid; set_real_ip_from 10.0.0.0/8; server { listen 80; listen 443 ssl; server_name a.example; ssl_certificate a.pem; ssl_certificate_key a.key;\n\
+               location / { proxy_pass http://10.0.0.1:8080; }\n\
+               location /up { client_max_body_size 0; proxy_pass http://10.0.0.1:8080; }\n\
+               location /in { deny all; proxy_pass http://10.0.0.1:8080; }\n\
+               location /mix { allow 10.0.0.0/8; deny 10.0.0.1; deny all; proxy_pass http://10.0.0.1:8080; }\n\
+               location /auth { auth_basic \"x\"; auth_basic_user_file /etc/htpasswd; proxy_pass http://10.0.0.1:8080; }\n\
+               location /int { internal; proxy_pass http://10.0.0.1:8080; }\n\
+               location =/exact { return 204; } location ~*\\.css$ { return 403; }\n\
+               location /semi { proxy_pass http://10.0.0.1:8080\n proxy_set_header X-Lost yes; }\n\
+               location /r { return 301 https://${host}v2$request_uri; }\n\
+             }\n\
+             server { listen 127.0.0.1:80; server_name local.example; return 301 https://a.example/; location /x { proxy_pass http://10.0.0.2; } }\n\
+             server { listen 8080 default_server; listen 80; server_name b.example; location / { return 200; } }\n",
+        );
+        let addrs: Vec<(&str, bool)> = cfg
+            .listeners
+            .iter()
+            .map(|l| (l.listen.as_str(), l.tls.is_some()))
+            .collect();
+        assert_eq!(
+            addrs,
+            [("0.0.0.0:80", false), ("0.0.0.0:443", true), ("0.0.0.0:8080", false)],
+            "TLS per address; 127.0.0.1:80 served on 0.0.0.0:80"
+        );
+        let v = &cfg.virtual_hosts;
+        let loc = |p: &str| {
+            v[0].locations
+                .iter()
+                .find(|l| l.path == p)
+                .unwrap_or_else(|| panic!("{p}"))
+        };
+        assert_eq!(
+            loc("/").client_max_body_size.map(|s| s.0),
+            Some(1 << 20),
+            "nginx's default"
+        );
+        assert_eq!(loc("/up").client_max_body_size, None, "0: no limit");
+        let rules = |p: &str| serde_yaml::to_string(&loc(p).plugins).unwrap();
+        assert!(
+            rules("/in").contains("- 0.0.0.0/0\n") && rules("/in").contains("- ::/0\n"),
+            "{}",
+            rules("/in")
+        );
+        assert!(
+            rules("/mix").contains("- 0.0.0.0/0\n"),
+            "an allow before a deny: refused: {}",
+            rules("/mix")
+        );
+        for (p, code) in [("/auth", 403), ("/int", 404), ("= /exact", 204), ("~* \\.css$", 403)] {
+            assert_eq!(loc(p).ret.as_ref().map(|r| r.status), Some(code), "{p}");
+            assert!(loc(p).proxy_pass.is_none(), "{p}");
+        }
+        assert!(loc("/semi").proxy_pass.is_none(), "its words ran into the next line's");
+        assert_eq!(
+            loc("/r").ret.as_ref().unwrap().location.as_deref(),
+            Some("https://${host}v2$request_uri")
+        );
+        let local = v.iter().find(|h| h.server_names == ["local.example"]).unwrap();
+        assert_eq!(local.locations.len(), 1, "a server-wide return answers every request");
+        let b: Vec<(bool, Vec<String>)> = v
+            .iter()
+            .filter(|h| h.server_names == ["b.example"])
+            .map(|h| (h.default, h.listen.clone()))
+            .collect();
+        assert_eq!(
+            b,
+            [
+                (true, vec!["0.0.0.0:8080".to_string()]),
+                (false, vec!["0.0.0.0:80".to_string()])
+            ],
+            "default on one address only"
+        );
+        assert!(v[0].default, "the first server of :80");
+        for expected in [
+            "13: listen 127.0.0.1:80: Portico cannot listen on it next to 0.0.0.0:80",
+            "5: allow/deny: an allow before a deny",
+            "6: auth_basic x: not translated: `location /auth` refuses every client",
+            "7: location /int: internal: clients get 404",
+            "9: proxy_pass http://10.0.0.1:8080 proxy_set_header X-Lost yes: unexpected arguments",
+            "13: return 301 https://a.example/: a server-wide return answers every request",
+        ] {
+            assert!(
+                notes.iter().any(|n| n.starts_with(expected)),
+                "{expected} not in {notes:?}"
+            );
+        }
+        assert!(!notes.iter().any(|n| n.contains("auth_basic_user_file")), "{notes:?}");
+        assert_eq!(
+            (cfg.server.pid_file.as_deref(), cfg.trusted_proxies.clone()),
+            (Some("/run/n.pid"), vec!["10.0.0.0/8".to_string()])
         );
     }
 

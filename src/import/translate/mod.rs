@@ -34,15 +34,30 @@ struct Inherited {
     next_upstream_timeout: Option<Dur>,
     /// `proxy_set_header` name, value and line.
     set_headers: Option<Vec<(String, String, usize)>>,
-    /// `add_header` name and value.
-    add_headers: Option<Vec<(String, String)>>,
+    /// `add_header` name, value and line.
+    add_headers: Option<Vec<(String, String, usize)>>,
     /// `allow` / `deny` rules in order: (allow?, address, line).
     access: Option<Vec<(bool, String, usize)>>,
     /// The lists this level has set itself (the first line of one replaces what came from above).
     own: [bool; 3],
+    /// An access check Portico cannot translate (`auth_basic`, `auth_request`):
+    /// the directive and its line. Its locations refuse everyone (fail closed).
+    guard: Option<(String, usize)>,
+    /// `proxy_ssl_verify on`, `proxy_ssl_server_name on`, `proxy_ssl_trusted_certificate`.
+    ssl_verify: bool,
+    ssl_sni: bool,
+    ssl_ca: Option<String>,
 }
 
 impl Inherited {
+    /// The `http` level: nginx's defaults where Portico's differ.
+    fn top() -> Inherited {
+        Inherited {
+            client_max_body_size: Some(Size(1 << 20)),
+            ..Default::default()
+        }
+    }
+
     /// What a level below starts from.
     fn below(&self) -> Inherited {
         Inherited {
@@ -60,13 +75,22 @@ impl Inherited {
     }
 }
 
+/// One `listen` of a server.
+#[derive(Clone)]
+struct Listen {
+    addr: String,
+    /// `default_server`.
+    default: bool,
+    /// `ssl` (or the server's `ssl on`).
+    ssl: bool,
+    line: usize,
+}
+
 /// One `server` block, as read.
 struct Site {
     line: usize,
     names: Vec<String>,
-    /// `(address, default_server)`.
-    listens: Vec<(String, bool)>,
-    tls: bool,
+    listens: Vec<Listen>,
     http2: bool,
     cert: Option<(String, String)>,
     locations: Vec<Location>,
@@ -85,6 +109,10 @@ pub struct Translator {
     global_lines: BTreeMap<&'static str, usize>,
     /// `ssl_certificate` and `ssl_certificate_key` set in `http`, for the servers that set none.
     http_cert: (Option<String>, Option<String>),
+    /// `set_real_ip_from` addresses: Portico's `trusted_proxies`.
+    trusted: Vec<String>,
+    /// Upstreams left out (no server Portico can use).
+    unusable: Vec<String>,
 }
 
 fn note(d: &Directive, why: impl Into<String>) -> Note {
@@ -153,6 +181,7 @@ impl Translator {
                     _ => self.not_translated(d, "set server.threads (worker threads per listener; default 1)"),
                 },
                 "error_log" => self.error_log(d),
+                "pid" if d.args.len() == 1 => self.server.pid_file = Some(d.args[0].clone()),
                 "user"
                 | "pid"
                 | "worker_rlimit_nofile"
@@ -190,7 +219,7 @@ impl Translator {
         for d in list.iter().filter(|d| d.name == "upstream") {
             self.upstream(d);
         }
-        let mut inherited = Inherited::default();
+        let mut inherited = Inherited::top();
         for d in list {
             match d.name.as_str() {
                 "upstream" | "server" | "location" => {}
@@ -302,7 +331,6 @@ impl Translator {
             | "types_hash_max_size"
             | "gzip"
             | "log_format"
-            | "include"
             | "charset"
             | "keepalive_requests"
             | "ssl_protocols"
@@ -317,7 +345,6 @@ impl Translator {
                         "Portico offers TLS 1.2 and 1.3 with OpenSSL's default ciphers (no setting)"
                     }
                     "log_format" => "Portico's access log has one format: `combined` plus upstream address and times",
-                    "include" => "not followed: import the included file on its own",
                     "gzip" => "Portico does not compress responses",
                     _ => "no equivalent in Portico",
                 };
@@ -350,9 +377,26 @@ impl Translator {
         };
         match d.name.as_str() {
             "client_max_body_size" => match parse_size(arg) {
-                Ok(n) => into.client_max_body_size = Some(Size(n)),
+                Ok(n) => into.client_max_body_size = Some(Size(n)), // 0: no limit, as in nginx
                 Err(e) => self.not_translated(d, e),
             },
+            "auth_basic" | "auth_request" | "auth_jwt" => {
+                into.guard = (arg != "off").then(|| (d.text(), d.line));
+            }
+            "auth_basic_user_file" | "auth_jwt_key_file" => {} // with the note on auth_basic
+            "proxy_ssl_verify" => into.ssl_verify = arg == "on",
+            "proxy_ssl_server_name" => into.ssl_sni = arg == "on",
+            "proxy_ssl_trusted_certificate" => into.ssl_ca = Some(arg.to_string()),
+            "proxy_redirect" if !matches!(arg, "default" | "off") => {
+                self.not_translated(d, "Portico passes a server's Location field as it came")
+            }
+            "proxy_hide_header" => self.not_translated(d, "use the headers plugin's response_remove"),
+            "limit_req" | "limit_req_zone" | "limit_conn" | "limit_conn_zone" => {
+                self.not_translated(d, "see the rate_limit plugin (requests per second per client)")
+            }
+            "include" => self.not_translated(d, "not followed: import the included file on its own"),
+            "set_real_ip_from" => self.trusted.push(arg.to_string()),
+            "real_ip_header" | "real_ip_recursive" => {}
             "proxy_connect_timeout" => into.connect_timeout = time(self),
             "proxy_read_timeout" => into.read_timeout = time(self),
             "proxy_send_timeout" => into.write_timeout = time(self),
@@ -385,13 +429,16 @@ impl Translator {
                 Err(_) => self.not_translated(d, "expected a number"),
             },
             "proxy_next_upstream_timeout" => into.next_upstream_timeout = time(self),
+            "proxy_set_header" if d.args.len() > 2 => {
+                self.not_translated(d, "unexpected arguments after the value (a missing `;`?)")
+            }
             "proxy_set_header" if d.args.len() == 2 => {
                 let list = Inherited::own(&mut into.own, 0, &mut into.set_headers);
                 list.push((d.args[0].clone(), d.args[1].clone(), d.line));
             }
-            "add_header" if d.args.len() >= 2 => {
+            "add_header" if d.args.len() == 2 || (d.args.len() == 3 && d.args[2] == "always") => {
                 let list = Inherited::own(&mut into.own, 1, &mut into.add_headers);
-                list.push((d.args[0].clone(), d.args[1].clone()));
+                list.push((d.args[0].clone(), d.args[1].clone(), d.line));
             }
             "allow" | "deny" if d.args.len() == 1 => {
                 let list = Inherited::own(&mut into.own, 2, &mut into.access);

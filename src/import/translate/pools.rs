@@ -1,6 +1,6 @@
 //! `upstream` blocks and `proxy_pass` targets into Portico's pools.
 
-use super::{nginx_time, with_port, Translator};
+use super::{nginx_time, with_port, Inherited, Translator};
 use crate::config::schema::{Algorithm, Server, Upstream};
 use crate::import::lex::Directive;
 
@@ -56,6 +56,7 @@ impl Translator {
             }
         }
         if u.servers.is_empty() {
+            self.unusable.push(name.clone());
             return self.not_translated(d, "an upstream with no server Portico can use: left out");
         }
         self.upstreams.insert(name.clone(), u);
@@ -92,8 +93,10 @@ impl Translator {
         Some(s)
     }
 
-    /// The pool a `proxy_pass` names: an `upstream`, or a new one of one server.
-    pub(super) fn proxy_pass(&mut self, e: &Directive, path: &str) -> Option<String> {
+    /// The pool a `proxy_pass` names (an `upstream`, or a new one of one
+    /// server), and the host nginx sends as `Host` unless told otherwise
+    /// (`$proxy_host`).
+    pub(super) fn proxy_pass(&mut self, e: &Directive, path: &str, i: &Inherited) -> Option<(String, String)> {
         let Some(url) = e.args.first() else {
             self.not_translated(e, "proxy_pass needs a URL");
             return None;
@@ -110,6 +113,10 @@ impl Translator {
             self.not_translated(e, "a proxy_pass with variables is not translated");
             return None;
         }
+        if rest.starts_with("unix:") {
+            self.not_translated(e, "Portico connects to TCP servers only");
+            return None;
+        }
         let (host, uri) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let same = uri.is_empty() || (uri == "/" && path == "/");
         if !same {
@@ -119,10 +126,18 @@ impl Translator {
             );
         }
         if let Some(u) = self.upstreams.get_mut(host) {
-            if tls {
+            if tls && !u.tls {
                 u.tls = true;
+                self.tls_as_nginx(e, host, i);
             }
-            return Some(host.to_string());
+            return Some((host.to_string(), host.to_string()));
+        }
+        if self.unusable.iter().any(|u| u == host) {
+            self.not_translated(
+                e,
+                format!("`upstream {host}` has no server Portico can use: not translated"),
+            );
+            return None;
         }
         if !host.contains([':', '.']) && host != "localhost" {
             self.not_translated(
@@ -143,14 +158,34 @@ impl Translator {
             backup: false,
             down: false,
         };
-        let u = self
-            .upstreams
-            .entry(name.clone())
-            .or_insert_with(|| pool(tls, vec![server]));
-        if tls {
-            u.tls_sni = Some(host.split(':').next().unwrap_or(host).to_string());
+        if !self.upstreams.contains_key(&name) {
+            self.upstreams.insert(name.clone(), pool(tls, vec![server]));
+            if tls {
+                self.tls_as_nginx(e, &name, i);
+            }
         }
-        Some(name)
+        Some((name, host.to_string()))
+    }
+
+    /// A pool reached over TLS as nginx reaches it: the server's
+    /// certificate not verified and no SNI, unless `proxy_ssl_verify` and
+    /// `proxy_ssl_server_name` say otherwise.
+    fn tls_as_nginx(&mut self, e: &Directive, pool: &str, i: &Inherited) {
+        let Some(u) = self.upstreams.get_mut(pool) else { return };
+        u.tls_verify = i.ssl_verify;
+        u.tls_ca_file = i.ssl_ca.clone();
+        let host = u
+            .servers
+            .first()
+            .map_or("", |s| s.address.rsplit_once(':').map_or("", |(h, _)| h));
+        let is_ip = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok();
+        u.tls_sni = (i.ssl_sni && !is_ip).then(|| host.to_string());
+        if !i.ssl_verify {
+            self.not_translated(
+                e,
+                "nginx does not verify the server's certificate by default: tls_verify: false (set it, with tls_ca_file)",
+            );
+        }
     }
 }
 

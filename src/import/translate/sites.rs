@@ -1,10 +1,16 @@
 //! `server` and `location` blocks into listeners, virtual hosts and
 //! locations, and the whole configuration they make.
 
-use super::{note, template_ok, with_port, Inherited, Note, Site, Translator};
+use super::{note, template_ok, with_port, Inherited, Listen, Note, Site, Translator};
 use crate::config::schema::{Certificate, Config, Listener, ListenerTls, Location, PluginEntry, Return, VirtualHost};
 use crate::import::lex::Directive;
 use std::collections::BTreeMap;
+
+/// Variables Portico's templates know.
+const KNOWN_VARS: &str = "known: $scheme, $host, $request_uri, $uri, $remote_addr";
+
+/// Every client address, for a rule that refuses them all.
+const EVERYONE: [&str; 2] = ["0.0.0.0/0", "::/0"];
 
 impl Translator {
     pub(super) fn site(&mut self, d: &Directive, block: &[Directive], above: &Inherited) {
@@ -12,38 +18,24 @@ impl Translator {
             line: d.line,
             names: Vec::new(),
             listens: Vec::new(),
-            tls: false,
             http2: false,
             cert: None,
             locations: Vec::new(),
         };
         let mut inherited = above.below();
         let (mut cert, mut key) = self.http_cert.clone();
+        let mut ssl_on = false;
         for e in block {
             match e.name.as_str() {
                 "listen" => self.listen(e, &mut site),
-                "server_name" => {
-                    for n in &e.args {
-                        match n.as_str() {
-                            "_" | "" => {}
-                            n if n.starts_with('~') => {
-                                self.not_translated(e, format!("regular-expression name {n} is not translated"))
-                            }
-                            n if n.starts_with('.') => {
-                                site.names.push(n[1..].to_string());
-                                site.names.push(format!("*{n}"));
-                            }
-                            n if n.ends_with(".*") => {
-                                self.not_translated(e, format!("Portico has no trailing wildcard names ({n})"))
-                            }
-                            n => site.names.push(n.to_string()),
-                        }
-                    }
-                }
+                "server_name" => self.server_names(e, &mut site),
                 "http2" => site.http2 = e.args.first().is_some_and(|a| a == "on"),
                 "ssl_certificate" => cert = e.args.first().cloned(),
                 "ssl_certificate_key" => key = e.args.first().cloned(),
-                "ssl" => site.tls = e.args.first().is_some_and(|a| a == "on"),
+                "ssl" => ssl_on = e.args.first().is_some_and(|a| a == "on"),
+                "access_log" if e.args.first().is_some_and(|a| a == "off") => {
+                    self.not_translated(e, "Portico has one access log for all servers: it stays on")
+                }
                 "location" | "return" | "if" => {}
                 _ => {
                     if !self.setting(e, &mut inherited) && !self.global(e) {
@@ -53,10 +45,37 @@ impl Translator {
             }
         }
         if site.listens.is_empty() {
-            site.listens.push(("0.0.0.0:80".into(), false));
+            site.listens.push(Listen {
+                addr: "0.0.0.0:80".into(),
+                default: false,
+                ssl: false,
+                line: d.line,
+            });
+        }
+        for l in site.listens.iter_mut() {
+            l.ssl |= ssl_on;
         }
         if let (Some(c), Some(k)) = (cert, key) {
             site.cert = Some((c, k));
+        }
+        // A server-wide `return` answers every request, before any location.
+        if let Some(e) = block.iter().find(|e| e.name == "return") {
+            match self.ret(e) {
+                Some(r) => {
+                    if block.iter().any(|x| x.name == "location") {
+                        self.not_translated(
+                            e,
+                            "a server-wide return answers every request: the server's locations are left out",
+                        );
+                    }
+                    let mut l = empty_location("/".into());
+                    l.ret = Some(r);
+                    site.locations.push(l);
+                    self.sites.push(site);
+                    return;
+                }
+                None => self.not_translated(e, "not translated"),
+            }
         }
         for e in block {
             match e.name.as_str() {
@@ -64,27 +83,31 @@ impl Translator {
                     let locs = self.location(e, &inherited, "");
                     site.locations.extend(locs);
                 }
-                // A server-wide `return` answers every request before its locations.
-                "return" => match self.ret(e) {
-                    Some(r) => {
-                        site.locations.retain(|l| l.path != "/");
-                        let mut l = empty_location("/".into());
-                        l.ret = Some(r);
-                        site.locations.insert(0, l);
-                        if block.iter().any(|x| x.name == "location") {
-                            self.not_translated(
-                                e,
-                                "a server-wide return: it now answers `location /` only, other locations still match first",
-                            );
-                        }
-                    }
-                    None => self.not_translated(e, "not translated"),
-                },
                 "if" => self.not_translated(e, "`if` blocks are not translated"),
                 _ => {}
             }
         }
         self.sites.push(site);
+    }
+
+    fn server_names(&mut self, e: &Directive, site: &mut Site) {
+        for n in &e.args {
+            match n.as_str() {
+                "_" | "" => {}
+                n if n.starts_with('~') => {
+                    self.not_translated(e, format!("regular-expression name {n} is not translated"))
+                }
+                n if !n.is_ascii() => self.not_translated(e, format!("{n}: write an IDN as punycode (xn--...)")),
+                n if n.starts_with('.') => {
+                    site.names.push(n[1..].to_string());
+                    site.names.push(format!("*{n}"));
+                }
+                n if n.ends_with(".*") => {
+                    self.not_translated(e, format!("Portico has no trailing wildcard names ({n})"))
+                }
+                n => site.names.push(n.to_string()),
+            }
+        }
     }
 
     fn listen(&mut self, e: &Directive, site: &mut Site) {
@@ -106,30 +129,39 @@ impl Translator {
                 with_port(&a, 80)
             }
         };
-        let mut default = false;
+        let mut l = Listen {
+            addr,
+            default: false,
+            ssl: false,
+            line: e.line,
+        };
         for p in &e.args[1..] {
             match p.as_str() {
-                "default_server" | "default" => default = true,
-                "ssl" => site.tls = true,
+                "default_server" | "default" => l.default = true,
+                "ssl" => l.ssl = true,
                 "http2" => site.http2 = true,
                 "reuseport" | "deferred" | "bind" => {}
                 p if p.starts_with("backlog=") || p.starts_with("ipv6only=") || p.starts_with("so_keepalive=") => {}
                 p => self.not_translated(e, format!("`{p}` is not translated")),
             }
         }
-        site.listens.push((addr, default));
+        site.listens.push(l);
     }
 
     /// One `location` (and those nested in it, after it).
     pub(super) fn location(&mut self, d: &Directive, above: &Inherited, outer: &str) -> Vec<Location> {
         let path = match d.args.as_slice() {
-            [p] => p.clone(),
             [m, p] if matches!(m.as_str(), "=" | "^~" | "~" | "~*") => format!("{m} {p}"),
+            // A modifier written against its path (`=/x`, `~*\.css$`), as nginx takes it.
+            [p] => match ["^~", "~*", "=", "~"]
+                .iter()
+                .find(|m| p.len() > m.len() && p.starts_with(*m))
+            {
+                Some(m) => format!("{m} {}", &p[m.len()..]),
+                None => p.clone(),
+            },
             _ => {
-                self.not_translated(
-                    d,
-                    "a location Portico cannot match (named locations are not translated)",
-                );
+                self.not_translated(d, "a location Portico cannot match");
                 return Vec::new();
             }
         };
@@ -138,24 +170,28 @@ impl Translator {
             return Vec::new();
         }
         if !outer.is_empty() {
-            self.notes.push(note(
-                d,
-                format!("nested in `location {outer}`: made a location of its own"),
-            ));
+            let why = if path.starts_with('~') || !path.trim_start_matches(['=', '^', '~', ' ']).starts_with(outer) {
+                format!("nested in `location {outer}`: made a location of its own, which now also matches outside it")
+            } else {
+                format!("nested in `location {outer}`: made a location of its own")
+            };
+            self.notes.push(note(d, why));
         }
         let mut inherited = above.below();
         let mut loc = empty_location(path.clone());
         let mut nested = Vec::new();
+        let mut proxy_host = None;
+        let mut internal = false;
         let block = d.block.as_deref().unwrap_or_default();
+        // Settings first: a proxy_pass takes the TLS settings around it.
         for e in block {
             match e.name.as_str() {
-                "proxy_pass" => loc.proxy_pass = self.proxy_pass(e, &path),
-                "return" => match self.ret(e) {
-                    Some(r) => loc.ret = Some(r),
-                    None => self.not_translated(e, "not translated"),
-                },
-                "location" => nested.push(e),
+                "proxy_pass" | "return" | "location" => {}
                 "if" => self.not_translated(e, "`if` blocks are not translated"),
+                "internal" => internal = true,
+                "limit_except" => {
+                    inherited.guard = Some((e.text(), e.line));
+                }
                 _ => {
                     if !self.setting(e, &mut inherited) {
                         let why = if matches!(
@@ -171,15 +207,49 @@ impl Translator {
                 }
             }
         }
-        if loc.proxy_pass.is_none() && loc.ret.is_none() {
-            self.not_translated(d, "neither proxy_pass nor return: the location answers 404 in Portico");
-            loc.ret = Some(Return {
-                status: 404,
-                location: None,
-                body: None,
-            });
+        for e in block {
+            match e.name.as_str() {
+                "proxy_pass" if self.arity(e, 1) => {
+                    if let Some((pool, host)) = self.proxy_pass(e, &path, &inherited) {
+                        loc.proxy_pass = Some(pool);
+                        proxy_host = Some(host);
+                    }
+                }
+                "return" if self.arity(e, 2) => match self.ret(e) {
+                    Some(r) => loc.ret = Some(r),
+                    None => self.not_translated(e, "not translated"),
+                },
+                "location" => nested.push(e),
+                _ => {}
+            }
         }
-        self.apply(&mut loc, &inherited);
+        if loc.proxy_pass.is_some() && loc.ret.is_some() {
+            // nginx's `return` runs first: the proxy_pass is never reached.
+            loc.proxy_pass = None;
+            proxy_host = None;
+        }
+        if internal {
+            self.notes.push(note(
+                d,
+                "internal: clients get 404, as from nginx (Portico has no internal redirects)",
+            ));
+            loc.proxy_pass = None;
+            loc.ret = Some(status(404));
+        } else if let Some((what, line)) = inherited.guard.clone() {
+            self.notes.push(Note {
+                line,
+                directive: what,
+                why: format!(
+                    "not translated: `location {path}` refuses every client (403) until you configure access (the basic_auth or ip_access plugin)"
+                ),
+            });
+            loc.proxy_pass = None;
+            loc.ret = Some(status(403));
+        } else if loc.proxy_pass.is_none() && loc.ret.is_none() {
+            self.not_translated(d, "neither proxy_pass nor return: the location answers 404 in Portico");
+            loc.ret = Some(status(404));
+        }
+        self.apply(&mut loc, &inherited, proxy_host.as_deref());
         let mut out = vec![loc];
         for n in nested {
             out.extend(self.location(n, &inherited, &path));
@@ -187,18 +257,32 @@ impl Translator {
         out
     }
 
+    /// Is `e` within `max` arguments? If not, it is named (a missing `;`
+    /// before the next line makes its words arguments).
+    fn arity(&mut self, e: &Directive, max: usize) -> bool {
+        if e.args.len() > max {
+            self.not_translated(e, "unexpected arguments (a missing `;`?): not translated");
+            return false;
+        }
+        true
+    }
+
     /// The inherited settings, as the location's own.
-    fn apply(&mut self, loc: &mut Location, i: &Inherited) {
-        loc.client_max_body_size = i.client_max_body_size;
+    fn apply(&mut self, loc: &mut Location, i: &Inherited, proxy_host: Option<&str>) {
         if loc.proxy_pass.is_some() {
+            // nginx's default is 1m; 0 is no limit. A `return` reads no body.
+            loc.client_max_body_size = i.client_max_body_size.filter(|s| s.0 > 0);
             loc.connect_timeout = i.connect_timeout;
             loc.read_timeout = i.read_timeout;
+            // nginx times an upgraded connection's silence by proxy_read_timeout too.
+            loc.websocket_idle_timeout = i.read_timeout;
             loc.write_timeout = i.write_timeout;
             loc.next_upstream = i.next_upstream.clone();
             loc.next_upstream_tries = i.next_upstream_tries;
             loc.next_upstream_timeout = i.next_upstream_timeout;
         }
-        for (name, value, line) in i.set_headers.iter().flatten() {
+        let headers = i.set_headers.as_deref().unwrap_or_default();
+        for (name, value, line) in headers {
             if portico_sets(name, value) {
                 continue;
             }
@@ -213,61 +297,86 @@ impl Translator {
             } else if template_ok(value) {
                 loc.proxy_set_header.insert(name.clone(), value.clone());
             } else {
-                self.not_translated(
-                    &d,
-                    "a variable Portico does not know (known: $scheme, $host, $request_uri, $uri, $remote_addr)",
-                );
+                self.not_translated(&d, format!("a variable Portico does not know ({KNOWN_VARS})"));
+            }
+        }
+        // Without a Host line nginx sends the proxy_pass host ($proxy_host), not the client's.
+        if let Some(host) = proxy_host {
+            if !headers.iter().any(|(n, _, _)| n.eq_ignore_ascii_case("host")) {
+                loc.proxy_set_header.insert("Host".into(), host.to_string());
             }
         }
         if let Some(add) = &i.add_headers {
-            let set: serde_yaml::Mapping = add
-                .iter()
-                .map(|(k, v)| (serde_yaml::Value::from(k.as_str()), serde_yaml::Value::from(v.as_str())))
-                .collect();
+            let mut set = serde_yaml::Mapping::new();
+            for (k, v, line) in add {
+                let d = Directive {
+                    name: "add_header".into(),
+                    args: vec![k.clone(), v.clone()],
+                    line: *line,
+                    block: None,
+                };
+                if !header_vars_ok(v) {
+                    self.not_translated(&d, "a variable the headers plugin does not know");
+                } else if set.insert(k.as_str().into(), v.as_str().into()).is_some() {
+                    self.not_translated(&d, "a second field of this name: only the last is added");
+                }
+            }
             let mut settings = serde_yaml::Mapping::new();
             settings.insert("response_add".into(), serde_yaml::Value::Mapping(set));
             let entry: PluginEntry = [("headers".to_string(), serde_yaml::Value::Mapping(settings))].into();
             loc.plugins.push(entry);
         }
         if let Some(rules) = &i.access {
-            if let Some(entry) = self.access(rules) {
-                loc.plugins.insert(0, entry);
-            }
+            let entry = self.access(rules);
+            loc.plugins.insert(0, entry);
         }
     }
 
-    /// nginx's ordered `allow`/`deny` rules as the `ip_access` plugin's
-    /// lists, where their order does not matter: allows then `deny all`,
-    /// or denies (then `allow all`).
-    fn access(&mut self, rules: &[(bool, String, usize)]) -> Option<PluginEntry> {
+    /// nginx's ordered `allow`/`deny` rules (first match wins; no match:
+    /// allowed) as the `ip_access` plugin's lists (a client in `deny` is
+    /// refused; else, with `allow` set, only clients in it pass). They say
+    /// the same for denies, then allows, then `deny all` or `allow all` (or
+    /// nothing). Any other order is not translated and refuses everyone
+    /// (fail closed).
+    fn access(&mut self, rules: &[(bool, String, usize)]) -> PluginEntry {
         let all = |r: &(bool, String, usize)| r.1 == "all";
-        let allows_then_deny_all =
-            rules.last().is_some_and(|r| !r.0 && all(r)) && rules[..rules.len() - 1].iter().all(|r| r.0 && !all(r));
-        let denies = rules.iter().all(|r| !r.0 && !all(r))
-            || (rules.last().is_some_and(|r| r.0 && all(r)) && rules[..rules.len() - 1].iter().all(|r| !r.0));
-        let list = |allow: bool| -> serde_yaml::Value {
-            let v: Vec<serde_yaml::Value> = rules
-                .iter()
-                .filter(|r| r.0 == allow && !all(r))
-                .map(|r| r.1.as_str().into())
-                .collect();
-            serde_yaml::Value::Sequence(v)
+        // Rules after the first `all` are never reached.
+        let end = rules.iter().position(all).map_or(rules.len(), |i| i + 1);
+        let (rules, last) = match rules[..end].split_last() {
+            Some((l, rest)) if all(l) => (rest, Some(l.0)),
+            _ => (&rules[..end], None),
+        };
+        let denies = rules.iter().take_while(|r| !r.0).count();
+        let in_order = rules[denies..].iter().all(|r| r.0);
+        let list = |items: &mut dyn Iterator<Item = &str>| -> serde_yaml::Value {
+            serde_yaml::Value::Sequence(items.map(serde_yaml::Value::from).collect())
         };
         let mut settings = serde_yaml::Mapping::new();
-        if allows_then_deny_all {
-            settings.insert("allow".into(), list(true));
-        } else if denies {
-            settings.insert("deny".into(), list(false));
-        } else {
-            self.notes.push(Note {
-                line: rules.first().map_or(0, |r| r.2),
-                directive: "allow/deny".into(),
-                why: "mixed allow and deny rules: only \"allow ...; deny all;\" or \"deny ...;\" lists are translated"
-                    .into(),
-            });
-            return None;
+        let deny = list(&mut rules[..denies].iter().map(|r| r.1.as_str()));
+        let allow = list(&mut rules[denies..].iter().map(|r| r.1.as_str()));
+        match (in_order, last) {
+            // No match, or `allow all`: allowed. The allows change nothing.
+            (true, None | Some(true)) => {
+                settings.insert("deny".into(), deny);
+            }
+            (true, Some(false)) if denies < rules.len() => {
+                settings.insert("deny".into(), deny);
+                settings.insert("allow".into(), allow);
+            }
+            (true, Some(false)) => {
+                settings.insert("deny".into(), list(&mut EVERYONE.into_iter()));
+            }
+            (false, _) => {
+                self.notes.push(Note {
+                    line: rules.first().map_or(0, |r| r.2),
+                    directive: "allow/deny".into(),
+                    why: "an allow before a deny: not translated, the location refuses every client until you write its ip_access rules"
+                        .into(),
+                });
+                settings.insert("deny".into(), list(&mut EVERYONE.into_iter()));
+            }
         }
-        Some([("ip_access".to_string(), serde_yaml::Value::Mapping(settings))].into())
+        [("ip_access".to_string(), serde_yaml::Value::Mapping(settings))].into()
     }
 
     pub(super) fn ret(&mut self, e: &Directive) -> Option<Return> {
@@ -278,11 +387,11 @@ impl Translator {
             _ => return None,
         };
         if text.as_deref().is_some_and(|t| !template_ok(t)) {
-            self.not_translated(
-                e,
-                "a variable Portico does not know (known: $scheme, $host, $request_uri, $uri, $remote_addr)",
-            );
+            self.not_translated(e, format!("a variable Portico does not know ({KNOWN_VARS})"));
             return None;
+        }
+        if status == 444 {
+            self.not_translated(e, "nginx closes the connection; Portico answers with status 444");
         }
         let redirect = matches!(status, 301 | 302 | 303 | 307 | 308);
         Some(Return {
@@ -292,6 +401,40 @@ impl Translator {
         })
     }
 
+    /// A specific address on a port that also has a wildcard listen (nginx
+    /// binds the wildcard and tells them apart; Portico cannot bind both):
+    /// made the wildcard, and named.
+    fn merge_listens(&mut self) {
+        let wild = |a: &str| a.starts_with("0.0.0.0:") || a.starts_with("[::]:");
+        let port = |a: &str| a.rsplit(':').next().unwrap_or("").to_string();
+        let wildcards: Vec<(bool, String)> = (self.sites.iter().flat_map(|s| &s.listens))
+            .filter(|l| wild(&l.addr))
+            .map(|l| (l.addr.starts_with('['), port(&l.addr)))
+            .collect();
+        let mut merged = Vec::new();
+        for site in self.sites.iter_mut() {
+            for l in site.listens.iter_mut().filter(|l| !wild(&l.addr)) {
+                let v6 = l.addr.starts_with('[');
+                if wildcards.contains(&(v6, port(&l.addr))) {
+                    let to = format!("{}:{}", if v6 { "[::]" } else { "0.0.0.0" }, port(&l.addr));
+                    merged.push(Note {
+                        line: l.line,
+                        directive: format!("listen {}", l.addr),
+                        why: format!("Portico cannot listen on it next to {to}: served on {to}"),
+                    });
+                    l.addr = to;
+                }
+            }
+            let mut seen = Vec::new();
+            site.listens.retain(|l| {
+                let first = !seen.contains(&l.addr);
+                seen.push(l.addr.clone());
+                first
+            });
+        }
+        self.notes.extend(merged);
+    }
+
     /// The configuration the directives read so far make.
     pub fn finish(mut self) -> (Config, Vec<Note>) {
         if !self.stray.is_empty() {
@@ -299,29 +442,51 @@ impl Translator {
             self.sites.push(Site {
                 line: 0,
                 names: Vec::new(),
-                listens: vec![("0.0.0.0:80".into(), false)],
-                tls: false,
+                listens: vec![Listen {
+                    addr: "0.0.0.0:80".into(),
+                    default: false,
+                    ssl: false,
+                    line: 0,
+                }],
                 http2: false,
                 cert: None,
                 locations: stray,
             });
         }
-        // Listeners in order of first appearance; TLS ones take their servers' certificates.
+        self.merge_listens();
+        // nginx's default server for an address: the one marked, else the first.
+        let mut defaults: BTreeMap<String, (usize, bool)> = BTreeMap::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            for l in &site.listens {
+                match defaults.get(&l.addr) {
+                    None => {
+                        defaults.insert(l.addr.clone(), (i, l.default));
+                    }
+                    Some((_, false)) if l.default => {
+                        defaults.insert(l.addr.clone(), (i, true));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let default_of = |addr: &str| defaults.get(addr).map(|&(i, _)| i);
+        // Listeners in order of first appearance; a TLS one takes its servers'
+        // certificates, the default server's first (for names no certificate has).
         let mut listeners: Vec<Listener> = Vec::new();
-        for site in &self.sites {
-            for (addr, _) in &site.listens {
-                let at = match listeners.iter().position(|l| &l.listen == addr) {
-                    Some(i) => i,
+        for (i, site) in self.sites.iter().enumerate() {
+            for l in &site.listens {
+                let at = match listeners.iter().position(|x| x.listen == l.addr) {
+                    Some(at) => at,
                     None => {
                         listeners.push(Listener {
-                            listen: addr.clone(),
+                            listen: l.addr.clone(),
                             tls: None,
                             h2c: false,
                         });
                         listeners.len() - 1
                     }
                 };
-                if !site.tls {
+                if !l.ssl {
                     continue;
                 }
                 let tls = listeners[at].tls.get_or_insert(ListenerTls {
@@ -330,11 +495,16 @@ impl Translator {
                 });
                 tls.http2 |= site.http2;
                 if let Some((cert, key)) = &site.cert {
-                    tls.certificates.push(Certificate {
+                    let c = Certificate {
                         cert: cert.clone(),
                         key: key.clone(),
                         server_names: site.names.clone(),
-                    });
+                    };
+                    if default_of(&l.addr) == Some(i) {
+                        tls.certificates.insert(0, c);
+                    } else {
+                        tls.certificates.push(c);
+                    }
                 }
             }
         }
@@ -347,60 +517,49 @@ impl Translator {
                 });
                 l.tls = None;
             }
-        }
-        // A certificate for every name of the listener's first one: no names on the first.
-        for l in listeners.iter_mut() {
+            // The first certificate answers every name: it lists none.
             if let Some(first) = l.tls.as_mut().and_then(|t| t.certificates.first_mut()) {
                 first.server_names.clear();
             }
         }
         let all: Vec<String> = listeners.iter().map(|l| l.listen.clone()).collect();
-        // nginx's default server for an address: the one marked, else the first.
-        let mut defaults: BTreeMap<&str, (usize, bool)> = BTreeMap::new();
-        for (i, site) in self.sites.iter().enumerate() {
-            for (addr, marked) in &site.listens {
-                match defaults.get(addr.as_str()) {
-                    None => {
-                        defaults.insert(addr, (i, *marked));
-                    }
-                    Some((_, false)) if *marked => {
-                        defaults.insert(addr, (i, true));
-                    }
-                    _ => {}
-                }
-            }
-        }
         let mut vhosts = Vec::new();
         for (i, site) in self.sites.iter().enumerate() {
-            let is_default = defaults.values().any(|&(j, _)| j == i);
-            let marked = site.listens.iter().any(|(_, m)| *m);
-            if site.names.is_empty() && !is_default {
-                self.notes.push(Note {
-                    line: site.line,
-                    directive: "server".into(),
-                    why: "a server with no name that is not the default for its address: never chosen, left out".into(),
+            // A server is the default on some of its addresses: one host for those, one for the rest.
+            let (default_on, other): (Vec<&Listen>, Vec<&Listen>) =
+                site.listens.iter().partition(|l| default_of(&l.addr) == Some(i));
+            for (is_default, on) in [(true, default_on), (false, other)] {
+                if on.is_empty() {
+                    continue;
+                }
+                if site.names.is_empty() && !is_default {
+                    self.notes.push(Note {
+                        line: site.line,
+                        directive: "server".into(),
+                        why: "a server with no name that is not the default for its address: never chosen, left out"
+                            .into(),
+                    });
+                    continue;
+                }
+                let mut listen: Vec<String> = on.iter().map(|l| l.addr.clone()).collect();
+                if all.iter().all(|a| listen.contains(a)) {
+                    listen.clear();
+                }
+                vhosts.push(VirtualHost {
+                    server_names: site.names.clone(),
+                    default: is_default,
+                    listen,
+                    plugins: Vec::new(),
+                    locations: site.locations.clone(),
                 });
-                continue;
             }
-            let mut listen: Vec<String> = site.listens.iter().map(|(a, _)| a.clone()).collect();
-            listen.dedup();
-            if all.iter().all(|a| listen.contains(a)) {
-                listen.clear();
-            }
-            vhosts.push(VirtualHost {
-                server_names: site.names.clone(),
-                default: is_default && (marked || site.names.is_empty()),
-                listen,
-                plugins: Vec::new(),
-                locations: site.locations.clone(),
-            });
         }
         let cfg = Config {
             server: self.server,
             listeners,
             upstreams: self.upstreams,
             virtual_hosts: vhosts,
-            trusted_proxies: Vec::new(),
+            trusted_proxies: self.trusted,
             health_endpoint: Default::default(),
             access_log: self.access_log.unwrap_or_else(|| "stdout".into()),
             admin: None,
@@ -410,11 +569,35 @@ impl Translator {
     }
 }
 
+fn status(code: u16) -> Return {
+    Return {
+        status: code,
+        location: None,
+        body: None,
+    }
+}
+
 fn empty_location(path: String) -> Location {
     Location {
         path,
         ..Default::default()
     }
+}
+
+/// Does `value` name only variables the headers plugin fills in?
+fn header_vars_ok(value: &str) -> bool {
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        let after = rest[i + 1..].trim_start_matches('{');
+        let len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        if !matches!(&after[..len], "remote_addr" | "host" | "scheme" | "uri" | "request_id") {
+            return false;
+        }
+        rest = &after[len..];
+    }
+    true
 }
 
 /// Request fields Portico sets as these lines would: the forwarding
