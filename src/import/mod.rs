@@ -272,7 +272,7 @@ mod tests {
     #[test]
     fn nginx_defaults_and_refusals_are_kept() {
         let (cfg, notes) = import(
-            "pid /run/n.pid; set_real_ip_from 10.0.0.0/8; server { listen 80; listen 443 ssl; server_name a.example; ssl_certificate a.pem; ssl_certificate_key a.key;\n\
+            "pid /run/n.pid; set_real_ip_from 10.0.0.0/8; keepalive_timeout 0; server { listen 80; listen 443 ssl; server_name a.example; ssl_certificate a.pem; ssl_certificate_key a.key;\n\
                location / { proxy_pass http://10.0.0.1:8080; }\n\
                location /up { client_max_body_size 0; proxy_pass http://10.0.0.1:8080; }\n\
                location /in { deny all; proxy_pass http://10.0.0.1:8080; }\n\
@@ -284,7 +284,7 @@ mod tests {
                location /r { return 301 https://${host}v2$request_uri; }\n\
              }\n\
              server { listen 127.0.0.1:80; server_name local.example; return 301 https://a.example/; location /x { proxy_pass http://10.0.0.2; } }\n\
-             server { listen 8080 default_server; listen 80; server_name b.example; location / { return 200; } }\n",
+             server { listen 8080 default_server; listen 80; server_name b.example; location / { return 301 https://$server_name$request_uri; } }\n",
         );
         let addrs: Vec<(&str, bool)> = cfg
             .listeners
@@ -345,6 +345,15 @@ mod tests {
             "default on one address only"
         );
         assert!(v[0].default, "the first server of :80");
+        let b_ret = v.iter().find(|h| h.server_names == ["b.example"]).unwrap().locations[0]
+            .ret
+            .clone()
+            .unwrap();
+        assert_eq!(
+            b_ret.location.as_deref(),
+            Some("https://b.example$request_uri"),
+            "$server_name"
+        );
         for expected in [
             "13: listen 127.0.0.1:80: Portico cannot listen on it next to 0.0.0.0:80",
             "5: allow/deny: an allow before a deny",
@@ -359,6 +368,17 @@ mod tests {
             );
         }
         assert!(!notes.iter().any(|n| n.contains("auth_basic_user_file")), "{notes:?}");
+        assert_eq!(
+            cfg.server.keepalive_timeout.0.as_secs(),
+            60,
+            "0 (keep-alive off in nginx) is not a timeout"
+        );
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("1: keepalive_timeout 0: nginx turns keep-alive off")),
+            "{notes:?}"
+        );
         assert_eq!(
             (cfg.server.pid_file.as_deref(), cfg.trusted_proxies.clone()),
             (Some("/run/n.pid"), vec!["10.0.0.0/8".to_string()])

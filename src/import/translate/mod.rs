@@ -113,6 +113,8 @@ pub struct Translator {
     trusted: Vec<String>,
     /// Upstreams left out (no server Portico can use).
     unusable: Vec<String>,
+    /// The first name of the server block being read (nginx's `$server_name`).
+    server_name: Option<String>,
 }
 
 fn note(d: &Directive, why: impl Into<String>) -> Note {
@@ -244,6 +246,7 @@ impl Translator {
                         d,
                         "a location outside any server block (invalid in nginx): put in a server on port 80",
                     ));
+                    self.server_name = None;
                     let locs = self.location(d, &inherited, "");
                     self.stray.extend(locs);
                 }
@@ -272,6 +275,10 @@ impl Translator {
                 };
                 match d.name.as_str() {
                     "send_timeout" => self.server.send_timeout = t,
+                    "keepalive_timeout" if t.0.is_zero() => {
+                        self.not_translated(d, "nginx turns keep-alive off; Portico keeps its default (60s)");
+                        return true;
+                    }
                     "keepalive_timeout" => {
                         self.server.keepalive_timeout = t;
                         if d.args.len() > 1 {

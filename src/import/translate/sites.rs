@@ -58,6 +58,7 @@ impl Translator {
         if let (Some(c), Some(k)) = (cert, key) {
             site.cert = Some((c, k));
         }
+        self.server_name = site.names.first().cloned();
         // A server-wide `return` answers every request, before any location.
         if let Some(e) = block.iter().find(|e| e.name == "return") {
             match self.ret(e) {
@@ -385,6 +386,11 @@ impl Translator {
             [url] => (302, Some(url.clone())),
             [code, text] => (code.parse().ok()?, Some(text.clone())),
             _ => return None,
+        };
+        // `$server_name` is the server block's first name, known here.
+        let text = match (text, &self.server_name) {
+            (Some(t), Some(name)) => Some(t.replace("${server_name}", name).replace("$server_name", name)),
+            (t, _) => t,
         };
         if text.as_deref().is_some_and(|t| !template_ok(t)) {
             self.not_translated(e, format!("a variable Portico does not know ({KNOWN_VARS})"));
