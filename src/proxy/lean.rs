@@ -299,7 +299,7 @@ impl LeanPath {
                 reuse = r;
                 match e {
                     Some(e) if e.retry() => {
-                        if !gw.suppress_error_log(&e) {
+                        if !Gateway::suppress_error_log(&e) {
                             warn!("Fail to proxy: {e}, tries: {tries}, retry: true, {}", s.summary());
                         }
                         failure = Some(e);
@@ -330,7 +330,7 @@ impl LeanPath {
     async fn fail(&self, s: &mut LeanSession, ctx: &mut super::Ctx, e: &Error, context: &str) -> bool {
         let gw = &self.gw;
         let res = gw.fail_to_proxy(s, e, ctx).await;
-        if !gw.suppress_error_log(e) {
+        if !Gateway::suppress_error_log(e) {
             error!("{context} {e}, status: {}, {}", res.error_code, s.summary());
         }
         res.can_reuse_downstream

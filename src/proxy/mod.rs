@@ -688,12 +688,18 @@ impl Gateway {
         e
     }
 
-    /// A client that goes away is routine, not an error worth a log line (nginx logs it at info).
-    pub fn suppress_error_log(&self, e: &Error) -> bool {
+    /// A client that goes away is routine, not an error worth a log line
+    /// (nginx logs it at info): an HTTP/1 connection closed, or an HTTP/2
+    /// stream the client reset (Pingora's `H2Error` on the client's side).
+    pub fn suppress_error_log(e: &Error) -> bool {
         e.esource() == &ErrorSource::Downstream
             && matches!(
                 e.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError | ErrorType::WriteTimedout
+                ErrorType::ConnectionClosed
+                    | ErrorType::ReadError
+                    | ErrorType::WriteError
+                    | ErrorType::WriteTimedout
+                    | ErrorType::H2Error
             )
     }
 
@@ -965,7 +971,7 @@ impl ProxyHttp for Gateway {
     }
 
     fn suppress_error_log(&self, _s: &Session, _ctx: &Ctx, e: &Error) -> bool {
-        Gateway::suppress_error_log(self, e)
+        Gateway::suppress_error_log(e)
     }
 
     async fn fail_to_proxy(&self, s: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -980,6 +986,21 @@ impl ProxyHttp for Gateway {
 #[cfg(test)]
 mod tests {
     use super::origin_form;
+
+    #[test]
+    fn clients_that_go_away_are_not_logged_as_errors() {
+        use pingora_core::{Error, ErrorSource, ErrorType::*};
+        let from = |t, src| {
+            let mut e = Error::new(t);
+            e.esource = src;
+            super::Gateway::suppress_error_log(&e)
+        };
+        for t in [ConnectionClosed, ReadError, WriteError, WriteTimedout, H2Error] {
+            assert!(from(t.clone(), ErrorSource::Downstream), "{t:?}");
+            assert!(!from(t, ErrorSource::Upstream), "a server's failure is logged");
+        }
+        assert!(!from(InvalidHTTPHeader, ErrorSource::Downstream));
+    }
 
     #[test]
     fn absolute_targets_go_on_as_their_path_and_query() {
