@@ -403,35 +403,52 @@ fn wait_for_first_pass_routes_only_after_checks_pass() {
     assert_eq!(m.get("a"), Some(&10), "b never passed a check: {m:?}");
 }
 
-/// A client that pauses mid-body for longer than the pool's `read_timeout`
-/// gets 408; the servers, which were waiting for that body, are not marked
-/// down (nginx times a server only once the request is sent) and the
-/// request is not sent to another.
+/// A request body of a declared length up to 64 KiB is read whole before a
+/// server is chosen, as nginx's `proxy_request_buffering` reads it: a client
+/// pausing in it for longer than the pool's `read_timeout` is still served
+/// (nginx lets it pause up to `client_body_timeout`), and one pausing longer
+/// than `client_body_timeout` gets 408 with no server having seen the
+/// request, so none is marked down or tried.
 #[test]
 fn a_client_stalling_its_body_is_not_held_against_the_servers() {
     use std::io::Write;
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let g = gw(
-        &[&a, &b],
-        "    read_timeout: 500ms\n",
-        "        max_fails: 1\n        fail_timeout: 30s\n",
-    );
-    for _ in 0..2 {
+    let g = Gateway::start(&format!(
+        "{}listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app:\n    read_timeout: 500ms\n    servers:\n{}\nvirtual_hosts:\n  - default: true\n    locations:\n      - path: /\n        proxy_pass: app\n",
+        server_section(&["client_body_timeout: 1s"]),
+        servers_yaml(&[&a, &b], "        max_fails: 1\n        fail_timeout: 30s\n")
+    ));
+    let connections = || a.connections.load(SeqCst) + b.connections.load(SeqCst);
+    let stalled = |pause: Duration| {
         let mut c = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        c.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n0123456789")
+        c.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\nConnection: close\r\n\r\n0123456789")
             .unwrap();
-        std::thread::sleep(Duration::from_millis(1200));
+        std::thread::sleep(pause);
         let _ = c.write_all(b"0123456789");
         let mut out = String::new();
         let _ = std::io::Read::read_to_string(&mut c, &mut out);
+        out
+    };
+    let before = connections();
+    let out = stalled(Duration::from_millis(800));
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.contains("body-length=20"),
+        "{out}"
+    );
+    assert_eq!(a.posts.load(SeqCst) + b.posts.load(SeqCst), 1);
+    for _ in 0..2 {
+        let opened = connections();
+        let out = stalled(Duration::from_millis(1500));
         assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+        assert_eq!(connections(), opened, "no server was connected to while the body came");
     }
     assert_eq!(
         a.posts.load(SeqCst) + b.posts.load(SeqCst),
-        0,
-        "no body was ever complete upstream"
+        1,
+        "no stalled body went upstream"
     );
+    assert!(connections() - before <= 1);
     let seen: std::collections::HashSet<String> = (0..6).map(|_| g.get("/").backend()).collect();
     assert_eq!(seen.len(), 2, "both servers still take requests: {seen:?}");
 }

@@ -1,6 +1,6 @@
 //! gRPC-style traffic through the gateway: HTTP/2 (h2c) on both sides, a
 //! request carrying `te: trailers`, and a response whose status travels in
-//! trailers (`grpc-status`), as gRPC needs.
+//! trailers (`grpc-status`), as gRPC needs; and an HTTP/2 body that stalls.
 
 mod common;
 use bytes::Bytes;
@@ -92,5 +92,51 @@ fn grpc_trailers_pass_through_h2c_both_ways() {
         assert_eq!(trailers.get("grpc-status").unwrap(), "0");
         assert_eq!(trailers.get("grpc-message").unwrap(), "ok");
         assert_eq!(seen_te.lock().unwrap().as_slice(), ["trailers"], "te: trailers reached the server");
+    });
+}
+
+/// An HTTP/2 request body of a declared length up to 64 KiB that stops
+/// coming gets 408 after `client_body_timeout`, and no server is connected
+/// to meanwhile (Pingora times no HTTP/2 body read: such a stream held a
+/// server connection until the pool's `read_timeout`, one per stream).
+#[test]
+fn a_stalled_http2_body_gets_408_and_holds_no_server() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let b = Backend::start("b");
+    rt.block_on(async {
+        let g = Gateway::start(&format!(
+            "{}listeners:\n  - {{ listen: \"127.0.0.1:{{PORT}}\", h2c: true }}\nupstreams:\n  app: {{ read_timeout: 30s, servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
+            server_section(&["client_body_timeout: 1s"]),
+            b.addr
+        ));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", g.port)).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut streams = Vec::new();
+        for i in 0..5 {
+            let mut client = client.clone().ready().await.unwrap();
+            let req = Request::builder()
+                .method("POST")
+                .uri(format!("http://127.0.0.1:{}/stall/{i}", g.port))
+                .header("content-length", "1000")
+                .body(())
+                .unwrap();
+            let (resp, mut send) = client.send_request(req, false).unwrap();
+            send.send_data(Bytes::from_static(b"0123456789"), false).unwrap();
+            streams.push((resp, send));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(b.connections.load(std::sync::atomic::Ordering::SeqCst), 0, "no server connection for a body still coming");
+        let start = std::time::Instant::now();
+        for (resp, _send) in streams {
+            let resp = tokio::time::timeout(std::time::Duration::from_secs(5), resp).await.expect("answered");
+            assert_eq!(resp.unwrap().status(), 408);
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(2), "{:?}", start.elapsed());
+        assert_eq!(b.hits(), 0);
     });
 }

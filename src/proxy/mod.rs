@@ -118,6 +118,43 @@ async fn continue_body(s: &mut Session) -> Result<()> {
     Ok(())
 }
 
+/// Largest declared body read whole before a server is chosen: what
+/// Pingora's retry buffer (64 KiB), through which the proxy loop then sends
+/// it, holds.
+const BUFFERED_BODY: u64 = 64 * 1024;
+
+/// Pingora's wait between two reads of a body (`client_body_timeout` unset).
+const BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A body of a declared length up to [`BUFFERED_BODY`] is read whole before
+/// a server is chosen and connected to, as nginx's `proxy_request_buffering`
+/// does: a client that sends it slowly holds no server connection (500 slow
+/// POSTs held 500 before). It is read into Pingora's retry buffer, which the
+/// proxy loop sends first. `wait` bounds each read, for HTTP/2 too (Pingora
+/// times no HTTP/2 body read). A body of unknown length (chunked, a gRPC
+/// stream) is streamed as before: its end may depend on the answer.
+async fn buffer_small_body(s: &mut Session, wait: std::time::Duration) -> Result<()> {
+    let declared = (s.req().headers.get(http::header::CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if !declared.is_some_and(|n| n > 0 && n <= BUFFERED_BODY) || s.as_downstream_mut().is_body_done() {
+        return Ok(());
+    }
+    s.as_downstream_mut().enable_retry_buffering();
+    while !s.as_downstream_mut().is_body_done() {
+        match pingora_timeout::timeout(wait, s.as_downstream_mut().read_request_body()).await {
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => return Err(e.into_down()),
+            Err(_) => {
+                let e = Error::explain(ErrorType::ReadTimedout, format!("request body: nothing for {wait:?}"));
+                return Err(e.into_down());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An HTTP/2 request made an HTTP/1.1 one: its `cookie` fields joined into
 /// one (RFC 9113 §8.2.3; many servers read only the first), and no
 /// `Expect` (a `100` cannot go back over HTTP/2 through Pingora, and the
@@ -855,6 +892,8 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         continue_body(s).await?;
+        let wait = (ctx.snap.as_ref().and_then(|snap| snap.cfg.server.client_body_timeout)).map_or(BODY_WAIT, |d| d.0);
+        buffer_small_body(s, wait).await?;
         Ok(false)
     }
 
