@@ -118,6 +118,11 @@ async fn continue_body(s: &mut Session) -> Result<()> {
     Ok(())
 }
 
+/// The body length a request declares (its Content-Length), if one number.
+fn declared_length<D: Downstream>(s: &D) -> Option<u64> {
+    s.header("content-length").and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 /// Largest declared body read whole before a server is chosen: what
 /// Pingora's retry buffer (64 KiB), through which the proxy loop then sends
 /// it, holds.
@@ -134,9 +139,7 @@ const BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// times no HTTP/2 body read). A body of unknown length (chunked, a gRPC
 /// stream) is streamed as before: its end may depend on the answer.
 async fn buffer_small_body(s: &mut Session, wait: std::time::Duration) -> Result<()> {
-    let declared = (s.req().headers.get(http::header::CONTENT_LENGTH))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = declared_length(s);
     if !declared.is_some_and(|n| n > 0 && n <= BUFFERED_BODY) || s.as_downstream_mut().is_body_done() {
         return Ok(());
     }
@@ -393,8 +396,7 @@ impl Gateway {
             return Ok(true);
         };
         if let Some(max) = loc.max_body {
-            let len = s.header("content-length").and_then(|v| v.parse::<u64>().ok());
-            if len.is_some_and(|n| n > max) {
+            if declared_length(s).is_some_and(|n| n > max) {
                 s.set_keepalive(None);
                 Self::error_page(s, ctx, 413).await?;
                 return Ok(true);

@@ -38,7 +38,8 @@ struct Inherited {
     add_headers: Option<Vec<(String, String, usize)>>,
     /// `allow` / `deny` rules in order: (allow?, address, line).
     access: Option<Vec<(bool, String, usize)>>,
-    /// The lists this level has set itself (the first line of one replaces what came from above).
+    /// The lists this level has set itself ([`HEADERS`], [`ADDED`], [`ACCESS`]):
+    /// the first line of one replaces what came from above.
     own: [bool; 3],
     /// An access check Portico cannot translate (`auth_basic`, `auth_request`):
     /// the directive and its line. Its locations refuse everyone (fail closed).
@@ -48,6 +49,11 @@ struct Inherited {
     ssl_sni: bool,
     ssl_ca: Option<String>,
 }
+
+/// Indices of [`Inherited::own`].
+const HEADERS: usize = 0;
+const ADDED: usize = 1;
+const ACCESS: usize = 2;
 
 impl Inherited {
     /// The `http` level: nginx's defaults where Portico's differ.
@@ -288,12 +294,16 @@ impl Translator {
                     "client_header_timeout" => self.server.client_header_timeout = t,
                     _ => self.server.client_body_timeout = Some(t),
                 }
-                match d.name.as_str() {
-                    "send_timeout" => "send_timeout",
-                    "keepalive_timeout" => "keepalive_timeout",
-                    "client_header_timeout" => "client_header_timeout",
-                    _ => "client_body_timeout",
-                }
+                const TIMES: [&str; 4] = [
+                    "send_timeout",
+                    "keepalive_timeout",
+                    "client_header_timeout",
+                    "client_body_timeout",
+                ];
+                TIMES
+                    .into_iter()
+                    .find(|k| *k == d.name)
+                    .unwrap_or("client_body_timeout")
             }
             "large_client_header_buffers" => {
                 let total = d
@@ -440,15 +450,15 @@ impl Translator {
                 self.not_translated(d, "unexpected arguments after the value (a missing `;`?)")
             }
             "proxy_set_header" if d.args.len() == 2 => {
-                let list = Inherited::own(&mut into.own, 0, &mut into.set_headers);
+                let list = Inherited::own(&mut into.own, HEADERS, &mut into.set_headers);
                 list.push((d.args[0].clone(), d.args[1].clone(), d.line));
             }
             "add_header" if d.args.len() == 2 || (d.args.len() == 3 && d.args[2] == "always") => {
-                let list = Inherited::own(&mut into.own, 1, &mut into.add_headers);
+                let list = Inherited::own(&mut into.own, ADDED, &mut into.add_headers);
                 list.push((d.args[0].clone(), d.args[1].clone(), d.line));
             }
             "allow" | "deny" if d.args.len() == 1 => {
-                let list = Inherited::own(&mut into.own, 2, &mut into.access);
+                let list = Inherited::own(&mut into.own, ACCESS, &mut into.access);
                 list.push((d.name == "allow", d.args[0].clone(), d.line));
             }
             // Portico's behaviour already: HTTP/1.1 upstream, buffering as it streams, redirects as sent.
