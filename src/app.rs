@@ -79,7 +79,7 @@ impl BackgroundService for ReloadOnHup {
 }
 
 /// Once a graceful shutdown or upgrade starts, exit as soon as no request
-/// (or upgraded connection) is in flight, instead of sleeping out Pingora's
+/// (or upgraded connection, or TCP listener connection) is in flight, instead of sleeping out Pingora's
 /// whole grace period; the grace period stays the upper bound.
 struct ExitWhenIdle;
 
@@ -91,14 +91,15 @@ impl BackgroundService for ExitWhenIdle {
                 return;
             }
         }
-        let gauge = &crate::metrics::get().requests_in_flight;
+        let m = crate::metrics::get();
         let mut idle_for = 0;
         // Idle for 500 ms straight: requests read just before the listeners closed have shown up.
         while idle_for < 10 {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            idle_for = if gauge.get() == 0 { idle_for + 1 } else { 0 };
+            let busy = m.requests_in_flight.get() > 0 || m.tcp_active.get() > 0;
+            idle_for = if busy { 0 } else { idle_for + 1 };
         }
-        log::warn!("graceful shutdown: no request in flight, exiting");
+        log::warn!("graceful shutdown: no request or TCP connection in flight, exiting");
         crate::access_log::flush_global();
         std::process::exit(0);
     }
@@ -272,6 +273,10 @@ pub fn run(args: Args) -> i32 {
         let svc = crate::listener::Accepting::new(&l.listen, app, tls, read_ahead, s.threads);
         server.add_service(svc);
     }
+    for (i, t) in cfg.tcp.iter().enumerate() {
+        let svc = crate::tcp::TcpService::new(&t.listen, i, live.clone(), access_log.clone());
+        server.add_service(svc);
+    }
     server.add_service(background_service(
         "health checks",
         HealthChecks(live.clone(), transport.clone()),
@@ -294,7 +299,11 @@ pub fn run(args: Args) -> i32 {
     }
     log::info!(
         "portico listening on {:?}",
-        cfg.listeners.iter().map(|l| &l.listen).collect::<Vec<_>>()
+        cfg.listeners
+            .iter()
+            .map(|l| &l.listen)
+            .chain(cfg.tcp.iter().map(|t| &t.listen))
+            .collect::<Vec<_>>()
     );
     server.run(pingora_core::server::RunArgs::default());
     // Pingora's fast shutdown (SIGINT) returns here: the last lines must not be lost.

@@ -13,6 +13,7 @@
 //! - `access_log`, `template`, `clock`, `timeout`, `sockio`, `warming`: small helpers
 //! - `app`: wiring everything into a Pingora server
 //! - `demo`: the two demo backends of the quick start
+//! - `tcp`: TCP (layer 4) listeners balancing connections over the same pools
 //! - `import`: `--import-nginx`, an nginx configuration translated into Portico YAML
 
 pub mod access_log;
@@ -32,6 +33,7 @@ pub mod proxy;
 pub mod retry;
 pub mod routing;
 pub mod sockio;
+pub mod tcp;
 pub mod template;
 pub mod timeout;
 pub mod tls;

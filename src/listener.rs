@@ -48,7 +48,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::Notify;
 
-mod accept;
+pub(crate) mod accept;
 mod chunks;
 mod conn;
 pub mod head;

@@ -80,6 +80,8 @@ pub struct ListenerRt {
 
 pub struct Snapshot {
     pub listeners: Vec<ListenerRt>,
+    /// The TCP listeners' settings, in the config's order.
+    pub tcp: Vec<Arc<crate::tcp::Route>>,
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub trusted: Vec<IpNet>,
     pub health_path: Option<String>,
@@ -125,7 +127,7 @@ pub struct Live {
 impl Live {
     pub fn new(s: Snapshot, states: Arc<StateRegistry>, path: &str) -> Self {
         Live {
-            listeners: s.cfg.listeners.iter().map(listener_key).collect(),
+            listeners: listener_keys(&s.cfg),
             current: ArcSwap::from_pointee(s),
             states,
             path: path.to_string(),
@@ -170,7 +172,7 @@ impl Live {
         let base = l.cfg.clone();
         let overlay = self.overlay.lock().unwrap().clone();
         apply_overlay(&mut l.cfg, &overlay);
-        let now: Vec<String> = l.cfg.listeners.iter().map(listener_key).collect();
+        let now = listener_keys(&l.cfg);
         if now != self.listeners {
             return Err(format!(
                 "listeners changed ({:?} -> {now:?}): new listeners need a binary upgrade (see docs/operations.md)",
@@ -252,12 +254,15 @@ impl Live {
     }
 }
 
-/// What a reload cannot change about a listener: its address and whether it speaks TLS.
-fn listener_key(l: &config::Listener) -> String {
-    match &l.tls {
+/// What a reload cannot change about the listeners: their addresses, and
+/// whether each speaks TLS or TCP.
+fn listener_keys(c: &config::Config) -> Vec<String> {
+    let http = c.listeners.iter().map(|l| match &l.tls {
         Some(t) => format!("{} (tls{})", l.listen, if t.http2 { ", h2" } else { "" }),
         None => l.listen.clone(),
-    }
+    });
+    http.chain(c.tcp.iter().map(|t| format!("{} (tcp)", t.listen)))
+        .collect()
 }
 
 fn apply_overlay(cfg: &mut config::Config, o: &Overlay) {
@@ -638,19 +643,26 @@ fn build_certs(l: &Loaded, path: &str, t: &config::ListenerTls) -> Result<crate:
 /// Server state for (pool, address) pairs already known is reused.
 pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError> {
     let c = &l.cfg;
-    if c.listeners.is_empty() {
-        return Err(l.err("listeners", "at least one listener is needed"));
+    if c.listeners.is_empty() && c.tcp.is_empty() {
+        return Err(l.err("listeners", "at least one listener (or tcp listener) is needed"));
     }
     let mut seen = HashSet::new();
-    for (i, li) in c.listeners.iter().enumerate() {
-        let a: SocketAddr = li.listen.parse().map_err(|_| {
-            l.err(
-                &format!("listeners[{i}].listen"),
-                format!("invalid listen address {:?} (expected ip:port)", li.listen),
-            )
-        })?;
+    let http = c
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, li)| (format!("listeners[{i}].listen"), &li.listen));
+    let tcp = c
+        .tcp
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("tcp[{i}].listen"), &t.listen));
+    for (at, listen) in http.chain(tcp) {
+        let a: SocketAddr = listen
+            .parse()
+            .map_err(|_| l.err(&at, format!("invalid listen address {listen:?} (expected ip:port)")))?;
         if !seen.insert(a) {
-            return Err(l.err(&format!("listeners[{i}].listen"), format!("duplicate listener {a}")));
+            return Err(l.err(&at, format!("duplicate listener {a}")));
         }
     }
     if let Some(a) = &c.admin {
@@ -787,6 +799,7 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
     }
     Ok(Snapshot {
         has_http2_pool: pools.values().any(|p| p.http2),
+        tcp: crate::tcp::compile(l, &pools)?,
         listeners,
         pools,
         trusted,

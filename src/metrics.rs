@@ -24,6 +24,10 @@ pub struct Metrics {
     pub parked: IntGauge,
     pub reloads: IntCounterVec,
     pub request_time: Histogram,
+    /// TCP listeners: connections by outcome, bytes, connections open.
+    pub tcp_connections: IntCounterVec,
+    pub tcp_bytes: IntCounterVec,
+    pub tcp_active: IntGauge,
 }
 
 pub fn get() -> &'static Metrics {
@@ -78,6 +82,26 @@ pub fn get() -> &'static Metrics {
                 .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
         )
         .unwrap();
+        let tcp_connections = IntCounterVec::new(
+            Opts::new(
+                "tcp_connections_total",
+                "TCP listener connections by listener, pool and status (200 relayed, 502 no server reached)",
+            ),
+            &["listener", "pool", "status"],
+        )
+        .unwrap();
+        let tcp_bytes = IntCounterVec::new(
+            Opts::new(
+                "tcp_bytes_total",
+                "Bytes TCP listeners relayed, by direction (received from clients, sent to clients)",
+            ),
+            &["listener", "direction"],
+        )
+        .unwrap();
+        let tcp_active = IntGauge::new("tcp_connections_active", "TCP listener connections open").unwrap();
+        reg(Box::new(tcp_connections.clone()));
+        reg(Box::new(tcp_bytes.clone()));
+        reg(Box::new(tcp_active.clone()));
         reg(Box::new(requests.clone()));
         reg(Box::new(upstream_time.clone()));
         reg(Box::new(retries.clone()));
@@ -106,6 +130,9 @@ pub fn get() -> &'static Metrics {
             parked,
             reloads,
             request_time,
+            tcp_connections,
+            tcp_bytes,
+            tcp_active,
         }
     })
 }

@@ -126,6 +126,40 @@ fn bad_configs_are_located_precisely() {
             "FILE:2:3: server.max_request_header_size: max_request_header_size must be between 1k and 1m",
             "",
         ),
+        // TCP listeners: a pool that is not there, or one that cannot carry plain bytes
+        (
+            "tcp:\n  - listen: 127.0.0.1:1\n    proxy_pass: nope\n",
+            "FILE:3:5: tcp[0].proxy_pass: unknown upstream \"nope\"",
+            "",
+        ),
+        (
+            &format!("{GOOD}tcp:\n  - listen: 127.0.0.1:2\n    proxy_pass: app\n").replace("    servers:\n", "    tls: true\n    servers:\n"),
+            "FILE:15:5: tcp[0].proxy_pass: upstream \"app\" connects over TLS",
+            "",
+        ),
+        (
+            &format!("{GOOD}tcp:\n  - listen: 127.0.0.1:2\n    proxy_pass: app\n")
+                .replace("    servers:\n", "    algorithm: sticky\n    sticky: { secret: sixteen-chars-long }\n    servers:\n"),
+            "FILE:16:5: tcp[0].proxy_pass: upstream \"app\" is sticky by an HTTP cookie",
+            "",
+        ),
+        (
+            &format!("{GOOD}tcp:\n  - listen: 127.0.0.1:2\n    proxy_pass: app\n")
+                .replace("    servers:\n", "    algorithm: hash\n    hash_key: $uri\n    servers:\n"),
+            "FILE:16:5: tcp[0].proxy_pass: upstream \"app\" hashes a request field",
+            "",
+        ),
+        (
+            &format!("{GOOD}tcp:\n  - listen: 127.0.0.1:2\n    proxy_pass: app\n    proxy_protocol: v3\n"),
+            "FILE:15:5: tcp[0].proxy_protocol: unknown PROXY protocol version \"v3\"",
+            "",
+        ),
+        // a TCP listener on an HTTP listener's address
+        (
+            &format!("{GOOD}tcp:\n  - listen: 127.0.0.1:8080\n    proxy_pass: app\n"),
+            "FILE:13:5: tcp[0].listen: duplicate listener 127.0.0.1:8080",
+            "",
+        ),
         // YAML syntax error
         ("listeners: [\n", "FILE:", ""),
     ];

@@ -12,7 +12,12 @@ use std::collections::BTreeMap;
 pub struct Config {
     #[serde(default)]
     pub server: ServerSection,
+    #[serde(default)]
     pub listeners: Vec<Listener>,
+    /// TCP (layer 4) listeners: each connection is passed, bytes as they
+    /// are, to a server of an upstream pool.
+    #[serde(default)]
+    pub tcp: Vec<TcpListener>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, Upstream>,
     #[serde(default)]
@@ -156,6 +161,35 @@ pub struct Listener {
     /// Accept cleartext HTTP/2 (prior knowledge) besides HTTP/1.x.
     #[serde(default)]
     pub h2c: bool,
+}
+
+/// A TCP listener (nginx's `stream { server { listen; proxy_pass; } }`).
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TcpListener {
+    /// `ip:port` to bind.
+    pub listen: String,
+    /// The upstream pool whose servers take this listener's connections.
+    pub proxy_pass: String,
+    /// Longest wait for a server to accept a connection (default: the
+    /// pool's `connect_timeout`, else 60s, nginx's `proxy_connect_timeout`).
+    pub connect_timeout: Option<Dur>,
+    /// A connection with no bytes either way for this long is closed
+    /// (nginx `proxy_timeout`; default 10m).
+    pub idle_timeout: Option<Dur>,
+    /// When a server cannot be connected to, try another (nginx stream
+    /// `proxy_next_upstream`, default on). Once connected, a connection is
+    /// never moved: its bytes may have been read.
+    #[serde(default = "yes")]
+    pub next_upstream: bool,
+    /// Servers tried per connection, at most; 0 (the default): no limit.
+    #[serde(default)]
+    pub next_upstream_tries: usize,
+    /// Time spent trying servers per connection, at most; unset: no limit.
+    pub next_upstream_timeout: Option<Dur>,
+    /// Send the client's address to the server first in a PROXY protocol
+    /// header: `v1` (text, nginx's `proxy_protocol on`) or `v2` (binary).
+    pub proxy_protocol: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone)]

@@ -159,7 +159,7 @@ impl Service for Accepting {
 
 /// The socket handed over by the previous process, or a new one (registered
 /// for the next upgrade).
-async fn listen(addr: &str, fds: Option<ListenFds>) -> io::Result<TcpListener> {
+pub(crate) async fn listen(addr: &str, fds: Option<ListenFds>) -> io::Result<TcpListener> {
     if let Some(fd) = fds.as_ref().and_then(|t| t.lock().get(addr).copied()) {
         // SAFETY: the fd table holds listening sockets this process owns.
         let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
@@ -179,9 +179,9 @@ async fn listen(addr: &str, fds: Option<ListenFds>) -> io::Result<TcpListener> {
 /// reactor watches them if they have to wait (`take_in`), so with one
 /// single-threaded runtime per worker thread each connection's I/O wakes
 /// only the thread that serves it.
-type Listening = AsyncFd<mio::net::TcpListener>;
+pub(crate) type Listening = AsyncFd<mio::net::TcpListener>;
 
-fn watched(l: TcpListener) -> io::Result<Listening> {
+pub(crate) fn watched(l: TcpListener) -> io::Result<Listening> {
     let l = mio::net::TcpListener::from_std(l.into_std()?);
     // SAFETY: the listener owns its descriptor, which stays open and the same
     // until the `AsyncFd` (the listener's only owner) drops it.
@@ -258,20 +258,23 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<Listening>, mut shutdown
                     tokio::task::yield_now().await;
                 }
             }
-            Err(e) => {
-                log::error!("accept() failed: {e}");
-                // Out of file descriptors (ENFILE, EMFILE): let connections close before trying again.
-                if matches!(e.raw_os_error(), Some(23 | 24)) {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
+            Err(e) => accept_failed(&e).await,
         }
+    }
+}
+
+/// After a failed `accept()`: logged, and when out of file descriptors
+/// (ENFILE, EMFILE), a pause to let connections close before trying again.
+pub(crate) async fn accept_failed(e: &io::Error) {
+    log::error!("accept() failed: {e}");
+    if matches!(e.raw_os_error(), Some(23 | 24)) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
 /// The next connection from the listening socket: a non-blocking socket
 /// not yet watched by any thread's reactor.
-async fn accept(listener: &Listening) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+pub(crate) async fn accept(listener: &Listening) -> io::Result<(std::net::TcpStream, SocketAddr)> {
     loop {
         let mut ready = listener.readable().await?;
         if let Ok(accepted) = ready.try_io(|l| accept_now(l.get_ref())) {

@@ -870,7 +870,7 @@ impl Gateway {
 }
 
 /// An access-log line up to its request line's opening quote.
-fn line_start(line: &mut String, client: Option<IpAddr>) {
+pub(crate) fn line_start(line: &mut String, client: Option<IpAddr>) {
     match client {
         Some(ip) => forwarded::push_ip(line, ip),
         None => line.push('-'),

@@ -17,15 +17,7 @@ fn key<'a, D: Downstream>(pool: &Pool, s: &'a D, ctx: &Ctx) -> Cow<'a, [u8]> {
         return Cow::Borrowed(&[]);
     };
     match k {
-        HashKey::ClientIp | HashKey::ClientNet => match ctx.client_ip {
-            // `ip_hash` takes an IPv4 address's first three bytes.
-            Some(std::net::IpAddr::V4(ip)) => {
-                let bytes = if *k == HashKey::ClientNet { 3 } else { 4 };
-                Cow::Owned(ip.octets()[..bytes].to_vec())
-            }
-            Some(std::net::IpAddr::V6(ip)) => Cow::Owned(ip.octets().to_vec()),
-            None => Cow::Borrowed(&[]),
-        },
+        HashKey::ClientIp | HashKey::ClientNet => Cow::Owned(k.client_bytes(ctx.client_ip)),
         HashKey::Uri => Cow::Borrowed(s.path().as_bytes()),
         HashKey::RequestUri => Cow::Borrowed(s.target().as_bytes()),
         HashKey::Header(h) => Cow::Borrowed(s.req().headers.get(h.as_str()).map(|v| v.as_bytes()).unwrap_or(&[])),

@@ -183,6 +183,20 @@ impl HashKey {
             }
         })
     }
+
+    /// The key bytes of a client's address, for `ClientIp` (all of it) and
+    /// `ClientNet` (an IPv4 address's first three bytes); empty for other
+    /// keys or no address.
+    pub fn client_bytes(&self, ip: Option<std::net::IpAddr>) -> Vec<u8> {
+        match (self, ip) {
+            (HashKey::ClientIp | HashKey::ClientNet, Some(std::net::IpAddr::V4(ip))) => {
+                let bytes = if *self == HashKey::ClientNet { 3 } else { 4 };
+                ip.octets()[..bytes].to_vec()
+            }
+            (HashKey::ClientIp | HashKey::ClientNet, Some(std::net::IpAddr::V6(ip))) => ip.octets().to_vec(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// Connection-level settings for a pool (a location may override timeouts).

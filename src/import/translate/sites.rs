@@ -563,6 +563,7 @@ impl Translator {
         let cfg = Config {
             server: self.server,
             listeners,
+            tcp: Vec::new(),
             upstreams: self.upstreams,
             virtual_hosts: vhosts,
             trusted_proxies: self.trusted,

@@ -1,0 +1,120 @@
+//! TCP (layer 4) balancing, nginx's `stream` module: a `tcp:` listener
+//! passes each connection it accepts, bytes as they are, to a server of an
+//! upstream pool. The pool's algorithm, health (active checks, `max_fails`,
+//! draining) and backups apply as for HTTP; a server that cannot be
+//! connected to counts as a failure, and the connection moves to the next
+//! server (`next_upstream`). Once connected, a connection stays with its
+//! server until either side closes it or it idles out.
+//!
+//! - `service`: the listening service and the life of one connection
+//! - `relay`: the two-way copy, half-closes, idle timeout and byte counts
+//! - `proxy_protocol`: the PROXY header sent to servers that want it
+
+mod proxy_protocol;
+mod relay;
+mod service;
+
+pub use proxy_protocol::Version as ProxyProtocol;
+pub use service::TcpService;
+
+use crate::config::schema::Algorithm;
+use crate::config::{ConfigError, Loaded};
+use crate::upstream::{HashKey, Pool};
+use prometheus::IntCounter;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// nginx's `proxy_connect_timeout` default.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// nginx's `proxy_timeout` default.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// One TCP listener's settings, as the running configuration says.
+pub struct Route {
+    /// The listen address, for logs and metrics.
+    pub listen: Arc<str>,
+    pub pool: Arc<Pool>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub next_upstream: bool,
+    /// Servers tried per connection, at most (0: no limit).
+    pub tries: usize,
+    pub tries_timeout: Option<Duration>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+    counters: Counters,
+}
+
+/// Pre-resolved metrics of one route.
+struct Counters {
+    relayed: IntCounter,
+    unreached: IntCounter,
+    received: IntCounter,
+    sent: IntCounter,
+}
+
+impl Counters {
+    fn new(listen: &str, pool: &str) -> Counters {
+        let m = crate::metrics::get();
+        Counters {
+            relayed: m.tcp_connections.with_label_values(&[listen, pool, "200"]),
+            unreached: m.tcp_connections.with_label_values(&[listen, pool, "502"]),
+            received: m.tcp_bytes.with_label_values(&[listen, "received"]),
+            sent: m.tcp_bytes.with_label_values(&[listen, "sent"]),
+        }
+    }
+}
+
+/// The running form of the config's `tcp:` list, checked against the pools.
+pub fn compile(l: &Loaded, pools: &BTreeMap<String, Arc<Pool>>) -> Result<Vec<Arc<Route>>, ConfigError> {
+    let mut routes = Vec::new();
+    for (i, t) in l.cfg.tcp.iter().enumerate() {
+        let at = |field: &str| format!("tcp[{i}].{field}");
+        let Some(pool) = pools.get(&t.proxy_pass) else {
+            return Err(l.err(&at("proxy_pass"), format!("unknown upstream {:?}", t.proxy_pass)));
+        };
+        if let Some(why) = unfit_for_tcp(pool) {
+            let msg = format!("upstream {:?} {why}", t.proxy_pass);
+            return Err(l.err(&at("proxy_pass"), msg));
+        }
+        let proxy_protocol = match &t.proxy_protocol {
+            None => None,
+            Some(v) => Some(ProxyProtocol::parse(v).map_err(|e| l.err(&at("proxy_protocol"), e))?),
+        };
+        let idle_timeout = t.idle_timeout.map_or(IDLE_TIMEOUT, |d| d.0);
+        if idle_timeout.is_zero() {
+            return Err(l.err(&at("idle_timeout"), "idle_timeout must be more than 0"));
+        }
+        routes.push(Arc::new(Route {
+            listen: t.listen.as_str().into(),
+            connect_timeout: t
+                .connect_timeout
+                .map(|d| d.0)
+                .or(pool.timeouts.connect)
+                .unwrap_or(CONNECT_TIMEOUT),
+            idle_timeout,
+            next_upstream: t.next_upstream,
+            tries: t.next_upstream_tries,
+            tries_timeout: t.next_upstream_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
+            proxy_protocol,
+            counters: Counters::new(&t.listen, &t.proxy_pass),
+            pool: pool.clone(),
+        }));
+    }
+    Ok(routes)
+}
+
+/// Why a pool cannot take TCP connections, if it cannot.
+fn unfit_for_tcp(pool: &Pool) -> Option<&'static str> {
+    if pool.tls.is_some() {
+        return Some("connects over TLS; a tcp listener passes bytes as they are (use a pool without tls)");
+    }
+    match pool.algorithm {
+        Algorithm::Sticky => Some("is sticky by an HTTP cookie; a tcp listener can hash the client address (ip_hash)"),
+        Algorithm::LeastTime => Some("picks by HTTP response time; use least_conn for a tcp listener"),
+        Algorithm::Hash if !matches!(pool.hash_key, Some(HashKey::ClientIp | HashKey::ClientNet)) => {
+            Some("hashes a request field; a tcp listener can hash only $remote_addr")
+        }
+        _ => None,
+    }
+}
