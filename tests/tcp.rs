@@ -380,3 +380,70 @@ fn a_reload_moves_new_tcp_connections_and_a_shutdown_lets_open_ones_finish() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A process this test started, stopped (SIGINT) when the test ends however it ends.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").arg("-INT").arg(self.0.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_binary_upgrade_keeps_open_tcp_connections() {
+    let e = Echo::start("e");
+    let tp = free_port();
+    let server = server_section(&[]).replace("grace_period: 1s", "grace_period: 10s");
+    let mut g = gateway_with(
+        &server,
+        &format!("  - listen: 127.0.0.1:{tp}\n    proxy_pass: e\n"),
+        &format!("  e:\n    servers:\n{}", servers(&[e.addr])),
+    );
+    let mut open = dial(tp);
+    assert_eq!(greeting(&mut open), "e");
+
+    // The new binary takes over the listening sockets.
+    let pid_file = g.dir.join("portico.pid");
+    let old = std::fs::read_to_string(&pid_file).unwrap();
+    let _new = Stopped(
+        std::process::Command::new(portico_bin())
+            .args(["-u", "-c", g.conf.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(g.dir.join("upgrade.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&pid_file).unwrap_or_default() == old {
+        assert!(Instant::now() < deadline, "no take-over: {}", g.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // New connections are taken (by either process while they hand over, then the new one).
+    for _ in 0..3 {
+        assert_eq!(exchange(tp, b"n"), ("e".to_string(), b"n".to_vec()));
+    }
+    // The connection opened before goes on, on the old process, until it ends.
+    std::thread::sleep(Duration::from_millis(1500));
+    open.write_all(b"old").unwrap();
+    let mut three = [0u8; 3];
+    open.read_exact(&mut three).unwrap();
+    assert_eq!(&three, b"old");
+    assert!(g.child.try_wait().unwrap().is_none(), "the old process left with a connection open");
+    open.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    open.read_to_end(&mut rest).unwrap();
+    let closed = Instant::now();
+    while g.child.try_wait().unwrap().is_none() {
+        assert!(closed.elapsed() < Duration::from_secs(5), "old process still running after its last connection");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And the new process serves on.
+    assert_eq!(exchange(tp, b"after"), ("e".to_string(), b"after".to_vec()));
+}
