@@ -375,6 +375,27 @@ write_nginx_proxy nginx_plugins "access_log off;" "" "" 'proxy_set_header X-Requ
             add_header X-Served-By portico always;'
 write_nginx_proxy nginx_tls "access_log off;" " ssl" "ssl_certificate $SCRATCH/tls.crt; ssl_certificate_key $SCRATCH/tls.key; ssl_protocols TLSv1.2 TLSv1.3;"
 
+# TCP (layer 4) balancing: nginx's stream module passing the same HTTP
+# bytes to the same two origin ports, round robin, nothing logged (nginx's
+# stream has no access log unless one is set). Debian ships the module
+# apart (libnginx-mod-stream; ./dev installs it).
+NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
+[ -f "$NGINX_STREAM_MODULE" ] || die "$NGINX_STREAM_MODULE missing (apt-get install libnginx-mod-stream; ./dev bench installs it)"
+cat >"$SCRATCH/nginx_tcp.conf" <<EOF
+load_module $NGINX_STREAM_MODULE;
+$(nginx_common nginx_tcp)
+stream {
+    upstream backend {
+        server 127.0.0.1:$ORIGIN1$NGINX_SERVER_OPTS;
+        server 127.0.0.1:$ORIGIN2$NGINX_SERVER_OPTS;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        proxy_pass backend;
+    }
+}
+EOF
+
 # Portico with the equivalent setup (it sets Host, X-Real-IP and
 # X-Forwarded-* itself). write_portico NAME ALGORITHM ACCESS_LOG [POOL_EXTRA] [TOP_EXTRA]
 write_portico() {
@@ -413,10 +434,26 @@ write_portico portico_plugins round_robin off '' 'plugins:
   - ip_access: { allow: [127.0.0.0/8] }
   - headers: { response_set: { X-Served-By: portico } }'
 
+cat >"$SCRATCH/portico_tcp.yaml" <<EOF
+server:
+  threads: 1
+  pid_file: $SCRATCH/p.pid
+  upgrade_sock: $SCRATCH/u.sock
+tcp:
+  - listen: 127.0.0.1:$PORTICO_PORT
+    proxy_pass: backend
+upstreams:
+  backend:
+    servers:
+      - { address: "127.0.0.1:$ORIGIN1"$PORTICO_SERVER_OPTS }
+      - { address: "127.0.0.1:$ORIGIN2"$PORTICO_SERVER_OPTS }
+access_log: off
+EOF
+
 # Contenders in run order: id, label, and the nginx contender its ratios use.
 # BENCH_CONTENDERS="direct nginx_tls portico_tls" runs a subset (keep each
 # portico contender's nginx one, and direct, for the ratios).
-CONTENDERS=(direct nginx_off portico_off nginx_log portico_log portico_lc portico_sticky nginx_plugins portico_plugins nginx_tls portico_tls)
+CONTENDERS=(direct nginx_off portico_off nginx_log portico_log portico_lc portico_sticky nginx_plugins portico_plugins nginx_tls portico_tls nginx_tcp portico_tcp)
 if [ -n "${BENCH_CONTENDERS:-}" ]; then
   read -r -a CONTENDERS <<<"$BENCH_CONTENDERS"
 fi
@@ -432,6 +469,8 @@ fi
   printf 'portico_plugins\tportico + 3 plugins (request_id, ip_access, headers), access log off\tnginx_plugins\n'
   printf 'nginx_tls\tnginx HTTPS (TLS 1.3, HTTP/1.1), access log off\t-\n'
   printf 'portico_tls\tportico HTTPS (TLS 1.3, HTTP/1.1), access log off\tnginx_tls\n'
+  printf 'nginx_tcp\tnginx stream (TCP, layer 4) round robin, no log\t-\n'
+  printf 'portico_tcp\tportico tcp listener (layer 4) round robin, no log\tnginx_tcp\n'
 } >"$SCRATCH/contenders.tsv"
 
 # ------------------------------------------------------------ build, origin
@@ -445,7 +484,7 @@ if [ -z "${BENCH_NO_BUILD:-}" ]; then
   cargo build --profile "$PROFILE" --bin portico || die "build failed (if src/ is being edited, retry in a minute)"
 fi
 [ -x "$PORTICO_BIN" ] || die "$PORTICO_BIN missing after the build"
-for c in portico_off portico_log portico_lc portico_sticky portico_plugins portico_tls; do
+for c in portico_off portico_log portico_lc portico_sticky portico_plugins portico_tls portico_tcp; do
   "$PORTICO_BIN" -t -c "$SCRATCH/$c.yaml" >/dev/null 2>"$SCRATCH/$c.check" \
     || die "portico rejected $SCRATCH/$c.yaml: $(cat "$SCRATCH/$c.check")"
 done

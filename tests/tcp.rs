@@ -386,7 +386,10 @@ struct Stopped(std::process::Child);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill").arg("-INT").arg(self.0.id().to_string()).status();
+        let _ = std::process::Command::new("kill")
+            .arg("-INT")
+            .arg(self.0.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(20));
@@ -435,13 +438,19 @@ fn a_binary_upgrade_keeps_open_tcp_connections() {
     let mut three = [0u8; 3];
     open.read_exact(&mut three).unwrap();
     assert_eq!(&three, b"old");
-    assert!(g.child.try_wait().unwrap().is_none(), "the old process left with a connection open");
+    assert!(
+        g.child.try_wait().unwrap().is_none(),
+        "the old process left with a connection open"
+    );
     open.shutdown(Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     open.read_to_end(&mut rest).unwrap();
     let closed = Instant::now();
     while g.child.try_wait().unwrap().is_none() {
-        assert!(closed.elapsed() < Duration::from_secs(5), "old process still running after its last connection");
+        assert!(
+            closed.elapsed() < Duration::from_secs(5),
+            "old process still running after its last connection"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // And the new process serves on.

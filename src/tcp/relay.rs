@@ -4,12 +4,14 @@
 //! direction goes on), wrapped to count each side's bytes and to close the
 //! pair when neither sends anything for the idle timeout.
 
+use crate::sockio;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
 
 /// Bytes read from each side, and when the last were (ms on the coarse clock).
 #[derive(Default)]
@@ -35,11 +37,7 @@ const BUFFER: usize = 16 * 1024;
 
 /// Relay until both sides are done, one fails, or `idle` passes with
 /// nothing read from either.
-pub async fn relay<C, S>(client: C, server: S, idle: Duration, tally: &Tally) -> End
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn relay(client: TcpStream, server: TcpStream, idle: Duration, tally: &Tally) -> End {
     tally.last_ms.store(crate::clock::coarse_ms(), Relaxed);
     let mut client = Metered {
         io: client,
@@ -69,18 +67,22 @@ where
     }
 }
 
-/// A stream whose reads are counted and time-stamped.
-struct Metered<'a, T> {
-    io: T,
+/// A socket whose reads are counted and time-stamped. Its reads and
+/// writes are direct system calls (`crate::sockio`), as the HTTP
+/// listeners' are: tokio's go through the C library's wrappers, which cost
+/// two atomic updates each in a process with several threads.
+struct Metered<'a> {
+    io: TcpStream,
     read: &'a AtomicU64,
     last_ms: &'a AtomicU64,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Metered<'_, T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
-        let n = buf.filled().len() - before;
+impl AsyncRead for Metered<'_> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let want = buf.remaining();
+        let n = ready!(sockio::poll_op(&self.io, cx, Interest::READABLE, want, |fd| {
+            sockio::recv(fd, buf)
+        }))?;
         if n > 0 {
             self.read.fetch_add(n as u64, Relaxed);
             self.last_ms.store(crate::clock::coarse_ms(), Relaxed);
@@ -89,13 +91,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<'_, T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<'_, T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+impl AsyncWrite for Metered<'_> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        sockio::poll_op(&self.io, cx, Interest::WRITABLE, bytes.len(), |fd| {
+            sockio::send(fd, bytes)
+        })
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(())) // nothing is held back
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
