@@ -137,3 +137,61 @@ fn a_file_that_cannot_be_read_as_nginx_configuration_is_refused_with_its_line() 
     );
     assert!(yaml.contains("listen: \"0.0.0.0:8080\""), "{yaml}");
 }
+
+#[test]
+fn an_imported_stream_block_balances_tcp_connections() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let (port, tp) = (free_port(), free_port());
+    let nginx = format!(
+        r#"http {{
+    server {{ listen 127.0.0.1:{port}; location / {{ return 200 'ok'; }} }}
+}}
+stream {{
+    proxy_connect_timeout 2s;
+    upstream app {{
+        server {a} max_fails=2;
+        server {b};
+    }}
+    server {{
+        listen 127.0.0.1:{tp};
+        proxy_pass app;
+        proxy_timeout 5m;
+    }}
+    server {{ listen 127.0.0.1:5353 udp; proxy_pass 127.0.0.1:53; }}
+    server {{ listen 127.0.0.1:2222; proxy_pass app; allow 10.0.0.0/8; deny all; }}
+}}
+"#,
+        a = a.addr,
+        b = b.addr
+    );
+    let (ok, yaml, notes) = import(&nginx);
+    assert!(ok, "{notes}");
+    for expected in [
+        "FILE:15: listen 127.0.0.1:5353 udp: Portico does not balance UDP",
+        "FILE:16: server: allow/deny have no TCP equivalent in Portico: this server is left out",
+    ] {
+        assert!(notes.contains(expected), "{expected:?} not in\n{notes}");
+    }
+    assert_eq!(notes.matches("FILE:").count(), 2, "{notes}");
+    assert!(notes.contains("the imported configuration passes -t"), "{notes}");
+    assert!(yaml.contains("connect_timeout: 2s\n    idle_timeout: 5m\n"), "{yaml}");
+    let settings: String = yaml.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(
+        !settings.contains(":2222") && !settings.contains(":5353"),
+        "left out: {yaml}"
+    );
+
+    // HTTP through the TCP listener: one connection each, round robin (the
+    // wait for the listener took a turn too, so either server may come first).
+    let g = Gateway::start(&yaml.replace(&format!("127.0.0.1:{port}"), "127.0.0.1:{PORT}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", tp)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "tcp listener: {}", g.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let names: Vec<String> = (0..4).map(|_| request(tp, "GET", "/", &[], b"").backend()).collect();
+    assert!(
+        names == ["a", "b", "a", "b"] || names == ["b", "a", "b", "a"],
+        "{names:?}"
+    );
+}

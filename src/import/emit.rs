@@ -1,7 +1,9 @@
 //! A configuration written out as Portico YAML: only what differs from the
 //! defaults, in the order the README documents the keys, strings quoted.
 
-use crate::config::schema::{Algorithm, Config, Location, PluginEntry, ServerSection, Upstream, VirtualHost};
+use crate::config::schema::{
+    Algorithm, Config, Location, PluginEntry, ServerSection, TcpListener, Upstream, VirtualHost,
+};
 use crate::config::units::{Dur, Size};
 use std::fmt::Write;
 
@@ -10,7 +12,11 @@ pub fn yaml(cfg: &Config, preface: &str) -> String {
     let mut y = String::new();
     y.push_str(preface);
     server(&mut y, &cfg.server);
-    y.push_str("listeners:\n");
+    y.push_str(if cfg.listeners.is_empty() {
+        "listeners: []\n"
+    } else {
+        "listeners:\n"
+    });
     for l in &cfg.listeners {
         let _ = writeln!(y, "  - listen: {}", q(&l.listen));
         if l.h2c {
@@ -31,6 +37,12 @@ pub fn yaml(cfg: &Config, preface: &str) -> String {
             }
         }
     }
+    if !cfg.tcp.is_empty() {
+        y.push_str("\ntcp:\n");
+        for t in &cfg.tcp {
+            tcp(&mut y, t);
+        }
+    }
     if !cfg.upstreams.is_empty() {
         y.push_str("\nupstreams:\n");
         for (name, u) in &cfg.upstreams {
@@ -38,7 +50,11 @@ pub fn yaml(cfg: &Config, preface: &str) -> String {
             upstream(&mut y, u);
         }
     }
-    y.push_str("\nvirtual_hosts:\n");
+    y.push_str(if cfg.virtual_hosts.is_empty() {
+        "\nvirtual_hosts: []\n"
+    } else {
+        "\nvirtual_hosts:\n"
+    });
     for v in &cfg.virtual_hosts {
         vhost(&mut y, v);
     }
@@ -49,6 +65,26 @@ pub fn yaml(cfg: &Config, preface: &str) -> String {
         let _ = writeln!(y, "\naccess_log: {}", q(&cfg.access_log));
     }
     y
+}
+
+fn tcp(y: &mut String, t: &TcpListener) {
+    let _ = writeln!(y, "  - listen: {}", q(&t.listen));
+    let _ = writeln!(y, "    proxy_pass: {}", q(&t.proxy_pass));
+    timeouts(
+        y,
+        "    ",
+        [("connect_timeout", t.connect_timeout), ("idle_timeout", t.idle_timeout)],
+    );
+    if !t.next_upstream {
+        y.push_str("    next_upstream: false\n");
+    }
+    if t.next_upstream_tries != 0 {
+        let _ = writeln!(y, "    next_upstream_tries: {}", t.next_upstream_tries);
+    }
+    timeouts(y, "    ", [("next_upstream_timeout", t.next_upstream_timeout)]);
+    if let Some(v) = &t.proxy_protocol {
+        let _ = writeln!(y, "    proxy_protocol: {v}");
+    }
 }
 
 fn server(y: &mut String, s: &ServerSection) {

@@ -5,9 +5,10 @@
 
 mod pools;
 mod sites;
+mod streams;
 
 use super::lex::Directive;
-use crate::config::schema::{Location, ServerSection, Upstream};
+use crate::config::schema::{Location, ServerSection, TcpListener, Upstream};
 use crate::config::units::{parse_size, Dur, Size};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -121,6 +122,8 @@ pub struct Translator {
     unusable: Vec<String>,
     /// The first name of the server block being read (nginx's `$server_name`).
     server_name: Option<String>,
+    /// `stream { server { ... } }` blocks: TCP listeners.
+    tcp: Vec<TcpListener>,
 }
 
 fn note(d: &Directive, why: impl Into<String>) -> Note {
@@ -177,6 +180,10 @@ impl Translator {
             match d.name.as_str() {
                 "http" => match &d.block {
                     Some(b) => self.http(b),
+                    None => self.not_translated(d, "not a block"),
+                },
+                "stream" => match &d.block {
+                    Some(b) => self.stream(b),
                     None => self.not_translated(d, "not a block"),
                 },
                 "events" => {
@@ -473,6 +480,21 @@ impl Translator {
 }
 
 /// `host` or `host:port` as `host:port`.
+/// A `listen` address as Portico writes it: `80` and `*:80` are
+/// `0.0.0.0:80`, `localhost:80` is `127.0.0.1:80`, a host alone gets `port`.
+fn listen_addr(addr: &str, port: u16) -> String {
+    if let Ok(p) = addr.parse::<u16>() {
+        return format!("0.0.0.0:{p}");
+    }
+    let a = addr
+        .strip_prefix("*:")
+        .map_or_else(|| addr.to_string(), |p| format!("0.0.0.0:{p}"));
+    let a = a
+        .strip_prefix("localhost:")
+        .map_or(a.clone(), |p| format!("127.0.0.1:{p}"));
+    with_port(&a, port)
+}
+
 fn with_port(addr: &str, port: u16) -> String {
     let has_port = match addr.rfind(':') {
         Some(i) => !addr.starts_with('[') || addr[..i].ends_with(']'),

@@ -71,14 +71,7 @@ impl Translator {
             self.not_translated(e, "Portico connects to TCP servers only");
             return None;
         }
-        let mut s = Server {
-            address: with_port(addr, 80),
-            weight: 1,
-            max_fails: 1,
-            fail_timeout: None,
-            backup: false,
-            down: false,
-        };
+        let mut s = server_at(with_port(addr, 80));
         for p in &e.args[1..] {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             match k {
@@ -150,16 +143,8 @@ impl Translator {
         }
         let address = with_port(host, if tls { 443 } else { 80 });
         let name = address.replace([':', '.', '[', ']'], "_");
-        let server = Server {
-            address,
-            weight: 1,
-            max_fails: 1,
-            fail_timeout: None,
-            backup: false,
-            down: false,
-        };
         if !self.upstreams.contains_key(&name) {
-            self.upstreams.insert(name.clone(), pool(tls, vec![server]));
+            self.upstreams.insert(name.clone(), pool(tls, vec![server_at(address)]));
             if tls {
                 self.tls_as_nginx(e, &name, i);
             }
@@ -197,7 +182,19 @@ fn hash_key_ok(key: &str) -> bool {
 }
 
 /// A pool with Portico's defaults.
-fn pool(tls: bool, servers: Vec<Server>) -> Upstream {
+/// A server with nginx's defaults (weight 1, `max_fails=1`).
+pub(super) fn server_at(address: String) -> Server {
+    Server {
+        address,
+        weight: 1,
+        max_fails: 1,
+        fail_timeout: None,
+        backup: false,
+        down: false,
+    }
+}
+
+pub(super) fn pool(tls: bool, servers: Vec<Server>) -> Upstream {
     Upstream {
         algorithm: Algorithm::RoundRobin,
         hash_key: None,

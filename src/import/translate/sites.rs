@@ -1,7 +1,7 @@
 //! `server` and `location` blocks into listeners, virtual hosts and
 //! locations, and the whole configuration they make.
 
-use super::{note, template_ok, with_port, Inherited, Listen, Note, Site, Translator};
+use super::{listen_addr, note, template_ok, Inherited, Listen, Note, Site, Translator};
 use crate::config::schema::{Certificate, Config, Listener, ListenerTls, Location, PluginEntry, Return, VirtualHost};
 use crate::import::lex::Directive;
 use std::collections::BTreeMap;
@@ -118,18 +118,7 @@ impl Translator {
         if addr.starts_with("unix:") {
             return self.not_translated(e, "Portico listens on TCP addresses only");
         }
-        let addr = match addr.parse::<u16>() {
-            Ok(port) => format!("0.0.0.0:{port}"),
-            Err(_) => {
-                let a = addr
-                    .strip_prefix("*:")
-                    .map_or_else(|| addr.clone(), |p| format!("0.0.0.0:{p}"));
-                let a = a
-                    .strip_prefix("localhost:")
-                    .map_or(a.clone(), |p| format!("127.0.0.1:{p}"));
-                with_port(&a, 80)
-            }
-        };
+        let addr = listen_addr(addr, 80);
         let mut l = Listen {
             addr,
             default: false,
@@ -563,7 +552,7 @@ impl Translator {
         let cfg = Config {
             server: self.server,
             listeners,
-            tcp: Vec::new(),
+            tcp: self.tcp,
             upstreams: self.upstreams,
             virtual_hosts: vhosts,
             trusted_proxies: self.trusted,

@@ -1,0 +1,219 @@
+//! `stream` blocks (nginx's TCP proxying) into Portico's `tcp:` listeners.
+
+use super::{listen_addr, nginx_time, pools, with_port, Translator};
+use crate::config::schema::TcpListener;
+use crate::import::lex::Directive;
+use std::collections::BTreeMap;
+
+/// A TCP listener before its address and pool are known: what `stream`
+/// level settings give every server, nginx's defaults otherwise.
+fn defaults() -> TcpListener {
+    TcpListener {
+        listen: String::new(),
+        proxy_pass: String::new(),
+        connect_timeout: None,
+        idle_timeout: None,
+        next_upstream: true,
+        next_upstream_tries: 0,
+        next_upstream_timeout: None,
+        proxy_protocol: None,
+    }
+}
+
+impl Translator {
+    pub(super) fn stream(&mut self, list: &[Directive]) {
+        // Stream upstreams have names of their own in nginx; one that an http
+        // upstream already has is written under another.
+        let mut renamed = BTreeMap::new();
+        for d in list.iter().filter(|d| d.name == "upstream") {
+            let mut d = d.clone();
+            if let Some(name) = d.args.first().cloned() {
+                if self.upstreams.contains_key(&name) || self.unusable.contains(&name) {
+                    let new = format!("{name}_tcp");
+                    self.not_translated(&d, format!("an http upstream has this name: written as `{new}`"));
+                    d.args[0] = new.clone();
+                    renamed.insert(name, new);
+                }
+            }
+            self.tcp_hash_only_by_address(&mut d);
+            self.upstream(&d);
+        }
+        let mut above = defaults();
+        for d in list {
+            match d.name.as_str() {
+                "upstream" | "server" => {}
+                _ if self.stream_setting(d, &mut above) => {}
+                _ => self.not_translated(d, "no equivalent in Portico"),
+            }
+        }
+        for d in list.iter().filter(|d| d.name == "server") {
+            match &d.block {
+                Some(b) => self.stream_server(d, b, &above, &renamed),
+                None => self.not_translated(d, "not a block"),
+            }
+        }
+    }
+
+    /// A TCP listener hashes only the client's address: a stream upstream's
+    /// `hash` of anything else is dropped (round robin instead).
+    fn tcp_hash_only_by_address(&mut self, d: &mut Directive) {
+        let Some(block) = &mut d.block else { return };
+        let (mut kept, mut dropped) = (Vec::new(), Vec::new());
+        for e in block.drain(..) {
+            let other_key = !matches!(
+                e.args.first().map(String::as_str),
+                Some("$remote_addr" | "$binary_remote_addr")
+            );
+            if e.name == "hash" && other_key {
+                dropped.push(e);
+            } else {
+                kept.push(e);
+            }
+        }
+        *block = kept;
+        for e in dropped {
+            self.not_translated(&e, "a TCP listener hashes only $remote_addr: round robin instead");
+        }
+    }
+
+    /// A `stream` or stream `server` level setting into `t`; `false` if `d` is none.
+    fn stream_setting(&mut self, d: &Directive, t: &mut TcpListener) -> bool {
+        let arg = d.args.first().map(String::as_str).unwrap_or("");
+        let time = |me: &mut Self| {
+            let t = nginx_time(arg);
+            if t.is_none() {
+                me.not_translated(d, "an invalid time");
+            }
+            t
+        };
+        match d.name.as_str() {
+            "proxy_connect_timeout" => t.connect_timeout = time(self).or(t.connect_timeout),
+            "proxy_timeout" => t.idle_timeout = time(self).or(t.idle_timeout),
+            "proxy_next_upstream" => t.next_upstream = arg != "off",
+            "proxy_next_upstream_tries" => match arg.parse() {
+                Ok(n) => t.next_upstream_tries = n,
+                Err(_) => self.not_translated(d, "expected a number"),
+            },
+            "proxy_next_upstream_timeout" => {
+                t.next_upstream_timeout = time(self).filter(|d| !d.0.is_zero());
+            }
+            "proxy_protocol" => t.proxy_protocol = (arg == "on").then(|| "v1".to_string()),
+            // Portico passes a half-close on, as `proxy_half_close on` does.
+            "proxy_half_close" if arg == "on" => {}
+            "proxy_half_close" => self.not_translated(d, "Portico passes half-closes on (as `proxy_half_close on`)"),
+            // Portico's own: sockets without Nagle, 16k buffers.
+            "tcp_nodelay" | "proxy_buffer_size" | "preread_buffer_size" => {}
+            "access_log" | "log_format" | "error_log" => self.not_translated(
+                d,
+                "TCP connections are logged in Portico's access_log, in the HTTP lines' shape",
+            ),
+            _ => return false,
+        }
+        true
+    }
+
+    fn stream_server(
+        &mut self,
+        d: &Directive,
+        block: &[Directive],
+        above: &TcpListener,
+        renamed: &BTreeMap<String, String>,
+    ) {
+        let mut t = above.clone();
+        let mut listens = Vec::new();
+        let mut pass = None;
+        let mut left_out = None;
+        for e in block {
+            match e.name.as_str() {
+                "listen" => {
+                    if let Some(addr) = self.stream_listen(e) {
+                        listens.push(addr);
+                    }
+                }
+                "proxy_pass" => pass = Some(e),
+                // Access checks Portico cannot apply to a TCP listener: fail closed.
+                "allow" | "deny" => {
+                    left_out.get_or_insert("allow/deny have no TCP equivalent in Portico");
+                }
+                "ssl_preread" | "ssl_certificate" | "ssl_certificate_key" | "proxy_ssl" => {
+                    left_out.get_or_insert("TLS on a TCP listener is not translated");
+                }
+                _ if self.stream_setting(e, &mut t) => {}
+                _ => self.not_translated(e, "no equivalent in Portico"),
+            }
+        }
+        if let Some(why) = left_out {
+            return self.not_translated(d, format!("{why}: this server is left out"));
+        }
+        if listens.is_empty() {
+            return; // each listen left out is named
+        }
+        match pass.and_then(|e| self.stream_pass(e, renamed)) {
+            Some(pool) => t.proxy_pass = pool,
+            None => return self.not_translated(d, "no proxy_pass Portico can use: this server is left out"),
+        }
+        for listen in listens {
+            self.tcp.push(TcpListener { listen, ..t.clone() });
+        }
+    }
+
+    /// A stream `listen`: its address, or `None` (with a note) for what a
+    /// TCP listener does not do.
+    fn stream_listen(&mut self, e: &Directive) -> Option<String> {
+        let Some(addr) = e.args.first() else {
+            self.not_translated(e, "a listen needs an address");
+            return None;
+        };
+        for p in &e.args[1..] {
+            match p.as_str() {
+                "udp" => {
+                    self.not_translated(e, "Portico does not balance UDP: left out");
+                    return None;
+                }
+                "ssl" => {
+                    self.not_translated(e, "TLS on a TCP listener is not translated: left out");
+                    return None;
+                }
+                "reuseport" | "bind" => {}
+                p if p.starts_with("backlog=") || p.starts_with("ipv6only=") || p.starts_with("so_keepalive=") => {}
+                p => self.not_translated(e, format!("`{p}` is not translated")),
+            }
+        }
+        if addr.starts_with("unix:") {
+            self.not_translated(e, "Portico listens on TCP addresses only");
+            return None;
+        }
+        Some(listen_addr(addr, 0))
+    }
+
+    /// The pool a stream `proxy_pass` names: a stream upstream, or a new
+    /// pool of one `host:port`.
+    fn stream_pass(&mut self, e: &Directive, renamed: &BTreeMap<String, String>) -> Option<String> {
+        let Some(target) = e.args.first() else {
+            self.not_translated(e, "proxy_pass needs an upstream or an address");
+            return None;
+        };
+        if target.contains('$') || target.starts_with("unix:") {
+            self.not_translated(e, "a proxy_pass with variables or to a unix socket is not translated");
+            return None;
+        }
+        let name = renamed.get(target).unwrap_or(target);
+        if self.upstreams.contains_key(name) {
+            return Some(name.clone());
+        }
+        if self.unusable.contains(name) {
+            self.not_translated(e, format!("`upstream {name}` has no server Portico can use"));
+            return None;
+        }
+        if with_port(target, 0) != *target {
+            self.not_translated(e, "no stream `upstream` of this name, and no port to connect to");
+            return None;
+        }
+        let pool = target.replace([':', '.', '[', ']'], "_");
+        if !self.upstreams.contains_key(&pool) {
+            let one = pools::pool(false, vec![pools::server_at(target.clone())]);
+            self.upstreams.insert(pool.clone(), one);
+        }
+        Some(pool)
+    }
+}
