@@ -89,8 +89,29 @@ fn status(live: &Live) -> Value {
             json!({ "name": &*p.name, "algorithm": format!("{:?}", p.algorithm), "servers": servers })
         })
         .collect();
-    json!({ "config_file": snap.file, "pools": pools })
+    let m = metrics::get();
+    let tcp: Vec<Value> = snap
+        .tcp
+        .iter()
+        .map(|t| json!({ "listen": &*t.listen, "pool": &*t.pool.name }))
+        .collect();
+    json!({
+        "config_file": snap.file,
+        "gateway": {
+            "requests_total": m.request_time.get_sample_count(),
+            "requests_in_flight": m.requests_in_flight.get(),
+            "tcp_connections_active": m.tcp_active.get(),
+            "listeners": snap.listeners.iter().map(|l| l.addr.as_str()).collect::<Vec<_>>(),
+            "tcp_listeners": tcp,
+        },
+        "pools": pools,
+    })
 }
+
+/// The live status page: no data of its own (it fetches `/status`), so it
+/// is served without the token, which a browser could not attach to a
+/// page it navigates to; the page asks for it when `/status` answers 401.
+const STATUS_PAGE: &str = include_str!("admin/status.html");
 
 /// Mirror server state into the Prometheus gauges, then render everything.
 fn render_metrics(live: &Live) -> String {
@@ -162,7 +183,7 @@ fn drain(live: Arc<Live>, pool: &str, addr: &str, delay: Duration) -> Result<(),
 /// no such endpoint).
 fn allowed(parts: &[&str]) -> Option<&'static str> {
     match parts {
-        ["status"] | ["metrics"] | ["config"] => Some("GET"),
+        [""] | ["status"] | ["metrics"] | ["config"] => Some("GET"),
         ["reload"] | ["pools", _, "servers"] => Some("POST"),
         ["pools", _, "servers", _] => Some("DELETE"),
         _ => None,
@@ -172,6 +193,13 @@ fn allowed(parts: &[&str]) -> Option<&'static str> {
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        if s.req_header().method == Method::GET && s.req_header().uri.path() == "/" {
+            let mut r = reply(200, "text/html; charset=utf-8", STATUS_PAGE.as_bytes().to_vec());
+            let csp = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'";
+            r.headers_mut()
+                .insert("content-security-policy", http::HeaderValue::from_static(csp));
+            return r;
+        }
         if let Some(t) = &self.token {
             let ok = s
                 .req_header()

@@ -394,3 +394,73 @@ fn a_connection_opened_before_a_graceful_stop_gets_its_first_request_served() {
         .expect("the first request of a connection open before the stop is served, not dropped");
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn the_status_page_is_served_and_the_status_it_draws_follows_traffic() {
+    let slow = Backend::start_with("slow", Behaviour::Slow(Duration::from_millis(1500)));
+    let ap = free_port();
+    let g = Gateway::start(&conf(ap, &[&slow], ""));
+
+    // The page holds no data: served without the token, under a policy that lets it reach only its own API.
+    let page = request(ap, "GET", "/", &[], b"");
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(page
+        .header("content-security-policy")
+        .is_some_and(|p| p.contains("connect-src 'self'")));
+    assert!(page.body.contains("fetch(\"status\""), "{}", page.body);
+    assert_eq!(
+        request(ap, "GET", "/status", &[], b"").status,
+        401,
+        "the data still needs the token"
+    );
+
+    // A request in flight shows while it lasts, and is counted once done.
+    let port = g.port;
+    let pending = std::thread::spawn(move || request(port, "GET", "/", &[], b"").status);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let status = loop {
+        let st: serde_json::Value = serde_json::from_str(&admin(ap, "GET", "/status", "").body).unwrap();
+        if st["gateway"]["requests_in_flight"] == 1 || Instant::now() > deadline {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status["gateway"]["requests_in_flight"], 1, "{status}");
+    assert_eq!(status["pools"][0]["servers"][0]["in_flight"], 1, "{status}");
+    assert_eq!(pending.join().unwrap(), 200);
+    std::thread::sleep(Duration::from_millis(100));
+    let status: serde_json::Value = serde_json::from_str(&admin(ap, "GET", "/status", "").body).unwrap();
+    assert_eq!(status["gateway"]["requests_in_flight"], 0, "{status}");
+    assert!(status["gateway"]["requests_total"].as_u64() >= Some(1), "{status}");
+    assert_eq!(status["pools"][0]["servers"][0]["requests"], 1, "{status}");
+
+    // Every field the page draws is one the API gives.
+    let text = status.to_string();
+    for field in [
+        "config_file",
+        "requests_total",
+        "requests_in_flight",
+        "tcp_connections_active",
+        "tcp_listeners",
+        "algorithm",
+        "address",
+        "backup",
+        "state",
+        "weight",
+        "in_flight",
+        "requests",
+        "failures",
+        "last_failure",
+        "last_health_check",
+    ] {
+        assert!(
+            page.body.contains(&format!(".{field}")),
+            "the page does not read {field}"
+        );
+        assert!(
+            text.contains(&format!("\"{field}\"")),
+            "the API does not give {field}: {text}"
+        );
+    }
+}
