@@ -154,6 +154,11 @@ fn bad_configs_are_located_precisely() {
             "FILE:15:5: tcp[0].proxy_protocol: unknown PROXY protocol version \"v3\"",
             "",
         ),
+        (
+            &format!("{GOOD}tcp:\n  - listen: 127.0.0.1:2\n    proxy_pass: app\n    allow: [10.0.0.0/8, nope]\n"),
+            "FILE:15:25: tcp[0].allow[1]: invalid CIDR \"nope\"",
+            "",
+        ),
         // a TCP listener on an HTTP listener's address
         (
             &format!("{GOOD}tcp:\n  - listen: 127.0.0.1:8080\n    proxy_pass: app\n"),

@@ -456,3 +456,37 @@ fn a_binary_upgrade_keeps_open_tcp_connections() {
     // And the new process serves on.
     assert_eq!(exchange(tp, b"after"), ("e".to_string(), b"after".to_vec()));
 }
+
+#[test]
+fn access_rules_refuse_clients_before_any_server_is_contacted() {
+    let e = Echo::start("e");
+    let (allowed, outside, denied) = (free_port(), free_port(), free_port());
+    let listener = |port: u16, rules: &str| format!("  - listen: 127.0.0.1:{port}\n    proxy_pass: e\n{rules}");
+    let g = gateway(
+        &[
+            listener(allowed, "    allow: [127.0.0.0/8]\n"),
+            listener(outside, "    allow: [10.0.0.0/8, \"::1\"]\n"),
+            listener(denied, "    deny: [127.0.0.1/32]\n    allow: [127.0.0.0/8]\n"),
+        ]
+        .concat(),
+        &format!("  e:\n    servers:\n{}", servers(&[e.addr])),
+    );
+    assert_eq!(exchange(allowed, b"in"), ("e".to_string(), b"in".to_vec()));
+    for port in [outside, denied] {
+        let mut s = dial(port);
+        let mut rest = Vec::new();
+        // Closed at once, with nothing sent (a reset is as good as a close here).
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty());
+        let line = log_line(&g, port, 0);
+        assert!(
+            line.contains(&format!("\"TCP 127.0.0.1:{port}\" 403 0 \"-\" \"-\" - - ")),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        e.accepted.load(SeqCst),
+        1,
+        "only the admitted client reached the server"
+    );
+}

@@ -190,6 +190,12 @@ pub struct TcpListener {
     /// Send the client's address to the server first in a PROXY protocol
     /// header: `v1` (text, nginx's `proxy_protocol on`) or `v2` (binary).
     pub proxy_protocol: Option<String>,
+    /// Clients (CIDRs) refused: their connections are closed at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// When set, only clients in these CIDRs are let through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone)]

@@ -85,6 +85,12 @@ fn tcp(y: &mut String, t: &TcpListener) {
     if let Some(v) = &t.proxy_protocol {
         let _ = writeln!(y, "    proxy_protocol: {v}");
     }
+    if !t.deny.is_empty() {
+        let _ = writeln!(y, "    deny: {}", list(&t.deny));
+    }
+    if !t.allow.is_empty() {
+        let _ = writeln!(y, "    allow: {}", list(&t.allow));
+    }
 }
 
 fn server(y: &mut String, s: &ServerSection) {

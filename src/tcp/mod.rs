@@ -20,6 +20,7 @@ pub use service::TcpService;
 use crate::config::schema::Algorithm;
 use crate::config::{ConfigError, Loaded};
 use crate::upstream::{HashKey, Pool};
+use ipnet::IpNet;
 use prometheus::IntCounter;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,12 +43,24 @@ pub struct Route {
     pub tries: usize,
     pub tries_timeout: Option<Duration>,
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Clients refused, and (when not empty) the only ones let through.
+    deny: Vec<IpNet>,
+    allow: Vec<IpNet>,
     counters: Counters,
+}
+
+impl Route {
+    /// May a connection from `ip` go through (`deny`, then `allow`)?
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        !self.deny.iter().any(|n| n.contains(&ip))
+            && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip)))
+    }
 }
 
 /// Pre-resolved metrics of one route.
 struct Counters {
     relayed: IntCounter,
+    refused: IntCounter,
     unreached: IntCounter,
     received: IntCounter,
     sent: IntCounter,
@@ -58,6 +71,7 @@ impl Counters {
         let m = crate::metrics::get();
         Counters {
             relayed: m.tcp_connections.with_label_values(&[listen, pool, "200"]),
+            refused: m.tcp_connections.with_label_values(&[listen, pool, "403"]),
             unreached: m.tcp_connections.with_label_values(&[listen, pool, "502"]),
             received: m.tcp_bytes.with_label_values(&[listen, "received"]),
             sent: m.tcp_bytes.with_label_values(&[listen, "sent"]),
@@ -85,7 +99,17 @@ pub fn compile(l: &Loaded, pools: &BTreeMap<String, Arc<Pool>>) -> Result<Vec<Ar
         if idle_timeout.is_zero() {
             return Err(l.err(&at("idle_timeout"), "idle_timeout must be more than 0"));
         }
+        let nets = |field: &str, list: &[String]| -> Result<Vec<IpNet>, ConfigError> {
+            let net = |(j, c): (usize, &String)| {
+                c.parse::<IpNet>()
+                    .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| l.err(&at(&format!("{field}[{j}]")), format!("invalid CIDR {c:?}")))
+            };
+            list.iter().enumerate().map(net).collect()
+        };
         routes.push(Arc::new(Route {
+            deny: nets("deny", &t.deny)?,
+            allow: nets("allow", &t.allow)?,
             listen: t.listen.as_str().into(),
             connect_timeout: t
                 .connect_timeout

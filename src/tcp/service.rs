@@ -117,7 +117,13 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
     let _ = client.set_nodelay(true);
     let mut attempts = Attempts::new();
     let tally = Tally::default();
-    let status: u16 = match connect(&route, peer.ip(), &mut attempts).await {
+    let admitted = route.admits(peer.ip());
+    let reached = match admitted {
+        true => connect(&route, peer.ip(), &mut attempts).await,
+        false => None,
+    };
+    let status: u16 = match reached {
+        None if !admitted => 403,
         None => 502,
         Some((mut server, _inflight)) => {
             let header = match (route.proxy_protocol, local) {
@@ -144,7 +150,12 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
     };
     let c = &route.counters;
     let (received, sent) = (tally.from_client.into_inner(), tally.from_server.into_inner());
-    if status == 200 { &c.relayed } else { &c.unreached }.inc();
+    match status {
+        200 => &c.relayed,
+        403 => &c.refused,
+        _ => &c.unreached,
+    }
+    .inc();
     c.received.inc_by(received);
     c.sent.inc_by(sent);
     if let Some(log) = &shared.access_log {

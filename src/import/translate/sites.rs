@@ -324,11 +324,24 @@ impl Translator {
 
     /// nginx's ordered `allow`/`deny` rules (first match wins; no match:
     /// allowed) as the `ip_access` plugin's lists (a client in `deny` is
-    /// refused; else, with `allow` set, only clients in it pass). They say
-    /// the same for denies, then allows, then `deny all` or `allow all` (or
-    /// nothing). Any other order is not translated and refuses everyone
-    /// (fail closed).
+    /// refused; else, with `allow` set, only clients in it pass).
     fn access(&mut self, rules: &[(bool, String, usize)]) -> PluginEntry {
+        let (deny, allow) = self.access_lists(rules);
+        let list = |items: Vec<String>| serde_yaml::Value::Sequence(items.into_iter().map(Into::into).collect());
+        let mut settings = serde_yaml::Mapping::new();
+        settings.insert("deny".into(), list(deny));
+        if !allow.is_empty() {
+            settings.insert("allow".into(), list(allow));
+        }
+        [("ip_access".to_string(), serde_yaml::Value::Mapping(settings))].into()
+    }
+
+    /// nginx's ordered `allow`/`deny` rules as a deny list and an allow
+    /// list (empty: everyone not denied), the form both the `ip_access`
+    /// plugin and TCP listeners take. They say the same for denies, then
+    /// allows, then `deny all` or `allow all` (or nothing). Any other order
+    /// is not translated and refuses everyone (fail closed).
+    pub(super) fn access_lists(&mut self, rules: &[(bool, String, usize)]) -> (Vec<String>, Vec<String>) {
         let all = |r: &(bool, String, usize)| r.1 == "all";
         // Rules after the first `all` are never reached.
         let end = rules.iter().position(all).map_or(rules.len(), |i| i + 1);
@@ -338,35 +351,23 @@ impl Translator {
         };
         let denies = rules.iter().take_while(|r| !r.0).count();
         let in_order = rules[denies..].iter().all(|r| r.0);
-        let list = |items: &mut dyn Iterator<Item = &str>| -> serde_yaml::Value {
-            serde_yaml::Value::Sequence(items.map(serde_yaml::Value::from).collect())
-        };
-        let mut settings = serde_yaml::Mapping::new();
-        let deny = list(&mut rules[..denies].iter().map(|r| r.1.as_str()));
-        let allow = list(&mut rules[denies..].iter().map(|r| r.1.as_str()));
+        let addrs = |rs: &[(bool, String, usize)]| rs.iter().map(|r| r.1.clone()).collect::<Vec<_>>();
+        let everyone = || EVERYONE.iter().map(|s| s.to_string()).collect();
         match (in_order, last) {
             // No match, or `allow all`: allowed. The allows change nothing.
-            (true, None | Some(true)) => {
-                settings.insert("deny".into(), deny);
-            }
-            (true, Some(false)) if denies < rules.len() => {
-                settings.insert("deny".into(), deny);
-                settings.insert("allow".into(), allow);
-            }
-            (true, Some(false)) => {
-                settings.insert("deny".into(), list(&mut EVERYONE.into_iter()));
-            }
+            (true, None | Some(true)) => (addrs(&rules[..denies]), Vec::new()),
+            (true, Some(false)) if denies < rules.len() => (addrs(&rules[..denies]), addrs(&rules[denies..])),
+            (true, Some(false)) => (everyone(), Vec::new()),
             (false, _) => {
                 self.notes.push(Note {
                     line: rules.first().map_or(0, |r| r.2),
                     directive: "allow/deny".into(),
-                    why: "an allow before a deny: not translated, the location refuses every client until you write its ip_access rules"
+                    why: "an allow before a deny: not translated, every client is refused until you write the rules"
                         .into(),
                 });
-                settings.insert("deny".into(), list(&mut EVERYONE.into_iter()));
+                (everyone(), Vec::new())
             }
         }
-        [("ip_access".to_string(), serde_yaml::Value::Mapping(settings))].into()
     }
 
     pub(super) fn ret(&mut self, e: &Directive) -> Option<Return> {

@@ -17,7 +17,17 @@ fn defaults() -> TcpListener {
         next_upstream_tries: 0,
         next_upstream_timeout: None,
         proxy_protocol: None,
+        deny: Vec::new(),
+        allow: Vec::new(),
     }
+}
+
+/// `allow` / `deny` rules in order: (allow?, address, line).
+type Rules = Vec<(bool, String, usize)>;
+
+fn rule(d: &Directive) -> Option<(bool, String, usize)> {
+    let addr = d.args.first()?;
+    Some((d.name == "allow", addr.clone(), d.line))
 }
 
 impl Translator {
@@ -39,16 +49,18 @@ impl Translator {
             self.upstream(&d);
         }
         let mut above = defaults();
+        let mut rules = Rules::new();
         for d in list {
             match d.name.as_str() {
                 "upstream" | "server" => {}
+                "allow" | "deny" => rules.extend(rule(d)),
                 _ if self.stream_setting(d, &mut above) => {}
                 _ => self.not_translated(d, "no equivalent in Portico"),
             }
         }
         for d in list.iter().filter(|d| d.name == "server") {
             match &d.block {
-                Some(b) => self.stream_server(d, b, &above, &renamed),
+                Some(b) => self.stream_server(d, b, (&above, &rules), &renamed),
                 None => self.not_translated(d, "not a block"),
             }
         }
@@ -116,10 +128,12 @@ impl Translator {
         &mut self,
         d: &Directive,
         block: &[Directive],
-        above: &TcpListener,
+        (above, above_rules): (&TcpListener, &Rules),
         renamed: &BTreeMap<String, String>,
     ) {
         let mut t = above.clone();
+        // As in nginx, a level with rules of its own inherits none.
+        let mut rules = Rules::new();
         let mut listens = Vec::new();
         let mut pass = None;
         let mut left_out = None;
@@ -131,10 +145,7 @@ impl Translator {
                     }
                 }
                 "proxy_pass" => pass = Some(e),
-                // Access checks Portico cannot apply to a TCP listener: fail closed.
-                "allow" | "deny" => {
-                    left_out.get_or_insert("allow/deny have no TCP equivalent in Portico");
-                }
+                "allow" | "deny" => rules.extend(rule(e)),
                 "ssl_preread" | "ssl_certificate" | "ssl_certificate_key" | "proxy_ssl" => {
                     left_out.get_or_insert("TLS on a TCP listener is not translated");
                 }
@@ -151,6 +162,10 @@ impl Translator {
         match pass.and_then(|e| self.stream_pass(e, renamed)) {
             Some(pool) => t.proxy_pass = pool,
             None => return self.not_translated(d, "no proxy_pass Portico can use: this server is left out"),
+        }
+        let rules = if rules.is_empty() { above_rules } else { &rules };
+        if !rules.is_empty() {
+            (t.deny, t.allow) = self.access_lists(rules);
         }
         for listen in listens {
             self.tcp.push(TcpListener { listen, ..t.clone() });
