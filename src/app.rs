@@ -260,6 +260,7 @@ pub fn run(args: Args) -> i32 {
                 let cb = crate::tls::SniCallback {
                     live: live.clone(),
                     listener: i,
+                    tcp: false,
                 };
                 match crate::listener::Tls::new(Box::new(cb), t.http2) {
                     Ok(tls) => Some(tls),
@@ -274,7 +275,24 @@ pub fn run(args: Args) -> i32 {
         server.add_service(svc);
     }
     for (i, t) in cfg.tcp.iter().enumerate() {
-        let svc = crate::tcp::TcpService::new(&t.listen, i, live.clone(), access_log.clone());
+        let tls = match &t.tls {
+            None => None,
+            Some(_) => {
+                let cb = crate::tls::SniCallback {
+                    live: live.clone(),
+                    listener: i,
+                    tcp: true,
+                };
+                match crate::listener::Tls::new(Box::new(cb), false) {
+                    Ok(tls) => Some(tls),
+                    Err(e) => {
+                        eprintln!("portico: TLS setup for tcp {}: {e}", t.listen);
+                        return 1;
+                    }
+                }
+            }
+        };
+        let svc = crate::tcp::TcpService::new(&t.listen, i, live.clone(), access_log.clone(), tls);
         server.add_service(svc);
     }
     server.add_service(background_service(

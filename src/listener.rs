@@ -50,7 +50,7 @@ use tokio::sync::Notify;
 
 pub(crate) mod accept;
 mod chunks;
-mod conn;
+pub(crate) mod conn;
 pub mod head;
 mod held;
 mod park;

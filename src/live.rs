@@ -261,8 +261,11 @@ fn listener_keys(c: &config::Config) -> Vec<String> {
         Some(t) => format!("{} (tls{})", l.listen, if t.http2 { ", h2" } else { "" }),
         None => l.listen.clone(),
     });
-    http.chain(c.tcp.iter().map(|t| format!("{} (tcp)", t.listen)))
-        .collect()
+    let tcp = c.tcp.iter().map(|t| match t.tls {
+        Some(_) => format!("{} (tcp, tls)", t.listen),
+        None => format!("{} (tcp)", t.listen),
+    });
+    http.chain(tcp).collect()
 }
 
 fn apply_overlay(cfg: &mut config::Config, o: &Overlay) {
@@ -612,15 +615,19 @@ fn build_location(
     ))
 }
 
-fn build_certs(l: &Loaded, path: &str, t: &config::ListenerTls) -> Result<crate::tls::CertStore, ConfigError> {
-    if t.certificates.is_empty() {
+pub(crate) fn build_certs(
+    l: &Loaded,
+    path: &str,
+    certificates: &[config::Certificate],
+) -> Result<crate::tls::CertStore, ConfigError> {
+    if certificates.is_empty() {
         return Err(l.err(
             &format!("{path}.certificates"),
             "a TLS listener needs at least one certificate",
         ));
     }
     let mut store = crate::tls::CertStore::new();
-    for (j, c) in t.certificates.iter().enumerate() {
+    for (j, c) in certificates.iter().enumerate() {
         let cp = format!("{path}.certificates[{j}]");
         let ck = Arc::new(crate::tls::load(&c.cert, &c.key).map_err(|e| l.err(&format!("{cp}.cert"), e))?);
         let names = if c.server_names.is_empty() {
@@ -708,7 +715,11 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
     for (i, li) in c.listeners.iter().enumerate() {
         certs.push(match &li.tls {
             None => None,
-            Some(t) => Some(Arc::new(build_certs(l, &format!("listeners[{i}].tls"), t)?)),
+            Some(t) => Some(Arc::new(build_certs(
+                l,
+                &format!("listeners[{i}].tls"),
+                &t.certificates,
+            )?)),
         });
     }
     let mut listeners: Vec<ListenerRt> = addrs

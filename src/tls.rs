@@ -67,14 +67,20 @@ pub type CertStore = HostTable<Arc<CertKey>>;
 /// The handshake callback of one TLS listener.
 pub struct SniCallback {
     pub live: Arc<Live>,
+    /// The listener's place in the config's `listeners:` (or, with `tcp`, `tcp:`) list.
     pub listener: usize,
+    pub tcp: bool,
 }
 
 #[async_trait]
 impl TlsAccept for SniCallback {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
         let snap = self.live.snapshot();
-        let Some(store) = snap.listeners.get(self.listener).and_then(|l| l.certs.as_ref()) else {
+        let store = match self.tcp {
+            false => snap.listeners.get(self.listener).and_then(|l| l.certs.as_ref()),
+            true => snap.tcp.get(self.listener).and_then(|t| t.certs.as_ref()),
+        };
+        let Some(store) = store else {
             return;
         };
         let name = ssl.servername(NameType::HOST_NAME).unwrap_or("").to_string();

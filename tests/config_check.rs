@@ -159,6 +159,11 @@ fn bad_configs_are_located_precisely() {
             "FILE:15:25: tcp[0].allow[1]: invalid CIDR \"nope\"",
             "",
         ),
+        (
+            &format!("{GOOD}tcp:\n  - listen: 127.0.0.1:2\n    proxy_pass: app\n    tls: {{ certificates: [] }}\n"),
+            "FILE:15:12: tcp[0].tls.certificates: a TLS listener needs at least one certificate",
+            "",
+        ),
         // a TCP listener on an HTTP listener's address
         (
             &format!("{GOOD}tcp:\n  - listen: 127.0.0.1:8080\n    proxy_pass: app\n"),

@@ -710,3 +710,49 @@ fn stalled_handshakes_do_not_hold_up_others() {
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     drop(stalled);
 }
+
+#[test]
+fn a_tcp_listener_terminates_tls_by_sni_and_passes_the_plain_bytes() {
+    let dir = temp_dir();
+    let a = issue(&["a.test"], None, -1, 30, false);
+    let b = issue(&["*.b.test"], None, -1, 30, false);
+    let certs = [write(&dir, "a", &a), write(&dir, "b", &b)];
+    let list: String = certs
+        .iter()
+        .map(|(c, k)| format!("        - {{ cert: {}, key: {} }}\n", c.display(), k.display()))
+        .collect();
+    let backend = Backend::start("app");
+    let tp = free_port();
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\ntcp:\n  - listen: 127.0.0.1:{tp}\n    proxy_pass: app\n    tls:\n      certificates:\n{list}upstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\n",
+        backend.addr
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", tp)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{}", g.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // TLS ends at the listener; the server reads the client's request as it was
+    // sent, with no forwarding fields (nothing reads HTTP on a TCP listener).
+    let get = |name: &str| {
+        let mut c = tls_connection(tp, name);
+        let cert = c.get_ref().ssl().peer_certificate().unwrap();
+        let cn = cert.subject_name().entries_by_nid(Nid::COMMONNAME).next().unwrap();
+        let cn = String::from_utf8_lossy(cn.data().as_slice()).into_owned();
+        write!(c.get_mut(), "GET /x HTTP/1.1\r\nHost: {name}\r\n\r\n").unwrap();
+        (cn, read_response(&mut c))
+    };
+    let (cn, (status, body)) = get("a.test");
+    assert_eq!((cn.as_str(), status), ("a.test", 200));
+    assert!(body.contains("request=GET /x HTTP/1.1"), "{body}");
+    assert!(!body.contains("x-forwarded"), "{body}");
+    assert_eq!(get("www.b.test").0, "*.b.test");
+    assert_eq!(get("other.test").0, "a.test", "the first certificate is the default");
+    assert_eq!(backend.hits(), 3);
+    // Plain bytes on the TLS port never reach the server.
+    let mut s = tcp_to(tp);
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert_eq!(backend.hits(), 3);
+}

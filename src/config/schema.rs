@@ -196,6 +196,16 @@ pub struct TcpListener {
     /// When set, only clients in these CIDRs are let through.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
+    /// Terminate TLS (nginx stream `listen ... ssl`): certificates chosen
+    /// by SNI as on HTTP listeners; the server gets the plain bytes.
+    pub tls: Option<TcpTls>,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TcpTls {
+    /// Chosen by SNI; the first is the default for unknown or missing names.
+    pub certificates: Vec<Certificate>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone)]

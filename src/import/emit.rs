@@ -91,6 +91,13 @@ fn tcp(y: &mut String, t: &TcpListener) {
     if !t.allow.is_empty() {
         let _ = writeln!(y, "    allow: {}", list(&t.allow));
     }
+    if let Some(tls) = &t.tls {
+        y.push_str("    tls:\n      certificates:\n");
+        for c in &tls.certificates {
+            let _ = writeln!(y, "        - cert: {}", q(&c.cert));
+            let _ = writeln!(y, "          key: {}", q(&c.key));
+        }
+    }
 }
 
 fn server(y: &mut String, s: &ServerSection) {

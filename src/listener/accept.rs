@@ -83,6 +83,13 @@ impl Tls {
     }
 }
 
+impl Tls {
+    /// The handshake on `conn` (a TCP listener's; HTTP listeners run theirs in `handshake`).
+    pub(crate) async fn accept(&self, conn: Conn) -> pingora_core::Result<SslStream<Conn>> {
+        handshake_with_callback(&self.acceptor, conn, self.callbacks.as_ref()).await
+    }
+}
+
 pub struct Accepting {
     name: String,
     addr: String,

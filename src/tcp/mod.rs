@@ -46,6 +46,8 @@ pub struct Route {
     /// Clients refused, and (when not empty) the only ones let through.
     deny: Vec<IpNet>,
     allow: Vec<IpNet>,
+    /// Certificates of a listener that terminates TLS.
+    pub certs: Option<Arc<crate::tls::CertStore>>,
     counters: Counters,
 }
 
@@ -107,7 +109,12 @@ pub fn compile(l: &Loaded, pools: &BTreeMap<String, Arc<Pool>>) -> Result<Vec<Ar
             };
             list.iter().enumerate().map(net).collect()
         };
+        let certs = match &t.tls {
+            Some(tls) => Some(Arc::new(crate::live::build_certs(l, &at("tls"), &tls.certificates)?)),
+            None => None,
+        };
         routes.push(Arc::new(Route {
+            certs,
             deny: nets("deny", &t.deny)?,
             allow: nets("allow", &t.allow)?,
             listen: t.listen.as_str().into(),

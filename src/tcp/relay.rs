@@ -37,7 +37,10 @@ const BUFFER: usize = 16 * 1024;
 
 /// Relay until both sides are done, one fails, or `idle` passes with
 /// nothing read from either.
-pub async fn relay(client: TcpStream, server: TcpStream, idle: Duration, tally: &Tally) -> End {
+pub async fn relay<C>(client: C, server: TcpStream, idle: Duration, tally: &Tally) -> End
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     tally.last_ms.store(crate::clock::coarse_ms(), Relaxed);
     let mut client = Metered {
         io: client,
@@ -45,7 +48,7 @@ pub async fn relay(client: TcpStream, server: TcpStream, idle: Duration, tally: 
         last_ms: &tally.last_ms,
     };
     let mut server = Metered {
-        io: server,
+        io: Direct(server),
         read: &tally.from_server,
         last_ms: &tally.last_ms,
     };
@@ -67,22 +70,18 @@ pub async fn relay(client: TcpStream, server: TcpStream, idle: Duration, tally: 
     }
 }
 
-/// A socket whose reads are counted and time-stamped. Its reads and
-/// writes are direct system calls (`crate::sockio`), as the HTTP
-/// listeners' are: tokio's go through the C library's wrappers, which cost
-/// two atomic updates each in a process with several threads.
-struct Metered<'a> {
-    io: TcpStream,
+/// A stream whose reads are counted and time-stamped.
+struct Metered<'a, T> {
+    io: T,
     read: &'a AtomicU64,
     last_ms: &'a AtomicU64,
 }
 
-impl AsyncRead for Metered<'_> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let want = buf.remaining();
-        let n = ready!(sockio::poll_op(&self.io, cx, Interest::READABLE, want, |fd| {
-            sockio::recv(fd, buf)
-        }))?;
+impl<T: AsyncRead + Unpin> AsyncRead for Metered<'_, T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
+        let n = buf.filled().len() - before;
         if n > 0 {
             self.read.fetch_add(n as u64, Relaxed);
             self.last_ms.store(crate::clock::coarse_ms(), Relaxed);
@@ -91,9 +90,39 @@ impl AsyncRead for Metered<'_> {
     }
 }
 
-impl AsyncWrite for Metered<'_> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<'_, T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, bytes)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A plain socket whose reads and writes are direct system calls
+/// (`crate::sockio`), as the HTTP listeners' are: tokio's go through the C
+/// library's wrappers, which cost two atomic updates each in a process
+/// with several threads.
+pub struct Direct(pub TcpStream);
+
+impl AsyncRead for Direct {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let want = buf.remaining();
+        ready!(sockio::poll_op(&self.0, cx, Interest::READABLE, want, |fd| {
+            sockio::recv(fd, buf)
+        }))?;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Direct {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
-        sockio::poll_op(&self.io, cx, Interest::WRITABLE, bytes.len(), |fd| {
+        sockio::poll_op(&self.0, cx, Interest::WRITABLE, bytes.len(), |fd| {
             sockio::send(fd, bytes)
         })
     }
@@ -103,6 +132,6 @@ impl AsyncWrite for Metered<'_> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

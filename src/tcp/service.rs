@@ -3,10 +3,10 @@
 //! a task on one of the worker threads: pick a server, connect (moving on
 //! to the next server when one fails), relay, log.
 
-use super::relay::{relay, End, Tally};
+use super::relay::{relay, Direct, End, Tally};
 use super::Route;
 use crate::access_log::{self, AccessLog};
-use crate::listener::accept;
+use crate::listener::{accept, conn::Conn, Tls};
 use crate::live::Live;
 use crate::upstream::state::InflightGuard;
 use async_trait::async_trait;
@@ -15,7 +15,7 @@ use pingora_core::services::Service;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub struct TcpService {
@@ -23,9 +23,14 @@ pub struct TcpService {
     shared: Arc<Shared>,
 }
 
+/// Bytes a TLS connection's reads ask the socket for (a TLS record).
+const TLS_READ_AHEAD: usize = 16 * 1024;
+
 /// What every connection of one TCP listener shares.
 struct Shared {
     addr: String,
+    /// The handshake settings of a listener that terminates TLS.
+    tls: Option<Tls>,
     /// This listener's place in the config's `tcp:` list.
     index: usize,
     live: Arc<Live>,
@@ -33,11 +38,18 @@ struct Shared {
 }
 
 impl TcpService {
-    pub fn new(addr: &str, index: usize, live: Arc<Live>, access_log: Option<Arc<AccessLog>>) -> TcpService {
+    pub fn new(
+        addr: &str,
+        index: usize,
+        live: Arc<Live>,
+        access_log: Option<Arc<AccessLog>>,
+        tls: Option<Tls>,
+    ) -> TcpService {
         TcpService {
             name: format!("tcp listener {addr}"),
             shared: Arc::new(Shared {
                 addr: addr.to_string(),
+                tls,
                 index,
                 live,
                 access_log,
@@ -106,46 +118,33 @@ type Attempts = Vec<(usize, Duration)>;
 async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketAddr) {
     let _open = Open::new();
     let start = Instant::now();
-    let Some(route) = shared.live.snapshot().tcp.get(shared.index).cloned() else {
+    let snap = shared.live.snapshot();
+    let Some(route) = snap.tcp.get(shared.index).cloned() else {
         return;
     };
-    let local = tcp.local_addr();
-    let client = match TcpStream::from_std(tcp) {
-        Ok(c) => c,
-        Err(e) => return log::error!("tcp {}: cannot take connection from {peer}: {e}", route.listen),
-    };
-    let _ = client.set_nodelay(true);
+    let local = tcp.local_addr().ok();
     let mut attempts = Attempts::new();
     let tally = Tally::default();
-    let admitted = route.admits(peer.ip());
-    let reached = match admitted {
-        true => connect(&route, peer.ip(), &mut attempts).await,
-        false => None,
-    };
-    let status: u16 = match reached {
-        None if !admitted => 403,
-        None => 502,
-        Some((mut server, _inflight)) => {
-            let header = match (route.proxy_protocol, local) {
-                (Some(v), Ok(local)) => super::proxy_protocol::header(v, peer, local),
-                _ => Vec::new(),
-            };
-            match server.write_all(&header).await {
-                Err(e) => {
-                    log::warn!("tcp {}: PROXY header to the server: {e}", route.listen);
-                    502
-                }
-                Ok(()) => {
-                    match relay(client, server, route.idle_timeout, &tally).await {
-                        End::Closed => {}
-                        End::Idle => {
-                            log::info!("tcp {}: {peer} idle for {:?}, closed", route.listen, route.idle_timeout)
-                        }
-                        End::Failed(e) => log::info!("tcp {}: {peer}: {e}", route.listen),
-                    }
-                    200
-                }
+    let status = if !route.admits(peer.ip()) {
+        403 // before any TLS handshake or server
+    } else if let Some(tls) = &shared.tls {
+        let conn = Conn::new(tcp, peer, TLS_READ_AHEAD);
+        let handshake = pingora_timeout::timeout(snap.cfg.server.client_header_timeout.0, tls.accept(conn));
+        drop(snap);
+        match handshake.await {
+            Ok(Ok(client)) => pass(&route, client, peer, local, &mut attempts, &tally).await,
+            // As on the HTTP listeners: logged (info), no access-log line.
+            Ok(Err(e)) => return log::info!("tcp {}: TLS handshake with {peer} failed: {e}", route.listen),
+            Err(_) => return log::info!("tcp {}: TLS handshake with {peer} timed out", route.listen),
+        }
+    } else {
+        drop(snap);
+        match TcpStream::from_std(tcp) {
+            Ok(client) => {
+                let _ = client.set_nodelay(true);
+                pass(&route, Direct(client), peer, local, &mut attempts, &tally).await
             }
+            Err(e) => return log::error!("tcp {}: cannot take connection from {peer}: {e}", route.listen),
         }
     };
     let c = &route.counters;
@@ -187,6 +186,37 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
             line.push('\n');
         });
     }
+}
+
+/// A client's bytes passed to a server and back: the status to log (200
+/// relayed, 502 no server reached).
+async fn pass<C>(
+    route: &Route,
+    client: C,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    attempts: &mut Attempts,
+    tally: &Tally,
+) -> u16
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some((mut server, _inflight)) = connect(route, peer.ip(), attempts).await else {
+        return 502;
+    };
+    if let (Some(v), Some(local)) = (route.proxy_protocol, local) {
+        let header = super::proxy_protocol::header(v, peer, local);
+        if let Err(e) = server.write_all(&header).await {
+            log::warn!("tcp {}: PROXY header to the server: {e}", route.listen);
+            return 502;
+        }
+    }
+    match relay(client, server, route.idle_timeout, tally).await {
+        End::Closed => {}
+        End::Idle => log::info!("tcp {}: {peer} idle for {:?}, closed", route.listen, route.idle_timeout),
+        End::Failed(e) => log::info!("tcp {}: {peer}: {e}", route.listen),
+    }
+    200
 }
 
 /// A connection to a server of the route's pool: primaries first, the

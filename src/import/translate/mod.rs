@@ -124,6 +124,8 @@ pub struct Translator {
     server_name: Option<String>,
     /// `stream { server { ... } }` blocks: TCP listeners.
     tcp: Vec<TcpListener>,
+    /// `ssl_certificate` and `ssl_certificate_key` set in `stream`.
+    stream_cert: (Option<String>, Option<String>),
 }
 
 fn note(d: &Directive, why: impl Into<String>) -> Note {

@@ -1,7 +1,7 @@
 //! `stream` blocks (nginx's TCP proxying) into Portico's `tcp:` listeners.
 
 use super::{listen_addr, nginx_time, pools, with_port, Translator};
-use crate::config::schema::TcpListener;
+use crate::config::schema::{Certificate, TcpListener, TcpTls};
 use crate::import::lex::Directive;
 use std::collections::BTreeMap;
 
@@ -19,6 +19,7 @@ fn defaults() -> TcpListener {
         proxy_protocol: None,
         deny: Vec::new(),
         allow: Vec::new(),
+        tls: None,
     }
 }
 
@@ -54,6 +55,8 @@ impl Translator {
             match d.name.as_str() {
                 "upstream" | "server" => {}
                 "allow" | "deny" => rules.extend(rule(d)),
+                "ssl_certificate" => self.stream_cert.0 = d.args.first().cloned(),
+                "ssl_certificate_key" => self.stream_cert.1 = d.args.first().cloned(),
                 _ if self.stream_setting(d, &mut above) => {}
                 _ => self.not_translated(d, "no equivalent in Portico"),
             }
@@ -137,6 +140,7 @@ impl Translator {
         let mut listens = Vec::new();
         let mut pass = None;
         let mut left_out = None;
+        let mut cert = self.stream_cert.clone();
         for e in block {
             match e.name.as_str() {
                 "listen" => {
@@ -146,8 +150,13 @@ impl Translator {
                 }
                 "proxy_pass" => pass = Some(e),
                 "allow" | "deny" => rules.extend(rule(e)),
-                "ssl_preread" | "ssl_certificate" | "ssl_certificate_key" | "proxy_ssl" => {
-                    left_out.get_or_insert("TLS on a TCP listener is not translated");
+                "ssl_certificate" => cert.0 = e.args.first().cloned(),
+                "ssl_certificate_key" => cert.1 = e.args.first().cloned(),
+                "ssl_preread" => {
+                    left_out.get_or_insert("routing by the TLS server name (ssl_preread) is not translated");
+                }
+                "proxy_ssl" if e.args.first().is_some_and(|a| a == "on") => {
+                    left_out.get_or_insert("TLS to the servers of a TCP listener is not translated");
                 }
                 _ if self.stream_setting(e, &mut t) => {}
                 _ => self.not_translated(e, "no equivalent in Portico"),
@@ -167,14 +176,38 @@ impl Translator {
         if !rules.is_empty() {
             (t.deny, t.allow) = self.access_lists(rules);
         }
-        for listen in listens {
-            self.tcp.push(TcpListener { listen, ..t.clone() });
+        for (listen, ssl, line) in listens {
+            let tls = match (ssl, &cert) {
+                (false, _) => None,
+                (true, (Some(c), Some(k))) => Some(TcpTls {
+                    certificates: vec![Certificate {
+                        cert: c.clone(),
+                        key: k.clone(),
+                        server_names: Vec::new(),
+                    }],
+                }),
+                (true, _) => {
+                    let why = "`listen ... ssl` with no ssl_certificate and ssl_certificate_key: left out";
+                    self.notes.push(super::Note {
+                        line,
+                        directive: format!("listen {listen} ssl"),
+                        why: why.into(),
+                    });
+                    continue;
+                }
+            };
+            self.tcp.push(TcpListener {
+                listen,
+                tls,
+                ..t.clone()
+            });
         }
     }
 
-    /// A stream `listen`: its address, or `None` (with a note) for what a
-    /// TCP listener does not do.
-    fn stream_listen(&mut self, e: &Directive) -> Option<String> {
+    /// A stream `listen`: its address, whether it terminates TLS, and its
+    /// line; or `None` (with a note) for what a TCP listener does not do.
+    fn stream_listen(&mut self, e: &Directive) -> Option<(String, bool, usize)> {
+        let mut ssl = false;
         let Some(addr) = e.args.first() else {
             self.not_translated(e, "a listen needs an address");
             return None;
@@ -185,10 +218,7 @@ impl Translator {
                     self.not_translated(e, "Portico does not balance UDP: left out");
                     return None;
                 }
-                "ssl" => {
-                    self.not_translated(e, "TLS on a TCP listener is not translated: left out");
-                    return None;
-                }
+                "ssl" => ssl = true,
                 "reuseport" | "bind" => {}
                 p if p.starts_with("backlog=") || p.starts_with("ipv6only=") || p.starts_with("so_keepalive=") => {}
                 p => self.not_translated(e, format!("`{p}` is not translated")),
@@ -198,7 +228,7 @@ impl Translator {
             self.not_translated(e, "Portico listens on TCP addresses only");
             return None;
         }
-        Some(listen_addr(addr, 0))
+        Some((listen_addr(addr, 0), ssl, e.line))
     }
 
     /// The pool a stream `proxy_pass` names: a stream upstream, or a new
