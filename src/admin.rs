@@ -93,7 +93,7 @@ fn status(live: &Live) -> Value {
     let tcp: Vec<Value> = snap
         .tcp
         .iter()
-        .map(|t| json!({ "listen": &*t.listen, "pool": &*t.pool.name }))
+        .map(|t| json!({ "listen": &*t.listen, "pool": t.pool.as_ref().map(|p| &*p.name) }))
         .collect();
     json!({
         "config_file": snap.file,

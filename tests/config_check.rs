@@ -164,6 +164,16 @@ fn bad_configs_are_located_precisely() {
             "FILE:15:12: tcp[0].tls.certificates: a TLS listener needs at least one certificate",
             "",
         ),
+        (
+            &format!("{GOOD}tcp:\n  - listen: 127.0.0.1:2\n    sni: {{ a.test: nope }}\n"),
+            "FILE:14:12: tcp[0].sni.a.test: unknown upstream \"nope\"",
+            "",
+        ),
+        (
+            &format!("{GOOD}tcp:\n  - listen: 127.0.0.1:2\n"),
+            "tcp[0]: a tcp listener needs proxy_pass, or sni rules",
+            "FILE:13:",
+        ),
         // a TCP listener on an HTTP listener's address
         (
             &format!("{GOOD}tcp:\n  - listen: 127.0.0.1:8080\n    proxy_pass: app\n"),

@@ -756,3 +756,61 @@ fn a_tcp_listener_terminates_tls_by_sni_and_passes_the_plain_bytes() {
     let _ = s.read_to_end(&mut rest);
     assert_eq!(backend.hits(), 3);
 }
+
+#[test]
+fn a_tcp_listener_routes_tls_by_server_name_without_decrypting() {
+    let dir = temp_dir();
+    let (ca, ka) = write(&dir, "a", &issue(&["a.test"], None, -1, 30, false));
+    let (cb, kb) = write(&dir, "b", &issue(&["*.b.test"], None, -1, 30, false));
+    let (pa, pb, routed, with_default) = (free_port(), free_port(), free_port(), free_port());
+    let site = |port: u16, cert: &Path, key: &Path, body: &str| {
+        (
+            format!(
+                "  - listen: 127.0.0.1:{port}\n    tls: {{ certificates: [{{ cert: {}, key: {} }}] }}\n",
+                cert.display(),
+                key.display()
+            ),
+            format!("  - {{ default: true, listen: [\"127.0.0.1:{port}\"], locations: [{{ path: /, return: {{ status: 200, body: \"{body}\" }} }}] }}\n"),
+        )
+    };
+    let (la, va) = site(pa, &ca, &ka, "site a");
+    let (lb, vb) = site(pb, &cb, &kb, "site b");
+    // The HTTPS sites are the gateway's own listeners: the TCP listeners pass TLS to them untouched.
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\n{la}{lb}tcp:\n  - listen: 127.0.0.1:{routed}\n    sni: {{ a.test: a, \"*.b.test\": b }}\n  - listen: 127.0.0.1:{with_default}\n    sni: {{ a.test: a }}\n    proxy_pass: b\nupstreams:\n  a: {{ servers: [{{ address: \"127.0.0.1:{pa}\" }}] }}\n  b: {{ servers: [{{ address: \"127.0.0.1:{pb}\" }}] }}\nvirtual_hosts:\n{va}{vb}  - {{ default: true, listen: [\"127.0.0.1:{{PORT}}\"], locations: [{{ path: /, return: {{ status: 200 }} }}] }}\n"
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    for p in [routed, with_default, pa, pb] {
+        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "{}", g.stderr());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let get = |port: u16, name: &str| {
+        let mut c = tls_connection(port, name);
+        let cert = c.get_ref().ssl().peer_certificate().unwrap();
+        let cn = cert.subject_name().entries_by_nid(Nid::COMMONNAME).next().unwrap();
+        let cn = String::from_utf8_lossy(cn.data().as_slice()).into_owned();
+        write!(c.get_mut(), "GET / HTTP/1.1\r\nHost: {name}\r\n\r\n").unwrap();
+        (cn, read_response(&mut c).1)
+    };
+    assert_eq!(get(routed, "a.test"), ("a.test".into(), "site a".into()));
+    assert_eq!(get(routed, "www.b.test"), ("*.b.test".into(), "site b".into()));
+    assert_eq!(get(with_default, "A.TEST"), ("a.test".into(), "site a".into()));
+    assert_eq!(get(with_default, "other.test"), ("*.b.test".into(), "site b".into()));
+    // No rule for the name and no proxy_pass: the connection is closed, logged 400.
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    let c = b.build().configure().unwrap().verify_hostname(false);
+    assert!(c.connect("other.test", tcp_to(routed)).is_err());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let want = format!("\"TCP 127.0.0.1:{routed}\" 400 0 \"-\" \"-\" - - ");
+    while !g
+        .access_log()
+        .lines()
+        .any(|l| l.contains(&want) && l.ends_with(" sni=other.test"))
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", g.access_log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

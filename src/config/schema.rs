@@ -169,8 +169,14 @@ pub struct Listener {
 pub struct TcpListener {
     /// `ip:port` to bind.
     pub listen: String,
-    /// The upstream pool whose servers take this listener's connections.
-    pub proxy_pass: String,
+    /// The upstream pool whose servers take this listener's connections
+    /// (with `sni`: those no rule picks; unset, they are refused).
+    pub proxy_pass: Option<String>,
+    /// Pools by the server name a TLS client asks for (exact or `*.suffix`),
+    /// read from its ClientHello; the connection is passed through, still
+    /// encrypted (nginx's `ssl_preread` with a `map`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sni: BTreeMap<String, String>,
     /// Longest wait for a server to accept a connection (default: the
     /// pool's `connect_timeout`, else 60s, nginx's `proxy_connect_timeout`).
     pub connect_timeout: Option<Dur>,

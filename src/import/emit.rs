@@ -69,7 +69,9 @@ pub fn yaml(cfg: &Config, preface: &str) -> String {
 
 fn tcp(y: &mut String, t: &TcpListener) {
     let _ = writeln!(y, "  - listen: {}", q(&t.listen));
-    let _ = writeln!(y, "    proxy_pass: {}", q(&t.proxy_pass));
+    if let Some(pool) = &t.proxy_pass {
+        let _ = writeln!(y, "    proxy_pass: {}", q(pool));
+    }
     timeouts(
         y,
         "    ",

@@ -13,12 +13,14 @@
 mod proxy_protocol;
 mod relay;
 mod service;
+mod sni;
 
 pub use proxy_protocol::Version as ProxyProtocol;
 pub use service::TcpService;
 
 use crate::config::schema::Algorithm;
 use crate::config::{ConfigError, Loaded};
+use crate::routing::HostTable;
 use crate::upstream::{HashKey, Pool};
 use ipnet::IpNet;
 use prometheus::IntCounter;
@@ -35,8 +37,12 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct Route {
     /// The listen address, for logs and metrics.
     pub listen: Arc<str>,
-    pub pool: Arc<Pool>,
-    pub connect_timeout: Duration,
+    /// The pool for connections no `sni` rule picks (`proxy_pass`).
+    pub pool: Option<Arc<Pool>>,
+    /// Pools by the TLS server name clients ask for (`sni`), `pool` the default.
+    pub sni: Option<HostTable<Arc<Pool>>>,
+    /// Unset: the pool's `connect_timeout`, else [`CONNECT_TIMEOUT`].
+    pub connect_timeout: Option<Duration>,
     pub idle_timeout: Duration,
     pub next_upstream: bool,
     /// Servers tried per connection, at most (0: no limit).
@@ -48,10 +54,26 @@ pub struct Route {
     allow: Vec<IpNet>,
     /// Certificates of a listener that terminates TLS.
     pub certs: Option<Arc<crate::tls::CertStore>>,
-    counters: Counters,
+    /// Connection counters by pool name (`-`: refused before a pool was chosen).
+    counters: Vec<(Arc<str>, Counters)>,
+    received: IntCounter,
+    sent: IntCounter,
 }
 
 impl Route {
+    fn counters(&self, pool: Option<&Pool>) -> &Counters {
+        let name = pool.map_or("-", |p| &*p.name);
+        let found = self.counters.iter().find(|(n, _)| &**n == name);
+        &found.unwrap_or(&self.counters[0]).1
+    }
+
+    /// How long a connection to a server of `pool` may take.
+    pub fn connect_timeout(&self, pool: &Pool) -> Duration {
+        self.connect_timeout
+            .or(pool.timeouts.connect)
+            .unwrap_or(CONNECT_TIMEOUT)
+    }
+
     /// May a connection from `ip` go through (`deny`, then `allow`)?
     pub fn admits(&self, ip: std::net::IpAddr) -> bool {
         !self.deny.iter().any(|n| n.contains(&ip))
@@ -59,26 +81,42 @@ impl Route {
     }
 }
 
-/// Pre-resolved metrics of one route.
+/// Pre-resolved connection counters of one route and pool, by status.
 struct Counters {
     relayed: IntCounter,
     refused: IntCounter,
     unreached: IntCounter,
-    received: IntCounter,
-    sent: IntCounter,
 }
 
 impl Counters {
     fn new(listen: &str, pool: &str) -> Counters {
-        let m = crate::metrics::get();
+        let c = |status| {
+            crate::metrics::get()
+                .tcp_connections
+                .with_label_values(&[listen, pool, status])
+        };
         Counters {
-            relayed: m.tcp_connections.with_label_values(&[listen, pool, "200"]),
-            refused: m.tcp_connections.with_label_values(&[listen, pool, "403"]),
-            unreached: m.tcp_connections.with_label_values(&[listen, pool, "502"]),
-            received: m.tcp_bytes.with_label_values(&[listen, "received"]),
-            sent: m.tcp_bytes.with_label_values(&[listen, "sent"]),
+            relayed: c("200"),
+            refused: c("403"),
+            unreached: c("502"),
         }
     }
+}
+
+/// A pool named at `field` of a `tcp:` entry, if it can take TCP connections.
+fn tcp_pool(
+    l: &Loaded,
+    field: &str,
+    name: &str,
+    pools: &BTreeMap<String, Arc<Pool>>,
+) -> Result<Arc<Pool>, ConfigError> {
+    let Some(pool) = pools.get(name) else {
+        return Err(l.err(field, format!("unknown upstream {name:?}")));
+    };
+    if let Some(why) = unfit_for_tcp(pool) {
+        return Err(l.err(field, format!("upstream {name:?} {why}")));
+    }
+    Ok(pool.clone())
 }
 
 /// The running form of the config's `tcp:` list, checked against the pools.
@@ -86,13 +124,38 @@ pub fn compile(l: &Loaded, pools: &BTreeMap<String, Arc<Pool>>) -> Result<Vec<Ar
     let mut routes = Vec::new();
     for (i, t) in l.cfg.tcp.iter().enumerate() {
         let at = |field: &str| format!("tcp[{i}].{field}");
-        let Some(pool) = pools.get(&t.proxy_pass) else {
-            return Err(l.err(&at("proxy_pass"), format!("unknown upstream {:?}", t.proxy_pass)));
+        let pool = match &t.proxy_pass {
+            Some(name) => Some(tcp_pool(l, &at("proxy_pass"), name, pools)?),
+            None => None,
         };
-        if let Some(why) = unfit_for_tcp(pool) {
-            let msg = format!("upstream {:?} {why}", t.proxy_pass);
-            return Err(l.err(&at("proxy_pass"), msg));
+        if pool.is_none() && t.sni.is_empty() {
+            return Err(l.err(&format!("tcp[{i}]"), "a tcp listener needs proxy_pass, or sni rules"));
         }
+        let sni = match t.sni.is_empty() {
+            true => None,
+            false if t.tls.is_some() => {
+                let why = "sni routes TLS connections passed through; with tls the listener ends TLS itself";
+                return Err(l.err(&at("sni"), why));
+            }
+            false => {
+                let mut table = HostTable::new();
+                for (name, pool) in &t.sni {
+                    let field = at(&format!("sni.{name}"));
+                    let ok =
+                        !name.is_empty() && !name[1..].contains('*') && (!name.contains('*') || name.starts_with("*."));
+                    if !ok || !name.is_ascii() {
+                        return Err(l.err(&field, format!("invalid server name {name:?} (exact or *.suffix)")));
+                    }
+                    if !table.add_name(name, tcp_pool(l, &field, pool, pools)?) {
+                        return Err(l.err(&field, format!("duplicate server name {name:?}")));
+                    }
+                }
+                if let Some(p) = &pool {
+                    table.set_default(p.clone());
+                }
+                Some(table)
+            }
+        };
         let proxy_protocol = match &t.proxy_protocol {
             None => None,
             Some(v) => Some(ProxyProtocol::parse(v).map_err(|e| l.err(&at("proxy_protocol"), e))?),
@@ -113,23 +176,33 @@ pub fn compile(l: &Loaded, pools: &BTreeMap<String, Arc<Pool>>) -> Result<Vec<Ar
             Some(tls) => Some(Arc::new(crate::live::build_certs(l, &at("tls"), &tls.certificates)?)),
             None => None,
         };
+        let mut counters: Vec<(Arc<str>, Counters)> = vec![("-".into(), Counters::new(&t.listen, "-"))];
+        for p in pool.iter().chain(t.sni.values().filter_map(|n| pools.get(n))) {
+            if !counters.iter().any(|(n, _)| *n == p.name) {
+                counters.push((p.name.clone(), Counters::new(&t.listen, &p.name)));
+            }
+        }
+        let bytes = |direction| {
+            crate::metrics::get()
+                .tcp_bytes
+                .with_label_values(&[&t.listen, direction])
+        };
         routes.push(Arc::new(Route {
             certs,
             deny: nets("deny", &t.deny)?,
             allow: nets("allow", &t.allow)?,
             listen: t.listen.as_str().into(),
-            connect_timeout: t
-                .connect_timeout
-                .map(|d| d.0)
-                .or(pool.timeouts.connect)
-                .unwrap_or(CONNECT_TIMEOUT),
+            connect_timeout: t.connect_timeout.map(|d| d.0),
             idle_timeout,
             next_upstream: t.next_upstream,
             tries: t.next_upstream_tries,
             tries_timeout: t.next_upstream_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
             proxy_protocol,
-            counters: Counters::new(&t.listen, &t.proxy_pass),
-            pool: pool.clone(),
+            counters,
+            received: bytes("received"),
+            sent: bytes("sent"),
+            pool,
+            sni,
         }));
     }
     Ok(routes)

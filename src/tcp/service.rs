@@ -4,18 +4,20 @@
 //! to the next server when one fails), relay, log.
 
 use super::relay::{relay, Direct, End, Tally};
+use super::sni::{self, Hello};
 use super::Route;
 use crate::access_log::{self, AccessLog};
 use crate::listener::{accept, conn::Conn, Tls};
 use crate::live::Live;
 use crate::upstream::state::InflightGuard;
+use crate::upstream::Pool;
 use async_trait::async_trait;
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::Service;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub struct TcpService {
@@ -114,6 +116,18 @@ impl Drop for Open {
 /// The servers tried for one connection: pool index and time to connect (or fail).
 type Attempts = Vec<(usize, Duration)>;
 
+/// What one connection came to, for its metrics and its log line.
+#[derive(Default)]
+struct Outcome {
+    /// 200 relayed, 400 no pool for its first bytes, 403 refused by the
+    /// rules, 502 no server reached.
+    status: u16,
+    pool: Option<Arc<Pool>>,
+    attempts: Attempts,
+    /// The server name its ClientHello asked for (`sni` routing).
+    sni: Option<String>,
+}
+
 /// One client connection, for its whole life.
 async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketAddr) {
     let _open = Open::new();
@@ -122,109 +136,169 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
     let Some(route) = snap.tcp.get(shared.index).cloned() else {
         return;
     };
+    let wait = snap.cfg.server.client_header_timeout.0;
+    drop(snap);
     let local = tcp.local_addr().ok();
-    let mut attempts = Attempts::new();
+    let mut out = Outcome::default();
     let tally = Tally::default();
-    let status = if !route.admits(peer.ip()) {
-        403 // before any TLS handshake or server
+    if !route.admits(peer.ip()) {
+        out.status = 403; // before any TLS handshake or server
     } else if let Some(tls) = &shared.tls {
         let conn = Conn::new(tcp, peer, TLS_READ_AHEAD);
-        let handshake = pingora_timeout::timeout(snap.cfg.server.client_header_timeout.0, tls.accept(conn));
-        drop(snap);
-        match handshake.await {
-            Ok(Ok(client)) => pass(&route, client, peer, local, &mut attempts, &tally).await,
+        match pingora_timeout::timeout(wait, tls.accept(conn)).await {
+            Ok(Ok(client)) => {
+                out.pool = route.pool.clone();
+                pass(&route, client, Vec::new(), (peer, local), &mut out, &tally).await;
+            }
             // As on the HTTP listeners: logged (info), no access-log line.
             Ok(Err(e)) => return log::info!("tcp {}: TLS handshake with {peer} failed: {e}", route.listen),
             Err(_) => return log::info!("tcp {}: TLS handshake with {peer} timed out", route.listen),
         }
     } else {
-        drop(snap);
-        match TcpStream::from_std(tcp) {
-            Ok(client) => {
-                let _ = client.set_nodelay(true);
-                pass(&route, Direct(client), peer, local, &mut attempts, &tally).await
-            }
+        let mut client = match TcpStream::from_std(tcp) {
+            Ok(c) => c,
             Err(e) => return log::error!("tcp {}: cannot take connection from {peer}: {e}", route.listen),
+        };
+        let _ = client.set_nodelay(true);
+        let early = match &route.sni {
+            None => {
+                out.pool = route.pool.clone();
+                Vec::new()
+            }
+            Some(table) => {
+                let (hello, early) = read_hello(&mut client, wait).await;
+                out.sni = hello;
+                out.pool = match &out.sni {
+                    Some(name) => table.lookup(name).cloned(),
+                    None => route.pool.clone(),
+                };
+                early
+            }
+        };
+        match out.pool.is_some() {
+            true => pass(&route, Direct(client), early, (peer, local), &mut out, &tally).await,
+            false => out.status = 400,
         }
-    };
-    let c = &route.counters;
+    }
     let (received, sent) = (tally.from_client.into_inner(), tally.from_server.into_inner());
-    match status {
+    let c = route.counters(out.pool.as_deref());
+    match out.status {
         200 => &c.relayed,
-        403 => &c.refused,
+        400 | 403 => &c.refused,
         _ => &c.unreached,
     }
     .inc();
-    c.received.inc_by(received);
-    c.sent.inc_by(sent);
+    route.received.inc_by(received);
+    route.sent.inc_by(sent);
     if let Some(log) = &shared.access_log {
-        log.write_line(|line| {
-            crate::proxy::line_start(line, Some(peer.ip()));
-            line.push_str("TCP ");
-            line.push_str(&route.listen);
-            line.push_str("\" ");
-            access_log::push_num(line, status.into());
-            line.push(' ');
-            access_log::push_num(line, sent);
-            line.push_str(" \"-\" \"-\" ");
-            if attempts.is_empty() {
-                line.push_str("- -");
-            } else {
-                let servers = attempts.iter().map(|&(i, _)| route.pool.servers[i].addr.as_str());
-                line.push_str(&servers.collect::<Vec<_>>().join(", "));
-                for (n, &(_, t)) in attempts.iter().enumerate() {
-                    line.push_str(if n == 0 { " " } else { ", " });
-                    access_log::push_secs(line, t);
-                }
-            }
-            line.push(' ');
-            access_log::push_secs(line, start.elapsed());
-            line.push_str(" rx=");
-            access_log::push_num(line, received);
-            line.push_str(" tx=");
-            access_log::push_num(line, sent);
-            line.push('\n');
-        });
+        log.write_line(|line| log_line(line, &route, peer, &out, start, (received, sent)));
     }
 }
 
-/// A client's bytes passed to a server and back: the status to log (200
-/// relayed, 502 no server reached).
+/// The access-log line of a connection, in the HTTP lines' shape.
+fn log_line(line: &mut String, route: &Route, peer: SocketAddr, out: &Outcome, start: Instant, bytes: (u64, u64)) {
+    let (received, sent) = bytes;
+    crate::proxy::line_start(line, Some(peer.ip()));
+    line.push_str("TCP ");
+    line.push_str(&route.listen);
+    line.push_str("\" ");
+    access_log::push_num(line, out.status.into());
+    line.push(' ');
+    access_log::push_num(line, sent);
+    line.push_str(" \"-\" \"-\" ");
+    match &out.pool {
+        Some(pool) if !out.attempts.is_empty() => {
+            let servers = out.attempts.iter().map(|&(i, _)| pool.servers[i].addr.as_str());
+            line.push_str(&servers.collect::<Vec<_>>().join(", "));
+            for (n, &(_, t)) in out.attempts.iter().enumerate() {
+                line.push_str(if n == 0 { " " } else { ", " });
+                access_log::push_secs(line, t);
+            }
+        }
+        _ => line.push_str("- -"),
+    }
+    line.push(' ');
+    access_log::push_secs(line, start.elapsed());
+    line.push_str(" rx=");
+    access_log::push_num(line, received);
+    line.push_str(" tx=");
+    access_log::push_num(line, sent);
+    if let Some(name) = &out.sni {
+        line.push_str(" sni=");
+        access_log::push_escaped(line, name.as_bytes());
+    }
+    line.push('\n');
+}
+
+/// The first bytes of a connection routed by server name: the name its
+/// ClientHello asks for, if it sent a ClientHello with one within `wait`,
+/// and the bytes read, which go to the server first.
+async fn read_hello(client: &mut TcpStream, wait: Duration) -> (Option<String>, Vec<u8>) {
+    let mut early = Vec::with_capacity(1024);
+    let read = async {
+        loop {
+            match sni::server_name(&early) {
+                Hello::Incomplete if early.len() < sni::MAX_HELLO => {}
+                Hello::Name(name) => return name,
+                _ => return None,
+            }
+            early.reserve(1024);
+            match client.read_buf(&mut early).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    };
+    let name = pingora_timeout::timeout(wait, read).await.unwrap_or(None);
+    (name, early)
+}
+
+/// A client's bytes passed to a server of `out.pool` and back (`early`,
+/// bytes already read from the client, first); sets `out.status`.
 async fn pass<C>(
     route: &Route,
     client: C,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
-    attempts: &mut Attempts,
+    early: Vec<u8>,
+    (peer, local): (SocketAddr, Option<SocketAddr>),
+    out: &mut Outcome,
     tally: &Tally,
-) -> u16
-where
+) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some((mut server, _inflight)) = connect(route, peer.ip(), attempts).await else {
-        return 502;
+    out.status = 502;
+    let Some(pool) = out.pool.clone() else { return };
+    let Some((mut server, _inflight)) = connect(route, &pool, peer.ip(), &mut out.attempts).await else {
+        return;
     };
-    if let (Some(v), Some(local)) = (route.proxy_protocol, local) {
-        let header = super::proxy_protocol::header(v, peer, local);
-        if let Err(e) = server.write_all(&header).await {
-            log::warn!("tcp {}: PROXY header to the server: {e}", route.listen);
-            return 502;
-        }
+    let mut first = match (route.proxy_protocol, local) {
+        (Some(v), Some(local)) => super::proxy_protocol::header(v, peer, local),
+        _ => Vec::new(),
+    };
+    first.extend_from_slice(&early);
+    if let Err(e) = server.write_all(&first).await {
+        return log::warn!("tcp {}: writing to the server: {e}", route.listen);
     }
+    tally
+        .from_client
+        .fetch_add(early.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    out.status = 200;
     match relay(client, server, route.idle_timeout, tally).await {
         End::Closed => {}
         End::Idle => log::info!("tcp {}: {peer} idle for {:?}, closed", route.listen, route.idle_timeout),
         End::Failed(e) => log::info!("tcp {}: {peer}: {e}", route.listen),
     }
-    200
 }
 
 /// A connection to a server of the route's pool: primaries first, the
 /// next one after each that cannot be connected to, as `next_upstream`
 /// and its limits allow. The guard counts the connection as in flight on
 /// the server (least_conn) for as long as it is held.
-async fn connect(route: &Route, client: IpAddr, attempts: &mut Attempts) -> Option<(TcpStream, InflightGuard)> {
-    let pool = &route.pool;
+async fn connect(
+    route: &Route,
+    pool: &Pool,
+    client: IpAddr,
+    attempts: &mut Attempts,
+) -> Option<(TcpStream, InflightGuard)> {
     let key = pool
         .hash_key
         .as_ref()
@@ -237,7 +311,7 @@ async fn connect(route: &Route, client: IpAddr, attempts: &mut Attempts) -> Opti
         }
         let server = &pool.servers[i];
         let inflight = InflightGuard::new(server.state.clone());
-        let mut wait = route.connect_timeout;
+        let mut wait = route.connect_timeout(pool);
         if let Some(limit) = route.tries_timeout {
             wait = wait.min(limit.saturating_sub(began.elapsed()));
         }

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 fn defaults() -> TcpListener {
     TcpListener {
         listen: String::new(),
-        proxy_pass: String::new(),
+        proxy_pass: None,
+        sni: Default::default(),
         connect_timeout: None,
         idle_timeout: None,
         next_upstream: true,
@@ -169,7 +170,7 @@ impl Translator {
             return; // each listen left out is named
         }
         match pass.and_then(|e| self.stream_pass(e, renamed)) {
-            Some(pool) => t.proxy_pass = pool,
+            Some(pool) => t.proxy_pass = Some(pool),
             None => return self.not_translated(d, "no proxy_pass Portico can use: this server is left out"),
         }
         let rules = if rules.is_empty() { above_rules } else { &rules };
