@@ -72,6 +72,12 @@ fn tcp(y: &mut String, t: &TcpListener) {
     if let Some(pool) = &t.proxy_pass {
         let _ = writeln!(y, "    proxy_pass: {}", q(pool));
     }
+    if !t.sni.is_empty() {
+        y.push_str("    sni:\n");
+        for (name, pool) in &t.sni {
+            let _ = writeln!(y, "      {}: {}", q(name), q(pool));
+        }
+    }
     timeouts(
         y,
         "    ",

@@ -450,4 +450,41 @@ mod tests {
             i.yaml
         );
     }
+
+    #[test]
+    fn stream_blocks_become_tcp_listeners_and_preread_maps_sni_rules() {
+        let (cfg, notes) = import(
+            "stream {\n proxy_timeout 1h;\n\
+             map $ssl_preread_server_name $to { hostnames; a.test a; .b.test b; ~^c c; default 10.0.0.9:443; }\n\
+             upstream a { server 10.0.0.1:443; }\n upstream b { hash $remote_addr consistent; server 10.0.0.2:443; server 10.0.0.3:443; }\n\
+             server { listen 443; ssl_preread on; proxy_pass $to; }\n\
+             server { listen 5432; proxy_pass a; proxy_protocol on; deny 10.0.0.66; allow 10.0.0.0/8; deny all; }\n\
+             server { listen 53 udp; proxy_pass 10.0.0.53:53; }\n}\n",
+        );
+        let [sni, db] = cfg.tcp.as_slice() else {
+            panic!("{:?}", cfg.tcp)
+        };
+        assert_eq!(
+            (sni.listen.as_str(), sni.proxy_pass.as_deref()),
+            ("0.0.0.0:443", Some("10_0_0_9_443"))
+        );
+        let rules: Vec<(&str, &str)> = sni.sni.iter().map(|(n, p)| (n.as_str(), p.as_str())).collect();
+        assert_eq!(rules, [("*.b.test", "b"), ("a.test", "a"), ("b.test", "b")]);
+        assert_eq!(sni.idle_timeout.map(|d| d.0.as_secs()), Some(3600));
+        assert_eq!(
+            (db.proxy_pass.as_deref(), db.proxy_protocol.as_deref()),
+            (Some("a"), Some("v1"))
+        );
+        assert_eq!(
+            (db.deny.as_slice(), db.allow.as_slice()),
+            (&["10.0.0.66".to_string()][..], &["10.0.0.0/8".to_string()][..])
+        );
+        assert_eq!(cfg.upstreams["b"].hash_key.as_deref(), Some("$remote_addr"));
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].starts_with("3: ~^c c: only exact names"), "{notes:?}");
+        assert!(
+            notes[1].starts_with("8: listen 53 udp: Portico does not balance UDP"),
+            "{notes:?}"
+        );
+    }
 }

@@ -24,6 +24,14 @@ fn defaults() -> TcpListener {
     }
 }
 
+/// A `map $ssl_preread_server_name $var { ... }`: its entries (key,
+/// value, line) and its `default` value.
+#[derive(Default)]
+struct SniMap {
+    entries: Vec<(String, String, usize)>,
+    default: Option<String>,
+}
+
 /// `allow` / `deny` rules in order: (allow?, address, line).
 type Rules = Vec<(bool, String, usize)>;
 
@@ -52,9 +60,11 @@ impl Translator {
         }
         let mut above = defaults();
         let mut rules = Rules::new();
+        let mut maps = BTreeMap::new();
         for d in list {
             match d.name.as_str() {
                 "upstream" | "server" => {}
+                "map" => self.stream_map(d, &mut maps),
                 "allow" | "deny" => rules.extend(rule(d)),
                 "ssl_certificate" => self.stream_cert.0 = d.args.first().cloned(),
                 "ssl_certificate_key" => self.stream_cert.1 = d.args.first().cloned(),
@@ -64,7 +74,7 @@ impl Translator {
         }
         for d in list.iter().filter(|d| d.name == "server") {
             match &d.block {
-                Some(b) => self.stream_server(d, b, (&above, &rules), &renamed),
+                Some(b) => self.stream_server(d, b, (&above, &rules), (&renamed, &maps)),
                 None => self.not_translated(d, "not a block"),
             }
         }
@@ -133,8 +143,9 @@ impl Translator {
         d: &Directive,
         block: &[Directive],
         (above, above_rules): (&TcpListener, &Rules),
-        renamed: &BTreeMap<String, String>,
+        (renamed, maps): (&BTreeMap<String, String>, &BTreeMap<String, SniMap>),
     ) {
+        let mut preread = false;
         let mut t = above.clone();
         // As in nginx, a level with rules of its own inherits none.
         let mut rules = Rules::new();
@@ -153,9 +164,7 @@ impl Translator {
                 "allow" | "deny" => rules.extend(rule(e)),
                 "ssl_certificate" => cert.0 = e.args.first().cloned(),
                 "ssl_certificate_key" => cert.1 = e.args.first().cloned(),
-                "ssl_preread" => {
-                    left_out.get_or_insert("routing by the TLS server name (ssl_preread) is not translated");
-                }
+                "ssl_preread" => preread = e.args.first().is_some_and(|a| a == "on"),
                 "proxy_ssl" if e.args.first().is_some_and(|a| a == "on") => {
                     left_out.get_or_insert("TLS to the servers of a TCP listener is not translated");
                 }
@@ -169,9 +178,13 @@ impl Translator {
         if listens.is_empty() {
             return; // each listen left out is named
         }
-        match pass.and_then(|e| self.stream_pass(e, renamed)) {
-            Some(pool) => t.proxy_pass = Some(pool),
-            None => return self.not_translated(d, "no proxy_pass Portico can use: this server is left out"),
+        let by_name = pass.and_then(|e| Some((e, maps.get(e.args.first()?)?)));
+        match by_name {
+            Some((e, map)) if preread => self.sni_rules(e, map, renamed, &mut t),
+            _ => t.proxy_pass = pass.and_then(|e| self.stream_target(e, e.args.first()?, renamed)),
+        }
+        if t.proxy_pass.is_none() && t.sni.is_empty() {
+            return self.not_translated(d, "no proxy_pass Portico can use: this server is left out");
         }
         let rules = if rules.is_empty() { above_rules } else { &rules };
         if !rules.is_empty() {
@@ -232,13 +245,59 @@ impl Translator {
         Some((listen_addr(addr, 0), ssl, e.line))
     }
 
-    /// The pool a stream `proxy_pass` names: a stream upstream, or a new
-    /// pool of one `host:port`.
-    fn stream_pass(&mut self, e: &Directive, renamed: &BTreeMap<String, String>) -> Option<String> {
-        let Some(target) = e.args.first() else {
-            self.not_translated(e, "proxy_pass needs an upstream or an address");
-            return None;
+    /// A `map $ssl_preread_server_name $var` (nginx's way to route by
+    /// server name), kept under `$var` for the servers whose `proxy_pass` is it.
+    fn stream_map(&mut self, d: &Directive, maps: &mut BTreeMap<String, SniMap>) {
+        let (Some("$ssl_preread_server_name"), Some(var)) = (d.args.first().map(String::as_str), d.args.get(1)) else {
+            return self.not_translated(d, "only a map of $ssl_preread_server_name is translated (as sni rules)");
         };
+        let mut map = SniMap::default();
+        for e in d.block.iter().flatten() {
+            match (e.name.as_str(), e.args.first()) {
+                ("hostnames" | "volatile", _) => {}
+                ("default", Some(v)) => map.default = Some(v.clone()),
+                (key, Some(v)) => map.entries.push((key.to_string(), v.clone(), e.line)),
+                _ => self.not_translated(e, "not translated"),
+            }
+        }
+        maps.insert(var.clone(), map);
+    }
+
+    /// `proxy_pass $var` with `ssl_preread on`, `$var` mapped from the
+    /// server name: the map's names become `sni` rules, its default `proxy_pass`.
+    fn sni_rules(&mut self, e: &Directive, map: &SniMap, renamed: &BTreeMap<String, String>, t: &mut TcpListener) {
+        for (key, value, line) in &map.entries {
+            let entry = Directive {
+                name: key.clone(),
+                args: vec![value.clone()],
+                block: None,
+                line: *line,
+            };
+            // nginx `hostnames`: `.example.com` is the name and every name under it.
+            let names = match key.as_str() {
+                k if k.starts_with('~') || k.ends_with(".*") => {
+                    self.not_translated(&entry, "only exact names and *.suffix are translated");
+                    continue;
+                }
+                k if k.starts_with('.') => vec![k[1..].to_string(), format!("*{k}")],
+                k => vec![k.to_string()],
+            };
+            if let Some(pool) = self.stream_target(&entry, value, renamed) {
+                for n in names {
+                    t.sni.insert(n.to_ascii_lowercase(), pool.clone());
+                }
+            }
+        }
+        t.proxy_pass = match &map.default {
+            Some(v) => self.stream_target(e, v, renamed),
+            None => None,
+        };
+    }
+
+    /// The pool a stream `proxy_pass` (or a map value) names: a stream
+    /// upstream, or a new pool of one `host:port`.
+    fn stream_target(&mut self, e: &Directive, target: &str, renamed: &BTreeMap<String, String>) -> Option<String> {
+        let target = &target.to_string();
         if target.contains('$') || target.starts_with("unix:") {
             self.not_translated(e, "a proxy_pass with variables or to a unix socket is not translated");
             return None;
