@@ -367,3 +367,152 @@ fn server_killed_and_restarted_under_load() {
     assert_eq!(failed.load(SeqCst), 0);
     assert!(b.hits() > 0, "the restarted server is back in rotation");
 }
+
+/// A TCP listener under steady load: new connections (one HTTP request
+/// each) and kept-alive sessions, while the binary is replaced twice and
+/// then one of three servers is killed and restarted. Goal: no connection
+/// refused or failed through the upgrades; once a server is killed, only
+/// the connections it held at that moment are lost (a TCP balancer cannot
+/// move a connection whose bytes a server may have read), and every new
+/// connection goes to a live server.
+#[test]
+#[ignore]
+fn tcp_listener_through_upgrades_and_a_killed_server_under_load() {
+    let (a, b, c) = (Backend::start("a"), Backend::start("b"), Backend::start("c"));
+    let tp = free_port();
+    let g = Gateway::start(&format!(
+        "server:\n  pid_file: {{DIR}}/p.pid\n  upgrade_sock: {{DIR}}/u.sock\n  grace_period: 20s\nlisteners:\n  - listen: 127.0.0.1:{{PORT}}\naccess_log: \"off\"\ntcp:\n  - listen: 127.0.0.1:{tp}\n    proxy_pass: app\n    connect_timeout: 1s\nupstreams:\n  app:\n    servers:\n{}",
+        servers_yaml(&[&a, &b, &c], "        max_fails: 1\n        fail_timeout: 2s\n")
+    ));
+    while std::net::TcpStream::connect(("127.0.0.1", tp)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, sessions) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    // When each failure happened (ms since the start), and what it was.
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<(u128, String)>::new()));
+    let mut hs = Vec::new();
+    for _ in 0..6 {
+        let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+        hs.push(std::thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                match try_request(tp, "GET", "/", &[], b"") {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, SeqCst),
+                    r => {
+                        let what = format!("request: {:?}", r.map(|r| r.status));
+                        failures.lock().unwrap().push((started.elapsed().as_millis(), what));
+                        0
+                    }
+                };
+            }
+        }));
+    }
+    // Kept-alive sessions of about 2 s each: 10 requests a second on one connection.
+    for _ in 0..2 {
+        let (stop, sessions, failures) = (stop.clone(), sessions.clone(), failures.clone());
+        hs.push(std::thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                let mut cl = match Client::connect(tp) {
+                    Ok(cl) => cl,
+                    Err(e) => {
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push((started.elapsed().as_millis(), format!("connect: {e}")));
+                        continue;
+                    }
+                };
+                let session = Instant::now();
+                let mut whole = true;
+                while whole && session.elapsed() < Duration::from_secs(2) && !stop.load(SeqCst) {
+                    if !cl.send("GET", "/", &[], b"").is_ok_and(|r| r.status == 200) {
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push((started.elapsed().as_millis(), "session".into()));
+                        whole = false;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                if whole {
+                    sessions.fetch_add(1, SeqCst);
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+
+    struct Children(Vec<std::process::Child>);
+    impl Drop for Children {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = Command::new("kill").arg("-INT").arg(c.id().to_string()).status();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut children = Children(Vec::new());
+    let pid = || std::fs::read_to_string(g.dir.join("p.pid")).unwrap_or_default();
+    for i in 0..2 {
+        let old = pid();
+        let child = Command::new(portico_bin())
+            .args(["-u", "-c", g.conf.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(g.dir.join(format!("upgrade{i}.log"))).unwrap(),
+            ))
+            .spawn()
+            .unwrap();
+        children.0.push(child);
+        let t = Instant::now();
+        let alive = || {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", old.trim())).unwrap_or_default();
+            !stat.is_empty() && !stat.contains(") Z ")
+        };
+        while alive() {
+            assert!(t.elapsed() < Duration::from_secs(20), "old process {old} still running");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_ne!(pid(), old, "the new process took over");
+        println!(
+            "tcp upgrade {i}: old process gone after {:?}; ok={}",
+            t.elapsed(),
+            ok.load(SeqCst)
+        );
+    }
+    let upgrades_failed = failures.lock().unwrap().len();
+
+    std::thread::sleep(Duration::from_secs(1));
+    let addr = b.addr;
+    let killed = started.elapsed().as_millis();
+    b.stop();
+    drop(b);
+    std::thread::sleep(Duration::from_secs(2));
+    let b = Backend::start_on("b", addr, Behaviour::Echo);
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, SeqCst);
+    for h in hs {
+        h.join().unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    let report = format!(
+        "tcp under load: requests ok={} sessions ok={} failed={} ({upgrades_failed} during the upgrades; killed at {killed} ms: {:?}); a={} b after restart={} c={}",
+        ok.load(SeqCst),
+        sessions.load(SeqCst),
+        failures.len(),
+        failures,
+        a.hits(),
+        b.hits(),
+        c.hits()
+    );
+    println!("{report}");
+    drop(children);
+    assert_eq!(upgrades_failed, 0, "{report}");
+    // Only what the killed server held when it went (within its 30 ms stop).
+    assert!(
+        failures.iter().all(|(t, _)| *t >= killed && *t < killed + 500),
+        "{report}"
+    );
+    assert!(b.hits() > 0, "the restarted server is back in rotation: {report}");
+}

@@ -138,7 +138,8 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
     };
     let wait = snap.cfg.server.client_header_timeout.0;
     drop(snap);
-    let local = tcp.local_addr().ok();
+    // The PROXY header's destination (a system call: only when it is sent).
+    let local = route.proxy_protocol.and_then(|_| tcp.local_addr().ok());
     let mut out = Outcome::default();
     let tally = Tally::default();
     if !route.admits(peer.ip()) {
@@ -148,7 +149,7 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
         match pingora_timeout::timeout(wait, tls.accept(conn)).await {
             Ok(Ok(client)) => {
                 out.pool = route.pool.clone();
-                pass(&route, client, Vec::new(), (peer, local), &mut out, &tally).await;
+                pass(&route, (client, true), Vec::new(), (peer, local), &mut out, &tally).await;
             }
             // As on the HTTP listeners: logged (info), no access-log line.
             Ok(Err(e)) => return log::info!("tcp {}: TLS handshake with {peer} failed: {e}", route.listen),
@@ -176,7 +177,7 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
             }
         };
         match out.pool.is_some() {
-            true => pass(&route, Direct(client), early, (peer, local), &mut out, &tally).await,
+            true => pass(&route, (Direct(client), false), early, (peer, local), &mut out, &tally).await,
             false => out.status = 400,
         }
     }
@@ -255,9 +256,10 @@ async fn read_hello(client: &mut TcpStream, wait: Duration) -> (Option<String>, 
 
 /// A client's bytes passed to a server of `out.pool` and back (`early`,
 /// bytes already read from the client, first); sets `out.status`.
+/// `client` comes with whether it is a TLS stream (see [`relay`]).
 async fn pass<C>(
     route: &Route,
-    client: C,
+    (client, client_tls): (C, bool),
     early: Vec<u8>,
     (peer, local): (SocketAddr, Option<SocketAddr>),
     out: &mut Outcome,
@@ -282,7 +284,7 @@ async fn pass<C>(
         .from_client
         .fetch_add(early.len() as u64, std::sync::atomic::Ordering::Relaxed);
     out.status = 200;
-    match relay(client, server, route.idle_timeout, tally).await {
+    match relay(client, server, route.idle_timeout, tally, client_tls).await {
         End::Closed => {}
         End::Idle => log::info!("tcp {}: {peer} idle for {:?}, closed", route.listen, route.idle_timeout),
         End::Failed(e) => log::info!("tcp {}: {peer}: {e}", route.listen),
