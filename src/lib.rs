@@ -10,6 +10,7 @@
 //! - `admin`, `metrics`: the admin API (status, draining, reload) and Prometheus
 //! - `plugins`: building filter plugins (crates in `plugins/`) and adapting headers for them
 //! - `tls`: certificates (checked at load) and SNI selection for TLS listeners
+//! - `pipe`: bytes passed both ways (WebSockets after their 101, TCP listener connections)
 //! - `access_log`, `template`, `clock`, `timeout`, `sockio`, `warming`: small helpers
 //! - `app`: wiring everything into a Pingora server
 //! - `demo`: the two demo backends of the quick start
@@ -28,6 +29,7 @@ pub mod listener;
 pub mod live;
 pub mod logging;
 pub mod metrics;
+pub mod pipe;
 pub mod plugins;
 pub mod proxy;
 pub mod retry;

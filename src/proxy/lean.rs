@@ -1,6 +1,6 @@
 //! The lean HTTP/1 path: Portico's own short proxy loop for the most common
 //! requests: a plain HTTP/1.1 GET or HEAD without a body, and a WebSocket
-//! handshake (whose connection then becomes a [`tunnel`]).
+//! handshake (whose connection then becomes a [`crate::pipe`]).
 //!
 //! It is not a second gateway. It runs the same [`Gateway`] steps in the
 //! same order as Pingora's `HttpProxy` runs them as hooks (request_filter,
@@ -30,7 +30,6 @@ mod connect;
 mod edits;
 mod idle;
 mod session;
-mod tunnel;
 mod upstream;
 
 use super::downstream::Downstream;
@@ -494,7 +493,8 @@ impl LeanPath {
                 let (server, early) = up.tunnel_parts();
                 // The client's side is read on as the new protocol: no fence from the watch.
                 crate::listener::fence(s.stream_mut(), None);
-                let moved = Box::pin(tunnel::run(s.stream_mut(), server, early, idle)).await;
+                let together = crate::pipe::Ends::Together;
+                let (moved, _) = Box::pin(crate::pipe::run(s.stream_mut(), server, early, idle, together)).await;
                 ctx.body_bytes += moved.up;
                 ctx.sent_bytes += moved.down;
                 return (false, false, None);

@@ -3,12 +3,13 @@
 //! a task on one of the worker threads: pick a server, connect (moving on
 //! to the next server when one fails), relay, log.
 
-use super::relay::{relay, Direct, End, Tally};
+use super::relay::Direct;
 use super::sni::{self, Hello};
 use super::Route;
 use crate::access_log::{self, AccessLog};
 use crate::listener::{accept, conn::Conn, Tls};
 use crate::live::Live;
+use crate::pipe::{self, End, Ends, Moved};
 use crate::upstream::state::InflightGuard;
 use crate::upstream::Pool;
 use async_trait::async_trait;
@@ -126,6 +127,8 @@ struct Outcome {
     attempts: Attempts,
     /// The server name its ClientHello asked for (`sni` routing).
     sni: Option<String>,
+    /// Bytes from the client (`up`) and to it (`down`).
+    moved: Moved,
 }
 
 /// One client connection, for its whole life.
@@ -141,7 +144,6 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
     // The PROXY header's destination (a system call: only when it is sent).
     let local = route.proxy_protocol.and_then(|_| tcp.local_addr().ok());
     let mut out = Outcome::default();
-    let tally = Tally::default();
     if !route.admits(peer.ip()) {
         out.status = 403; // before any TLS handshake or server
     } else if let Some(tls) = &shared.tls {
@@ -149,7 +151,7 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
         match pingora_timeout::timeout(wait, tls.accept(conn)).await {
             Ok(Ok(client)) => {
                 out.pool = route.pool.clone();
-                pass(&route, (client, true), Vec::new(), (peer, local), &mut out, &tally).await;
+                pass(&route, (client, true), Vec::new(), (peer, local), &mut out).await;
             }
             // As on the HTTP listeners: logged (info), no access-log line.
             Ok(Err(e)) => return log::info!("tcp {}: TLS handshake with {peer} failed: {e}", route.listen),
@@ -177,11 +179,11 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
             }
         };
         match out.pool.is_some() {
-            true => pass(&route, (Direct(client), false), early, (peer, local), &mut out, &tally).await,
+            true => pass(&route, (Direct(client), false), early, (peer, local), &mut out).await,
             false => out.status = 400,
         }
     }
-    let (received, sent) = (tally.from_client.into_inner(), tally.from_server.into_inner());
+    let (received, sent) = (out.moved.up, out.moved.down);
     let c = route.counters(out.pool.as_deref());
     match out.status {
         200 => &c.relayed,
@@ -263,7 +265,6 @@ async fn pass<C>(
     early: Vec<u8>,
     (peer, local): (SocketAddr, Option<SocketAddr>),
     out: &mut Outcome,
-    tally: &Tally,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -280,11 +281,15 @@ async fn pass<C>(
     if let Err(e) = server.write_all(&first).await {
         return log::warn!("tcp {}: writing to the server: {e}", route.listen);
     }
-    tally
-        .from_client
-        .fetch_add(early.len() as u64, std::sync::atomic::Ordering::Relaxed);
     out.status = 200;
-    match relay(client, server, route.idle_timeout, tally, client_tls).await {
+    let (mut client, mut server) = (client, Direct(server));
+    let ends = Ends::Apart { client_tls };
+    let (moved, end) = pipe::run(&mut client, &mut server, Vec::new(), route.idle_timeout, ends).await;
+    out.moved = Moved {
+        up: moved.up + early.len() as u64,
+        down: moved.down,
+    };
+    match end {
         End::Closed => {}
         End::Idle => log::info!("tcp {}: {peer} idle for {:?}, closed", route.listen, route.idle_timeout),
         End::Failed(e) => log::info!("tcp {}: {peer}: {e}", route.listen),
