@@ -170,7 +170,10 @@ where
                 Poll::Pending => {}
             }
         }
-        if !down_done && !(up_done && ends == Ends::Together) {
+        if up_done && ends == Ends::Together {
+            return Poll::Ready(End::Closed);
+        }
+        if !down_done {
             match down.poll(cx, server, client, shut_down, &mut active) {
                 Poll::Ready(Ok(())) => down_done = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(End::Failed(e)),
