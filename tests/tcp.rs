@@ -490,3 +490,35 @@ fn access_rules_refuse_clients_before_any_server_is_contacted() {
         "only the admitted client reached the server"
     );
 }
+
+#[test]
+fn a_server_that_ends_its_sending_first_still_gets_the_clients_bytes() {
+    // The server says its piece, ends its sending (a half-close), and then
+    // reads what the client still sends until the client ends too.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.write_all(b"bye\n").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        tx.send(got).unwrap();
+    });
+    let tp = free_port();
+    let _g = gateway(
+        &format!("  - listen: 127.0.0.1:{tp}\n    proxy_pass: half\n"),
+        &format!("  half:\n    servers:\n{}", servers(&[addr])),
+    );
+    let mut s = dial(tp);
+    let mut first = Vec::new();
+    s.read_to_end(&mut first).unwrap(); // the server's end reaches the client
+    assert_eq!(first, b"bye\n");
+    s.write_all(b"late words").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let got = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the server saw the client end");
+    assert_eq!(got, b"late words");
+}
