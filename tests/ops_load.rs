@@ -208,6 +208,47 @@ impl Loaded {
     }
 }
 
+/// Upgraded processes, stopped however the test ends.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = Command::new("kill").arg("-INT").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Replace `g`'s process by a new one (`portico -u`, the `i`th), and wait
+/// until the previous one has handed over (Pingora keeps serving 5 s after
+/// passing the sockets), drained and exited; how long that took.
+fn upgrade(g: &Gateway, i: usize, children: &mut Children) -> Duration {
+    let pid = || std::fs::read_to_string(g.dir.join("p.pid")).unwrap_or_default();
+    let old = pid();
+    let child = Command::new(portico_bin())
+        .args(["-u", "-c", g.conf.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(g.dir.join(format!("upgrade{i}.log"))).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    children.0.push(child);
+    let t = Instant::now();
+    // Gone, or a zombie for us to reap.
+    let alive = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", old.trim())).unwrap_or_default();
+        !stat.is_empty() && !stat.contains(") Z ")
+    };
+    while alive() {
+        assert!(t.elapsed() < Duration::from_secs(20), "old process {old} still running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(pid(), old, "the new process took over");
+    t.elapsed()
+}
+
 #[test]
 #[ignore]
 fn graceful_upgrade_under_load() {
@@ -215,44 +256,11 @@ fn graceful_upgrade_under_load() {
     let (g, stop, counts) = (&l.gateway, l.stop.clone(), l.counts.clone());
     let hs = traffic(g.port, stop.clone(), counts.clone());
     std::thread::sleep(Duration::from_secs(2));
-    /// Upgraded processes, stopped however the test ends.
-    struct Children(Vec<std::process::Child>);
-    impl Drop for Children {
-        fn drop(&mut self) {
-            for c in &mut self.0 {
-                let _ = Command::new("kill").arg("-INT").arg(c.id().to_string()).status();
-                let _ = c.wait();
-            }
-        }
-    }
     let mut children = Children(Vec::new());
-    let pid = || std::fs::read_to_string(g.dir.join("p.pid")).unwrap_or_default();
     for i in 0..3 {
-        let old = pid();
-        let child = Command::new(portico_bin())
-            .args(["-u", "-c", g.conf.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(g.dir.join(format!("upgrade{i}.log"))).unwrap(),
-            ))
-            .spawn()
-            .unwrap();
-        children.0.push(child);
-        // Wait for the previous process to hand over (Pingora keeps serving 5 s
-        // after passing the sockets), drain and exit; gone or a zombie for us to reap.
-        let t = Instant::now();
-        let alive = || {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", old.trim())).unwrap_or_default();
-            !stat.is_empty() && !stat.contains(") Z ")
-        };
-        while alive() {
-            assert!(t.elapsed() < Duration::from_secs(20), "old process {old} still running");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert_ne!(pid(), old, "the new process took over");
+        let took = upgrade(g, i, &mut children);
         println!(
-            "upgrade {i}: old process gone after {:?}; {}",
-            t.elapsed(),
+            "upgrade {i}: old process gone after {took:?}; {}",
             counts.report("so far")
         );
         std::thread::sleep(Duration::from_secs(1));
@@ -443,41 +451,11 @@ fn tcp_listener_through_upgrades_and_a_killed_server_under_load() {
     }
     std::thread::sleep(Duration::from_secs(2));
 
-    struct Children(Vec<std::process::Child>);
-    impl Drop for Children {
-        fn drop(&mut self) {
-            for c in &mut self.0 {
-                let _ = Command::new("kill").arg("-INT").arg(c.id().to_string()).status();
-                let _ = c.wait();
-            }
-        }
-    }
     let mut children = Children(Vec::new());
-    let pid = || std::fs::read_to_string(g.dir.join("p.pid")).unwrap_or_default();
     for i in 0..2 {
-        let old = pid();
-        let child = Command::new(portico_bin())
-            .args(["-u", "-c", g.conf.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(g.dir.join(format!("upgrade{i}.log"))).unwrap(),
-            ))
-            .spawn()
-            .unwrap();
-        children.0.push(child);
-        let t = Instant::now();
-        let alive = || {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", old.trim())).unwrap_or_default();
-            !stat.is_empty() && !stat.contains(") Z ")
-        };
-        while alive() {
-            assert!(t.elapsed() < Duration::from_secs(20), "old process {old} still running");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert_ne!(pid(), old, "the new process took over");
+        let took = upgrade(&g, i, &mut children);
         println!(
-            "tcp upgrade {i}: old process gone after {:?}; ok={}",
-            t.elapsed(),
+            "tcp upgrade {i}: old process gone after {took:?}; ok={}",
             ok.load(SeqCst)
         );
     }

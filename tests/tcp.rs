@@ -368,15 +368,18 @@ fn a_reload_moves_new_tcp_connections_and_a_shutdown_lets_open_ones_finish() {
     assert_eq!(&five, b"later");
     assert!(g.child.try_wait().unwrap().is_none(), "exited with a connection open");
     // Once it closes, the gateway exits (well before the 10 s grace period).
+    close_and_see_exit(open, &mut g, Duration::from_secs(4));
+}
+
+/// End `open` from the client's side, read it to its end, and see the
+/// process of `g` (which has nothing else open) exit within `within`.
+fn close_and_see_exit(mut open: TcpStream, g: &mut Gateway, within: Duration) {
     open.shutdown(Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     open.read_to_end(&mut rest).unwrap();
     let closed = Instant::now();
     while g.child.try_wait().unwrap().is_none() {
-        assert!(
-            closed.elapsed() < Duration::from_secs(4),
-            "still running after its last connection"
-        );
+        assert!(closed.elapsed() < within, "still running after its last connection");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -442,17 +445,7 @@ fn a_binary_upgrade_keeps_open_tcp_connections() {
         g.child.try_wait().unwrap().is_none(),
         "the old process left with a connection open"
     );
-    open.shutdown(Shutdown::Write).unwrap();
-    let mut rest = Vec::new();
-    open.read_to_end(&mut rest).unwrap();
-    let closed = Instant::now();
-    while g.child.try_wait().unwrap().is_none() {
-        assert!(
-            closed.elapsed() < Duration::from_secs(5),
-            "old process still running after its last connection"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    close_and_see_exit(open, &mut g, Duration::from_secs(5));
     // And the new process serves on.
     assert_eq!(exchange(tp, b"after"), ("e".to_string(), b"after".to_vec()));
 }

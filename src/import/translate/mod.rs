@@ -391,16 +391,19 @@ impl Translator {
         true
     }
 
+    /// The time `d` gives as its first argument; a note if it is none.
+    fn time_arg(&mut self, d: &Directive) -> Option<Dur> {
+        let t = nginx_time(d.args.first().map(String::as_str).unwrap_or(""));
+        if t.is_none() {
+            self.not_translated(d, "an invalid time");
+        }
+        t
+    }
+
     /// Settings a location inherits. `true` if `d` was one.
     fn setting(&mut self, d: &Directive, into: &mut Inherited) -> bool {
         let arg = d.args.first().map(String::as_str).unwrap_or("");
-        let time = |me: &mut Self| {
-            let t = nginx_time(arg);
-            if t.is_none() {
-                me.not_translated(d, "an invalid time");
-            }
-            t
-        };
+        let time = |me: &mut Self| me.time_arg(d);
         match d.name.as_str() {
             "client_max_body_size" => match parse_size(arg) {
                 Ok(n) => into.client_max_body_size = Some(Size(n)), // 0: no limit, as in nginx

@@ -1,6 +1,6 @@
 //! `stream` blocks (nginx's TCP proxying) into Portico's `tcp:` listeners.
 
-use super::{listen_addr, nginx_time, pools, with_port, Translator};
+use super::{listen_addr, pools, with_port, Translator};
 use crate::config::schema::{Certificate, TcpListener, TcpTls};
 use crate::import::lex::Directive;
 use std::collections::BTreeMap;
@@ -105,13 +105,7 @@ impl Translator {
     /// A `stream` or stream `server` level setting into `t`; `false` if `d` is none.
     fn stream_setting(&mut self, d: &Directive, t: &mut TcpListener) -> bool {
         let arg = d.args.first().map(String::as_str).unwrap_or("");
-        let time = |me: &mut Self| {
-            let t = nginx_time(arg);
-            if t.is_none() {
-                me.not_translated(d, "an invalid time");
-            }
-            t
-        };
+        let time = |me: &mut Self| me.time_arg(d);
         match d.name.as_str() {
             "proxy_connect_timeout" => t.connect_timeout = time(self).or(t.connect_timeout),
             "proxy_timeout" => t.idle_timeout = time(self).or(t.idle_timeout),
