@@ -258,3 +258,32 @@ fn reload_rebuilds_plugins_and_keeps_them_on_bad_settings() {
         g.stderr()
     );
 }
+
+#[test]
+fn headers_response_rules_can_leave_error_answers_alone() {
+    let b = Backend::start("b");
+    let g = gw(
+        &b,
+        "plugins:\n  - headers: { response_add: { X-Every: yes } }\n  - headers: { response_add: { X-Ok-Only: yes }, response_always: false }",
+        ROOT,
+    );
+    let r = g.get("/");
+    assert_eq!(
+        (r.status, r.header("x-every"), r.header("x-ok-only")),
+        (200, Some("yes"), Some("yes"))
+    );
+    for status in [404, 500, 503] {
+        b.set(Behaviour::Status(status));
+        let r = g.get("/");
+        assert_eq!(
+            (r.status, r.header("x-every"), r.header("x-ok-only")),
+            (status, Some("yes"), None)
+        );
+    }
+    b.set(Behaviour::Status(304));
+    assert_eq!(
+        g.get("/").header("x-ok-only"),
+        Some("yes"),
+        "3xx answers are successes too"
+    );
+}

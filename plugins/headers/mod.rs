@@ -8,6 +8,9 @@
 //!     request_remove: [X-Debug]
 //!     response_add: { Cache-Control: "no-store" }
 //!     response_remove: [Server]
+//!     response_always: true   # false: response rules only for 200, 201, 204,
+//!                             # 206, 301, 302, 303, 304, 307, 308 (nginx's
+//!                             # `add_header` without `always`)
 //! ```
 
 use crate::api::{self, Ctx, Headers, Hooks, Plugin};
@@ -25,7 +28,11 @@ struct Settings {
     response_set: BTreeMap<String, String>,
     response_add: BTreeMap<String, String>,
     response_remove: Vec<String>,
+    response_always: Option<bool>,
 }
+
+/// The statuses nginx's `add_header` applies to without `always`.
+const SUCCESS: [u16; 10] = [200, 201, 204, 206, 301, 302, 303, 304, 307, 308];
 
 /// One direction's rules, in the order they apply: removals, sets, additions.
 #[derive(Default)]
@@ -44,6 +51,8 @@ struct Value {
 struct HeaderRules {
     request: Rules,
     response: Rules,
+    /// Response rules for every status, or only for [`SUCCESS`].
+    response_always: bool,
 }
 
 pub fn build(v: &serde_yaml::Value) -> Result<Box<dyn Plugin>, String> {
@@ -75,6 +84,7 @@ pub fn build(v: &serde_yaml::Value) -> Result<Box<dyn Plugin>, String> {
             add: values("response_add", s.response_add)?,
             remove: names("response_remove", s.response_remove)?,
         },
+        response_always: s.response_always.unwrap_or(true),
     }))
 }
 
@@ -132,7 +142,9 @@ impl Plugin for HeaderRules {
         self.request.apply(ctx, h);
     }
 
-    fn response(&self, ctx: &mut Ctx, _status: u16, h: &mut dyn Headers) {
-        self.response.apply(ctx, h);
+    fn response(&self, ctx: &mut Ctx, status: u16, h: &mut dyn Headers) {
+        if self.response_always || SUCCESS.contains(&status) {
+            self.response.apply(ctx, h);
+        }
     }
 }

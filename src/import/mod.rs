@@ -487,4 +487,21 @@ mod tests {
             "{notes:?}"
         );
     }
+
+    #[test]
+    fn add_header_without_always_is_for_successful_answers_only() {
+        let (cfg, notes) = import(
+            "server { listen 80; location / { proxy_pass http://10.0.0.1; add_header X-A 1; add_header X-B 2 always; } }",
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+        let plugins = &cfg.virtual_hosts[0].locations[0].plugins;
+        let text = serde_yaml::to_string(plugins).unwrap();
+        assert_eq!(plugins.len(), 2, "{text}");
+        let always = &plugins[0]["headers"];
+        assert_eq!(always["response_add"]["X-B"], "2");
+        assert!(always.get("response_always").is_none(), "{text}");
+        let success = &plugins[1]["headers"];
+        assert_eq!(success["response_add"]["X-A"], "1");
+        assert_eq!(success["response_always"], false, "{text}");
+    }
 }

@@ -36,7 +36,7 @@ struct Inherited {
     /// `proxy_set_header` name, value and line.
     set_headers: Option<Vec<(String, String, usize)>>,
     /// `add_header` name, value and line.
-    add_headers: Option<Vec<(String, String, usize)>>,
+    add_headers: Option<Vec<(String, String, usize, bool)>>,
     /// `allow` / `deny` rules in order: (allow?, address, line).
     access: Option<Vec<(bool, String, usize)>>,
     /// The lists this level has set itself ([`HEADERS`], [`ADDED`], [`ACCESS`]):
@@ -467,7 +467,7 @@ impl Translator {
             }
             "add_header" if d.args.len() == 2 || (d.args.len() == 3 && d.args[2] == "always") => {
                 let list = Inherited::own(&mut into.own, ADDED, &mut into.add_headers);
-                list.push((d.args[0].clone(), d.args[1].clone(), d.line));
+                list.push((d.args[0].clone(), d.args[1].clone(), d.line, d.args.len() == 3));
             }
             "allow" | "deny" if d.args.len() == 1 => {
                 let list = Inherited::own(&mut into.own, ACCESS, &mut into.access);

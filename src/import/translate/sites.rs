@@ -297,24 +297,35 @@ impl Translator {
             }
         }
         if let Some(add) = &i.add_headers {
-            let mut set = serde_yaml::Mapping::new();
-            for (k, v, line) in add {
+            // nginx adds a field without `always` to 2xx/3xx answers only: those
+            // go in a `headers` entry of their own, with `response_always: false`.
+            let (mut set, mut always) = (serde_yaml::Mapping::new(), serde_yaml::Mapping::new());
+            for (k, v, line, is_always) in add {
                 let d = Directive {
                     name: "add_header".into(),
                     args: vec![k.clone(), v.clone()],
                     line: *line,
                     block: None,
                 };
+                let into = if *is_always { &mut always } else { &mut set };
                 if !header_vars_ok(v) {
                     self.not_translated(&d, "a variable the headers plugin does not know");
-                } else if set.insert(k.as_str().into(), v.as_str().into()).is_some() {
+                } else if into.insert(k.as_str().into(), v.as_str().into()).is_some() {
                     self.not_translated(&d, "a second field of this name: only the last is added");
                 }
             }
-            let mut settings = serde_yaml::Mapping::new();
-            settings.insert("response_add".into(), serde_yaml::Value::Mapping(set));
-            let entry: PluginEntry = [("headers".to_string(), serde_yaml::Value::Mapping(settings))].into();
-            loc.plugins.push(entry);
+            for (fields, every_status) in [(always, true), (set, false)] {
+                if fields.is_empty() {
+                    continue;
+                }
+                let mut settings = serde_yaml::Mapping::new();
+                settings.insert("response_add".into(), serde_yaml::Value::Mapping(fields));
+                if !every_status {
+                    settings.insert("response_always".into(), false.into());
+                }
+                let entry: PluginEntry = [("headers".to_string(), serde_yaml::Value::Mapping(settings))].into();
+                loc.plugins.push(entry);
+            }
         }
         if let Some(rules) = &i.access {
             let entry = self.access(rules);
