@@ -88,11 +88,11 @@ pub fn server_name(buf: &[u8]) -> Hello {
         Ok(hs) => hs,
         Err(h) => return h,
     };
-    if hs[0] != CLIENT_HELLO {
-        return Hello::NotTls;
-    }
-    if hs.len() < 4 {
-        return Hello::Incomplete;
+    match hs.first() {
+        None => return Hello::Incomplete, // empty records so far
+        Some(&kind) if kind != CLIENT_HELLO => return Hello::NotTls,
+        Some(_) if hs.len() < 4 => return Hello::Incomplete,
+        Some(_) => {}
     }
     let len = u32::from_be_bytes([0, hs[1], hs[2], hs[3]]) as usize;
     if hs.len() < 4 + len {
@@ -193,6 +193,28 @@ mod tests {
         two.extend_from_slice(&hs[split..]);
         assert_eq!(server_name(&two[..40]), Hello::Incomplete);
         assert_eq!(server_name(&two), Hello::Name(Some("a.test".into())));
+    }
+
+    #[test]
+    fn empty_records_are_waited_past_and_never_read_out_of_bounds() {
+        let empty = [HANDSHAKE, 3, 1, 0, 0];
+        assert_eq!(server_name(&empty), Hello::Incomplete);
+        assert_eq!(server_name(&[empty, empty].concat()), Hello::Incomplete);
+        let mut h = empty.to_vec();
+        h.extend_from_slice(&hello(Some("a.test")));
+        assert_eq!(server_name(&h), Hello::Name(Some("a.test".into())));
+        // Every prefix of every hello, and a few bytes changed in each place: no panic.
+        let whole = hello(Some("a.test"));
+        for cut in 0..=whole.len() {
+            let _ = server_name(&whole[..cut]);
+        }
+        for at in 0..whole.len() {
+            for v in [0u8, 1, 0x7f, 0xff] {
+                let mut b = whole.clone();
+                b[at] = v;
+                let _ = server_name(&b);
+            }
+        }
     }
 
     #[test]
