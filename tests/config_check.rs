@@ -174,6 +174,12 @@ fn bad_configs_are_located_precisely() {
             "tcp[0]: a tcp listener needs proxy_pass, or sni rules",
             "FILE:13:",
         ),
+        // a name no ClientHello can hold (it made -t panic: a slice inside a character)
+        (
+            &format!("{GOOD}tcp:\n  - listen: 127.0.0.1:2\n    sni: {{ \"ü.test\": app }}\n"),
+            "tcp[0].sni.ü.test: invalid server name \"ü.test\"",
+            "FILE:14:",
+        ),
         // a TCP listener on an HTTP listener's address
         (
             &format!("{GOOD}tcp:\n  - listen: 127.0.0.1:8080\n    proxy_pass: app\n"),

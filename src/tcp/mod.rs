@@ -141,9 +141,12 @@ pub fn compile(l: &Loaded, pools: &BTreeMap<String, Arc<Pool>>) -> Result<Vec<Ar
                 let mut table = HostTable::new();
                 for (name, pool) in &t.sni {
                     let field = at(&format!("sni.{name}"));
-                    let ok =
-                        !name.is_empty() && !name[1..].contains('*') && (!name.contains('*') || name.starts_with("*."));
-                    if !ok || !name.is_ascii() {
+                    // ASCII first: the slice below must not cut a character.
+                    let ok = name.is_ascii()
+                        && !name.is_empty()
+                        && !name[1..].contains('*')
+                        && (!name.contains('*') || name.starts_with("*."));
+                    if !ok {
                         return Err(l.err(&field, format!("invalid server name {name:?} (exact or *.suffix)")));
                     }
                     if !table.add_name(name, tcp_pool(l, &field, pool, pools)?) {
