@@ -396,7 +396,11 @@ mod tests {
             client_max_body_size 5m; proxy_read_timeout 30s; proxy_set_header X-A \"v $host\";\n\
             location / { proxy_pass http://app; proxy_next_upstream error timeout http_502; add_header X y; }\n\
             location = /h { return 200 'ok'; } location ~* \\.php$ { deny all; return 403; }\n\
-            location /r { return 301 https://$host$request_uri; } }\n}\n";
+            location /r { return 301 https://$host$request_uri; } }\n}\n\
+            stream { map $ssl_preread_server_name $to { hostnames; a.test app; .b.test 10.0.0.2:443; default app; }\n\
+            upstream app { hash $remote_addr consistent; server 10.0.0.1:443 max_fails=2; }\n\
+            server { listen 443; ssl_preread on; proxy_pass $to; proxy_timeout 1h; allow 10.0.0.0/8; deny all; }\n\
+            server { listen 5432 ssl; ssl_certificate a.pem; ssl_certificate_key a.key; proxy_pass 10.0.0.3:5432; proxy_protocol on; } }\n";
         let mut seed: u64 = 0x5eed;
         let mut next = move |n: usize| {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
