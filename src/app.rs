@@ -141,6 +141,17 @@ fn signal_old_process(pid_file: &str) {
     });
 }
 
+/// The handshake settings of the `i`th TLS listener (of `tcp:` with `tcp`),
+/// its certificates picked by SNI from the running configuration.
+fn sni_tls(live: &Arc<Live>, i: usize, tcp: bool, http2: bool) -> Result<crate::listener::Tls, String> {
+    let cb = crate::tls::SniCallback {
+        live: live.clone(),
+        listener: i,
+        tcp,
+    };
+    crate::listener::Tls::new(Box::new(cb), http2)
+}
+
 /// Run the gateway (or just check the config with `-t`); returns the exit code.
 pub fn run(args: Args) -> i32 {
     if let Some(path) = &args.import_nginx {
@@ -254,42 +265,22 @@ pub fn run(args: Args) -> i32 {
             None if l.tls.is_some() => 16 * 1024,
             None => 0,
         };
-        let tls = match &l.tls {
-            None => None,
-            Some(t) => {
-                let cb = crate::tls::SniCallback {
-                    live: live.clone(),
-                    listener: i,
-                    tcp: false,
-                };
-                match crate::listener::Tls::new(Box::new(cb), t.http2) {
-                    Ok(tls) => Some(tls),
-                    Err(e) => {
-                        eprintln!("portico: TLS setup for {}: {e}", l.listen);
-                        return 1;
-                    }
-                }
+        let tls = match l.tls.as_ref().map(|t| sni_tls(&live, i, false, t.http2)).transpose() {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("portico: TLS setup for {}: {e}", l.listen);
+                return 1;
             }
         };
         let svc = crate::listener::Accepting::new(&l.listen, app, tls, read_ahead, s.threads);
         server.add_service(svc);
     }
     for (i, t) in cfg.tcp.iter().enumerate() {
-        let tls = match &t.tls {
-            None => None,
-            Some(_) => {
-                let cb = crate::tls::SniCallback {
-                    live: live.clone(),
-                    listener: i,
-                    tcp: true,
-                };
-                match crate::listener::Tls::new(Box::new(cb), false) {
-                    Ok(tls) => Some(tls),
-                    Err(e) => {
-                        eprintln!("portico: TLS setup for tcp {}: {e}", t.listen);
-                        return 1;
-                    }
-                }
+        let tls = match t.tls.as_ref().map(|_| sni_tls(&live, i, true, false)).transpose() {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("portico: TLS setup for tcp {}: {e}", t.listen);
+                return 1;
             }
         };
         let svc = crate::tcp::TcpService::new(&t.listen, i, live.clone(), access_log.clone(), tls);

@@ -689,14 +689,7 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
             "max_request_header_size must be between 1k and 1m",
         ));
     }
-    let mut trusted = Vec::new();
-    for (i, t) in c.trusted_proxies.iter().enumerate() {
-        let net = t
-            .parse::<IpNet>()
-            .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map_err(|_| l.err(&format!("trusted_proxies[{i}]"), format!("invalid CIDR {t:?}")))?;
-        trusted.push(net);
-    }
+    let trusted = cidrs(l, "trusted_proxies", &c.trusted_proxies)?;
     let health_path = if c.health_endpoint.enabled {
         if !c.health_endpoint.path.starts_with('/') {
             return Err(l.err("health_endpoint.path", "path must start with '/'"));
@@ -819,6 +812,16 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
         base: c.clone(),
         file: l.file.clone(),
     })
+}
+
+/// The networks of a list of CIDRs (or single addresses) at `path`.
+pub(crate) fn cidrs(l: &Loaded, path: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    let net = |(i, c): (usize, &String)| {
+        c.parse::<IpNet>()
+            .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| l.err(&format!("{path}[{i}]"), format!("invalid CIDR {c:?}")))
+    };
+    list.iter().enumerate().map(net).collect()
 }
 
 /// Parse + validate a file: what `portico -t` and a reload do.

@@ -7,8 +7,9 @@
 use rustix::net::{RecvFlags, SendFlags};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use tokio::io::{Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// `recv` into the unfilled part of `buf`; the bytes read.
@@ -69,5 +70,46 @@ pub fn poll_op(
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
             r => return Poll::Ready(r),
         }
+    }
+}
+
+/// A tokio socket read and written with the direct calls above: the lean
+/// loop's plain upstream connections, and both sides of a TCP listener's
+/// connections.
+#[derive(Debug)]
+pub struct Direct(pub TcpStream);
+
+impl AsyncRead for Direct {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let want = buf.remaining();
+        ready!(poll_op(&self.0, cx, Interest::READABLE, want, |fd| recv(fd, buf)))?;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Direct {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        poll_op(&self.0, cx, Interest::WRITABLE, bytes.len(), |fd| send(fd, bytes))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let want = bufs.iter().map(|b| b.len()).sum();
+        poll_op(&self.0, cx, Interest::WRITABLE, want, |fd| writev(fd, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(())) // nothing is held back
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

@@ -178,11 +178,7 @@ stream {{
     // HTTP through the TCP listener: one connection each, round robin (the
     // wait for the listener took a turn too, so either server may come first).
     let g = Gateway::start(&yaml.replace(&format!("127.0.0.1:{port}"), "127.0.0.1:{PORT}"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", tp)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "tcp listener: {}", g.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    g.wait_listening(tp);
     let names: Vec<String> = (0..4).map(|_| request(tp, "GET", "/", &[], b"").backend()).collect();
     assert!(
         names == ["a", "b", "a", "b"] || names == ["b", "a", "b", "a"],

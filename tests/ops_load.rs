@@ -392,9 +392,7 @@ fn tcp_listener_through_upgrades_and_a_killed_server_under_load() {
         "server:\n  pid_file: {{DIR}}/p.pid\n  upgrade_sock: {{DIR}}/u.sock\n  grace_period: 20s\nlisteners:\n  - listen: 127.0.0.1:{{PORT}}\naccess_log: \"off\"\ntcp:\n  - listen: 127.0.0.1:{tp}\n    proxy_pass: app\n    connect_timeout: 1s\nupstreams:\n  app:\n    servers:\n{}",
         servers_yaml(&[&a, &b, &c], "        max_fails: 1\n        fail_timeout: 2s\n")
     ));
-    while std::net::TcpStream::connect(("127.0.0.1", tp)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    g.wait_listening(tp);
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, sessions) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));

@@ -81,13 +81,20 @@ fn greeting(s: &mut TcpStream) -> String {
 
 /// Connect, send `msg`, end the sending, read to the end: (server name, the rest).
 fn exchange(port: u16, msg: &[u8]) -> (String, Vec<u8>) {
+    let (_, name, rest) = exchange_from(port, msg);
+    (name, rest)
+}
+
+/// [`exchange`], with the client's own port first.
+fn exchange_from(port: u16, msg: &[u8]) -> (u16, String, Vec<u8>) {
     let mut s = dial(port);
+    let client_port = s.local_addr().unwrap().port();
     let name = greeting(&mut s);
     s.write_all(msg).unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).unwrap();
-    (name, rest)
+    (client_port, name, rest)
 }
 
 fn servers(list: &[SocketAddr]) -> String {
@@ -289,23 +296,13 @@ fn the_proxy_protocol_tells_the_server_the_client_address() {
         &format!("  e:\n    servers:\n{}", servers(&[e.addr]))
     );
     // The echo server sends back what it read: the header, then the client's bytes.
-    let mut s = dial(v1);
-    let client_port = s.local_addr().unwrap().port();
-    assert_eq!(greeting(&mut s), "e");
-    s.write_all(b"data").unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    let mut back = Vec::new();
-    s.read_to_end(&mut back).unwrap();
+    let (client_port, name, back) = exchange_from(v1, b"data");
+    assert_eq!(name, "e");
     let want = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {client_port} {v1}\r\ndata");
     assert_eq!(String::from_utf8_lossy(&back), want);
 
-    let mut s = dial(v2);
-    let client_port = s.local_addr().unwrap().port();
-    assert_eq!(greeting(&mut s), "e");
-    s.write_all(b"data").unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    let mut back = Vec::new();
-    s.read_to_end(&mut back).unwrap();
+    let (client_port, name, back) = exchange_from(v2, b"data");
+    assert_eq!(name, "e");
     let mut want = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\x7f\0\0\x01\x7f\0\0\x01".to_vec();
     want.extend_from_slice(&client_port.to_be_bytes());
     want.extend_from_slice(&v2.to_be_bytes());

@@ -81,19 +81,27 @@ fn https_get(port: u16, name: &str, path: &str) -> (String, String) {
     let c = b.build().configure().unwrap().verify_hostname(false);
     let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut s = c.connect(name, tcp).unwrap();
-    let cn = s
-        .ssl()
-        .peer_certificate()
-        .unwrap()
-        .subject_name()
-        .entries_by_nid(Nid::COMMONNAME)
-        .next()
-        .map(|e| String::from_utf8_lossy(e.data().as_slice()).into_owned())
-        .unwrap();
+    let cn = peer_cn(s.ssl());
     write!(s, "GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     (cn, out)
+}
+
+/// The common name of the certificate the server presented.
+fn peer_cn(ssl: &openssl::ssl::SslRef) -> String {
+    let cert = ssl.peer_certificate().unwrap();
+    let cn = cert.subject_name().entries_by_nid(Nid::COMMONNAME).next().unwrap();
+    String::from_utf8_lossy(cn.data().as_slice()).into_owned()
+}
+
+/// A GET of `path` with SNI and Host `name`, its connection kept open:
+/// (certificate common name, (status, body)).
+fn tls_get(port: u16, name: &str, path: &str) -> (String, (u16, String)) {
+    let mut c = tls_connection(port, name);
+    let cn = peer_cn(c.get_ref().ssl());
+    write!(c.get_mut(), "GET {path} HTTP/1.1\r\nHost: {name}\r\n\r\n").unwrap();
+    (cn, read_response(&mut c))
 }
 
 fn start_tls(backend: &Backend, certs: &[(PathBuf, PathBuf)]) -> Gateway {
@@ -727,21 +735,10 @@ fn a_tcp_listener_terminates_tls_by_sni_and_passes_the_plain_bytes() {
         "listeners:\n  - listen: 127.0.0.1:{{PORT}}\ntcp:\n  - listen: 127.0.0.1:{tp}\n    proxy_pass: app\n    tls:\n      certificates:\n{list}upstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\n",
         backend.addr
     ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", tp)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "{}", g.stderr());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    g.wait_listening(tp);
     // TLS ends at the listener; the server reads the client's request as it was
     // sent, with no forwarding fields (nothing reads HTTP on a TCP listener).
-    let get = |name: &str| {
-        let mut c = tls_connection(tp, name);
-        let cert = c.get_ref().ssl().peer_certificate().unwrap();
-        let cn = cert.subject_name().entries_by_nid(Nid::COMMONNAME).next().unwrap();
-        let cn = String::from_utf8_lossy(cn.data().as_slice()).into_owned();
-        write!(c.get_mut(), "GET /x HTTP/1.1\r\nHost: {name}\r\n\r\n").unwrap();
-        (cn, read_response(&mut c))
-    };
+    let get = |name: &str| tls_get(tp, name, "/x");
     let (cn, (status, body)) = get("a.test");
     assert_eq!((cn.as_str(), status), ("a.test", 200));
     assert!(body.contains("request=GET /x HTTP/1.1"), "{body}");
@@ -779,20 +776,12 @@ fn a_tcp_listener_routes_tls_by_server_name_without_decrypting() {
     let g = Gateway::start(&format!(
         "listeners:\n  - listen: 127.0.0.1:{{PORT}}\n{la}{lb}tcp:\n  - listen: 127.0.0.1:{routed}\n    sni: {{ a.test: a, \"*.b.test\": b }}\n  - listen: 127.0.0.1:{with_default}\n    sni: {{ a.test: a }}\n    proxy_pass: b\nupstreams:\n  a: {{ servers: [{{ address: \"127.0.0.1:{pa}\" }}] }}\n  b: {{ servers: [{{ address: \"127.0.0.1:{pb}\" }}] }}\nvirtual_hosts:\n{va}{vb}  - {{ default: true, listen: [\"127.0.0.1:{{PORT}}\"], locations: [{{ path: /, return: {{ status: 200 }} }}] }}\n"
     ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     for p in [routed, with_default, pa, pb] {
-        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "{}", g.stderr());
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        g.wait_listening(p);
     }
     let get = |port: u16, name: &str| {
-        let mut c = tls_connection(port, name);
-        let cert = c.get_ref().ssl().peer_certificate().unwrap();
-        let cn = cert.subject_name().entries_by_nid(Nid::COMMONNAME).next().unwrap();
-        let cn = String::from_utf8_lossy(cn.data().as_slice()).into_owned();
-        write!(c.get_mut(), "GET / HTTP/1.1\r\nHost: {name}\r\n\r\n").unwrap();
-        (cn, read_response(&mut c).1)
+        let (cn, (_, body)) = tls_get(port, name, "/");
+        (cn, body)
     };
     assert_eq!(get(routed, "a.test"), ("a.test".into(), "site a".into()));
     assert_eq!(get(routed, "www.b.test"), ("*.b.test".into(), "site b".into()));

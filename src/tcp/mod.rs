@@ -6,12 +6,12 @@
 //! server (`next_upstream`). Once connected, a connection stays with its
 //! server until either side closes it or it idles out.
 //!
-//! - `service`: the listening service and the life of one connection
-//! - `relay`: the two-way copy, half-closes, idle timeout and byte counts
+//! - `service`: the listening service and the life of one connection; its
+//!   bytes go both ways through `crate::pipe`, on `sockio::Direct` sockets
+//! - `sni`: the server name a ClientHello asks for
 //! - `proxy_protocol`: the PROXY header sent to servers that want it
 
 mod proxy_protocol;
-mod relay;
 mod service;
 mod sni;
 
@@ -167,14 +167,6 @@ pub fn compile(l: &Loaded, pools: &BTreeMap<String, Arc<Pool>>) -> Result<Vec<Ar
         if idle_timeout.is_zero() {
             return Err(l.err(&at("idle_timeout"), "idle_timeout must be more than 0"));
         }
-        let nets = |field: &str, list: &[String]| -> Result<Vec<IpNet>, ConfigError> {
-            let net = |(j, c): (usize, &String)| {
-                c.parse::<IpNet>()
-                    .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|_| l.err(&at(&format!("{field}[{j}]")), format!("invalid CIDR {c:?}")))
-            };
-            list.iter().enumerate().map(net).collect()
-        };
         let certs = match &t.tls {
             Some(tls) => Some(Arc::new(crate::live::build_certs(l, &at("tls"), &tls.certificates)?)),
             None => None,
@@ -192,8 +184,8 @@ pub fn compile(l: &Loaded, pools: &BTreeMap<String, Arc<Pool>>) -> Result<Vec<Ar
         };
         routes.push(Arc::new(Route {
             certs,
-            deny: nets("deny", &t.deny)?,
-            allow: nets("allow", &t.allow)?,
+            deny: crate::live::cidrs(l, &at("deny"), &t.deny)?,
+            allow: crate::live::cidrs(l, &at("allow"), &t.allow)?,
             listen: t.listen.as_str().into(),
             connect_timeout: t.connect_timeout.map(|d| d.0),
             idle_timeout,

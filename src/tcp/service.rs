@@ -3,13 +3,13 @@
 //! a task on one of the worker threads: pick a server, connect (moving on
 //! to the next server when one fails), relay, log.
 
-use super::relay::Direct;
 use super::sni::{self, Hello};
 use super::Route;
 use crate::access_log::{self, AccessLog};
 use crate::listener::{accept, conn::Conn, Tls};
 use crate::live::Live;
 use crate::pipe::{self, End, Ends, Moved};
+use crate::sockio::Direct;
 use crate::upstream::state::InflightGuard;
 use crate::upstream::Pool;
 use async_trait::async_trait;
@@ -258,7 +258,7 @@ async fn read_hello(client: &mut TcpStream, wait: Duration) -> (Option<String>, 
 
 /// A client's bytes passed to a server of `out.pool` and back (`early`,
 /// bytes already read from the client, first); sets `out.status`.
-/// `client` comes with whether it is a TLS stream (see [`relay`]).
+/// `client` comes with whether it is a TLS stream (see [`Ends::Apart`]).
 async fn pass<C>(
     route: &Route,
     (client, client_tls): (C, bool),

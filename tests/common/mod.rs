@@ -477,6 +477,21 @@ impl Gateway {
         panic!("portico did not start; stderr:\n{}", self.stderr());
     }
 
+    /// Wait (5 s at most) until 127.0.0.1:`port` accepts: another listener of
+    /// this gateway (a TCP one, say), whose service starts beside the one
+    /// the start waited for. The probe is a connection, opened and closed.
+    pub fn wait_listening(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nothing listens on {port}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
     }

@@ -291,26 +291,25 @@ impl Translator {
     /// The pool a stream `proxy_pass` (or a map value) names: a stream
     /// upstream, or a new pool of one `host:port`.
     fn stream_target(&mut self, e: &Directive, target: &str, renamed: &BTreeMap<String, String>) -> Option<String> {
-        let target = &target.to_string();
         if target.contains('$') || target.starts_with("unix:") {
             self.not_translated(e, "a proxy_pass with variables or to a unix socket is not translated");
             return None;
         }
-        let name = renamed.get(target).unwrap_or(target);
+        let name = renamed.get(target).map_or(target, String::as_str);
         if self.upstreams.contains_key(name) {
-            return Some(name.clone());
+            return Some(name.to_string());
         }
-        if self.unusable.contains(name) {
+        if self.unusable.iter().any(|u| u == name) {
             self.not_translated(e, format!("`upstream {name}` has no server Portico can use"));
             return None;
         }
-        if with_port(target, 0) != *target {
+        if with_port(target, 0) != target {
             self.not_translated(e, "no stream `upstream` of this name, and no port to connect to");
             return None;
         }
         let pool = target.replace([':', '.', '[', ']'], "_");
         if !self.upstreams.contains_key(&pool) {
-            let one = pools::pool(false, vec![pools::server_at(target.clone())]);
+            let one = pools::pool(false, vec![pools::server_at(target.to_string())]);
             self.upstreams.insert(pool.clone(), one);
         }
         Some(pool)

@@ -7,7 +7,7 @@
 //! `ConnectNoRoute`, `ConnectError`), so retries and passive health checks
 //! see them alike.
 
-use crate::sockio;
+use crate::sockio::Direct;
 use crate::upstream::Transport;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::protocols::Stream;
@@ -17,13 +17,13 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// An upstream connection of the lean loop.
 #[derive(Debug)]
 pub enum UpStream {
-    Tcp(TcpStream),
+    Tcp(Direct),
     /// Made by Pingora's connector.
     Pingora(Stream),
 }
@@ -31,7 +31,7 @@ pub enum UpStream {
 impl UpStream {
     pub fn fd(&self) -> i32 {
         match self {
-            UpStream::Tcp(t) => t.as_raw_fd(),
+            UpStream::Tcp(t) => t.0.as_raw_fd(),
             UpStream::Pingora(s) => s.id(),
         }
     }
@@ -53,25 +53,16 @@ macro_rules! on_either {
     };
 }
 
-/// A plain socket is read and written with direct system calls (`sockio`).
+/// A plain socket is read and written with direct system calls (`sockio::Direct`).
 impl AsyncRead for UpStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpStream::Tcp(t) => {
-                let want = buf.remaining();
-                sockio::poll_op(t, cx, Interest::READABLE, want, |fd| sockio::recv(fd, buf)).map_ok(|_| ())
-            }
-            UpStream::Pingora(p) => Pin::new(p).poll_read(cx, buf),
-        }
+        on_either!(self, s => s.poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for UpStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpStream::Tcp(t) => sockio::poll_op(t, cx, Interest::WRITABLE, buf.len(), |fd| sockio::send(fd, buf)),
-            UpStream::Pingora(p) => Pin::new(p).poll_write(cx, buf),
-        }
+        on_either!(self, s => s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -79,13 +70,7 @@ impl AsyncWrite for UpStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpStream::Tcp(t) => {
-                let want = bufs.iter().map(|b| b.len()).sum();
-                sockio::poll_op(t, cx, Interest::WRITABLE, want, |fd| sockio::writev(fd, bufs))
-            }
-            UpStream::Pingora(p) => Pin::new(p).poll_write_vectored(cx, bufs),
-        }
+        on_either!(self, s => s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -147,7 +132,7 @@ pub async fn connect(transport: &Transport, peer: &HttpPeer) -> Result<UpStream>
     })?;
     tcp.set_nodelay(true)
         .or_err(ConnectError, "while setting TCP_NODELAY")?;
-    Ok(UpStream::Tcp(tcp))
+    Ok(UpStream::Tcp(Direct(tcp)))
 }
 
 #[cfg(test)]

@@ -151,7 +151,10 @@ mod tests {
     async fn pair(l: &TcpListener) -> (Upstream, TcpStream) {
         let addr = l.local_addr().unwrap();
         let (ours, theirs) = tokio::join!(TcpStream::connect(addr), l.accept());
-        (UpStream::Tcp(ours.unwrap()).into(), theirs.unwrap().0)
+        (
+            UpStream::Tcp(crate::sockio::Direct(ours.unwrap())).into(),
+            theirs.unwrap().0,
+        )
     }
 
     #[tokio::test]

@@ -942,7 +942,10 @@ pub(super) mod tests {
     async fn connected() -> (Exchange, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (ours, theirs) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
-        (Exchange::new(UpStream::Tcp(ours.unwrap()).into()), theirs.unwrap().0)
+        (
+            Exchange::new(UpStream::Tcp(crate::sockio::Direct(ours.unwrap())).into()),
+            theirs.unwrap().0,
+        )
     }
 
     /// `parse_header` over bytes already buffered.
