@@ -421,7 +421,9 @@ fn the_status_page_is_served_and_the_status_it_draws_follows_traffic() {
     let deadline = Instant::now() + Duration::from_secs(1);
     let status = loop {
         let st: serde_json::Value = serde_json::from_str(&admin(ap, "GET", "/status", "").body).unwrap();
-        if st["gateway"]["requests_in_flight"] == 1 || Instant::now() > deadline {
+        // The gateway counts the request as it arrives, the server once it is picked: wait for both.
+        let both = st["gateway"]["requests_in_flight"] == 1 && st["pools"][0]["servers"][0]["in_flight"] == 1;
+        if both || Instant::now() > deadline {
             break st;
         }
         std::thread::sleep(Duration::from_millis(20));
