@@ -251,6 +251,7 @@ pub fn run(args: Args) -> i32 {
             lean,
             live: live.clone(),
             index: i,
+            proxy_protocol: l.accept_proxy_protocol,
             stop: Default::default(),
             lot: match crate::listener::Lot::new() {
                 Ok(lot) => lot,

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod pipe;
 pub mod plugins;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod retry;
 pub mod routing;
 pub mod sockio;

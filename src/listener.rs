@@ -145,6 +145,9 @@ pub struct Listener {
     pub stop: Stop,
     /// Where idle keep-alive connections wait without a task.
     pub lot: park::Lot,
+    /// Connections start with a PROXY protocol header (`accept_proxy_protocol`).
+    /// They are not parked: the lot keeps no client address.
+    pub proxy_protocol: bool,
 }
 
 /// The server's shutdown as connections waiting for a request see it: one
@@ -383,7 +386,8 @@ impl Listener {
             let (first_ms, idle_ms, lean_keepalive, lean_proxy, mut park_ms) = {
                 let snap = self.live.snapshot();
                 let s = &snap.cfg.server;
-                let park_after = if s.lean_keepalive { ms(s.idle_park_after.0) } else { 0 };
+                let parks = s.lean_keepalive && !self.proxy_protocol;
+                let park_after = if parks { ms(s.idle_park_after.0) } else { 0 };
                 let idle = ms(s.keepalive_timeout.0);
                 (ms(first_wait(s)), idle, s.lean_keepalive, s.lean_proxy, park_after)
             };

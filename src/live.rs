@@ -257,13 +257,20 @@ impl Live {
 /// What a reload cannot change about the listeners: their addresses, and
 /// whether each speaks TLS or TCP.
 fn listener_keys(c: &config::Config) -> Vec<String> {
-    let http = c.listeners.iter().map(|l| match &l.tls {
-        Some(t) => format!("{} (tls{})", l.listen, if t.http2 { ", h2" } else { "" }),
-        None => l.listen.clone(),
+    let proxied = |yes: bool| if yes { ", PROXY protocol" } else { "" };
+    let http = c.listeners.iter().map(|l| {
+        let tls = match &l.tls {
+            Some(t) => format!(", tls{}", if t.http2 { ", h2" } else { "" }),
+            None => String::new(),
+        };
+        match format!("{tls}{}", proxied(l.accept_proxy_protocol)) {
+            k if k.is_empty() => l.listen.clone(),
+            k => format!("{} ({})", l.listen, &k[2..]),
+        }
     });
-    let tcp = c.tcp.iter().map(|t| match t.tls {
-        Some(_) => format!("{} (tcp, tls)", t.listen),
-        None => format!("{} (tcp)", t.listen),
+    let tcp = c.tcp.iter().map(|t| {
+        let tls = if t.tls.is_some() { ", tls" } else { "" };
+        format!("{} (tcp{tls}{})", t.listen, proxied(t.accept_proxy_protocol))
     });
     http.chain(tcp).collect()
 }

@@ -119,6 +119,78 @@ fn forwarding_headers_are_set_and_not_spoofable() {
     assert!(r.body.contains("request=GET /x?y=1 HTTP/1.1"), "{}", r.body);
 }
 
+/// A listener behind a load balancer that sends the PROXY protocol: the
+/// header's client is the client for the forwarding fields, access rules
+/// and the log, on every request of the connection, idle or not.
+#[test]
+fn a_proxy_protocol_listener_takes_the_client_from_the_header() {
+    let b = Backend::start("b");
+    let pp = free_port();
+    let server = server_section(&["idle_park_after: 100ms", "client_header_timeout: 1s"]);
+    let g = Gateway::start(&format!(
+        "{server}listeners:\n  - listen: 127.0.0.1:{{PORT}}\n  - {{ listen: \"127.0.0.1:{pp}\", accept_proxy_protocol: true }}\n\
+         upstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations:\n\
+         \x20     - {{ path: /, proxy_pass: app }}\n\
+         \x20     - {{ path: /denied, proxy_pass: app, plugins: [ {{ ip_access: {{ deny: [203.0.113.0/24] }} }} ] }}\n",
+        b.addr
+    ));
+    let mut c = loop {
+        match Client::connect(pp) {
+            Ok(c) => break c,
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    c.write_raw(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 80\r\n");
+    let r = c.send("GET", "/first", &[("X-Forwarded-For", "6.6.6.6")], b"").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed("x-real-ip").as_deref(), Some("203.0.113.7"));
+    assert_eq!(r.echoed("x-forwarded-for").as_deref(), Some("203.0.113.7"));
+    // Past `idle_park_after`: such connections are not parked (the lot keeps no
+    // client address), so the next request still has its client.
+    std::thread::sleep(Duration::from_millis(400));
+    let r = c.send("GET", "/second", &[], b"").unwrap();
+    assert_eq!(r.echoed("x-real-ip").as_deref(), Some("203.0.113.7"));
+    assert_eq!(c.send("GET", "/denied", &[], b"").unwrap().status, 403);
+    let line = g
+        .access_log_line("/second")
+        .unwrap_or_else(|| panic!("{}", g.access_log()));
+    assert!(line.starts_with("203.0.113.7 "), "{line}");
+
+    // Version 2, IPv6, split from the request by a pause; then LOCAL (a balancer's own
+    // check), which names no client: the connection's own address stands.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+    v2.extend_from_slice(&"2001:db8::9".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    v2.extend_from_slice(&[0; 15]);
+    v2.extend_from_slice(&[1, 0x9c, 0x40, 0, 80]);
+    let req = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let out = raw_exchange(
+        pp,
+        &[&v2[..20], &[&v2[20..], &req[..]].concat()],
+        Duration::from_millis(100),
+    );
+    assert!(out.contains("header=x-real-ip: 2001:db8::9"), "{out}");
+    let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
+    let out = raw_exchange(pp, &[&[&local[..], &req[..]].concat()], Duration::ZERO);
+    assert!(out.contains("header=x-real-ip: 127.0.0.1"), "{out}");
+
+    // No header, or a header never finished: closed unanswered, and the gateway goes on.
+    let out = raw_exchange(pp, &[req], Duration::ZERO);
+    assert_eq!(out, "", "a request with no PROXY header is not answered");
+    let t = Instant::now();
+    assert_eq!(raw_exchange(pp, &[b"PROXY TCP4 1.2.3.4"], Duration::ZERO), "");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "closed after client_header_timeout"
+    );
+    assert!(
+        g.stderr().contains("PROXY protocol header from 127.0.0.1"),
+        "{}",
+        g.stderr()
+    );
+    // The plain listener beside it is not affected.
+    assert_eq!(g.get("/").echoed("x-real-ip").as_deref(), Some("127.0.0.1"));
+}
+
 #[test]
 fn trusted_proxy_headers_are_kept_and_appended() {
     let b = Backend::start("b");

@@ -127,6 +127,24 @@ fn log_line(g: &Gateway, port: u16, n: usize) -> String {
     }
 }
 
+/// The access-log line of a connection to TCP listener `port` from `client`
+/// (the line's start), waiting for the log's writer.
+fn log_line_from(g: &Gateway, port: u16, client: &str) -> String {
+    let needle = format!("\"TCP 127.0.0.1:{port}\"");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let log = g.access_log();
+        if let Some(l) = log.lines().find(|l| l.contains(&needle) && l.starts_with(client)) {
+            return l.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line from {client} for {needle} in:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn tcp_connections_are_balanced_and_relayed_both_ways() {
     let (a, b) = (Echo::start("a"), Echo::start("b"));
@@ -308,6 +326,86 @@ fn the_proxy_protocol_tells_the_server_the_client_address() {
     want.extend_from_slice(&v2.to_be_bytes());
     want.extend_from_slice(b"data");
     assert_eq!(back, want);
+}
+
+#[test]
+fn a_proxy_header_received_names_the_client_for_rules_logs_and_the_header_sent_on() {
+    let e = Echo::start("e");
+    let (pp, denied) = (free_port(), free_port());
+    let g = gateway(
+        &format!(
+            "  - listen: 127.0.0.1:{pp}\n    proxy_pass: e\n    accept_proxy_protocol: true\n    proxy_protocol: v1\n\
+             \x20 - listen: 127.0.0.1:{denied}\n    proxy_pass: e\n    accept_proxy_protocol: true\n    deny: [198.51.100.0/24]\n"
+        ),
+        &format!("  e:\n    servers:\n{}", servers(&[e.addr])),
+    );
+    // A version 2 header, then the client's bytes in the same write: the server gets the
+    // header's addresses in the version 1 header sent on, then the bytes.
+    let v2 = |src: [u8; 4], port: u16| {
+        let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+        h.extend_from_slice(&src);
+        h.extend_from_slice(&[10, 0, 0, 1]);
+        h.extend_from_slice(&port.to_be_bytes());
+        h.extend_from_slice(&443u16.to_be_bytes());
+        h
+    };
+    let mut s = dial(pp);
+    s.write_all(&[v2([198, 51, 100, 4], 5555), b"data".to_vec()].concat())
+        .unwrap();
+    assert_eq!(greeting(&mut s), "e");
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&back),
+        "PROXY TCP4 198.51.100.4 10.0.0.1 5555 443\r\ndata"
+    );
+    let line = log_line_from(&g, pp, "198.51.100.4 ");
+    assert!(line.contains(" 200 "), "{line}");
+
+    // A version 1 header split over two writes.
+    let mut s = dial(pp);
+    s.write_all(b"PROXY TCP4 192.0.2.8 10.0.0.1 6").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(b"000 80\r\nmore").unwrap();
+    assert_eq!(greeting(&mut s), "e");
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&back),
+        "PROXY TCP4 192.0.2.8 10.0.0.1 6000 80\r\nmore"
+    );
+
+    // No header: closed before any server, logged 400.
+    let accepted = e.accepted.load(SeqCst);
+    let mut s = dial(pp);
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut back = Vec::new();
+    assert_eq!(s.read_to_end(&mut back).unwrap(), 0);
+    let line = log_line_from(&g, pp, "127.0.0.1 ");
+    assert!(line.contains(" 400 "), "{line}");
+    assert!(
+        g.stderr().contains("PROXY protocol header from 127.0.0.1"),
+        "{}",
+        g.stderr()
+    );
+
+    // Allow/deny rules see the header's client, not the balancer in front.
+    let mut s = dial(denied);
+    s.write_all(&[v2([198, 51, 100, 9], 1), b"x".to_vec()].concat())
+        .unwrap();
+    assert_eq!(s.read_to_end(&mut back).unwrap(), 0);
+    let line = log_line_from(&g, denied, "198.51.100.9 ");
+    assert!(line.contains(" 403 "), "{line}");
+    let mut s = dial(denied);
+    s.write_all(&[v2([192, 0, 2, 1], 1), b"y".to_vec()].concat()).unwrap();
+    assert_eq!(greeting(&mut s), "e");
+    assert_eq!(
+        e.accepted.load(SeqCst),
+        accepted + 1,
+        "only the allowed client reached the server"
+    );
 }
 
 #[test]

@@ -754,6 +754,60 @@ fn a_tcp_listener_terminates_tls_by_sni_and_passes_the_plain_bytes() {
     assert_eq!(backend.hits(), 3);
 }
 
+/// HTTPS and TLS-terminating TCP listeners behind a balancer sending the
+/// PROXY protocol: the header comes before the handshake, and its client is
+/// the request's client.
+#[test]
+fn tls_listeners_read_a_proxy_header_before_the_handshake() {
+    let dir = temp_dir();
+    let (cert, key) = write(&dir, "a", &issue(&["a.test"], None, -1, 30, false));
+    let backend = Backend::start("app");
+    let tp = free_port();
+    let tls = format!(
+        "    accept_proxy_protocol: true\n    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}\n",
+        cert.display(),
+        key.display()
+    );
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\n{tls}tcp:\n  - listen: 127.0.0.1:{tp}\n    proxy_pass: app\n{tls}\
+         upstreams:\n  app: {{ servers: [{{ address: \"{}\" }}] }}\nvirtual_hosts:\n  - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n",
+        backend.addr
+    ));
+    let proxied = |port: u16, client: &str| {
+        // The header goes out with the ClientHello, in one write: the gateway finds
+        // the hello already read when the header is parsed.
+        let held = Held {
+            tcp: tcp_to(port),
+            out: format!("PROXY TCP4 {client} 127.0.0.1 50000 443\r\n").into_bytes(),
+        };
+        let mut c = tls_over("a.test", held);
+        write!(
+            c.get_mut(),
+            "GET /pp HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        c.get_mut().flush().unwrap();
+        read_response(&mut c)
+    };
+    let (status, body) = proxied(g.port, "198.51.100.20");
+    assert_eq!(status, 200);
+    assert!(body.contains("header=x-real-ip: 198.51.100.20"), "{body}");
+    assert!(body.contains("header=x-forwarded-proto: https"), "{body}");
+    // Without the header the handshake never starts.
+    let mut tcp = tcp_to(g.port);
+    let mut c = SslConnector::builder(SslMethod::tls()).unwrap();
+    c.set_verify(SslVerifyMode::NONE);
+    assert!(c.build().connect("a.test", &mut tcp).is_err());
+
+    g.wait_listening(tp);
+    let (status, _) = proxied(tp, "198.51.100.21");
+    assert_eq!(status, 200);
+    let line = g
+        .access_log_line(&format!("\"TCP 127.0.0.1:{tp}\" 200"))
+        .unwrap_or_else(|| panic!("{}", g.access_log()));
+    assert!(line.starts_with("198.51.100.21 "), "{line}");
+}
+
 #[test]
 fn a_tcp_listener_routes_tls_by_server_name_without_decrypting() {
     let dir = temp_dir();

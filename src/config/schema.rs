@@ -161,6 +161,12 @@ pub struct Listener {
     /// Accept cleartext HTTP/2 (prior knowledge) besides HTTP/1.x.
     #[serde(default)]
     pub h2c: bool,
+    /// Every connection starts with a PROXY protocol header (v1 or v2)
+    /// from a load balancer in front, whose client address is taken as the
+    /// client's (nginx `listen ... proxy_protocol` with
+    /// `real_ip_header proxy_protocol`; HAProxy `accept-proxy`).
+    #[serde(default)]
+    pub accept_proxy_protocol: bool,
 }
 
 /// A TCP listener (nginx's `stream { server { listen; proxy_pass; } }`).
@@ -193,6 +199,10 @@ pub struct TcpListener {
     pub next_upstream_tries: usize,
     /// Time spent trying servers per connection, at most; unset: no limit.
     pub next_upstream_timeout: Option<Dur>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2),
+    /// whose client address is taken as the client's (see `Listener`).
+    #[serde(default)]
+    pub accept_proxy_protocol: bool,
     /// Send the client's address to the server first in a PROXY protocol
     /// header: `v1` (text, nginx's `proxy_protocol on`) or `v2` (binary).
     pub proxy_protocol: Option<String>,

@@ -19,6 +19,9 @@ pub fn yaml(cfg: &Config, preface: &str) -> String {
     });
     for l in &cfg.listeners {
         let _ = writeln!(y, "  - listen: {}", q(&l.listen));
+        if l.accept_proxy_protocol {
+            y.push_str("    accept_proxy_protocol: true\n");
+        }
         if l.h2c {
             y.push_str("    h2c: true\n");
         }
@@ -92,6 +95,9 @@ fn tcp(y: &mut String, t: &TcpListener) {
     timeouts(y, "    ", [("next_upstream_timeout", t.next_upstream_timeout)]);
     if let Some(v) = &t.proxy_protocol {
         let _ = writeln!(y, "    proxy_protocol: {v}");
+    }
+    if t.accept_proxy_protocol {
+        y.push_str("    accept_proxy_protocol: true\n");
     }
     if !t.deny.is_empty() {
         let _ = writeln!(y, "    deny: {}", list(&t.deny));

@@ -493,6 +493,27 @@ mod tests {
     }
 
     #[test]
+    fn listens_with_proxy_protocol_accept_it() {
+        let (cfg, notes) = import(
+            "http { server { listen 80; listen 8080 proxy_protocol; location / { proxy_pass http://10.0.0.1; } }\n\
+             server { listen 8080; server_name b; location / { proxy_pass http://10.0.0.2; } } }\n\
+             stream { server { listen 5432 proxy_protocol; proxy_pass 10.0.0.3:5432; } }\n",
+        );
+        let accepts: Vec<(&str, bool)> = cfg
+            .listeners
+            .iter()
+            .map(|l| (l.listen.as_str(), l.accept_proxy_protocol))
+            .collect();
+        assert_eq!(accepts, [("0.0.0.0:80", false), ("0.0.0.0:8080", true)]);
+        assert!(cfg.tcp[0].accept_proxy_protocol);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes.iter().all(|n| n.contains("real_ip_header proxy_protocol")),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
     fn add_header_without_always_is_for_successful_answers_only() {
         let (cfg, notes) = import(
             "server { listen 80; location / { proxy_pass http://10.0.0.1; add_header X-A 1; add_header X-B 2 always; } }",

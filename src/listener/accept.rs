@@ -328,6 +328,13 @@ fn take_in(shared: &Shared, tcp: std::net::TcpStream, peer: SocketAddr) -> (Hand
 #[allow(clippy::manual_async_fn)]
 fn connection(shared: Arc<Shared>, conn: Box<Conn>, shutdown: ShutdownWatch) -> impl Future<Output = ()> + Send {
     async move {
+        let conn = match shared.app.proxy_protocol {
+            false => conn,
+            true => match Box::pin(proxied(&shared, conn)).await {
+                Some(c) => c,
+                None => return,
+            },
+        };
         let stream: Stream = match &shared.tls {
             None => conn,
             Some(tls) => match Box::pin(handshake(&shared, tls, *conn)).await {
@@ -337,6 +344,20 @@ fn connection(shared: Arc<Shared>, conn: Box<Conn>, shutdown: ShutdownWatch) -> 
         };
         shared.app.serve(stream, &shutdown).await;
     }
+}
+
+/// The connection once its PROXY protocol header is read, within
+/// `client_header_timeout`, and its client is the one the header names;
+/// `None` (closed) without one.
+async fn proxied(shared: &Shared, mut conn: Box<Conn>) -> Option<Box<Conn>> {
+    let from = conn.peer();
+    let why = match pingora_timeout::timeout(shared.app.header_timeout(), conn.proxy_header()).await {
+        Ok(Ok(_)) => return Some(conn),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_string(),
+    };
+    log::warn!("PROXY protocol header from {from}: {why}; closed");
+    None
 }
 
 /// The listener's parking lot (`park.rs`): a parked connection whose next
@@ -375,7 +396,9 @@ async fn handshake(shared: &Shared, tls: &Tls, mut conn: Conn) -> Option<SslStre
     // open connections (nginx, accepting one connection per event-loop turn, gets
     // the same order). The slot goes when the handshake next waits for the client.
     let handshake = async {
-        conn.readable().await.ok()?;
+        if !conn.pending() {
+            conn.readable().await.ok()?;
+        }
         // A TLS record starts with its type (22 for the ClientHello); a letter is a plain HTTP request.
         let mut first = [0u8; 1];
         if Peek::try_peek(&mut conn, &mut first).await.is_ok() && first[0].is_ascii_uppercase() {

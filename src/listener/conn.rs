@@ -33,6 +33,7 @@
 //!   connection turns keep-alive.
 
 use super::held::{Fenced, Held};
+use crate::proxy_protocol::{self, Received};
 use crate::sockio::{self, recv, send, writev};
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::protocols::raw_connect::ProxyDigest;
@@ -211,6 +212,29 @@ impl Conn {
 
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// Read the PROXY protocol header the connection starts with; what
+    /// follows it stays to be read. The client is then the one it names.
+    /// (The caller bounds the wait.)
+    pub async fn proxy_header(&mut self) -> io::Result<Received> {
+        loop {
+            if let Some((said, len)) = proxy_protocol::parse(self.held.bytes()).map_err(proxy_protocol::invalid)? {
+                self.held.skip(len);
+                if let Some(client) = said.client {
+                    self.peer = client;
+                    self.digest = OnceLock::new();
+                }
+                return Ok(said);
+            }
+            let mut chunk = [MaybeUninit::<u8>::uninit(); 2048];
+            let mut chunk = ReadBuf::uninit(&mut chunk);
+            std::future::poll_fn(|cx| self.poll_socket(cx, &mut chunk)).await?;
+            if chunk.filled().is_empty() {
+                return Err(proxy_protocol::cut_short(self.held.bytes()));
+            }
+            self.held.extend(chunk.filled());
+        }
     }
 
     /// Put `data` back to be read first. Only called when nothing is pending.

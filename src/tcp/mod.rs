@@ -9,13 +9,14 @@
 //! - `service`: the listening service and the life of one connection; its
 //!   bytes go both ways through `crate::pipe`, on `sockio::Direct` sockets
 //! - `sni`: the server name a ClientHello asks for
-//! - `proxy_protocol`: the PROXY header sent to servers that want it
+//! - `crate::proxy_protocol`: the PROXY header received from a load
+//!   balancer in front (`accept_proxy_protocol`), and the one sent to
+//!   servers that want it (`proxy_protocol`)
 
-mod proxy_protocol;
 mod service;
 mod sni;
 
-pub use proxy_protocol::Version as ProxyProtocol;
+pub use crate::proxy_protocol::Version as ProxyProtocol;
 pub use service::TcpService;
 
 use crate::config::schema::Algorithm;
@@ -49,6 +50,8 @@ pub struct Route {
     pub tries: usize,
     pub tries_timeout: Option<Duration>,
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Connections start with a PROXY header naming the client (fixed at start).
+    pub accept_proxy_protocol: bool,
     /// Clients refused, and (when not empty) the only ones let through.
     deny: Vec<IpNet>,
     allow: Vec<IpNet>,
@@ -193,6 +196,7 @@ pub fn compile(l: &Loaded, pools: &BTreeMap<String, Arc<Pool>>) -> Result<Vec<Ar
             tries: t.next_upstream_tries,
             tries_timeout: t.next_upstream_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
             proxy_protocol,
+            accept_proxy_protocol: t.accept_proxy_protocol,
             counters,
             received: bytes("received"),
             sent: bytes("sent"),

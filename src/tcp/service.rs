@@ -8,7 +8,7 @@ use super::Route;
 use crate::access_log::{self, AccessLog};
 use crate::listener::{accept, conn::Conn, Tls};
 use crate::live::Live;
-use crate::pipe::{self, End, Ends, Moved};
+use crate::pipe::{self, End, Moved};
 use crate::sockio::Direct;
 use crate::upstream::state::InflightGuard;
 use crate::upstream::Pool;
@@ -141,21 +141,36 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
     };
     let wait = snap.cfg.server.client_header_timeout.0;
     drop(snap);
-    // The PROXY header's destination (a system call: only when it is sent).
-    let local = route.proxy_protocol.and_then(|_| tcp.local_addr().ok());
     let mut out = Outcome::default();
-    if !route.admits(peer.ip()) {
-        out.status = 403; // before any TLS handshake or server
-    } else if let Some(tls) = &shared.tls {
-        let conn = Conn::new(tcp, peer, TLS_READ_AHEAD);
-        match pingora_timeout::timeout(wait, tls.accept(conn)).await {
-            Ok(Ok(client)) => {
-                out.pool = route.pool.clone();
-                pass(&route, (client, true), Vec::new(), (peer, local), &mut out).await;
+    let mut ends = Ends {
+        peer,
+        // The PROXY header's destination (a system call: only when one is sent).
+        local: route.proxy_protocol.and_then(|_| tcp.local_addr().ok()),
+        early: Vec::new(),
+    };
+    if let Some(tls) = &shared.tls {
+        let mut conn = Conn::new(tcp, peer, TLS_READ_AHEAD);
+        if route.accept_proxy_protocol {
+            match pingora_timeout::timeout(wait, conn.proxy_header()).await {
+                Ok(Ok(said)) => ends.take(said),
+                Ok(Err(e)) => out.status = broken_header(&route, peer, &e),
+                Err(_) => out.status = broken_header(&route, peer, &"timed out"),
             }
-            // As on the HTTP listeners: logged (info), no access-log line.
-            Ok(Err(e)) => return log::info!("tcp {}: TLS handshake with {peer} failed: {e}", route.listen),
-            Err(_) => return log::info!("tcp {}: TLS handshake with {peer} timed out", route.listen),
+        }
+        if out.status != 0 {
+        } else if !route.admits(ends.peer.ip()) {
+            out.status = 403; // before the TLS handshake
+        } else {
+            let peer = ends.peer;
+            match pingora_timeout::timeout(wait, tls.accept(conn)).await {
+                Ok(Ok(client)) => {
+                    out.pool = route.pool.clone();
+                    pass(&route, (client, true), &mut ends, &mut out).await;
+                }
+                // As on the HTTP listeners: logged (info), no access-log line.
+                Ok(Err(e)) => return log::info!("tcp {}: TLS handshake with {peer} failed: {e}", route.listen),
+                Err(_) => return log::info!("tcp {}: TLS handshake with {peer} timed out", route.listen),
+            }
         }
     } else {
         let mut client = match TcpStream::from_std(tcp) {
@@ -163,26 +178,34 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
             Err(e) => return log::error!("tcp {}: cannot take connection from {peer}: {e}", route.listen),
         };
         let _ = client.set_nodelay(true);
-        let early = match &route.sni {
-            None => {
-                out.pool = route.pool.clone();
-                Vec::new()
+        if route.accept_proxy_protocol {
+            match pingora_timeout::timeout(wait, crate::proxy_protocol::receive(&mut client)).await {
+                Ok(Ok((said, rest))) => {
+                    ends.take(said);
+                    ends.early = rest;
+                }
+                Ok(Err(e)) => out.status = broken_header(&route, peer, &e),
+                Err(_) => out.status = broken_header(&route, peer, &"timed out"),
             }
-            Some(table) => {
-                let (hello, early) = read_hello(&mut client, wait).await;
-                out.sni = hello;
-                out.pool = match &out.sni {
-                    Some(name) => table.lookup(name).cloned(),
-                    None => route.pool.clone(),
-                };
-                early
+        }
+        if out.status != 0 {
+        } else if !route.admits(ends.peer.ip()) {
+            out.status = 403; // before any server
+        } else {
+            if route.sni.is_some() {
+                out.sni = read_hello(&mut client, &mut ends.early, wait).await;
             }
-        };
-        match out.pool.is_some() {
-            true => pass(&route, (Direct(client), false), early, (peer, local), &mut out).await,
-            false => out.status = 400,
+            out.pool = match (&route.sni, &out.sni) {
+                (Some(table), Some(name)) => table.lookup(name).cloned(),
+                _ => route.pool.clone(),
+            };
+            match out.pool.is_some() {
+                true => pass(&route, (Direct(client), false), &mut ends, &mut out).await,
+                false => out.status = 400,
+            }
         }
     }
+    let peer = ends.peer;
     let (received, sent) = (out.moved.up, out.moved.down);
     let c = route.counters(out.pool.as_deref());
     match out.status {
@@ -196,6 +219,33 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
     if let Some(log) = &shared.access_log {
         log.write_line(|line| log_line(line, &route, peer, &out, start, (received, sent)));
     }
+}
+
+/// The two ends of a client's connection as its server is to learn them,
+/// and the client's bytes read before the relay.
+struct Ends {
+    /// The client: the connection's peer, or the one its PROXY header names.
+    peer: SocketAddr,
+    /// The address the client connected to, for a PROXY header sent on.
+    local: Option<SocketAddr>,
+    /// Bytes read from the client already, to go to the server first.
+    early: Vec<u8>,
+}
+
+impl Ends {
+    /// What a received PROXY header says: the client, and where it connected.
+    fn take(&mut self, said: crate::proxy_protocol::Received) {
+        self.peer = said.client.unwrap_or(self.peer);
+        if self.local.is_some() {
+            self.local = said.destination.or(self.local);
+        }
+    }
+}
+
+/// A connection without the PROXY header it must start with: logged, and 400.
+fn broken_header(route: &Route, peer: SocketAddr, why: &dyn std::fmt::Display) -> u16 {
+    log::warn!("tcp {}: PROXY protocol header from {peer}: {why}; closed", route.listen);
+    400
 }
 
 /// The access-log line of a connection, in the HTTP lines' shape.
@@ -233,48 +283,44 @@ fn log_line(line: &mut String, route: &Route, peer: SocketAddr, out: &Outcome, s
     line.push('\n');
 }
 
-/// The first bytes of a connection routed by server name: the name its
-/// ClientHello asks for, if it sent a ClientHello with one within `wait`,
-/// and the bytes read, which go to the server first.
-async fn read_hello(client: &mut TcpStream, wait: Duration) -> (Option<String>, Vec<u8>) {
-    let mut early = Vec::with_capacity(1024);
+/// The server name a connection routed by name asks for in its
+/// ClientHello, if it sends one with a name within `wait`. The bytes read
+/// are added to `early`, which go to the server first.
+async fn read_hello(client: &mut TcpStream, early: &mut Vec<u8>, wait: Duration) -> Option<String> {
+    early.reserve(1024);
     let read = async {
         loop {
-            match sni::server_name(&early) {
+            match sni::server_name(early) {
                 Hello::Incomplete if early.len() < sni::MAX_HELLO => {}
                 Hello::Name(name) => return name,
                 _ => return None,
             }
             early.reserve(1024);
-            match client.read_buf(&mut early).await {
+            match client.read_buf(early).await {
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
             }
         }
     };
-    let name = pingora_timeout::timeout(wait, read).await.unwrap_or(None);
-    (name, early)
+    pingora_timeout::timeout(wait, read).await.unwrap_or(None)
 }
 
-/// A client's bytes passed to a server of `out.pool` and back (`early`,
-/// bytes already read from the client, first); sets `out.status`.
-/// `client` comes with whether it is a TLS stream (see [`Ends::Apart`]).
-async fn pass<C>(
-    route: &Route,
-    (client, client_tls): (C, bool),
-    early: Vec<u8>,
-    (peer, local): (SocketAddr, Option<SocketAddr>),
-    out: &mut Outcome,
-) where
+/// A client's bytes passed to a server of `out.pool` and back (the bytes
+/// already read from the client first); sets `out.status`.
+/// `client` comes with whether it is a TLS stream (see [`pipe::Ends::Apart`]).
+async fn pass<C>(route: &Route, (client, client_tls): (C, bool), ends: &mut Ends, out: &mut Outcome)
+where
     C: AsyncRead + AsyncWrite + Unpin,
 {
+    let early = std::mem::take(&mut ends.early);
+    let peer = ends.peer;
     out.status = 502;
     let Some(pool) = out.pool.clone() else { return };
     let Some((mut server, _inflight)) = connect(route, &pool, peer.ip(), &mut out.attempts).await else {
         return;
     };
-    let mut first = match (route.proxy_protocol, local) {
-        (Some(v), Some(local)) => super::proxy_protocol::header(v, peer, local),
+    let mut first = match (route.proxy_protocol, ends.local) {
+        (Some(v), Some(local)) => crate::proxy_protocol::header(v, peer, local),
         _ => Vec::new(),
     };
     first.extend_from_slice(&early);
@@ -283,8 +329,8 @@ async fn pass<C>(
     }
     out.status = 200;
     let (mut client, mut server) = (client, Direct(server));
-    let ends = Ends::Apart { client_tls };
-    let (moved, end) = pipe::run(&mut client, &mut server, Vec::new(), route.idle_timeout, ends).await;
+    let apart = pipe::Ends::Apart { client_tls };
+    let (moved, end) = pipe::run(&mut client, &mut server, Vec::new(), route.idle_timeout, apart).await;
     out.moved = Moved {
         up: moved.up + early.len() as u64,
         down: moved.down,

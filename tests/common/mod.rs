@@ -501,11 +501,20 @@ impl Gateway {
     }
 
     /// The first access-log line containing `needle`.
+    /// The first access-log line with `needle`, waiting (3 s at most) for
+    /// the log's writer thread, which writes lines in batches.
     pub fn access_log_line(&self, needle: &str) -> Option<String> {
-        self.access_log()
-            .lines()
-            .find(|l| l.contains(needle))
-            .map(str::to_string)
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let log = self.access_log();
+            if let Some(l) = log.lines().find(|l| l.contains(needle)) {
+                return Some(l.to_string());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn get(&self, path: &str) -> Response {

@@ -52,6 +52,9 @@ struct Inherited {
 }
 
 /// Indices of [`Inherited::own`].
+/// The note on a `listen ... proxy_protocol`.
+const PROXY_CLIENT: &str = "accept_proxy_protocol: the client address the PROXY header names is the client's \
+     everywhere (nginx's $remote_addr is that only with real_ip_header proxy_protocol / set_real_ip_from)";
 const HEADERS: usize = 0;
 const ADDED: usize = 1;
 const ACCESS: usize = 2;
@@ -90,6 +93,8 @@ struct Listen {
     default: bool,
     /// `ssl` (or the server's `ssl on`).
     ssl: bool,
+    /// `proxy_protocol`: connections start with a PROXY protocol header.
+    proxy_protocol: bool,
     line: usize,
 }
 

@@ -49,6 +49,7 @@ impl Translator {
                 addr: "0.0.0.0:80".into(),
                 default: false,
                 ssl: false,
+                proxy_protocol: false,
                 line: d.line,
             });
         }
@@ -123,12 +124,17 @@ impl Translator {
             addr,
             default: false,
             ssl: false,
+            proxy_protocol: false,
             line: e.line,
         };
         for p in &e.args[1..] {
             match p.as_str() {
                 "default_server" | "default" => l.default = true,
                 "ssl" => l.ssl = true,
+                "proxy_protocol" => {
+                    l.proxy_protocol = true;
+                    self.notes.push(super::note(e, super::PROXY_CLIENT));
+                }
                 "http2" => site.http2 = true,
                 "reuseport" | "deferred" | "bind" => {}
                 p if p.starts_with("backlog=") || p.starts_with("ipv6only=") || p.starts_with("so_keepalive=") => {}
@@ -453,6 +459,7 @@ impl Translator {
                     addr: "0.0.0.0:80".into(),
                     default: false,
                     ssl: false,
+                    proxy_protocol: false,
                     line: 0,
                 }],
                 http2: false,
@@ -489,10 +496,13 @@ impl Translator {
                             listen: l.addr.clone(),
                             tls: None,
                             h2c: false,
+                            accept_proxy_protocol: false,
                         });
                         listeners.len() - 1
                     }
                 };
+                // (nginx takes the option once per address, on any of its listens.)
+                listeners[at].accept_proxy_protocol |= l.proxy_protocol;
                 if !l.ssl {
                     continue;
                 }

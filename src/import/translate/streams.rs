@@ -18,6 +18,7 @@ fn defaults() -> TcpListener {
         next_upstream_tries: 0,
         next_upstream_timeout: None,
         proxy_protocol: None,
+        accept_proxy_protocol: false,
         deny: Vec::new(),
         allow: Vec::new(),
         tls: None,
@@ -184,7 +185,7 @@ impl Translator {
         if !rules.is_empty() {
             (t.deny, t.allow) = self.access_lists(rules);
         }
-        for (listen, ssl, line) in listens {
+        for (listen, ssl, proxied, line) in listens {
             let tls = match (ssl, &cert) {
                 (false, _) => None,
                 (true, (Some(c), Some(k))) => Some(TcpTls {
@@ -207,6 +208,7 @@ impl Translator {
             self.tcp.push(TcpListener {
                 listen,
                 tls,
+                accept_proxy_protocol: proxied,
                 ..t.clone()
             });
         }
@@ -214,8 +216,8 @@ impl Translator {
 
     /// A stream `listen`: its address, whether it terminates TLS, and its
     /// line; or `None` (with a note) for what a TCP listener does not do.
-    fn stream_listen(&mut self, e: &Directive) -> Option<(String, bool, usize)> {
-        let mut ssl = false;
+    fn stream_listen(&mut self, e: &Directive) -> Option<(String, bool, bool, usize)> {
+        let (mut ssl, mut proxied) = (false, false);
         let Some(addr) = e.args.first() else {
             self.not_translated(e, "a listen needs an address");
             return None;
@@ -227,6 +229,10 @@ impl Translator {
                     return None;
                 }
                 "ssl" => ssl = true,
+                "proxy_protocol" => {
+                    proxied = true;
+                    self.notes.push(super::note(e, super::PROXY_CLIENT));
+                }
                 "reuseport" | "bind" => {}
                 p if p.starts_with("backlog=") || p.starts_with("ipv6only=") || p.starts_with("so_keepalive=") => {}
                 p => self.not_translated(e, format!("`{p}` is not translated")),
@@ -236,7 +242,7 @@ impl Translator {
             self.not_translated(e, "Portico listens on TCP addresses only");
             return None;
         }
-        Some((listen_addr(addr, 0), ssl, e.line))
+        Some((listen_addr(addr, 0), ssl, proxied, e.line))
     }
 
     /// A `map $ssl_preread_server_name $var` (nginx's way to route by
