@@ -16,6 +16,53 @@ pub const HTTP_404: u32 = 1 << 8;
 pub const HTTP_429: u32 = 1 << 9;
 pub const NON_IDEMPOTENT: u32 = 1 << 10;
 
+/// Whether a request with `method` may be sent again once a server may
+/// have received it: the methods IANA's HTTP method registry marks
+/// idempotent (RFC 9110's GET, HEAD, PUT, DELETE, OPTIONS, TRACE, and
+/// WebDAV's PROPFIND, MKCOL, COPY, MOVE and the like). nginx refuses only
+/// POST, LOCK and PATCH; a method of unknown meaning is not resent here.
+pub fn idempotent(method: &http::Method) -> bool {
+    const IDEMPOTENT: [&str; 36] = [
+        "ACL",
+        "BASELINE-CONTROL",
+        "BIND",
+        "CHECKIN",
+        "CHECKOUT",
+        "COPY",
+        "DELETE",
+        "GET",
+        "HEAD",
+        "LABEL",
+        "LINK",
+        "MERGE",
+        "MKACTIVITY",
+        "MKCALENDAR",
+        "MKCOL",
+        "MKREDIRECTREF",
+        "MKWORKSPACE",
+        "MOVE",
+        "OPTIONS",
+        "ORDERPATCH",
+        "PRI",
+        "PROPFIND",
+        "PROPPATCH",
+        "PUT",
+        "QUERY",
+        "REBIND",
+        "REPORT",
+        "SEARCH",
+        "TRACE",
+        "UNBIND",
+        "UNCHECKOUT",
+        "UNLINK",
+        "UNLOCK",
+        "UPDATE",
+        "UPDATEREDIRECTREF",
+        "VERSION-CONTROL",
+    ];
+    method.is_idempotent() || IDEMPOTENT.contains(&method.as_str())
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     pub conditions: u32,

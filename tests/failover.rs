@@ -105,6 +105,19 @@ fn post_that_reached_a_502_server_is_not_replayed() {
     for _ in 0..4 {
         assert_eq!(g.get("/").status, 200);
     }
+    // WebDAV's idempotent methods are passed to the next server; LOCK and PATCH are
+    // not, nor is a method whose meaning is unknown.
+    for (method, replayed) in [
+        ("LOCK", false),
+        ("PATCH", false),
+        ("PROPFIND", true),
+        ("MKCOL", true),
+        ("PURGE", false),
+    ] {
+        let statuses: Vec<u16> = (0..4).map(|_| request(g.port, method, "/", &[], b"").status).collect();
+        let failed = statuses.iter().filter(|&&s| s == 502).count();
+        assert_eq!(failed, if replayed { 0 } else { 2 }, "{method}: {statuses:?}");
+    }
 }
 
 /// A body that outgrew the retry buffer (64 KiB) cannot be sent again: the

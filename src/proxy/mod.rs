@@ -253,7 +253,7 @@ impl Gateway {
                 pool.servers[i].record_failure(&pool.name, why);
             }
         }
-        let idempotent = s.method().is_idempotent();
+        let idempotent = crate::retry::idempotent(s.method());
         let tried = &ctx.tried;
         // A body that outgrew the retry buffer cannot be sent again.
         let retry = s.response_status().is_none()
@@ -708,7 +708,7 @@ impl Gateway {
         // A pooled connection closed under us, most likely one the server had
         // let go: sent again on another connection, without counting against
         // the server. Unless it cannot be resent: the server may have read it.
-        let resend = |loc: &Location| loc.retry.may_resend(s.method().is_idempotent());
+        let resend = |loc: &Location| loc.retry.may_resend(crate::retry::idempotent(s.method()));
         if matches!(e.retry, RetryType::ReusedOnly)
             && client_reused
             && s.response_status().is_none()
