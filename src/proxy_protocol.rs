@@ -275,6 +275,46 @@ mod tests {
         assert!(parse(&v2).is_err(), "64 KiB announced, {MAX_RECEIVED} taken");
     }
 
+    /// Damaged headers (each byte of valid ones changed, and random bytes
+    /// after the v2 signature) are refused or parsed, never a panic, and a
+    /// length parsed never runs past the bytes given.
+    #[test]
+    fn damaged_headers_never_panic() {
+        let (c4, l4): (SocketAddr, SocketAddr) = ("10.1.2.3:5555".parse().unwrap(), "192.0.2.1:443".parse().unwrap());
+        let (c6, l6): (SocketAddr, SocketAddr) = ("[2001:db8::1]:1".parse().unwrap(), "[::1]:2".parse().unwrap());
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let check = |b: &[u8]| {
+            if let Ok(Some((_, len))) = parse(b) {
+                assert!(len <= b.len(), "{b:?}");
+            }
+        };
+        for v in [Version::V1, Version::V2] {
+            for (c, l) in [(c4, l4), (c6, l6)] {
+                let good = [header(v, c, l), b"rest".to_vec()].concat();
+                for at in 0..good.len() {
+                    for value in [0u8, 0xff, b' ', b'\r', b'\n', b':', b'9', (next() & 0xff) as u8] {
+                        let mut b = good.clone();
+                        b[at] = value;
+                        check(&b);
+                        check(&b[..at]);
+                    }
+                }
+            }
+        }
+        for _ in 0..2000 {
+            let mut b = V2_SIGNATURE.to_vec();
+            let n = (next() % 64) as usize;
+            b.extend((0..n).map(|_| (next() & 0xff) as u8));
+            check(&b);
+        }
+    }
+
     #[tokio::test]
     async fn receive_reads_a_header_split_over_reads() {
         let bytes = [

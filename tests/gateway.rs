@@ -189,6 +189,24 @@ fn a_proxy_protocol_listener_takes_the_client_from_the_header() {
     );
     // The plain listener beside it is not affected.
     assert_eq!(g.get("/").echoed("x-real-ip").as_deref(), Some("127.0.0.1"));
+
+    // Turning the header off is a change of listener: a reload refuses it, the listener
+    // goes on as it was.
+    let conf = std::fs::read_to_string(&g.conf).unwrap();
+    std::fs::write(
+        &g.conf,
+        conf.replace("accept_proxy_protocol: true", "accept_proxy_protocol: false"),
+    )
+    .unwrap();
+    g.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !g.stderr().contains("listeners changed") {
+        assert!(Instant::now() < deadline, "{}", g.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(g.stderr().contains("PROXY protocol)\"] ->"), "{}", g.stderr());
+    let out = raw_exchange(pp, &[b"PROXY TCP4 203.0.113.8 127.0.0.1 1 80\r\n", req], Duration::ZERO);
+    assert!(out.contains("header=x-real-ip: 203.0.113.8"), "{out}");
 }
 
 #[test]
