@@ -409,6 +409,70 @@ fn a_proxy_header_received_names_the_client_for_rules_logs_and_the_header_sent_o
 }
 
 #[test]
+fn connection_limits_close_the_excess_at_once_and_free_up_as_connections_end() {
+    let e = Echo::start("e");
+    let (total, each) = (free_port(), free_port());
+    let g = gateway(
+        &format!(
+            "  - listen: 127.0.0.1:{total}\n    proxy_pass: e\n    max_connections: 2\n\
+             \x20 - listen: 127.0.0.1:{each}\n    proxy_pass: e\n    accept_proxy_protocol: true\n    max_connections_per_client: 1\n"
+        ),
+        &format!("  e:\n    servers:\n{}", servers(&[e.addr])),
+    );
+    // Closed at once, before any server: the read finds the end (or a reset).
+    let refused = |s: &mut TcpStream| {
+        let mut b = [0u8; 16];
+        matches!(s.read(&mut b), Ok(0) | Err(_))
+    };
+    let (mut a, mut b) = (dial(total), dial(total));
+    assert_eq!((greeting(&mut a), greeting(&mut b)), ("e".into(), "e".into()));
+    let mut c = dial(total);
+    assert!(refused(&mut c), "a third connection over max_connections: 2");
+    assert!(log_line_from(&g, total, "127.0.0.1 ").contains(" 503 "));
+    assert_eq!(e.accepted.load(SeqCst), 2);
+    drop(a);
+    // Counted out once the relay has seen the close.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let mut again = dial(total);
+        if !refused(&mut again) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the closed connection was never counted out");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    b.write_all(b"x").unwrap();
+
+    // Per client, as the PROXY header names it.
+    let from = |ip: &str| {
+        let mut s = dial(each);
+        write!(s, "PROXY TCP4 {ip} 127.0.0.1 1000 {each}\r\n").unwrap();
+        s
+    };
+    let mut one = from("192.0.2.1");
+    assert_eq!(greeting(&mut one), "e");
+    assert!(refused(&mut from("192.0.2.1")), "a second connection from 192.0.2.1");
+    assert!(log_line_from(&g, each, "192.0.2.1 ").contains(" 503 "));
+    let mut other = from("192.0.2.2");
+    assert_eq!(greeting(&mut other), "e", "another client is not held back");
+    one.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    one.read_to_end(&mut rest).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let mut s = from("192.0.2.1");
+        if !refused(&mut s) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "192.0.2.1's first connection was never counted out"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn a_reload_moves_new_tcp_connections_and_a_shutdown_lets_open_ones_finish() {
     let (a, b) = (Echo::start("a"), Echo::start("b"));
     let tp = free_port();

@@ -203,6 +203,14 @@ pub struct TcpListener {
     /// whose client address is taken as the client's (see `Listener`).
     #[serde(default)]
     pub accept_proxy_protocol: bool,
+    /// Open connections of this listener, at most; more are closed at once
+    /// (logged 503). 0 (the default): no limit. (HAProxy `maxconn`.)
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_connections: usize,
+    /// Open connections from one client address, at most (nginx stream
+    /// `limit_conn` on `$binary_remote_addr`); 0 (the default): no limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_connections_per_client: usize,
     /// Send the client's address to the server first in a PROXY protocol
     /// header: `v1` (text, nginx's `proxy_protocol on`) or `v2` (binary).
     pub proxy_protocol: Option<String>,
@@ -467,4 +475,8 @@ pub struct Return {
     pub status: u16,
     pub location: Option<String>,
     pub body: Option<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }

@@ -99,6 +99,12 @@ fn tcp(y: &mut String, t: &TcpListener) {
     if t.accept_proxy_protocol {
         y.push_str("    accept_proxy_protocol: true\n");
     }
+    if t.max_connections != 0 {
+        let _ = writeln!(y, "    max_connections: {}", t.max_connections);
+    }
+    if t.max_connections_per_client != 0 {
+        let _ = writeln!(y, "    max_connections_per_client: {}", t.max_connections_per_client);
+    }
     if !t.deny.is_empty() {
         let _ = writeln!(y, "    deny: {}", list(&t.deny));
     }

@@ -514,6 +514,26 @@ mod tests {
     }
 
     #[test]
+    fn stream_limit_conn_becomes_connection_limits() {
+        let (cfg, notes) = import(
+            "stream {\n limit_conn addr 4;\n limit_conn_zone $binary_remote_addr zone=addr:10m;\n\
+             limit_conn_zone $server_port zone=port:1m;\n limit_conn_zone $ssl_preread_server_name zone=sni:1m;\n\
+             server { listen 1; proxy_pass 10.0.0.1:1; }\n\
+             server { listen 2; proxy_pass 10.0.0.1:2; limit_conn port 100; }\n\
+             server { listen 3; proxy_pass 10.0.0.1:3; limit_conn sni 5; limit_conn nowhere 5; }\n}\n",
+        );
+        let limits: Vec<(usize, usize)> = cfg
+            .tcp
+            .iter()
+            .map(|t| (t.max_connections, t.max_connections_per_client))
+            .collect();
+        assert_eq!(limits, [(0, 4), (100, 4), (0, 4)]);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("only by client address"), "{notes:?}");
+        assert!(notes[1].contains("no limit_conn_zone nowhere"), "{notes:?}");
+    }
+
+    #[test]
     fn add_header_without_always_is_for_successful_answers_only() {
         let (cfg, notes) = import(
             "server { listen 80; location / { proxy_pass http://10.0.0.1; add_header X-A 1; add_header X-B 2 always; } }",

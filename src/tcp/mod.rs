@@ -52,6 +52,10 @@ pub struct Route {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// Connections start with a PROXY header naming the client (fixed at start).
     pub accept_proxy_protocol: bool,
+    /// Open connections of the listener, at most (0: no limit).
+    pub max_connections: usize,
+    /// Open connections from one client address, at most (0: no limit).
+    pub max_connections_per_client: usize,
     /// Clients refused, and (when not empty) the only ones let through.
     deny: Vec<IpNet>,
     allow: Vec<IpNet>,
@@ -87,8 +91,12 @@ impl Route {
 /// Pre-resolved connection counters of one route and pool, by status.
 struct Counters {
     relayed: IntCounter,
+    /// No valid PROXY header, or no pool for the server name asked for.
+    bad: IntCounter,
     refused: IntCounter,
     unreached: IntCounter,
+    /// Over a connection limit.
+    limited: IntCounter,
 }
 
 impl Counters {
@@ -100,8 +108,10 @@ impl Counters {
         };
         Counters {
             relayed: c("200"),
+            bad: c("400"),
             refused: c("403"),
             unreached: c("502"),
+            limited: c("503"),
         }
     }
 }
@@ -197,6 +207,8 @@ pub fn compile(l: &Loaded, pools: &BTreeMap<String, Arc<Pool>>) -> Result<Vec<Ar
             tries_timeout: t.next_upstream_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
             proxy_protocol,
             accept_proxy_protocol: t.accept_proxy_protocol,
+            max_connections: t.max_connections,
+            max_connections_per_client: t.max_connections_per_client,
             counters,
             received: bytes("received"),
             sent: bytes("sent"),

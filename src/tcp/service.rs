@@ -15,8 +15,10 @@ use crate::upstream::Pool;
 use async_trait::async_trait;
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::Service;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -38,6 +40,10 @@ struct Shared {
     index: usize,
     live: Arc<Live>,
     access_log: Option<Arc<AccessLog>>,
+    /// Connections past the limits, open now ([`Admitted`]).
+    open: AtomicUsize,
+    /// The same by client address, kept while `max_connections_per_client` is set.
+    per_client: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl TcpService {
@@ -56,6 +62,8 @@ impl TcpService {
                 index,
                 live,
                 access_log,
+                open: AtomicUsize::new(0),
+                per_client: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -114,14 +122,61 @@ impl Drop for Open {
     }
 }
 
+/// A connection within the listener's limits, counted (see [`admit`])
+/// until it ends.
+struct Admitted {
+    shared: Arc<Shared>,
+    /// Counted by client too.
+    client: Option<IpAddr>,
+}
+
+/// Count a connection from `client` in, unless that would take it over the
+/// route's `max_connections` or `max_connections_per_client`.
+fn admit(shared: &Arc<Shared>, route: &Route, client: IpAddr) -> Option<Admitted> {
+    let was = shared.open.fetch_add(1, Ordering::Relaxed);
+    let mut admitted = Admitted {
+        shared: shared.clone(),
+        client: None,
+    };
+    if route.max_connections != 0 && was >= route.max_connections {
+        return None; // (dropping `admitted` counts it out again)
+    }
+    if route.max_connections_per_client != 0 {
+        let mut map = shared.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(client).or_insert(0);
+        if *n >= route.max_connections_per_client {
+            return None;
+        }
+        *n += 1;
+        admitted.client = Some(client);
+    }
+    Some(admitted)
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.client {
+            let mut map = self.shared.per_client.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
 /// The servers tried for one connection: pool index and time to connect (or fail).
 type Attempts = Vec<(usize, Duration)>;
 
 /// What one connection came to, for its metrics and its log line.
 #[derive(Default)]
 struct Outcome {
-    /// 200 relayed, 400 no pool for its first bytes, 403 refused by the
-    /// rules, 502 no server reached.
+    /// 200 relayed, 400 no valid PROXY header or no pool for its first
+    /// bytes, 403 refused by the rules, 502 no server reached, 503 over a
+    /// connection limit.
     status: u16,
     pool: Option<Arc<Pool>>,
     attempts: Attempts,
@@ -160,7 +215,7 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
         if out.status != 0 {
         } else if !route.admits(ends.peer.ip()) {
             out.status = 403; // before the TLS handshake
-        } else {
+        } else if let Some(_admitted) = admit(&shared, &route, ends.peer.ip()) {
             let peer = ends.peer;
             match pingora_timeout::timeout(wait, tls.accept(conn)).await {
                 Ok(Ok(client)) => {
@@ -171,6 +226,8 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
                 Ok(Err(e)) => return log::info!("tcp {}: TLS handshake with {peer} failed: {e}", route.listen),
                 Err(_) => return log::info!("tcp {}: TLS handshake with {peer} timed out", route.listen),
             }
+        } else {
+            out.status = 503; // over a connection limit
         }
     } else {
         let mut client = match TcpStream::from_std(tcp) {
@@ -191,7 +248,7 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
         if out.status != 0 {
         } else if !route.admits(ends.peer.ip()) {
             out.status = 403; // before any server
-        } else {
+        } else if let Some(_admitted) = admit(&shared, &route, ends.peer.ip()) {
             if route.sni.is_some() {
                 out.sni = read_hello(&mut client, &mut ends.early, wait).await;
             }
@@ -203,6 +260,8 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
                 true => pass(&route, (Direct(client), false), &mut ends, &mut out).await,
                 false => out.status = 400,
             }
+        } else {
+            out.status = 503; // over a connection limit
         }
     }
     let peer = ends.peer;
@@ -210,7 +269,9 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
     let c = route.counters(out.pool.as_deref());
     match out.status {
         200 => &c.relayed,
-        400 | 403 => &c.refused,
+        400 => &c.bad,
+        403 => &c.refused,
+        503 => &c.limited,
         _ => &c.unreached,
     }
     .inc();

@@ -131,6 +131,8 @@ pub struct Translator {
     tcp: Vec<TcpListener>,
     /// `ssl_certificate` and `ssl_certificate_key` set in `stream`.
     stream_cert: (Option<String>, Option<String>),
+    /// `limit_conn_zone` keys in `stream`, by zone name.
+    stream_zones: BTreeMap<String, String>,
 }
 
 fn note(d: &Directive, why: impl Into<String>) -> Note {

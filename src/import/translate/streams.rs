@@ -19,6 +19,8 @@ fn defaults() -> TcpListener {
         next_upstream_timeout: None,
         proxy_protocol: None,
         accept_proxy_protocol: false,
+        max_connections: 0,
+        max_connections_per_client: 0,
         deny: Vec::new(),
         allow: Vec::new(),
         tls: None,
@@ -59,12 +61,22 @@ impl Translator {
             self.tcp_hash_only_by_address(&mut d);
             self.upstream(&d);
         }
+        // Zones first: a `limit_conn` may come before the zone it names.
+        for d in list.iter().filter(|d| d.name == "limit_conn_zone") {
+            let zone = d.args.get(1).and_then(|z| z.strip_prefix("zone=")?.split(':').next());
+            match (d.args.first(), zone) {
+                (Some(key), Some(zone)) => {
+                    self.stream_zones.insert(zone.to_string(), key.clone());
+                }
+                _ => self.not_translated(d, "expected a key and zone=NAME:SIZE"),
+            }
+        }
         let mut above = defaults();
         let mut rules = Rules::new();
         let mut maps = BTreeMap::new();
         for d in list {
             match d.name.as_str() {
-                "upstream" | "server" => {}
+                "upstream" | "server" | "limit_conn_zone" => {}
                 "map" => self.stream_map(d, &mut maps),
                 "allow" | "deny" => rules.extend(rule(d)),
                 "ssl_certificate" => self.stream_cert.0 = d.args.first().cloned(),
@@ -119,6 +131,8 @@ impl Translator {
                 t.next_upstream_timeout = time(self).filter(|d| !d.0.is_zero());
             }
             "proxy_protocol" => t.proxy_protocol = (arg == "on").then(|| "v1".to_string()),
+            "limit_conn" => self.stream_limit(d, t),
+            "limit_conn_log_level" => {}
             // Portico passes a half-close on, as `proxy_half_close on` does.
             "proxy_half_close" if arg == "on" => {}
             "proxy_half_close" => self.not_translated(d, "Portico passes half-closes on (as `proxy_half_close on`)"),
@@ -131,6 +145,24 @@ impl Translator {
             _ => return false,
         }
         true
+    }
+
+    /// `limit_conn ZONE N`: by client address (`$binary_remote_addr`,
+    /// `$remote_addr`) `max_connections_per_client`; by a key the same for
+    /// every connection of a server (`$server_addr`, `$server_port`, a
+    /// constant) `max_connections`. Counted per listener, where nginx counts
+    /// a zone across the servers that share it.
+    fn stream_limit(&mut self, d: &Directive, t: &mut TcpListener) {
+        let (Some(zone), Some(n)) = (d.args.first(), d.args.get(1).and_then(|n| n.parse::<usize>().ok())) else {
+            return self.not_translated(d, "expected a zone and a number");
+        };
+        match self.stream_zones.get(zone).map(String::as_str) {
+            Some("$binary_remote_addr" | "$remote_addr") => t.max_connections_per_client = n,
+            Some("$server_addr" | "$server_port") => t.max_connections = n,
+            Some(k) if !k.contains('$') => t.max_connections = n,
+            Some(k) => self.not_translated(d, format!("a limit by {k}: only by client address or per server")),
+            None => self.not_translated(d, format!("no limit_conn_zone {zone} in stream")),
+        }
     }
 
     fn stream_server(
