@@ -21,6 +21,7 @@ plugins! {
     greeting,
     headers,
     ip_access,
+    limit_conn,
     rate_limit,
     request_id,
 }

@@ -3,6 +3,9 @@
 
 mod common;
 use common::*;
+use std::io::{Read, Write};
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
 
 fn gw(b: &Backend, global: &str, locations: &str) -> Gateway {
     Gateway::start(&format!(
@@ -12,6 +15,83 @@ fn gw(b: &Backend, global: &str, locations: &str) -> Gateway {
 }
 
 const ROOT: &str = "      - { path: /, proxy_pass: app }\n";
+
+/// Requests in flight per key: the one over the limit is answered at once
+/// and reaches no server; a slot comes back when its request ends, also
+/// when its client leaves before the answer.
+#[test]
+fn limit_conn_bounds_requests_in_flight_per_key() {
+    let b = Backend::start_with("slow", Behaviour::Slow(Duration::from_millis(800)));
+    let g = gw(
+        &b,
+        "",
+        "      - { path: /, proxy_pass: app, plugins: [ { limit_conn: { max: 2 } } ] }\n\
+         \x20     - { path: /key, proxy_pass: app, plugins: [ { limit_conn: { max: 1, key: $http_x_key, status: 429 } } ] }\n",
+    );
+    let port = g.port;
+    let slow = |path: &'static str, key: &'static str| {
+        std::thread::spawn(move || request(port, "GET", path, &[("X-Key", key)], b"").status)
+    };
+    // Two in flight (the server counts them as they arrive), then a third.
+    let (one, two) = (slow("/", ""), slow("/", ""));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while b.inflight_now.load(SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "the two requests never reached the server");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = Instant::now();
+    let r = g.get("/");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(t.elapsed() < Duration::from_millis(500), "answered at once");
+    assert_eq!((one.join().unwrap(), two.join().unwrap()), (200, 200));
+    assert_eq!(b.hits(), 2, "the third reached no server");
+    assert_eq!(g.get("/").status, 200, "their slots came back");
+
+    // Keyed by a header: another key is not held back; the limit's own status.
+    let a = slow("/key", "a");
+    while b.inflight_now.load(SeqCst) < 1 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let get = |k: &str| request(g.port, "GET", "/key", &[("X-Key", k)], b"").status;
+    assert_eq!(get("a"), 429);
+    assert_eq!(get("b"), 200);
+    assert_eq!(a.join().unwrap(), 200);
+
+    // A client that leaves before its answer gives its slot back, though the
+    // server never answers.
+    b.set(Behaviour::Hang);
+    let hits = b.hits();
+    for _ in 0..2 {
+        let mut c = Client::connect(g.port).unwrap();
+        c.write_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while b.hits() == hits {
+            assert!(Instant::now() < deadline, "the request never reached the server");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(c);
+    }
+    // Let in (it waits for the hanging server: no answer within 300 ms), not refused.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 12];
+        match c.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            r => assert!(
+                r.is_ok_and(|n| buf[..n].starts_with(b"HTTP/1.1 503")),
+                "{:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slots of the clients that left never came back"
+        );
+    }
+}
 
 #[test]
 fn rate_limit_answers_429_with_retry_after() {

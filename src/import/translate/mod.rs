@@ -51,10 +51,11 @@ struct Inherited {
     ssl_ca: Option<String>,
 }
 
-/// Indices of [`Inherited::own`].
 /// The note on a `listen ... proxy_protocol`.
 const PROXY_CLIENT: &str = "accept_proxy_protocol: the client address the PROXY header names is the client's \
      everywhere (nginx's $remote_addr is that only with real_ip_header proxy_protocol / set_real_ip_from)";
+
+/// Indices of [`Inherited::own`].
 const HEADERS: usize = 0;
 const ADDED: usize = 1;
 const ACCESS: usize = 2;
