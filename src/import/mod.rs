@@ -514,6 +514,49 @@ mod tests {
     }
 
     #[test]
+    fn limit_req_and_limit_conn_become_plugins_inherited_as_nginx_does() {
+        let (cfg, notes) = import(
+            "http {\n limit_req_zone $binary_remote_addr zone=one:10m rate=30r/m;\n\
+             limit_req_zone $http_x_key zone=key:1m rate=5r/s;\n limit_conn_zone $binary_remote_addr zone=addr:10m;\n\
+             limit_conn_zone $server_name zone=site:1m;\n limit_req zone=one burst=5 nodelay;\n\
+             server { listen 80; limit_conn_status 429;\n\
+              location / { proxy_pass http://10.0.0.1; }\n\
+              location /api/ { proxy_pass http://10.0.0.1; limit_req zone=key burst=10; limit_conn addr 2; limit_conn site 100; }\n\
+              location /open/ { proxy_pass http://10.0.0.1; allow 10.0.0.0/8; deny all; limit_req zone=nowhere; } } }\n",
+        );
+        let plugins = |path: &str| {
+            let loc = cfg.virtual_hosts[0].locations.iter().find(|l| l.path == path).unwrap();
+            serde_yaml::to_string(&loc.plugins).unwrap()
+        };
+        // Inherited from http: 0.5 per second, a bucket of burst + 1.
+        let root = plugins("/");
+        assert!(
+            root.contains("rate_limit") && root.contains("rate: 0.5") && root.contains("burst: 6"),
+            "{root}"
+        );
+        // A level with its own limit_req inherits none; limit_conn by address and per server.
+        let api = plugins("/api/");
+        assert!(!api.contains("rate: 0.5"), "{api}");
+        assert!(
+            api.contains("rate: 5.0") && api.contains("burst: 11") && api.contains("key: $http_x_key"),
+            "{api}"
+        );
+        assert!(
+            api.contains("max: 2") && api.contains("max: 100") && api.contains("key: '-'"),
+            "{api}"
+        );
+        assert!(api.contains("status: 429"), "{api}");
+        // The access rules come first; an unknown zone is named.
+        let open = plugins("/open/");
+        assert!(
+            open.find("ip_access") < open.find("rate_limit").or(Some(usize::MAX)),
+            "{open}"
+        );
+        assert!(notes.iter().any(|n| n.contains("no zone nowhere")), "{notes:?}");
+        assert!(notes.iter().any(|n| n.contains("delays up to `burst`")), "{notes:?}");
+    }
+
+    #[test]
     fn stream_limit_conn_becomes_connection_limits() {
         let (cfg, notes) = import(
             "stream {\n limit_conn addr 4;\n limit_conn_zone $binary_remote_addr zone=addr:10m;\n\

@@ -3,6 +3,7 @@
 //! fields, upgrades, HTTP/1.1 and keep-alive upstream) is dropped quietly;
 //! everything else is named in a [`Note`] with its line.
 
+mod limits;
 mod pools;
 mod sites;
 mod streams;
@@ -39,9 +40,13 @@ struct Inherited {
     add_headers: Option<Vec<(String, String, usize, bool)>>,
     /// `allow` / `deny` rules in order: (allow?, address, line).
     access: Option<Vec<(bool, String, usize)>>,
-    /// The lists this level has set itself ([`HEADERS`], [`ADDED`], [`ACCESS`]):
-    /// the first line of one replaces what came from above.
-    own: [bool; 3],
+    /// The lists this level has set itself ([`HEADERS`], [`ADDED`], [`ACCESS`],
+    /// [`LIMIT_REQ`], [`LIMIT_CONN`]): the first line of one replaces what came from above.
+    own: [bool; 5],
+    /// `limit_req` and `limit_conn` lines: arguments and line.
+    limit_req: Option<Vec<(Vec<String>, usize)>>,
+    limit_conn: Option<Vec<(Vec<String>, usize)>>,
+    limit_conn_status: Option<u16>,
     /// An access check Portico cannot translate (`auth_basic`, `auth_request`):
     /// the directive and its line. Its locations refuse everyone (fail closed).
     guard: Option<(String, usize)>,
@@ -59,6 +64,8 @@ const PROXY_CLIENT: &str = "accept_proxy_protocol: the client address the PROXY 
 const HEADERS: usize = 0;
 const ADDED: usize = 1;
 const ACCESS: usize = 2;
+const LIMIT_REQ: usize = 3;
+const LIMIT_CONN: usize = 4;
 
 impl Inherited {
     /// The `http` level: nginx's defaults where Portico's differ.
@@ -72,13 +79,13 @@ impl Inherited {
     /// What a level below starts from.
     fn below(&self) -> Inherited {
         Inherited {
-            own: [false; 3],
+            own: [false; 5],
             ..self.clone()
         }
     }
 
     /// The list `i` of this level, emptied of what came from above when this level first sets it.
-    fn own<'a, T>(own: &mut [bool; 3], i: usize, list: &'a mut Option<Vec<T>>) -> &'a mut Vec<T> {
+    fn own<'a, T>(own: &mut [bool; 5], i: usize, list: &'a mut Option<Vec<T>>) -> &'a mut Vec<T> {
         if !std::mem::replace(&mut own[i], true) {
             *list = None;
         }
@@ -134,6 +141,8 @@ pub struct Translator {
     stream_cert: (Option<String>, Option<String>),
     /// `limit_conn_zone` keys in `stream`, by zone name.
     stream_zones: BTreeMap<String, String>,
+    /// `limit_req_zone` and `limit_conn_zone` in `http`, by zone name.
+    http_zones: BTreeMap<String, limits::Zone>,
 }
 
 fn note(d: &Directive, why: impl Into<String>) -> Note {
@@ -428,8 +437,18 @@ impl Translator {
                 self.not_translated(d, "Portico passes a server's Location field as it came")
             }
             "proxy_hide_header" => self.not_translated(d, "use the headers plugin's response_remove"),
-            "limit_req" | "limit_req_zone" | "limit_conn" | "limit_conn_zone" => {
-                self.not_translated(d, "see the rate_limit plugin (requests per second per client)")
+            "limit_req_zone" | "limit_conn_zone" => self.limit_zone(d),
+            "limit_req" => Inherited::own(&mut into.own, LIMIT_REQ, &mut into.limit_req).push((d.args.clone(), d.line)),
+            "limit_conn" => {
+                Inherited::own(&mut into.own, LIMIT_CONN, &mut into.limit_conn).push((d.args.clone(), d.line))
+            }
+            "limit_conn_status" => match arg.parse() {
+                Ok(s) => into.limit_conn_status = Some(s),
+                Err(_) => self.not_translated(d, "expected a status"),
+            },
+            "limit_req_log_level" | "limit_conn_log_level" => {}
+            "limit_req_status" | "limit_req_dry_run" | "limit_conn_dry_run" => {
+                self.not_translated(d, "the rate_limit plugin answers 429; limits are never dry runs")
             }
             "include" => self.not_translated(d, "not followed: import the included file on its own"),
             "set_real_ip_from" => self.trusted.push(arg.to_string()),

@@ -333,6 +333,9 @@ impl Translator {
                 loc.plugins.push(entry);
             }
         }
+        // Limits come after the access rules: a refused client spends no tokens.
+        let limits = self.limits(i);
+        loc.plugins.splice(0..0, limits);
         if let Some(rules) = &i.access {
             let entry = self.access(rules);
             loc.plugins.insert(0, entry);

@@ -1,0 +1,178 @@
+//! nginx's `limit_req` and `limit_conn` (http) into the `rate_limit` and
+//! `limit_conn` plugins: the zones (`limit_req_zone`, `limit_conn_zone`)
+//! give the key and the rate, the directives of a level (inherited as
+//! nginx inherits them: a level with any of its own inherits none) the
+//! burst and the limit.
+
+use super::{note, Inherited, Translator};
+use crate::config::schema::PluginEntry;
+use crate::import::lex::Directive;
+
+/// How the plugins count, next to nginx's zones.
+const APART: &str = "each location counts on its own, where nginx counts a zone across the locations using it";
+
+/// A zone: its key, and (`limit_req_zone`) its rate per second.
+#[derive(Clone)]
+pub(super) struct Zone {
+    key: String,
+    rate: Option<f64>,
+}
+
+/// The plugin key for a zone's key: the client's address, a request field,
+/// or one count for all (`-`, a key the same for every request of a server).
+fn plugin_key(key: &str) -> Option<&str> {
+    match key {
+        "$binary_remote_addr" | "$remote_addr" => Some("$remote_addr"),
+        k if k.starts_with("$http_") => Some(k),
+        "$server_name" | "$host" | "$server_addr" | "$server_port" => Some("-"),
+        k if !k.contains('$') => Some("-"),
+        _ => None,
+    }
+}
+
+/// `10r/s`, `30r/m` in requests per second.
+fn rate(s: &str) -> Option<f64> {
+    let (n, per) = s.split_once("r/")?;
+    let n: f64 = n.parse().ok().filter(|n: &f64| *n > 0.0)?;
+    match per {
+        "s" => Some(n),
+        "m" => Some(n / 60.0),
+        _ => None,
+    }
+}
+
+impl Translator {
+    /// `limit_req_zone KEY zone=NAME:SIZE rate=R` or `limit_conn_zone KEY zone=NAME:SIZE`.
+    pub(super) fn limit_zone(&mut self, d: &Directive) {
+        let arg = |p: &str| d.args.iter().find_map(|a| a.strip_prefix(p));
+        let name = arg("zone=").and_then(|z| z.split(':').next());
+        let (Some(key), Some(name)) = (d.args.first(), name) else {
+            return self.not_translated(d, "expected a key and zone=NAME:SIZE");
+        };
+        let rate = match d.name == "limit_req_zone" {
+            false => None,
+            true => match arg("rate=").and_then(rate) {
+                Some(r) => Some(r),
+                None => return self.not_translated(d, "expected rate=Nr/s or rate=Nr/m"),
+            },
+        };
+        let zone = Zone { key: key.clone(), rate };
+        self.http_zones.insert(name.to_string(), zone);
+    }
+
+    /// The plugins a location's inherited `limit_req` and `limit_conn` lines make.
+    pub(super) fn limits(&mut self, i: &Inherited) -> Vec<PluginEntry> {
+        let mut out = Vec::new();
+        let lines = |list: &Option<Vec<(Vec<String>, usize)>>, name: &'static str| -> Vec<Directive> {
+            let list = list.clone().unwrap_or_default();
+            let d = |(args, line)| Directive {
+                name: name.to_string(),
+                args,
+                line,
+                block: None,
+            };
+            list.into_iter().map(d).collect()
+        };
+        for d in lines(&i.limit_req, "limit_req") {
+            out.extend(self.limit_req(&d));
+        }
+        for d in lines(&i.limit_conn, "limit_conn") {
+            out.extend(self.limit_conn(&d, i.limit_conn_status));
+        }
+        out
+    }
+
+    /// The zone `d` names, and the plugin key of its key.
+    fn zone_of(&mut self, d: &Directive, name: &str) -> Option<(Zone, String)> {
+        let Some(zone) = self.http_zones.get(name).cloned() else {
+            self.not_translated(
+                d,
+                format!("no zone {name} (defined in the http block Portico did not read?)"),
+            );
+            return None;
+        };
+        match plugin_key(&zone.key) {
+            Some(k) => Some((zone.clone(), k.to_string())),
+            None => {
+                let why = format!(
+                    "a zone keyed by {}: only by client address, request field or server",
+                    zone.key
+                );
+                self.not_translated(d, why);
+                None
+            }
+        }
+    }
+
+    /// `limit_req zone=NAME [burst=N] [nodelay | delay=N]` as `rate_limit`.
+    fn limit_req(&mut self, d: &Directive) -> Option<PluginEntry> {
+        let arg = |p: &str| d.args.iter().find_map(|a| a.strip_prefix(p));
+        let Some(name) = arg("zone=") else {
+            self.not_translated(d, "expected zone=NAME");
+            return None;
+        };
+        let (zone, key) = self.zone_of(d, name)?;
+        if key == "-" {
+            self.not_translated(
+                d,
+                "the rate_limit plugin counts per client or request field, not per server",
+            );
+            return None;
+        }
+        let burst: u64 = arg("burst=").and_then(|b| b.parse().ok()).unwrap_or(0);
+        let nodelay = d.args.iter().any(|a| a == "nodelay");
+        // nginx lets `burst` requests over the rate through; a bucket of `burst + 1` does.
+        let mut settings = serde_yaml::Mapping::new();
+        settings.insert("rate".into(), zone.rate.unwrap_or(1.0).into());
+        settings.insert("burst".into(), (burst + 1).into());
+        if key != "$remote_addr" {
+            settings.insert("key".into(), key.into());
+        }
+        let why = match nodelay {
+            true => "rate_limit: requests over the rate and burst are answered 429 (nginx: limit_req_status, 503)",
+            false => {
+                "rate_limit: requests over the rate are answered 429 at once, where nginx delays up to `burst` of them"
+            }
+        };
+        self.notes.push(note(d, format!("{why}; {APART}")));
+        Some([("rate_limit".to_string(), serde_yaml::Value::Mapping(settings))].into())
+    }
+
+    /// `limit_conn NAME N` as `limit_conn`.
+    fn limit_conn(&mut self, d: &Directive, status: Option<u16>) -> Option<PluginEntry> {
+        let (Some(name), Some(max)) = (d.args.first(), d.args.get(1).and_then(|n| n.parse::<u64>().ok())) else {
+            self.not_translated(d, "expected a zone and a number");
+            return None;
+        };
+        let (zone, key) = self.zone_of(d, name)?;
+        if zone.rate.is_some() {
+            self.not_translated(d, format!("{name} is a limit_req_zone"));
+            return None;
+        }
+        let mut settings = serde_yaml::Mapping::new();
+        settings.insert("max".into(), max.into());
+        if key != "$remote_addr" {
+            settings.insert("key".into(), key.into());
+        }
+        if let Some(s) = status.filter(|&s| s != 503) {
+            settings.insert("status".into(), u64::from(s).into());
+        }
+        self.notes.push(note(d, format!("limit_conn: {APART}")));
+        Some([("limit_conn".to_string(), serde_yaml::Value::Mapping(settings))].into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rates_and_keys() {
+        assert_eq!(super::rate("10r/s"), Some(10.0));
+        assert_eq!(super::rate("30r/m"), Some(0.5));
+        assert_eq!(super::rate("0r/s"), None);
+        assert_eq!(super::rate("10r/h"), None);
+        assert_eq!(super::plugin_key("$binary_remote_addr"), Some("$remote_addr"));
+        assert_eq!(super::plugin_key("$http_x_api_key"), Some("$http_x_api_key"));
+        assert_eq!(super::plugin_key("$server_name"), Some("-"));
+        assert_eq!(super::plugin_key("$cookie_x"), None);
+    }
+}
