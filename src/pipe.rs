@@ -57,11 +57,11 @@ pub enum Ends {
     /// Both ways once either side ends (a switched HTTP connection).
     Together,
     /// Each way on its own: a side that ends its sending gets its peer's
-    /// write side shut, and the other way goes on. `client_tls`: the
-    /// client's sending is always ended properly (a TLS close_notify);
-    /// a plain socket's last shutdown is left to the close that follows,
-    /// which sends the FIN anyway.
-    Apart { client_tls: bool },
+    /// write side shut, and the other way goes on. `client_tls`,
+    /// `server_tls`: that side's sending is always ended properly (a TLS
+    /// close_notify); a plain socket's last shutdown is left to the close
+    /// that follows, which sends the FIN anyway.
+    Apart { client_tls: bool, server_tls: bool },
 }
 
 /// Why a pipe ended.
@@ -161,7 +161,7 @@ where
         // Whether a way that ends shuts its writer: see `Ends`.
         let (shut_up, shut_down) = match ends {
             Ends::Together => (true, true),
-            Ends::Apart { client_tls } => (!down_done, !up_done || client_tls),
+            Ends::Apart { client_tls, server_tls } => (!down_done || server_tls, !up_done || client_tls),
         };
         if !up_done {
             match up.poll(cx, client, server, shut_up, &mut active) {

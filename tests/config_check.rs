@@ -126,15 +126,10 @@ fn bad_configs_are_located_precisely() {
             "FILE:2:3: server.max_request_header_size: max_request_header_size must be between 1k and 1m",
             "",
         ),
-        // TCP listeners: a pool that is not there, or one that cannot carry plain bytes
+        // TCP listeners: a pool that is not there, or one that needs HTTP
         (
             "tcp:\n  - listen: 127.0.0.1:1\n    proxy_pass: nope\n",
             "FILE:3:5: tcp[0].proxy_pass: unknown upstream \"nope\"",
-            "",
-        ),
-        (
-            &format!("{GOOD}tcp:\n  - listen: 127.0.0.1:2\n    proxy_pass: app\n").replace("    servers:\n", "    tls: true\n    servers:\n"),
-            "FILE:15:5: tcp[0].proxy_pass: upstream \"app\" connects over TLS",
             "",
         ),
         (

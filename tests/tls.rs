@@ -305,6 +305,56 @@ fn upstream_tls_with_verification_and_h2c() {
     );
 }
 
+/// A TCP listener in front of a pool with `tls: true` (nginx stream
+/// `proxy_ssl on`): the client's plain bytes go to the server over TLS,
+/// checked against the pool's CA and name; a server whose certificate does
+/// not verify counts as one that cannot be connected to.
+#[test]
+fn a_tcp_listener_speaks_tls_to_a_pool_with_tls() {
+    let backend = Backend::start("app");
+    let (inner, ca_file) = tls_upstream(&backend);
+    let (good, bad) = (free_port(), free_port());
+    let pool = |name: &str| {
+        format!(
+            "    tls: true\n    tls_sni: {name}\n    tls_ca_file: {}\n    servers: [{{ address: \"127.0.0.1:{}\" }}]\n",
+            ca_file.display(),
+            inner.port
+        )
+    };
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\ntcp:\n  - {{ listen: \"127.0.0.1:{good}\", proxy_pass: good }}\n\
+         \x20 - {{ listen: \"127.0.0.1:{bad}\", proxy_pass: bad }}\nupstreams:\n  good:\n{}  bad:\n{}",
+        pool("upstream.test"),
+        pool("wrong.test")
+    ));
+    g.wait_listening(good);
+    let mut s = tcp_to(good);
+    s.write_all(b"GET /via-tcp HTTP/1.1\r\nHost: upstream.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let (status, body) = read_response(&mut r);
+    assert_eq!(status, 200, "{}", g.stderr());
+    assert!(
+        body.contains("header=x-forwarded-proto: https"),
+        "the hop to the server was TLS: {body}"
+    );
+    let line = g
+        .access_log_line(&format!("\"TCP 127.0.0.1:{good}\" 200"))
+        .unwrap_or_else(|| panic!("{}", g.access_log()));
+    assert!(line.contains(&format!("127.0.0.1:{}", inner.port)), "{line}");
+
+    // The certificate is not for wrong.test: no server reached, closed, logged 502.
+    g.wait_listening(bad);
+    let mut s = tcp_to(bad);
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(g.access_log_line(&format!("\"TCP 127.0.0.1:{bad}\" 502")).is_some());
+    assert!(g.stderr().contains("TLS handshake"), "{}", g.stderr());
+    assert_eq!(backend.hits(), 1);
+}
+
 #[test]
 fn http_health_checks_reach_tls_servers_over_tls() {
     use std::time::{Duration, Instant};

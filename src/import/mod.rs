@@ -557,6 +557,30 @@ mod tests {
     }
 
     #[test]
+    fn stream_proxy_ssl_makes_the_pool_tls() {
+        let (cfg, notes) = import(
+            "stream {\n upstream db { server db1.internal:5432; }\n\
+             server { listen 5432; proxy_pass db; proxy_ssl on; proxy_ssl_verify on; proxy_ssl_trusted_certificate ca.pem; }\n\
+             server { listen 6379; proxy_pass 10.0.0.7:6380; proxy_ssl on; }\n\
+             server { listen 7000; proxy_pass 10.0.0.8:7000; proxy_ssl on; proxy_ssl_certificate c.pem; } }\n",
+        );
+        let db = &cfg.upstreams["db"];
+        assert!(db.tls && db.tls_verify, "verified as proxy_ssl_verify says");
+        assert_eq!(
+            (db.tls_sni.as_deref(), db.tls_ca_file.as_deref()),
+            (Some("db1.internal"), Some("ca.pem"))
+        );
+        let redis = &cfg.upstreams["10_0_0_7_6380"];
+        assert!(
+            redis.tls && !redis.tls_verify && redis.tls_sni.is_none(),
+            "nginx's defaults"
+        );
+        assert_eq!(cfg.tcp.len(), 2, "the server with a client certificate is left out");
+        assert!(notes.iter().any(|n| n.contains("tls_verify: false")), "{notes:?}");
+        assert!(notes.iter().any(|n| n.contains("client certificate")), "{notes:?}");
+    }
+
+    #[test]
     fn stream_limit_conn_becomes_connection_limits() {
         let (cfg, notes) = import(
             "stream {\n limit_conn addr 4;\n limit_conn_zone $binary_remote_addr zone=addr:10m;\n\

@@ -9,12 +9,14 @@
 //! - `service`: the listening service and the life of one connection; its
 //!   bytes go both ways through `crate::pipe`, on `sockio::Direct` sockets
 //! - `sni`: the server name a ClientHello asks for
+//! - `upstream_tls`: TLS to the servers of a pool with `tls: true`
 //! - `crate::proxy_protocol`: the PROXY header received from a load
 //!   balancer in front (`accept_proxy_protocol`), and the one sent to
 //!   servers that want it (`proxy_protocol`)
 
 mod service;
 mod sni;
+mod upstream_tls;
 
 pub use crate::proxy_protocol::Version as ProxyProtocol;
 pub use service::TcpService;
@@ -61,6 +63,8 @@ pub struct Route {
     allow: Vec<IpNet>,
     /// Certificates of a listener that terminates TLS.
     pub certs: Option<Arc<crate::tls::CertStore>>,
+    /// TLS settings towards the servers of each pool with `tls: true`, by pool name.
+    tls_to: Vec<(Arc<str>, Arc<upstream_tls::ToServers>)>,
     /// Connection counters by pool name (`-`: refused before a pool was chosen).
     counters: Vec<(Arc<str>, Counters)>,
     received: IntCounter,
@@ -72,6 +76,12 @@ impl Route {
         let name = pool.map_or("-", |p| &*p.name);
         let found = self.counters.iter().find(|(n, _)| &**n == name);
         &found.unwrap_or(&self.counters[0]).1
+    }
+
+    /// How to speak TLS to the servers of `pool`, if it has `tls: true`.
+    fn tls_to(&self, pool: &Pool) -> Option<&upstream_tls::ToServers> {
+        let found = self.tls_to.iter().find(|(n, _)| **n == *pool.name);
+        found.map(|(_, t)| &**t)
     }
 
     /// How long a connection to a server of `pool` may take.
@@ -185,9 +195,15 @@ pub fn compile(l: &Loaded, pools: &BTreeMap<String, Arc<Pool>>) -> Result<Vec<Ar
             None => None,
         };
         let mut counters: Vec<(Arc<str>, Counters)> = vec![("-".into(), Counters::new(&t.listen, "-"))];
+        let mut tls_to = Vec::new();
         for p in pool.iter().chain(t.sni.values().filter_map(|n| pools.get(n))) {
             if !counters.iter().any(|(n, _)| *n == p.name) {
                 counters.push((p.name.clone(), Counters::new(&t.listen, &p.name)));
+                if let Some(tls) = &p.tls {
+                    let to = upstream_tls::ToServers::new(tls)
+                        .map_err(|e| l.err(&format!("upstreams.{}.tls", p.name), format!("TLS setup: {e}")))?;
+                    tls_to.push((p.name.clone(), Arc::new(to)));
+                }
             }
         }
         let bytes = |direction| {
@@ -209,6 +225,7 @@ pub fn compile(l: &Loaded, pools: &BTreeMap<String, Arc<Pool>>) -> Result<Vec<Ar
             accept_proxy_protocol: t.accept_proxy_protocol,
             max_connections: t.max_connections,
             max_connections_per_client: t.max_connections_per_client,
+            tls_to,
             counters,
             received: bytes("received"),
             sent: bytes("sent"),
@@ -221,9 +238,6 @@ pub fn compile(l: &Loaded, pools: &BTreeMap<String, Arc<Pool>>) -> Result<Vec<Ar
 
 /// Why a pool cannot take TCP connections, if it cannot.
 fn unfit_for_tcp(pool: &Pool) -> Option<&'static str> {
-    if pool.tls.is_some() {
-        return Some("connects over TLS; a tcp listener passes bytes as they are (use a pool without tls)");
-    }
     match pool.algorithm {
         Algorithm::Sticky => Some("is sticky by an HTTP cookie; a tcp listener can hash the client address (ip_hash)"),
         Algorithm::LeastTime => Some("picks by HTTP response time; use least_conn for a tcp listener"),

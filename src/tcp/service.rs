@@ -377,7 +377,7 @@ where
     let peer = ends.peer;
     out.status = 502;
     let Some(pool) = out.pool.clone() else { return };
-    let Some((mut server, _inflight)) = connect(route, &pool, peer.ip(), &mut out.attempts).await else {
+    let Some((server, _inflight)) = connect(route, &pool, peer.ip(), &mut out.attempts).await else {
         return;
     };
     let mut first = match (route.proxy_protocol, ends.local) {
@@ -385,13 +385,13 @@ where
         _ => Vec::new(),
     };
     first.extend_from_slice(&early);
-    if let Err(e) = server.write_all(&first).await {
-        return log::warn!("tcp {}: writing to the server: {e}", route.listen);
-    }
+    let client = (client, client_tls);
+    let relayed = match server {
+        Server::Plain(s) => relay(route, client, (Direct(s), false), &first).await,
+        Server::Tls(s) => relay(route, client, (*s, true), &first).await,
+    };
+    let Some((moved, end)) = relayed else { return };
     out.status = 200;
-    let (mut client, mut server) = (client, Direct(server));
-    let apart = pipe::Ends::Apart { client_tls };
-    let (moved, end) = pipe::run(&mut client, &mut server, Vec::new(), route.idle_timeout, apart).await;
     out.moved = Moved {
         up: moved.up + early.len() as u64,
         down: moved.down,
@@ -403,6 +403,35 @@ where
     }
 }
 
+/// `first` to the server, then the bytes both ways; `None` when `first`
+/// could not be written.
+async fn relay<C, S>(
+    route: &Route,
+    (mut client, client_tls): (C, bool),
+    (mut server, server_tls): (S, bool),
+    first: &[u8],
+) -> Option<(Moved, End)>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if !first.is_empty() {
+        if let Err(e) = server.write_all(first).await {
+            log::warn!("tcp {}: writing to the server: {e}", route.listen);
+            return None;
+        }
+    }
+    let apart = pipe::Ends::Apart { client_tls, server_tls };
+    Some(pipe::run(&mut client, &mut server, Vec::new(), route.idle_timeout, apart).await)
+}
+
+/// A connection to a server, as [`connect`] makes it.
+enum Server {
+    Plain(TcpStream),
+    /// To a pool with `tls: true`.
+    Tls(Box<tokio_openssl::SslStream<TcpStream>>),
+}
+
 /// A connection to a server of the route's pool: primaries first, the
 /// next one after each that cannot be connected to, as `next_upstream`
 /// and its limits allow. The guard counts the connection as in flight on
@@ -412,7 +441,7 @@ async fn connect(
     pool: &Pool,
     client: IpAddr,
     attempts: &mut Attempts,
-) -> Option<(TcpStream, InflightGuard)> {
+) -> Option<(Server, InflightGuard)> {
     let key = pool
         .hash_key
         .as_ref()
@@ -431,14 +460,19 @@ async fn connect(
         }
         let addr = server.backend.addr.as_inet().copied();
         let t = Instant::now();
-        let result = match addr {
-            Some(a) => pingora_timeout::timeout(wait, TcpStream::connect(a)).await,
-            None => Ok(Err(std::io::Error::other("not an IP address"))),
+        // The TLS handshake, if any, within the same wait (nginx's proxy_connect_timeout).
+        let connecting = async {
+            let s = TcpStream::connect(addr.ok_or_else(|| std::io::Error::other("not an IP address"))?).await?;
+            let _ = s.set_nodelay(true);
+            match route.tls_to(pool) {
+                None => Ok::<_, std::io::Error>(Server::Plain(s)),
+                Some(tls) => Ok(Server::Tls(Box::new(tls.connect(s).await?))),
+            }
         };
+        let result = pingora_timeout::timeout(wait, connecting).await;
         attempts.push((i, t.elapsed()));
         let why = match result {
             Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
                 server.state.record_success();
                 return Some((s, inflight));
             }

@@ -139,6 +139,8 @@ pub struct Translator {
     tcp: Vec<TcpListener>,
     /// `ssl_certificate` and `ssl_certificate_key` set in `stream`.
     stream_cert: (Option<String>, Option<String>),
+    /// `proxy_ssl*` set in `stream`.
+    stream_ssl: streams::StreamSsl,
     /// `limit_conn_zone` keys in `stream`, by zone name.
     stream_zones: BTreeMap<String, String>,
     /// `limit_req_zone` and `limit_conn_zone` in `http`, by zone name.

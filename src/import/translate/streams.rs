@@ -27,6 +27,37 @@ fn defaults() -> TcpListener {
     }
 }
 
+/// `proxy_ssl*` settings of a stream level: TLS to the servers (nginx's
+/// defaults: no verification, no SNI).
+#[derive(Clone, Default)]
+pub(super) struct StreamSsl {
+    on: bool,
+    verify: bool,
+    /// `proxy_ssl_server_name on`.
+    sni: bool,
+    /// `proxy_ssl_name`.
+    name: Option<String>,
+    ca: Option<String>,
+}
+
+impl StreamSsl {
+    /// Take `d` if it is one of these settings.
+    fn read(&mut self, d: &Directive) -> bool {
+        let arg = d.args.first().map(String::as_str).unwrap_or("");
+        match d.name.as_str() {
+            "proxy_ssl" => self.on = arg == "on",
+            "proxy_ssl_verify" => self.verify = arg == "on",
+            "proxy_ssl_server_name" => self.sni = arg == "on",
+            "proxy_ssl_name" => self.name = Some(arg.to_string()),
+            "proxy_ssl_trusted_certificate" => self.ca = Some(arg.to_string()),
+            // Portico's OpenSSL defaults.
+            "proxy_ssl_protocols" | "proxy_ssl_ciphers" | "proxy_ssl_session_reuse" | "proxy_ssl_verify_depth" => {}
+            _ => return false,
+        }
+        true
+    }
+}
+
 /// A `map $ssl_preread_server_name $var { ... }`: its entries (key,
 /// value, line) and its `default` value.
 #[derive(Default)]
@@ -81,6 +112,7 @@ impl Translator {
                 "allow" | "deny" => rules.extend(rule(d)),
                 "ssl_certificate" => self.stream_cert.0 = d.args.first().cloned(),
                 "ssl_certificate_key" => self.stream_cert.1 = d.args.first().cloned(),
+                _ if self.stream_ssl.read(d) => {}
                 _ if self.stream_setting(d, &mut above) => {}
                 _ => self.not_translated(d, "no equivalent in Portico"),
             }
@@ -147,6 +179,29 @@ impl Translator {
         true
     }
 
+    /// The pool a server with `proxy_ssl on` passes to speaks TLS to its
+    /// servers, with the server's `proxy_ssl_*` settings (a pool shared
+    /// with servers without it is TLS for them too).
+    fn stream_tls(&mut self, d: &Directive, pool: &str, ssl: &StreamSsl) {
+        let Some(u) = self.upstreams.get_mut(pool) else { return };
+        u.tls = true;
+        u.tls_verify = ssl.verify;
+        u.tls_ca_file = ssl.ca.clone();
+        let host = u
+            .servers
+            .first()
+            .map_or("", |s| s.address.rsplit_once(':').map_or("", |(h, _)| h));
+        let is_ip = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok();
+        let name = ssl.name.clone().or_else(|| (!is_ip).then(|| host.to_string()));
+        u.tls_sni = name.filter(|_| ssl.sni || ssl.verify);
+        if !ssl.verify {
+            let why = format!(
+                "upstream {pool}: tls: true, tls_verify: false (nginx does not verify the server's certificate by default)"
+            );
+            self.notes.push(super::note(d, why));
+        }
+    }
+
     /// `limit_conn ZONE N`: by client address (`$binary_remote_addr`,
     /// `$remote_addr`) `max_connections_per_client`; by a key the same for
     /// every connection of a server (`$server_addr`, `$server_port`, a
@@ -180,6 +235,7 @@ impl Translator {
         let mut pass = None;
         let mut left_out = None;
         let mut cert = self.stream_cert.clone();
+        let mut ssl = self.stream_ssl.clone();
         for e in block {
             match e.name.as_str() {
                 "listen" => {
@@ -192,9 +248,10 @@ impl Translator {
                 "ssl_certificate" => cert.0 = e.args.first().cloned(),
                 "ssl_certificate_key" => cert.1 = e.args.first().cloned(),
                 "ssl_preread" => preread = e.args.first().is_some_and(|a| a == "on"),
-                "proxy_ssl" if e.args.first().is_some_and(|a| a == "on") => {
-                    left_out.get_or_insert("TLS to the servers of a TCP listener is not translated");
+                "proxy_ssl_certificate" | "proxy_ssl_certificate_key" => {
+                    left_out.get_or_insert("a client certificate towards the servers is not translated");
                 }
+                _ if ssl.read(e) => {}
                 _ if self.stream_setting(e, &mut t) => {}
                 _ => self.not_translated(e, "no equivalent in Portico"),
             }
@@ -212,6 +269,12 @@ impl Translator {
         }
         if t.proxy_pass.is_none() && t.sni.is_empty() {
             return self.not_translated(d, "no proxy_pass Portico can use: this server is left out");
+        }
+        if ssl.on {
+            let pools: Vec<String> = t.proxy_pass.iter().chain(t.sni.values()).cloned().collect();
+            for pool in pools {
+                self.stream_tls(d, &pool, &ssl);
+            }
         }
         let rules = if rules.is_empty() { above_rules } else { &rules };
         if !rules.is_empty() {
