@@ -409,6 +409,7 @@ fn the_status_page_is_served_and_the_status_it_draws_follows_traffic() {
         .header("content-security-policy")
         .is_some_and(|p| p.contains("connect-src 'self'")));
     assert!(page.body.contains("fetch(\"status\""), "{}", page.body);
+    assert!(page.body.contains("spark(history.rps"), "the request rate's graph");
     assert_eq!(
         request(ap, "GET", "/status", &[], b"").status,
         401,
