@@ -34,6 +34,7 @@ pub mod plugins;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod retry;
+pub mod rewrite;
 pub mod routing;
 pub mod sockio;
 pub mod tcp;

@@ -51,6 +51,8 @@ pub struct Location {
     pub remove_headers: Vec<HeaderName>,
     pub upgrade: Upgrade,
     pub ws_idle: Duration,
+    /// The path the request goes upstream with.
+    pub rewrite: Option<crate::rewrite::Rewrite>,
     /// Request counters, one set per listener (by listener index).
     pub metrics: Vec<RouteMetrics>,
     /// Filter plugins in run order: global, host, location.
@@ -598,6 +600,13 @@ fn build_location(
         dur(&loc.next_upstream_timeout),
         &base_retry,
     )?;
+    let rewrite = match &loc.rewrite {
+        Some(r) if pool.is_none() => return Err(l.err(&format!("{path}.rewrite"), "rewrite goes with proxy_pass")),
+        Some(r) => {
+            Some(crate::rewrite::Rewrite::new(&r.from, &r.to).map_err(|e| l.err(&format!("{path}.rewrite"), e))?)
+        }
+        None => None,
+    };
     let name = format!("{host_label} {}", loc.path);
     let pool_name = pool.map(|p| p.name.to_string()).unwrap_or_else(|| "-".into());
     let metrics = listener_addrs
@@ -618,6 +627,7 @@ fn build_location(
             remove_headers,
             upgrade,
             ws_idle: dur(&loc.websocket_idle_timeout).unwrap_or(Duration::from_secs(3600)),
+            rewrite,
         }),
     ))
 }

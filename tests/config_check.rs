@@ -126,6 +126,17 @@ fn bad_configs_are_located_precisely() {
             "FILE:2:3: server.max_request_header_size: max_request_header_size must be between 1k and 1m",
             "",
         ),
+        // A rewrite whose expression does not compile, or whose replacement names a group it lacks
+        (
+            &GOOD.replace("proxy_pass: app\n", "proxy_pass: app\n        rewrite: { from: \"^/(a\", to: /x }\n"),
+            "FILE:12:9: virtual_hosts[0].locations[0].rewrite: from: invalid regex",
+            "",
+        ),
+        (
+            &GOOD.replace("proxy_pass: app\n", "proxy_pass: app\n        rewrite: { from: \"^/(a)\", to: /x/$2 }\n"),
+            "FILE:12:9: virtual_hosts[0].locations[0].rewrite: to: $2, but from has 1 group(s)",
+            "",
+        ),
         // TCP listeners: a pool that is not there, or one that needs HTTP
         (
             "tcp:\n  - listen: 127.0.0.1:1\n    proxy_pass: nope\n",

@@ -460,6 +460,8 @@ pub struct Location {
     /// Request headers removed on the way upstream.
     #[serde(default)]
     pub proxy_remove_header: Vec<String>,
+    /// The path the request goes upstream with (nginx `rewrite ... break`).
+    pub rewrite: Option<RewriteRule>,
     /// `websocket` (default), `any`, or `off`.
     pub upgrade: Option<String>,
     /// Idle timeout of an upgraded (WebSocket) connection; default 1h.
@@ -479,4 +481,13 @@ pub struct Return {
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+/// A location's `rewrite`: a regular expression on the request's path and
+/// its replacement (`$1`..`$9` for its groups).
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteRule {
+    pub from: String,
+    pub to: String,
 }

@@ -258,6 +258,9 @@ fn location(y: &mut String, l: &Location) {
     if let Some(pool) = &l.proxy_pass {
         let _ = writeln!(y, "{p}proxy_pass: {}", q(pool));
     }
+    if let Some(r) = &l.rewrite {
+        let _ = writeln!(y, "{p}rewrite: {{ from: {}, to: {} }}", q(&r.from), q(&r.to));
+    }
     if let Some(r) = &l.ret {
         let _ = write!(y, "{p}return: {{ status: {}", r.status);
         if let Some(loc) = &r.location {

@@ -251,8 +251,10 @@ mod tests {
             rules, "ip_access:\n  deny:\n  - 10.0.0.1\n  allow:\n  - 10.0.0.0/8\n",
             "denies, allows, deny all"
         );
+        // The URI part takes the place of the location's prefix (`location /api`).
+        let rw = api.rewrite.as_ref().expect("the proxy_pass URI part as a rewrite");
+        assert_eq!((rw.from.as_str(), rw.to.as_str()), ("^/api(.*)$", "/v2$1"));
         for expected in [
-            "8: proxy_pass http://10.0.0.1/v2: the URI part `/v2` is not applied",
             "8: proxy_set_header X-Id $request_id: a variable Portico does not know",
             "9: location ~ \\.json$: nested in `location /api`: made a location of its own, which now also matches outside it",
         ] {
@@ -554,6 +556,39 @@ mod tests {
         );
         assert!(notes.iter().any(|n| n.contains("no zone nowhere")), "{notes:?}");
         assert!(notes.iter().any(|n| n.contains("delays up to `burst`")), "{notes:?}");
+    }
+
+    #[test]
+    fn rewrites_and_proxy_pass_uris_become_rewrites() {
+        let (cfg, notes) = import(
+            "server { listen 80;\n\
+             location /api/ { proxy_pass http://10.0.0.1:8080/; }\n\
+             location = /exact { proxy_pass http://10.0.0.1:8080/other; }\n\
+             location /old/ { rewrite ^/old/(\\w+)$ /new/$1 break; proxy_pass http://10.0.0.1:8080/ignored/; }\n\
+             location /last/ { rewrite ^/last/(.*)$ /$1; proxy_pass http://10.0.0.1:8080; }\n\
+             location /r/ { rewrite ^ https://example.com/ permanent; proxy_pass http://10.0.0.1:8080; }\n\
+             location /v/ { rewrite ^/v/(.*)$ /$1?x=$arg_y break; proxy_pass http://10.0.0.1:8080; }\n\
+             location /same/ { proxy_pass http://10.0.0.1:8080/same/; } }\n",
+        );
+        let rw = |path: &str| {
+            let l = cfg.virtual_hosts[0].locations.iter().find(|l| l.path == path).unwrap();
+            l.rewrite.as_ref().map(|r| (r.from.clone(), r.to.clone()))
+        };
+        let pair = |a: &str, b: &str| Some((a.to_string(), b.to_string()));
+        assert_eq!(rw("/api/"), pair("^/api/(.*)$", "/$1"));
+        assert_eq!(rw("= /exact"), pair("^/exact$", "/other"));
+        assert_eq!(
+            rw("/old/"),
+            pair("^/old/(\\w+)$", "/new/$1"),
+            "a rewrite wins over the URI part"
+        );
+        assert_eq!(rw("/last/"), pair("^/last/(.*)$", "/$1"));
+        assert_eq!((rw("/r/"), rw("/v/"), rw("/same/")), (None, None, None));
+        let has = |line: &str, what: &str| notes.iter().any(|n| n.starts_with(line) && n.contains(what));
+        assert!(has("5:", "applied as `break`"), "{notes:?}");
+        assert!(has("6:", "redirecting rewrite"), "{notes:?}");
+        assert!(has("7:", "variables other than"), "{notes:?}");
+        assert_eq!(notes.len(), 3, "{notes:?}");
     }
 
     #[test]

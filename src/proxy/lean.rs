@@ -218,7 +218,8 @@ fn routable(req: &httparse::Request, snap: &Snapshot, listener: usize, websocket
         .and_then(|h| h.paths.lookup(&path));
     match loc {
         Some(l) => match &l.action {
-            Action::Proxy(p) => !p.http2 && (!websocket || l.upgrade == Upgrade::WebSocket),
+            // A rewritten path: Pingora's loop writes the upstream request line.
+            Action::Proxy(p) => !p.http2 && l.rewrite.is_none() && (!websocket || l.upgrade == Upgrade::WebSocket),
             Action::Return { .. } => !websocket,
         },
         None => !websocket,

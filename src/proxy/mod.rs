@@ -933,6 +933,10 @@ impl ProxyHttp for Gateway {
             let origin = origin.into_owned();
             up.set_raw_path(&origin)?;
         }
+        let rewrite = ctx.loc.as_ref().and_then(|l| l.rewrite.as_ref());
+        if let Some(target) = rewrite.and_then(|r| r.apply(up.raw_path())) {
+            up.set_raw_path(&target)?;
+        }
         if s.as_downstream().is_http2() {
             from_http2(up)?;
         } else if !up.headers.contains_key(http::header::HOST) {

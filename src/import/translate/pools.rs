@@ -1,7 +1,7 @@
 //! `upstream` blocks and `proxy_pass` targets into Portico's pools.
 
 use super::{nginx_time, with_port, Inherited, Translator};
-use crate::config::schema::{Algorithm, Server, Upstream};
+use crate::config::schema::{Algorithm, RewriteRule, Server, Upstream};
 use crate::import::lex::Directive;
 
 impl Translator {
@@ -89,7 +89,14 @@ impl Translator {
     /// The pool a `proxy_pass` names (an `upstream`, or a new one of one
     /// server), and the host nginx sends as `Host` unless told otherwise
     /// (`$proxy_host`).
-    pub(super) fn proxy_pass(&mut self, e: &Directive, path: &str, i: &Inherited) -> Option<(String, String)> {
+    /// With it, the `rewrite` that applies the URL's URI part, if it has one:
+    /// nginx puts it in place of the part of the path the location matched.
+    pub(super) fn proxy_pass(
+        &mut self,
+        e: &Directive,
+        path: &str,
+        i: &Inherited,
+    ) -> Option<(String, String, Option<RewriteRule>)> {
         let Some(url) = e.args.first() else {
             self.not_translated(e, "proxy_pass needs a URL");
             return None;
@@ -111,19 +118,30 @@ impl Translator {
             return None;
         }
         let (host, uri) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let same = uri.is_empty() || (uri == "/" && path == "/");
-        if !same {
-            self.not_translated(
-                e,
-                format!("the URI part `{uri}` is not applied: Portico passes the request's target as sent"),
-            );
-        }
+        // (A URI equal to the prefix it replaces changes nothing.)
+        let same = uri.is_empty() || uri == path.trim_start_matches("^~ ");
+        let rewrite = match (same, path.split_once(' ')) {
+            (true, _) => None,
+            (false, None) => Some(prefix_rewrite(path, uri)),
+            (false, Some(("^~", p))) => Some(prefix_rewrite(p, uri)),
+            (false, Some(("=", p))) => Some(RewriteRule {
+                from: format!("^{}$", regex::escape(p)),
+                to: uri.to_string(),
+            }),
+            (false, Some(_)) => {
+                self.not_translated(
+                    e,
+                    "a URI part in a regex location's proxy_pass (invalid in nginx) is not applied",
+                );
+                None
+            }
+        };
         if let Some(u) = self.upstreams.get_mut(host) {
             if tls && !u.tls {
                 u.tls = true;
                 self.tls_as_nginx(e, host, i);
             }
-            return Some((host.to_string(), host.to_string()));
+            return Some((host.to_string(), host.to_string(), rewrite));
         }
         if self.unusable.iter().any(|u| u == host) {
             self.not_translated(
@@ -149,7 +167,7 @@ impl Translator {
                 self.tls_as_nginx(e, &name, i);
             }
         }
-        Some((name, host.to_string()))
+        Some((name, host.to_string(), rewrite))
     }
 
     /// A pool reached over TLS as nginx reaches it: the server's
@@ -171,6 +189,14 @@ impl Translator {
                 "nginx does not verify the server's certificate by default: tls_verify: false (set it, with tls_ca_file)",
             );
         }
+    }
+}
+
+/// A prefix location's `proxy_pass` URI part in place of the prefix.
+fn prefix_rewrite(prefix: &str, uri: &str) -> RewriteRule {
+    RewriteRule {
+        from: format!("^{}(.*)$", regex::escape(prefix)),
+        to: format!("{uri}$1"),
     }
 }
 

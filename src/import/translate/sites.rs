@@ -2,7 +2,9 @@
 //! locations, and the whole configuration they make.
 
 use super::{listen_addr, note, template_ok, Inherited, Listen, Note, Site, Translator};
-use crate::config::schema::{Certificate, Config, Listener, ListenerTls, Location, PluginEntry, Return, VirtualHost};
+use crate::config::schema::{
+    Certificate, Config, Listener, ListenerTls, Location, PluginEntry, Return, RewriteRule, VirtualHost,
+};
 use crate::import::lex::Directive;
 use std::collections::BTreeMap;
 
@@ -178,11 +180,12 @@ impl Translator {
         let mut nested = Vec::new();
         let mut proxy_host = None;
         let mut internal = false;
+        let mut rewrites = 0;
         let block = d.block.as_deref().unwrap_or_default();
         // Settings first: a proxy_pass takes the TLS settings around it.
         for e in block {
             match e.name.as_str() {
-                "proxy_pass" | "return" | "location" => {}
+                "proxy_pass" | "return" | "location" | "rewrite" => {}
                 "if" => self.not_translated(e, "`if` blocks are not translated"),
                 "internal" => internal = true,
                 "limit_except" => {
@@ -206,10 +209,18 @@ impl Translator {
         for e in block {
             match e.name.as_str() {
                 "proxy_pass" if self.arity(e, 1) => {
-                    if let Some((pool, host)) = self.proxy_pass(e, &path, &inherited) {
+                    if let Some((pool, host, rewrite)) = self.proxy_pass(e, &path, &inherited) {
                         loc.proxy_pass = Some(pool);
                         proxy_host = Some(host);
+                        // A `rewrite ... break` of the location wins over the URI part, as in nginx.
+                        loc.rewrite = loc.rewrite.take().or(rewrite);
                     }
+                }
+                "rewrite" if self.arity(e, 3) => {
+                    if let Some(r) = self.rewrite(e, loc.rewrite.is_some() && rewrites > 0) {
+                        loc.rewrite = Some(r);
+                    }
+                    rewrites += 1;
                 }
                 "return" if self.arity(e, 2) => match self.ret(e) {
                     Some(r) => loc.ret = Some(r),
@@ -244,6 +255,10 @@ impl Translator {
         } else if loc.proxy_pass.is_none() && loc.ret.is_none() {
             self.not_translated(d, "neither proxy_pass nor return: the location answers 404 in Portico");
             loc.ret = Some(status(404));
+        }
+        if loc.proxy_pass.is_none() && loc.rewrite.take().is_some() {
+            self.notes
+                .push(note(d, "a rewrite in a location that proxies nothing: left out"));
         }
         self.apply(&mut loc, &inherited, proxy_host.as_deref());
         let mut out = vec![loc];
@@ -595,6 +610,52 @@ fn status(code: u16) -> Return {
         status: code,
         location: None,
         body: None,
+    }
+}
+
+impl Translator {
+    /// A location's `rewrite REGEX REPLACEMENT [flag]`, when it changes the
+    /// path the request goes upstream with (`break`, or `last` and no flag,
+    /// read as `break`: Portico does not search the locations again).
+    /// `another`: one was taken already (Portico takes one per location).
+    fn rewrite(&mut self, e: &Directive, another: bool) -> Option<RewriteRule> {
+        let (Some(from), Some(to)) = (e.args.first(), e.args.get(1)) else {
+            self.not_translated(e, "expected a regex and a replacement");
+            return None;
+        };
+        let flag = e.args.get(2).map(String::as_str);
+        if another {
+            self.not_translated(e, "a second rewrite in a location: only the first is applied");
+            return None;
+        }
+        if matches!(flag, Some("redirect" | "permanent")) || to.starts_with("http://") || to.starts_with("https://") {
+            self.not_translated(e, "a redirecting rewrite is not translated (use return)");
+            return None;
+        }
+        let mut digits_only = to.match_indices('$').map(|(i, _)| to[i + 1..].chars().next());
+        if !digits_only.all(|c| c.is_some_and(|c| c.is_ascii_digit())) {
+            self.not_translated(e, "a replacement with variables other than $1..$9 is not translated");
+            return None;
+        }
+        if let Err(why) = crate::rewrite::Rewrite::new(from, to) {
+            self.not_translated(e, format!("not translated: {why}"));
+            return None;
+        }
+        match flag {
+            Some("break") => {}
+            Some("last") | None => self.notes.push(note(
+                e,
+                "applied as `break`: the request stays in this location (Portico does not search the locations again)",
+            )),
+            Some(f) => {
+                self.not_translated(e, format!("unknown flag {f}"));
+                return None;
+            }
+        }
+        Some(RewriteRule {
+            from: from.clone(),
+            to: to.clone(),
+        })
     }
 }
 
