@@ -11,6 +11,10 @@
 //!   of the replacement goes as written.
 //! - The query goes on: after the replacement's own when it has one
 //!   (`/search?v=2` + `q=x` = `/search?v=2&q=x`), as in nginx.
+//! - Both loops apply it on every attempt, from the target as the client
+//!   sent it: Pingora's in `upstream_request_filter`, the lean one as it
+//!   writes the request line (`proxy::lean::upstream::request_head_from`).
+//!   The access log keeps the request as it came.
 
 use regex::Regex;
 

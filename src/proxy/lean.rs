@@ -218,8 +218,7 @@ fn routable(req: &httparse::Request, snap: &Snapshot, listener: usize, websocket
         .and_then(|h| h.paths.lookup(&path));
     match loc {
         Some(l) => match &l.action {
-            // A rewritten path: Pingora's loop writes the upstream request line.
-            Action::Proxy(p) => !p.http2 && l.rewrite.is_none() && (!websocket || l.upgrade == Upgrade::WebSocket),
+            Action::Proxy(p) => !p.http2 && (!websocket || l.upgrade == Upgrade::WebSocket),
             Action::Return { .. } => !websocket,
         },
         None => !websocket,
@@ -393,6 +392,9 @@ impl LeanPath {
         up.write_timeout = peer.options.write_timeout;
         let edits = ctx.loc.as_ref().is_some_and(|l| l.edits_upstream_request());
         let websocket = s.is_upgrade_req();
+        let rewrite = ctx.loc.as_ref().and_then(|l| l.rewrite.as_ref());
+        let target = rewrite.and_then(|r| r.apply(s.req().raw_path()));
+        let target = target.as_deref();
         let forwarding = gw.forwarding(s, ctx);
         let head = if edits {
             // The steps' edits are kept by name and applied as the head is written (no copy).
@@ -409,17 +411,26 @@ impl LeanPath {
             match s.lines() {
                 Some(lines) => {
                     let every = fields.edits_client_fields();
-                    Some(upstream::request_head_from(lines, &named, &added, websocket, every))
+                    Some(upstream::request_head_from(
+                        lines, &named, &added, websocket, every, target,
+                    ))
                 }
-                None => upstream::request_head(s.req(), &named, &added, websocket),
+                None => upstream::request_head(s.req(), &named, &added, websocket, target),
             }
         } else {
             // Unedited, the request is as `accepts` let it in: an origin-form target and one
             // plain Host (no userinfo), so Pingora's authority check has nothing to find.
             let fields = forwarding.fields();
             match s.lines() {
-                Some(lines) => Some(upstream::request_head_from(lines, &fields, &[], websocket, false)),
-                None => upstream::request_head(s.req(), &fields, &[], websocket),
+                Some(lines) => Some(upstream::request_head_from(
+                    lines,
+                    &fields,
+                    &[],
+                    websocket,
+                    false,
+                    target,
+                )),
+                None => upstream::request_head(s.req(), &fields, &[], websocket, target),
             }
         };
         let Some(head) = head else {

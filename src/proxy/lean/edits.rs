@@ -586,7 +586,7 @@ mod tests {
         assert!(e.host_ok(false) && e.host_ok(true));
         let head = {
             let (named, added) = e.parts();
-            request_head(&r, &named, &added, false).unwrap()
+            request_head(&r, &named, &added, false, None).unwrap()
         };
         assert_eq!(
             String::from_utf8_lossy(&head),

@@ -53,14 +53,16 @@ fn too_big<T>() -> Result<T> {
 /// `added`. For a WebSocket handshake (`websocket`), the client's `Upgrade`
 /// is left out too and `Connection: Upgrade`, `Upgrade: websocket` follow
 /// the request's fields, as Pingora's standard upstream request policy
-/// writes them. `None` if the request target could not go on the wire.
+/// writes them. `target`: the location's `rewrite` of the request's target.
+/// `None` if the request target could not go on the wire.
 pub fn request_head(
     req: &RequestHeader,
     fields: Replacements,
     added: &[(&str, &str)],
     websocket: bool,
+    target: Option<&[u8]>,
 ) -> Option<BytesMut> {
-    let path = req.raw_path();
+    let path = target.unwrap_or(req.raw_path());
     if path.iter().any(|&b| matches!(b, 0x00 | b'\n' | b'\r' | b' ')) {
         return None;
     }
@@ -85,22 +87,36 @@ pub fn request_head(
 /// The same request head as [`request_head`] writes, from the request's
 /// lines as they came: copied in runs, but for the few that are rewritten
 /// or left out ([`Lines::special`]). With `every`, when `fields` name some
-/// of the other lines too, every line is matched against them.
+/// of the other lines too, every line is matched against them. `target`:
+/// the location's `rewrite` of the request's target, in place of the one in
+/// the request line (method and version stay as they came).
 pub fn request_head_from(
     lines: &Lines,
     fields: Replacements,
     added: &[(&str, &str)],
     websocket: bool,
     every: bool,
+    target: Option<&[u8]>,
 ) -> BytesMut {
     let raw = &lines.raw[..];
     let mut buf = BytesMut::with_capacity(raw.len() + 160);
     let mut w = FieldLines::new(fields, added, websocket);
     let mut copied = 0;
-    if every {
-        // The request line as it came.
+    if every || target.is_some() {
+        // The request line as it came, or with the target rewritten.
         copied = raw.iter().position(|&b| b == b'\n').map_or(0, |lf| lf + 1);
-        buf.put_slice(&raw[..copied]);
+        let line = &raw[..copied];
+        match target {
+            None => buf.put_slice(line),
+            Some(t) => {
+                // `accepts` took a line of three parts, one space apart.
+                let method = line.iter().position(|&b| b == b' ').unwrap_or(0);
+                let version = line.iter().rposition(|&b| b == b' ').unwrap_or(method);
+                buf.put_slice(&line[..=method]);
+                buf.put_slice(t);
+                buf.put_slice(&line[version..]);
+            }
+        }
     }
     let run = |buf: &mut BytesMut, w: &mut FieldLines, run: &[u8]| {
         if !every {
@@ -855,7 +871,7 @@ pub(super) mod tests {
             ("x-real-ip", Some("9.9.9.9")),
             ("x-forwarded-host", None),
         ];
-        let head = request_head(&r, &fields, &[], false).unwrap();
+        let head = request_head(&r, &fields, &[], false, None).unwrap();
         assert_eq!(
             std::str::from_utf8(&head).unwrap(),
             "GET /p?q=1 HTTP/1.1\r\nHost: a\r\nx-real-ip: 9.9.9.9\r\nAccept: */*\r\nx-forwarded-for: 9.9.9.9\r\n\r\n"
@@ -880,7 +896,7 @@ pub(super) mod tests {
         let write = |raw: &[u8]| {
             let head = taken(raw).expect("taken");
             let lines = head.lines().expect("written from its lines");
-            String::from_utf8(request_head_from(lines, &fields, &[], false, false).to_vec()).unwrap()
+            String::from_utf8(request_head_from(lines, &fields, &[], false, false, None).to_vec()).unwrap()
         };
         // Copied as they came, but for the forwarding fields and Connection; repeated fields keep their order.
         assert_eq!(
@@ -918,16 +934,16 @@ pub(super) mod tests {
         ] {
             let edited = taken(raw).unwrap();
             let lines = edited.lines().expect("written from its lines");
-            let from_lines = request_head_from(lines, &named, &added, false, true);
+            let from_lines = request_head_from(lines, &named, &added, false, true, None);
             // Edits of fields the request does not have match only the lines rewritten anyway.
             let named_new = [named[1], named[3]];
-            let new_only = request_head_from(lines, &named_new, &added, false, false);
-            assert_eq!(new_only, request_head_from(lines, &named_new, &added, false, true));
+            let new_only = request_head_from(lines, &named_new, &added, false, false, None);
+            assert_eq!(new_only, request_head_from(lines, &named_new, &added, false, true, None));
             // The same request with bare LF line ends is written from its (case-keeping) header.
             let bare_lf = String::from_utf8(raw.to_vec()).unwrap().replace("\r\n", "\n");
             let from_header = taken(bare_lf.as_bytes()).unwrap();
             assert!(from_header.lines().is_none());
-            let from_header = request_head(from_header.req(), &named, &added, false).unwrap();
+            let from_header = request_head(from_header.req(), &named, &added, false, None).unwrap();
             assert_eq!(std::str::from_utf8(&from_lines).unwrap(), std::str::from_utf8(&from_header).unwrap());
         }
     }
