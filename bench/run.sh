@@ -8,8 +8,9 @@
 # with wrk and stops it again:
 #
 #   direct          wrk straight to the origin (the limit)
-#   nginx_*         nginx one-hop proxy, worker_processes 1: access log off/on, the plugins' equivalent, HTTPS
-#   portico_*       portico, threads 1: round_robin (log off/on), least_conn, sticky
+#   nginx_*         nginx one-hop proxy, worker_processes 1: access log off/on, the plugins' equivalent,
+#                   a path rewrite, HTTPS, TCP (stream)
+#   portico_*       portico, threads 1: round_robin (log off/on), least_conn, sticky, plugins, rewrite, HTTPS, TCP
 #
 # Per contender and mode it records req/s, p50/p99/p99.9 latency, proxy CPU
 # time per request (/proc/PID/stat utime+stime), peak RSS (VmHWM) and some
@@ -373,6 +374,8 @@ write_nginx_proxy nginx_plugins "access_log off;" "" "" 'proxy_set_header X-Requ
             allow 127.0.0.0/8;
             deny all;
             add_header X-Served-By portico always;'
+# A path rewrite: every request goes upstream under /api/ (the origin answers any path).
+write_nginx_proxy nginx_rewrite "access_log off;" "" "" 'rewrite ^/(.*)$ /api/$1 break;'
 write_nginx_proxy nginx_tls "access_log off;" " ssl" "ssl_certificate $SCRATCH/tls.crt; ssl_certificate_key $SCRATCH/tls.key; ssl_protocols TLSv1.2 TLSv1.3;"
 
 # TCP (layer 4) balancing: nginx's stream module passing the same HTTP
@@ -397,7 +400,8 @@ stream {
 EOF
 
 # Portico with the equivalent setup (it sets Host, X-Real-IP and
-# X-Forwarded-* itself). write_portico NAME ALGORITHM ACCESS_LOG [POOL_EXTRA] [TOP_EXTRA]
+# X-Forwarded-* itself).
+# write_portico NAME ALGORITHM ACCESS_LOG [POOL_EXTRA] [TOP_EXTRA] [LISTENER_EXTRA] [LOCATION_EXTRA]
 write_portico() {
   cat >"$SCRATCH/$1.yaml" <<EOF
 server:
@@ -419,7 +423,8 @@ virtual_hosts:
   - default: true
     locations:
       - path: /
-        proxy_pass: backend
+        proxy_pass: backend${7:+
+        $7}
 access_log: $3${5:+
 $5}
 EOF
@@ -429,6 +434,7 @@ write_portico portico_log round_robin "$SCRATCH/portico_log.access.log"
 write_portico portico_lc least_conn off
 write_portico portico_sticky sticky off 'sticky: { secret: "0123456789abcdef0123" }'
 write_portico portico_tls round_robin off '' '' "    tls: { certificates: [{ cert: $SCRATCH/tls.crt, key: $SCRATCH/tls.key }], http2: false }"
+write_portico portico_rewrite round_robin off '' '' '' 'rewrite: { from: "^/(.*)$", to: "/api/$1" }'
 write_portico portico_plugins round_robin off '' 'plugins:
   - request_id: {}
   - ip_access: { allow: [127.0.0.0/8] }
@@ -453,7 +459,7 @@ EOF
 # Contenders in run order: id, label, and the nginx contender its ratios use.
 # BENCH_CONTENDERS="direct nginx_tls portico_tls" runs a subset (keep each
 # portico contender's nginx one, and direct, for the ratios).
-CONTENDERS=(direct nginx_off portico_off nginx_log portico_log portico_lc portico_sticky nginx_plugins portico_plugins nginx_tls portico_tls nginx_tcp portico_tcp)
+CONTENDERS=(direct nginx_off portico_off nginx_log portico_log portico_lc portico_sticky nginx_plugins portico_plugins nginx_rewrite portico_rewrite nginx_tls portico_tls nginx_tcp portico_tcp)
 if [ -n "${BENCH_CONTENDERS:-}" ]; then
   read -r -a CONTENDERS <<<"$BENCH_CONTENDERS"
 fi
@@ -467,6 +473,8 @@ fi
   printf 'portico_sticky\tportico sticky (cookie insert), access log off\tnginx_off\n'
   printf 'nginx_plugins\tnginx proxy + the same (request id, allow list, response field), access log off\t-\n'
   printf 'portico_plugins\tportico + 3 plugins (request_id, ip_access, headers), access log off\tnginx_plugins\n'
+  printf 'nginx_rewrite\tnginx proxy + rewrite ^/(.*)$ /api/$1 break, access log off\t-\n'
+  printf 'portico_rewrite\tportico + rewrite of the path to /api/..., access log off\tnginx_rewrite\n'
   printf 'nginx_tls\tnginx HTTPS (TLS 1.3, HTTP/1.1), access log off\t-\n'
   printf 'portico_tls\tportico HTTPS (TLS 1.3, HTTP/1.1), access log off\tnginx_tls\n'
   printf 'nginx_tcp\tnginx stream (TCP, layer 4) round robin, no log\t-\n'
@@ -484,7 +492,7 @@ if [ -z "${BENCH_NO_BUILD:-}" ]; then
   cargo build --profile "$PROFILE" --bin portico || die "build failed (if src/ is being edited, retry in a minute)"
 fi
 [ -x "$PORTICO_BIN" ] || die "$PORTICO_BIN missing after the build"
-for c in portico_off portico_log portico_lc portico_sticky portico_plugins portico_tls portico_tcp; do
+for c in portico_off portico_log portico_lc portico_sticky portico_plugins portico_rewrite portico_tls portico_tcp; do
   "$PORTICO_BIN" -t -c "$SCRATCH/$c.yaml" >/dev/null 2>"$SCRATCH/$c.check" \
     || die "portico rejected $SCRATCH/$c.yaml: $(cat "$SCRATCH/$c.check")"
 done
