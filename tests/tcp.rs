@@ -430,17 +430,16 @@ fn connection_limits_close_the_excess_at_once_and_free_up_as_connections_end() {
     assert!(refused(&mut c), "a third connection over max_connections: 2");
     assert!(log_line_from(&g, total, "127.0.0.1 ").contains(" 503 "));
     assert_eq!(e.accepted.load(SeqCst), 2);
-    drop(a);
-    // Counted out once the relay has seen the close.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let mut again = dial(total);
-        if !refused(&mut again) {
-            break;
+    // A new connection is let in (within 3 s) once a closed one is counted out.
+    let admitted_again = |connect: &dyn Fn() -> TcpStream, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while refused(&mut connect()) {
+            assert!(Instant::now() < deadline, "{what} was never counted out");
+            std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(Instant::now() < deadline, "the closed connection was never counted out");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    drop(a);
+    admitted_again(&|| dial(total), "the closed connection");
     b.write_all(b"x").unwrap();
 
     // Per client, as the PROXY header names it.
@@ -458,18 +457,7 @@ fn connection_limits_close_the_excess_at_once_and_free_up_as_connections_end() {
     one.shutdown(Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     one.read_to_end(&mut rest).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let mut s = from("192.0.2.1");
-        if !refused(&mut s) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "192.0.2.1's first connection was never counted out"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    admitted_again(&|| from("192.0.2.1"), "192.0.2.1's first connection");
 }
 
 #[test]

@@ -18,6 +18,7 @@
 //! in flight take memory.
 
 use crate::api::{self, Ctx, Flow, Headers, Hooks, Plugin, Reply};
+use crate::Key;
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -29,24 +30,15 @@ struct Settings {
     /// Requests in flight per key, at most.
     max: usize,
     /// `$remote_addr`, `$http_<name>`, or `-` (one count for all).
-    #[serde(default = "default_key")]
+    #[serde(default = "crate::default_key")]
     key: String,
     /// The answer to a request over the limit.
     #[serde(default = "default_status")]
     status: u16,
 }
 
-fn default_key() -> String {
-    "$remote_addr".into()
-}
 fn default_status() -> u16 {
     503
-}
-
-enum Key {
-    ClientIp,
-    Header(String),
-    All,
 }
 
 const SHARDS: usize = 16;
@@ -69,12 +61,7 @@ pub fn build(v: &serde_yaml::Value) -> Result<Box<dyn Plugin>, String> {
     if !(400..=599).contains(&s.status) {
         return Err(format!("status: {} is not an error status (400-599)", s.status));
     }
-    let key = match s.key.as_str() {
-        "$remote_addr" | "$binary_remote_addr" => Key::ClientIp,
-        "-" => Key::All,
-        k if k.starts_with("$http_") && k.len() > 6 => Key::Header(k[6..].replace('_', "-")),
-        k => return Err(format!("key: unsupported {k:?} (use $remote_addr, $http_NAME or \"-\")")),
-    };
+    let key = Key::parse(&s.key, true)?;
     Ok(Box::new(LimitConn {
         max: s.max,
         key,
@@ -135,12 +122,7 @@ impl Plugin for LimitConn {
     }
 
     async fn request(&self, ctx: &mut Ctx, h: &mut dyn Headers) -> Flow {
-        let key = match &self.key {
-            Key::ClientIp => crate::ip_text(ctx),
-            Key::Header(name) => h.get(name).unwrap_or("").to_string(),
-            Key::All => String::new(),
-        };
-        let Some(slot) = self.take(key) else {
+        let Some(slot) = self.take(self.key.of(ctx, h)) else {
             let body = format!("{} Too many requests at once\n", self.status);
             return Flow::Respond(Reply::new(self.status, body).header("content-type", "text/plain"));
         };

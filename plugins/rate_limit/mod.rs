@@ -8,6 +8,7 @@
 //! ```
 
 use crate::api::{self, Ctx, Flow, Headers, Hooks, Plugin, Reply};
+use crate::Key;
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -21,22 +22,14 @@ struct Settings {
     rate: f64,
     burst: Option<f64>,
     /// `$remote_addr` or `$http_<name>`.
-    #[serde(default = "default_key")]
+    #[serde(default = "crate::default_key")]
     key: String,
     #[serde(default = "default_max_keys")]
     max_keys: usize,
 }
 
-fn default_key() -> String {
-    "$remote_addr".into()
-}
 fn default_max_keys() -> usize {
     100_000
-}
-
-enum Key {
-    ClientIp,
-    Header(String),
 }
 
 struct Bucket {
@@ -66,11 +59,7 @@ pub fn build(v: &serde_yaml::Value) -> Result<Box<dyn Plugin>, String> {
     if s.max_keys < SHARDS {
         return Err(format!("max_keys: must be at least {SHARDS}"));
     }
-    let key = match s.key.as_str() {
-        "$remote_addr" => Key::ClientIp,
-        k if k.starts_with("$http_") => Key::Header(k[6..].replace('_', "-")),
-        k => return Err(format!("key: unsupported {k:?} (use $remote_addr or $http_NAME)")),
-    };
+    let key = Key::parse(&s.key, false)?;
     Ok(Box::new(RateLimit {
         rate: s.rate,
         burst,
@@ -123,11 +112,7 @@ impl Plugin for RateLimit {
     }
 
     async fn request(&self, ctx: &mut Ctx, h: &mut dyn Headers) -> Flow {
-        let key = match &self.key {
-            Key::ClientIp => crate::ip_text(ctx),
-            Key::Header(name) => h.get(name).unwrap_or("").to_string(),
-        };
-        match self.take(&key, Instant::now()) {
+        match self.take(&self.key.of(ctx, h), Instant::now()) {
             Ok(()) => Flow::Continue,
             Err(secs) => Flow::Respond(
                 Reply::new(429, "429 Too Many Requests\n")

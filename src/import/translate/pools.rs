@@ -177,12 +177,7 @@ impl Translator {
         let Some(u) = self.upstreams.get_mut(pool) else { return };
         u.tls_verify = i.ssl_verify;
         u.tls_ca_file = i.ssl_ca.clone();
-        let host = u
-            .servers
-            .first()
-            .map_or("", |s| s.address.rsplit_once(':').map_or("", |(h, _)| h));
-        let is_ip = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok();
-        u.tls_sni = (i.ssl_sni && !is_ip).then(|| host.to_string());
+        u.tls_sni = named_host(u).filter(|_| i.ssl_sni);
         if !i.ssl_verify {
             self.not_translated(
                 e,
@@ -190,6 +185,14 @@ impl Translator {
             );
         }
     }
+}
+
+/// The host name of a pool's first server, the name nginx sends and checks
+/// by default on TLS to it; `None` for an IP address.
+pub(super) fn named_host(u: &Upstream) -> Option<String> {
+    let host = u.servers.first()?.address.rsplit_once(':')?.0;
+    let is_ip = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok();
+    (!is_ip).then(|| host.to_string())
 }
 
 /// A prefix location's `proxy_pass` URI part in place of the prefix.

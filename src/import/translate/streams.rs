@@ -187,12 +187,7 @@ impl Translator {
         u.tls = true;
         u.tls_verify = ssl.verify;
         u.tls_ca_file = ssl.ca.clone();
-        let host = u
-            .servers
-            .first()
-            .map_or("", |s| s.address.rsplit_once(':').map_or("", |(h, _)| h));
-        let is_ip = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok();
-        let name = ssl.name.clone().or_else(|| (!is_ip).then(|| host.to_string()));
+        let name = ssl.name.clone().or_else(|| pools::named_host(u));
         u.tls_sni = name.filter(|_| ssl.sni || ssl.verify);
         if !ssl.verify {
             let why = format!(
