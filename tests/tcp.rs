@@ -349,17 +349,18 @@ fn a_proxy_header_received_names_the_client_for_rules_logs_and_the_header_sent_o
         h.extend_from_slice(&443u16.to_be_bytes());
         h
     };
+    // What the echo server sent back, once the client has ended its sending.
+    let echoed = |mut s: TcpStream| {
+        assert_eq!(greeting(&mut s), "e");
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).unwrap();
+        String::from_utf8_lossy(&back).into_owned()
+    };
     let mut s = dial(pp);
     s.write_all(&[v2([198, 51, 100, 4], 5555), b"data".to_vec()].concat())
         .unwrap();
-    assert_eq!(greeting(&mut s), "e");
-    s.shutdown(Shutdown::Write).unwrap();
-    let mut back = Vec::new();
-    s.read_to_end(&mut back).unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&back),
-        "PROXY TCP4 198.51.100.4 10.0.0.1 5555 443\r\ndata"
-    );
+    assert_eq!(echoed(s), "PROXY TCP4 198.51.100.4 10.0.0.1 5555 443\r\ndata");
     let line = log_line_from(&g, pp, "198.51.100.4 ");
     assert!(line.contains(" 200 "), "{line}");
 
@@ -368,14 +369,7 @@ fn a_proxy_header_received_names_the_client_for_rules_logs_and_the_header_sent_o
     s.write_all(b"PROXY TCP4 192.0.2.8 10.0.0.1 6").unwrap();
     std::thread::sleep(Duration::from_millis(100));
     s.write_all(b"000 80\r\nmore").unwrap();
-    assert_eq!(greeting(&mut s), "e");
-    s.shutdown(Shutdown::Write).unwrap();
-    let mut back = Vec::new();
-    s.read_to_end(&mut back).unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&back),
-        "PROXY TCP4 192.0.2.8 10.0.0.1 6000 80\r\nmore"
-    );
+    assert_eq!(echoed(s), "PROXY TCP4 192.0.2.8 10.0.0.1 6000 80\r\nmore");
 
     // No header: closed before any server, logged 400.
     let accepted = e.accepted.load(SeqCst);
