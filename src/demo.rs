@@ -51,11 +51,16 @@ async fn serve(l: TcpListener, n: usize) {
                     let head = String::from_utf8_lossy(&buf[..end]).to_string();
                     let line = head.lines().next().unwrap_or("").to_string();
                     let body = format!("hello from demo backend {n} (127.0.0.1:{port}): {line}\n");
+                    // HTTP/1.0 without keep-alive, or `Connection: close`: answered, then closed.
+                    let lower = head.to_ascii_lowercase();
+                    let close = lower.contains("\r\nconnection: close")
+                        || (line.ends_with("HTTP/1.0") && !lower.contains("\r\nconnection: keep-alive"));
                     let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: demo-{n}\r\n\r\n{body}",
-                        body.len()
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: demo-{n}\r\n{}\r\n{body}",
+                        body.len(),
+                        if close { "Connection: close\r\n" } else { "" }
                     );
-                    if sock.write_all(resp.as_bytes()).await.is_err() {
+                    if sock.write_all(resp.as_bytes()).await.is_err() || close {
                         return;
                     }
                     buf.copy_within(end + 4..have, 0);
@@ -66,5 +71,39 @@ async fn serve(l: TcpListener, n: usize) {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Requests on one connection to a demo backend: HTTP/1.1 stays open
+    /// for the next, HTTP/1.0 (and `Connection: close`) is closed once
+    /// answered, so a client reading to the end gets its answer.
+    #[tokio::test]
+    async fn a_demo_backend_keeps_http11_open_and_closes_http10() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve(l, 1));
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for path in ["/a", "/b"] {
+            c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut buf = [0u8; 1024];
+            let n = c.read(&mut buf).await.unwrap();
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(text.contains(&format!("GET {path} HTTP/1.1")), "{text}");
+            assert!(!text.contains("Connection: close"), "{text}");
+        }
+        for request in ["GET / HTTP/1.0\r\n\r\n", "GET / HTTP/1.1\r\nConnection: close\r\n\r\n"] {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(request.as_bytes()).await.unwrap();
+            let mut all = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut all)).await;
+            assert!(read.is_ok(), "{request:?}: not closed");
+            assert!(String::from_utf8_lossy(&all).contains("hello from demo backend 1"));
+        }
     }
 }
