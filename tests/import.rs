@@ -64,12 +64,15 @@ http {{
         location /old {{ return 301 https://$host/new; }}
         location /private {{ allow 10.0.0.0/8; deny all; proxy_pass http://app; }}
         location /static/ {{ root /var/www; }}
+        location /api/ {{ proxy_pass http://app/v2/; }}
+        location /limited/ {{ limit_req zone=one burst=1 nodelay; proxy_pass http://app; }}
     }}
     server {{
         listen 127.0.0.1:{port};
         server_name b.example.com;
         location / {{ proxy_pass http://{b}/; add_header X-Site b; }}
     }}
+    limit_req_zone $binary_remote_addr zone=one:1m rate=1r/m;
 }}
 "#,
         a1 = a1.addr,
@@ -84,10 +87,11 @@ http {{
         "FILE:5: include mime.types: ",
         "FILE:33: root /var/www: Portico serves no files",
         "FILE:33: location /static/: neither proxy_pass nor return",
+        "FILE:35: limit_req zone=one burst=1 nodelay: rate_limit: ",
     ] {
         assert!(notes.contains(expected), "{expected:?} not in\n{notes}");
     }
-    assert_eq!(notes.matches("FILE:").count(), 4, "{notes}");
+    assert_eq!(notes.matches("FILE:").count(), 5, "{notes}");
     assert!(notes.contains("the imported configuration passes -t"), "{notes}");
     assert!(yaml.contains("algorithm: least_conn"), "{yaml}");
 
@@ -117,6 +121,12 @@ http {{
     assert_eq!(g.get("/nginx/health").status, 200);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(a1.hits() + a2.hits(), 20);
+    // The proxy_pass URI part takes the place of the location's prefix, as in nginx.
+    let r = g.get("/api/users?id=7");
+    assert!(r.body.contains("request=GET /v2/users?id=7 HTTP/1.1"), "{}", r.body);
+    // limit_req: the rate (1 a minute) and a burst of 1, then 429 at once.
+    let statuses: Vec<u16> = (0..3).map(|_| g.get("/limited/x").status).collect();
+    assert_eq!(statuses, [200, 200, 429]);
 }
 
 #[test]
