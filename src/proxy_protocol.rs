@@ -153,20 +153,19 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Received, usize)>, String> {
     }
 }
 
-/// Read the header a connection starts with: what it says, and the bytes
-/// read past it (the client's first bytes, to be read again). The caller
-/// bounds the wait. (A listener's `Conn` has its own loop, which keeps
-/// those bytes in the connection: `Conn::proxy_header`.)
-pub async fn receive<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<(Received, Vec<u8>)> {
-    let mut buf = Vec::with_capacity(256);
+/// Read the header a connection starts with into `buf` and say what it
+/// says; the bytes read past it (the client's first) are left in `buf`.
+/// The caller bounds the wait. (A listener's `Conn` has its own loop, which
+/// keeps those bytes in the connection: `Conn::proxy_header`.)
+pub async fn receive<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<Received> {
     loop {
-        if let Some((received, len)) = parse(&buf).map_err(invalid)? {
+        if let Some((received, len)) = parse(buf).map_err(invalid)? {
             buf.drain(..len);
-            return Ok((received, buf));
+            return Ok(received);
         }
         buf.reserve(256);
-        if r.read_buf(&mut buf).await? == 0 {
-            return Err(cut_short(&buf));
+        if r.read_buf(buf).await? == 0 {
+            return Err(cut_short(buf));
         }
     }
 }
@@ -327,15 +326,15 @@ mod tests {
         ]
         .concat();
         let mut r = tokio_test_reader(&bytes);
-        let (got, rest) = receive(&mut r).await.unwrap();
+        let mut all = Vec::new();
+        let got = receive(&mut r, &mut all).await.unwrap();
         assert_eq!(got.client, Some("10.9.8.7:1000".parse().unwrap()));
-        // The bytes past the header are handed back, whatever the reads' sizes.
-        let mut all = rest;
+        // The bytes past the header are left in the buffer, whatever the reads' sizes.
         r.read_to_end(&mut all).await.unwrap();
         assert_eq!(all, b"hello");
         let mut cut = tokio_test_reader(&bytes[..10]);
         assert_eq!(
-            receive(&mut cut).await.unwrap_err().kind(),
+            receive(&mut cut, &mut Vec::new()).await.unwrap_err().kind(),
             io::ErrorKind::UnexpectedEof
         );
     }

@@ -9,6 +9,7 @@ use crate::access_log::{self, AccessLog};
 use crate::listener::{accept, conn::Conn, Tls};
 use crate::live::Live;
 use crate::pipe::{self, End, Moved};
+use crate::proxy_protocol::{receive, Received};
 use crate::sockio::Direct;
 use crate::upstream::state::InflightGuard;
 use crate::upstream::Pool;
@@ -124,20 +125,47 @@ impl Drop for Open {
 
 /// A connection within the listener's limits, counted (see [`admit`])
 /// until it ends.
-struct Admitted {
-    shared: Arc<Shared>,
+struct Admitted<'a> {
+    shared: &'a Shared,
     /// Counted by client too.
     client: Option<IpAddr>,
 }
 
+/// Whether a connection goes on, before any TLS handshake or server: its
+/// PROXY header (when one must come: `said`, as read within the wait) names
+/// its client, which the rules then admit and the limits count. `Err`: the
+/// status it is refused with (400, 403, 503).
+fn gate<'a>(
+    shared: &'a Shared,
+    route: &Route,
+    ends: &mut Ends,
+    said: Option<Result<std::io::Result<Received>, pingora_timeout::Elapsed>>,
+) -> Result<Admitted<'a>, u16> {
+    let broken = |why: &dyn std::fmt::Display| {
+        log::warn!(
+            "tcp {}: PROXY protocol header from {}: {why}; closed",
+            route.listen,
+            ends.peer
+        );
+        400
+    };
+    match said {
+        None => {}
+        Some(Ok(Ok(said))) => ends.take(said),
+        Some(Ok(Err(e))) => return Err(broken(&e)),
+        Some(Err(_)) => return Err(broken(&"timed out")),
+    }
+    if !route.admits(ends.peer.ip()) {
+        return Err(403);
+    }
+    admit(shared, route, ends.peer.ip()).ok_or(503)
+}
+
 /// Count a connection from `client` in, unless that would take it over the
 /// route's `max_connections` or `max_connections_per_client`.
-fn admit(shared: &Arc<Shared>, route: &Route, client: IpAddr) -> Option<Admitted> {
+fn admit<'a>(shared: &'a Shared, route: &Route, client: IpAddr) -> Option<Admitted<'a>> {
     let was = shared.open.fetch_add(1, Ordering::Relaxed);
-    let mut admitted = Admitted {
-        shared: shared.clone(),
-        client: None,
-    };
+    let mut admitted = Admitted { shared, client: None };
     if route.max_connections != 0 && was >= route.max_connections {
         return None; // (dropping `admitted` counts it out again)
     }
@@ -153,7 +181,7 @@ fn admit(shared: &Arc<Shared>, route: &Route, client: IpAddr) -> Option<Admitted
     Some(admitted)
 }
 
-impl Drop for Admitted {
+impl Drop for Admitted<'_> {
     fn drop(&mut self) {
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(ip) = self.client {
@@ -205,29 +233,25 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
     };
     if let Some(tls) = &shared.tls {
         let mut conn = Conn::new(tcp, peer, TLS_READ_AHEAD);
-        if route.accept_proxy_protocol {
-            match pingora_timeout::timeout(wait, conn.proxy_header()).await {
-                Ok(Ok(said)) => ends.take(said),
-                Ok(Err(e)) => out.status = broken_header(&route, peer, &e),
-                Err(_) => out.status = broken_header(&route, peer, &"timed out"),
-            }
-        }
-        if out.status != 0 {
-        } else if !route.admits(ends.peer.ip()) {
-            out.status = 403; // before the TLS handshake
-        } else if let Some(_admitted) = admit(&shared, &route, ends.peer.ip()) {
-            let peer = ends.peer;
-            match pingora_timeout::timeout(wait, tls.accept(conn)).await {
-                Ok(Ok(client)) => {
-                    out.pool = route.pool.clone();
-                    pass(&route, (client, true), &mut ends, &mut out).await;
+        let said = match route.accept_proxy_protocol {
+            true => Some(pingora_timeout::timeout(wait, conn.proxy_header()).await),
+            false => None,
+        };
+        // Before the TLS handshake.
+        match gate(&shared, &route, &mut ends, said) {
+            Err(status) => out.status = status,
+            Ok(_admitted) => {
+                let peer = ends.peer;
+                match pingora_timeout::timeout(wait, tls.accept(conn)).await {
+                    Ok(Ok(client)) => {
+                        out.pool = route.pool.clone();
+                        pass(&route, (client, true), &mut ends, &mut out).await;
+                    }
+                    // As on the HTTP listeners: logged (info), no access-log line.
+                    Ok(Err(e)) => return log::info!("tcp {}: TLS handshake with {peer} failed: {e}", route.listen),
+                    Err(_) => return log::info!("tcp {}: TLS handshake with {peer} timed out", route.listen),
                 }
-                // As on the HTTP listeners: logged (info), no access-log line.
-                Ok(Err(e)) => return log::info!("tcp {}: TLS handshake with {peer} failed: {e}", route.listen),
-                Err(_) => return log::info!("tcp {}: TLS handshake with {peer} timed out", route.listen),
             }
-        } else {
-            out.status = 503; // over a connection limit
         }
     } else {
         let mut client = match TcpStream::from_std(tcp) {
@@ -235,33 +259,27 @@ async fn connection(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketA
             Err(e) => return log::error!("tcp {}: cannot take connection from {peer}: {e}", route.listen),
         };
         let _ = client.set_nodelay(true);
-        if route.accept_proxy_protocol {
-            match pingora_timeout::timeout(wait, crate::proxy_protocol::receive(&mut client)).await {
-                Ok(Ok((said, rest))) => {
-                    ends.take(said);
-                    ends.early = rest;
+        // The bytes read past the header stay in `ends.early`, for the server first.
+        let said = match route.accept_proxy_protocol {
+            true => Some(pingora_timeout::timeout(wait, receive(&mut client, &mut ends.early)).await),
+            false => None,
+        };
+        // Before any server.
+        match gate(&shared, &route, &mut ends, said) {
+            Err(status) => out.status = status,
+            Ok(_admitted) => {
+                if route.sni.is_some() {
+                    out.sni = read_hello(&mut client, &mut ends.early, wait).await;
                 }
-                Ok(Err(e)) => out.status = broken_header(&route, peer, &e),
-                Err(_) => out.status = broken_header(&route, peer, &"timed out"),
+                out.pool = match (&route.sni, &out.sni) {
+                    (Some(table), Some(name)) => table.lookup(name).cloned(),
+                    _ => route.pool.clone(),
+                };
+                match out.pool.is_some() {
+                    true => pass(&route, (Direct(client), false), &mut ends, &mut out).await,
+                    false => out.status = 400,
+                }
             }
-        }
-        if out.status != 0 {
-        } else if !route.admits(ends.peer.ip()) {
-            out.status = 403; // before any server
-        } else if let Some(_admitted) = admit(&shared, &route, ends.peer.ip()) {
-            if route.sni.is_some() {
-                out.sni = read_hello(&mut client, &mut ends.early, wait).await;
-            }
-            out.pool = match (&route.sni, &out.sni) {
-                (Some(table), Some(name)) => table.lookup(name).cloned(),
-                _ => route.pool.clone(),
-            };
-            match out.pool.is_some() {
-                true => pass(&route, (Direct(client), false), &mut ends, &mut out).await,
-                false => out.status = 400,
-            }
-        } else {
-            out.status = 503; // over a connection limit
         }
     }
     let peer = ends.peer;
@@ -295,18 +313,12 @@ struct Ends {
 
 impl Ends {
     /// What a received PROXY header says: the client, and where it connected.
-    fn take(&mut self, said: crate::proxy_protocol::Received) {
+    fn take(&mut self, said: Received) {
         self.peer = said.client.unwrap_or(self.peer);
         if self.local.is_some() {
             self.local = said.destination.or(self.local);
         }
     }
-}
-
-/// A connection without the PROXY header it must start with: logged, and 400.
-fn broken_header(route: &Route, peer: SocketAddr, why: &dyn std::fmt::Display) -> u16 {
-    log::warn!("tcp {}: PROXY protocol header from {peer}: {why}; closed", route.listen);
-    400
 }
 
 /// The access-log line of a connection, in the HTTP lines' shape.

@@ -63,21 +63,11 @@ impl Translator {
     /// The plugins a location's inherited `limit_req` and `limit_conn` lines make.
     pub(super) fn limits(&mut self, i: &Inherited) -> Vec<PluginEntry> {
         let mut out = Vec::new();
-        let lines = |list: &Option<Vec<(Vec<String>, usize)>>, name: &'static str| -> Vec<Directive> {
-            let list = list.clone().unwrap_or_default();
-            let d = |(args, line)| Directive {
-                name: name.to_string(),
-                args,
-                line,
-                block: None,
-            };
-            list.into_iter().map(d).collect()
-        };
-        for d in lines(&i.limit_req, "limit_req") {
-            out.extend(self.limit_req(&d));
+        for d in i.limit_req.iter().flatten() {
+            out.extend(self.limit_req(d));
         }
-        for d in lines(&i.limit_conn, "limit_conn") {
-            out.extend(self.limit_conn(&d, i.limit_conn_status));
+        for d in i.limit_conn.iter().flatten() {
+            out.extend(self.limit_conn(d, i.limit_conn_status));
         }
         out
     }

@@ -43,9 +43,9 @@ struct Inherited {
     /// The lists this level has set itself ([`HEADERS`], [`ADDED`], [`ACCESS`],
     /// [`LIMIT_REQ`], [`LIMIT_CONN`]): the first line of one replaces what came from above.
     own: [bool; 5],
-    /// `limit_req` and `limit_conn` lines: arguments and line.
-    limit_req: Option<Vec<(Vec<String>, usize)>>,
-    limit_conn: Option<Vec<(Vec<String>, usize)>>,
+    /// `limit_req` and `limit_conn` lines.
+    limit_req: Option<Vec<Directive>>,
+    limit_conn: Option<Vec<Directive>>,
     limit_conn_status: Option<u16>,
     /// An access check Portico cannot translate (`auth_basic`, `auth_request`):
     /// the directive and its line. Its locations refuse everyone (fail closed).
@@ -440,10 +440,8 @@ impl Translator {
             }
             "proxy_hide_header" => self.not_translated(d, "use the headers plugin's response_remove"),
             "limit_req_zone" | "limit_conn_zone" => self.limit_zone(d),
-            "limit_req" => Inherited::own(&mut into.own, LIMIT_REQ, &mut into.limit_req).push((d.args.clone(), d.line)),
-            "limit_conn" => {
-                Inherited::own(&mut into.own, LIMIT_CONN, &mut into.limit_conn).push((d.args.clone(), d.line))
-            }
+            "limit_req" => Inherited::own(&mut into.own, LIMIT_REQ, &mut into.limit_req).push(d.clone()),
+            "limit_conn" => Inherited::own(&mut into.own, LIMIT_CONN, &mut into.limit_conn).push(d.clone()),
             "limit_conn_status" => match arg.parse() {
                 Ok(s) => into.limit_conn_status = Some(s),
                 Err(_) => self.not_translated(d, "expected a status"),
