@@ -22,6 +22,7 @@ pub mod admin;
 pub mod alloc;
 pub mod app;
 pub mod clock;
+pub mod compress;
 pub mod config;
 pub mod demo;
 pub mod import;

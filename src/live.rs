@@ -53,6 +53,8 @@ pub struct Location {
     pub ws_idle: Duration,
     /// The path the request goes upstream with.
     pub rewrite: Option<crate::rewrite::Rewrite>,
+    /// Compression of the responses proxied here.
+    pub compression: Option<crate::compress::Compression>,
     /// Request counters, one set per listener (by listener index).
     pub metrics: Vec<RouteMetrics>,
     /// Filter plugins in run order: global, host, location.
@@ -607,6 +609,24 @@ fn build_location(
         }
         None => None,
     };
+    let compression = match &loc.compression {
+        Some(_) if pool.is_none() => {
+            return Err(l.err(&format!("{path}.compression"), "compression goes with proxy_pass"))
+        }
+        Some(c) => {
+            let levels = (c.gzip, c.brotli, c.zstd);
+            let built = crate::compress::Compression::new(levels, c.min_length.0, c.types.as_deref());
+            Some(built.map_err(|(field, why)| {
+                let at = if field.is_empty() {
+                    String::new()
+                } else {
+                    format!(".{field}")
+                };
+                l.err(&format!("{path}.compression{at}"), why)
+            })?)
+        }
+        None => None,
+    };
     let name = format!("{host_label} {}", loc.path);
     let pool_name = pool.map(|p| p.name.to_string()).unwrap_or_else(|| "-".into());
     let metrics = listener_addrs
@@ -628,6 +648,7 @@ fn build_location(
             upgrade,
             ws_idle: dur(&loc.websocket_idle_timeout).unwrap_or(Duration::from_secs(3600)),
             rewrite,
+            compression,
         }),
     ))
 }

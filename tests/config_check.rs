@@ -137,6 +137,22 @@ fn bad_configs_are_located_precisely() {
             "FILE:12:9: virtual_hosts[0].locations[0].rewrite: to: $2, but from has 1 group(s)",
             "",
         ),
+        // Compression: a level out of range, a type that is none, every coding off
+        (
+            &GOOD.replace("proxy_pass: app\n", "proxy_pass: app\n        compression:\n          brotli: 12\n"),
+            "FILE:13:11: virtual_hosts[0].locations[0].compression.brotli: level 12: 1..11, or 0 for off",
+            "",
+        ),
+        (
+            &GOOD.replace("proxy_pass: app\n", "proxy_pass: app\n        compression: { types: [text/html, json] }\n"),
+            "FILE:12:43: virtual_hosts[0].locations[0].compression.types[1]: \"json\" is not a media type",
+            "",
+        ),
+        (
+            &GOOD.replace("proxy_pass: app\n", "proxy_pass: app\n        compression: { gzip: 0 }\n"),
+            "FILE:12:9: virtual_hosts[0].locations[0].compression: every coding is off",
+            "",
+        ),
         // TCP listeners: a pool that is not there, or one that needs HTTP
         (
             "tcp:\n  - listen: 127.0.0.1:1\n    proxy_pass: nope\n",

@@ -466,9 +466,40 @@ pub struct Location {
     pub upgrade: Option<String>,
     /// Idle timeout of an upgraded (WebSocket) connection; default 1h.
     pub websocket_idle_timeout: Option<Dur>,
+    /// Compress the responses proxied here (nginx `gzip`).
+    pub compression: Option<CompressionConf>,
     /// Plugins for this location, after the global and host ones.
     #[serde(default)]
     pub plugins: Vec<PluginEntry>,
+}
+
+/// A location's `compression` block: a level per coding (0: off), the
+/// smallest `Content-Length` worth it, and the media types compressed.
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionConf {
+    /// 1..9 (nginx `gzip_comp_level`, whose default, 1, is this one's).
+    #[serde(default = "gzip_level")]
+    pub gzip: u32,
+    /// 1..11; default off.
+    #[serde(default)]
+    pub brotli: u32,
+    /// 1..19; default off.
+    #[serde(default)]
+    pub zstd: u32,
+    /// nginx `gzip_min_length` (default 20 bytes).
+    #[serde(default = "min_compress_length")]
+    pub min_length: Size,
+    /// Media types (`*`: any); default `crate::compress::DEFAULT_TYPES`.
+    pub types: Option<Vec<String>>,
+}
+
+fn gzip_level() -> u32 {
+    1
+}
+
+fn min_compress_length() -> Size {
+    Size(20)
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone)]

@@ -71,6 +71,8 @@ pub struct Ctx {
     pub upgraded: bool,
     /// `header_timeout` watchdog of the current attempt.
     pub header_watch: Option<super::header_watch::HeaderWatch>,
+    /// The response's compressor, when the location compresses and this one qualifies.
+    pub encoder: Option<crate::compress::Encoder>,
 }
 
 impl Ctx {
@@ -95,6 +97,7 @@ impl Ctx {
             upgraded: false,
             plugin: None,
             header_watch: None,
+            encoder: None,
         }
     }
 

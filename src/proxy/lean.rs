@@ -21,8 +21,8 @@
 //! exists, so a request it declines goes to Pingora untouched. It declines
 //! anything Pingora would have to rewrite beyond dropping a plain
 //! `Connection: keep-alive|close`: hop-by-hop headers, bodies, absolute-form
-//! targets, unusual Host values, and routes to HTTP/2
-//! pools; upgrades other than a WebSocket handshake to a location that
+//! targets, unusual Host values, routes to HTTP/2
+//! pools and locations that compress; upgrades other than a WebSocket handshake to a location that
 //! passes WebSockets the standard way (`upgrade: websocket`, the default).
 //! A request it takes is parsed there, once.
 
@@ -218,6 +218,9 @@ fn routable(req: &httparse::Request, snap: &Snapshot, listener: usize, websocket
         .and_then(|h| h.paths.lookup(&path));
     match loc {
         Some(l) => match &l.action {
+            // Responses that may be compressed, or vary by the client's codings:
+            // Pingora's loop, which has the body hooks.
+            Action::Proxy(_) if l.compression.is_some() => false,
             Action::Proxy(p) => !p.http2 && (!websocket || l.upgrade == Upgrade::WebSocket),
             Action::Return { .. } => !websocket,
         },

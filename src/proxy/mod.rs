@@ -91,6 +91,32 @@ fn http1_framing(s: &mut Session, resp: &mut ResponseHeader) {
     }
 }
 
+/// A piece of the response body through the location's compressor; at the
+/// end, the coding's last bytes follow.
+fn compress_body(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> Result<()> {
+    let Some(e) = ctx.encoder.as_mut() else {
+        return Ok(());
+    };
+    let mut out = match body.as_deref() {
+        Some(piece) => e.feed(piece).or_err(ErrorType::InternalError, "compressing the body")?,
+        None => Bytes::new(),
+    };
+    if eos {
+        if let Some(e) = ctx.encoder.take() {
+            let last = e
+                .finish()
+                .or_err(ErrorType::InternalError, "finishing the compressed body")?;
+            out = if out.is_empty() {
+                last
+            } else {
+                [out, last].concat().into()
+            };
+        }
+    }
+    *body = (!out.is_empty()).then_some(out);
+    Ok(())
+}
+
 /// A client that sent `Expect: 100-continue` and is to be proxied is told
 /// to send its body at once, and the field does not go upstream: the
 /// gateway reads the body, as nginx does (forwarded, the field left a
@@ -987,7 +1013,12 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(&self, s: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         Gateway::response_filter(self, resp.status.as_u16(), &mut RespHeaders(resp), ctx);
-        if !s.as_downstream().is_http2() {
+        let h1 = !s.as_downstream().is_http2();
+        // After the plugins, which may set the type or a coding of their own.
+        if let Some(c) = ctx.loc.as_ref().and_then(|l| l.compression.as_ref()) {
+            ctx.encoder = c.begin(s.req(), resp, h1);
+        }
+        if h1 {
             http1_framing(s, resp);
         }
         Ok(())
@@ -997,11 +1028,32 @@ impl ProxyHttp for Gateway {
         &self,
         _s: &mut Session,
         body: &mut Option<Bytes>,
-        _eos: bool,
+        eos: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
+        if ctx.encoder.is_some() {
+            compress_body(body, eos, ctx)?;
+        }
         Gateway::response_body_filter(self, body, ctx);
         Ok(None)
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        _s: &mut Session,
+        _trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Bytes>> {
+        // An HTTP/2 server's trailers end the body: the coding's last bytes go
+        // instead (the trailers are lost, as an HTTP/1 client would lose them).
+        let Some(e) = ctx.encoder.take() else {
+            return Ok(None);
+        };
+        let last = e
+            .finish()
+            .or_err(ErrorType::InternalError, "finishing the compressed body")?;
+        ctx.sent_bytes += last.len() as u64;
+        Ok(Some(last))
     }
 
     fn error_while_proxy(

@@ -561,6 +561,8 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// The body's bytes as they came (after any chunked framing).
+    pub raw: Vec<u8>,
 }
 
 impl Response {
@@ -716,6 +718,7 @@ impl Client {
             status,
             headers,
             body: String::new(),
+            raw: Vec::new(),
         };
         if head || status == 204 || status == 304 || status == 101 {
             return Ok(resp);
@@ -740,6 +743,7 @@ impl Client {
             self.r.read_to_end(&mut body)?;
         }
         resp.body = String::from_utf8_lossy(&body).to_string();
+        resp.raw = body;
         Ok(resp)
     }
 }
