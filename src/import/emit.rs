@@ -297,6 +297,15 @@ fn location(y: &mut String, l: &Location) {
     if let Some(u) = &l.upgrade {
         let _ = writeln!(y, "{p}upgrade: {}", q(u));
     }
+    if let Some(c) = &l.compression {
+        let types = c.types.as_deref().map(|t| format!(", types: {}", list(t))).unwrap_or_default();
+        let _ = writeln!(
+            y,
+            "{p}compression: {{ gzip: {}, min_length: {}{types} }}",
+            c.gzip,
+            size(c.min_length)
+        );
+    }
     if !l.plugins.is_empty() {
         let _ = writeln!(y, "{p}plugins: {}", plugins(&l.plugins));
     }

@@ -559,6 +559,34 @@ mod tests {
     }
 
     #[test]
+    fn gzip_settings_inherit_one_by_one_into_compression() {
+        let (cfg, notes) = import(
+            "http {\n gzip on;\n gzip_types application/json text/css;\n gzip_min_length 1k;\n\
+             server { listen 80; gzip_comp_level 5;\n\
+              location / { proxy_pass http://10.0.0.1; }\n\
+              location /raw/ { gzip off; proxy_pass http://10.0.0.1; }\n\
+              location /all/ { gzip_types *; gzip_proxied expired any; proxy_pass http://10.0.0.1; }\n\
+              location /r/ { return 204; } } }\n",
+        );
+        let comp = |path: &str| {
+            let l = cfg.virtual_hosts[0].locations.iter().find(|l| l.path == path).unwrap();
+            l.compression.as_ref().map(|c| (c.gzip, c.min_length.0, c.types.clone().unwrap_or_default()))
+        };
+        let types = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            comp("/"),
+            Some((5, 1024, types(&["text/html", "application/json", "text/css"])))
+        );
+        assert_eq!(comp("/raw/"), None);
+        assert_eq!(comp("/all/"), Some((5, 1024, types(&["*"]))));
+        assert_eq!(comp("/r/"), None, "a return compresses nothing");
+        // The Via difference is named once, on the `gzip on` line; not for /all/.
+        let via: Vec<_> = notes.iter().filter(|n| n.contains("gzip_proxied any")).collect();
+        assert_eq!(via.len(), 1, "{notes:?}");
+        assert!(via[0].starts_with("2:"), "{via:?}");
+    }
+
+    #[test]
     fn rewrites_and_proxy_pass_uris_become_rewrites() {
         let (cfg, notes) = import(
             "server { listen 80;\n\

@@ -3,6 +3,7 @@
 //! fields, upgrades, HTTP/1.1 and keep-alive upstream) is dropped quietly;
 //! everything else is named in a [`Note`] with its line.
 
+mod gzip;
 mod limits;
 mod pools;
 mod sites;
@@ -54,6 +55,8 @@ struct Inherited {
     ssl_verify: bool,
     ssl_sni: bool,
     ssl_ca: Option<String>,
+    /// `gzip`, `gzip_comp_level`, `gzip_min_length`, `gzip_types`, `gzip_proxied`.
+    gzip: gzip::Gzip,
 }
 
 /// The note on a `listen ... proxy_protocol`.
@@ -374,7 +377,6 @@ impl Translator {
             | "tcp_nodelay"
             | "default_type"
             | "types_hash_max_size"
-            | "gzip"
             | "log_format"
             | "charset"
             | "keepalive_requests"
@@ -390,7 +392,6 @@ impl Translator {
                         "Portico offers TLS 1.2 and 1.3 with OpenSSL's default ciphers (no setting)"
                     }
                     "log_format" => "Portico's access log has one format: `combined` plus upstream address and times",
-                    "gzip" => "Portico does not compress responses",
                     _ => "no equivalent in Portico",
                 };
                 self.not_translated(d, why);
@@ -505,7 +506,7 @@ impl Translator {
             "root" | "index" | "alias" | "try_files" | "autoindex" | "expires" | "sub_filter" => {
                 self.not_translated(d, "Portico serves no files and rewrites no bodies")
             }
-            _ => return false,
+            _ => return self.gzip_setting(d, into),
         }
         true
     }

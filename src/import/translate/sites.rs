@@ -291,6 +291,7 @@ impl Translator {
             loc.next_upstream = i.next_upstream.clone();
             loc.next_upstream_tries = i.next_upstream_tries;
             loc.next_upstream_timeout = i.next_upstream_timeout;
+            loc.compression = self.compression(&i.gzip);
         }
         let headers = i.set_headers.as_deref().unwrap_or_default();
         for (name, value, line) in headers {
