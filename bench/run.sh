@@ -9,8 +9,9 @@
 #
 #   direct          wrk straight to the origin (the limit)
 #   nginx_*         nginx one-hop proxy, worker_processes 1: access log off/on, the plugins' equivalent,
-#                   a path rewrite, HTTPS, TCP (stream)
-#   portico_*       portico, threads 1: round_robin (log off/on), least_conn, sticky, plugins, rewrite, HTTPS, TCP
+#                   a path rewrite, gzip, HTTPS, TCP (stream)
+#   portico_*       portico, threads 1: round_robin (log off/on), least_conn, sticky, plugins, rewrite,
+#                   gzip, HTTPS, TCP
 #
 # Per contender and mode it records req/s, p50/p99/p99.9 latency, proxy CPU
 # time per request (/proc/PID/stat utime+stime), peak RSS (VmHWM) and some
@@ -307,6 +308,11 @@ nginx_temp_paths() {
 EOF
 }
 
+# The page the gzip contenders fetch (rewritten to /page): 2.6 KB of HTML,
+# ending in "ok" like every other answer (wait_ready asks over HTTP/1.0,
+# which neither proxy compresses).
+PAGE=$(for i in $(seq 1 60); do printf '<p>paragraph %02d of the benchmark page</p>\n' "$i"; done)ok
+
 # The origin: as cheap as nginx gets. keepalive_requests is raised so the
 # origin never closes a kept-alive connection (the proxies keep their own
 # defaults); stub_status on a separate port counts accepted connections.
@@ -320,6 +326,7 @@ $(nginx_temp_paths origin)
         listen 127.0.0.1:$ORIGIN1;
         listen 127.0.0.1:$ORIGIN2;
         location / { return 200 "ok"; }
+        location = /page { default_type text/html; return 200 "$PAGE"; }
     }
     server {
         listen 127.0.0.1:$ORIGIN_STATUS;
@@ -376,6 +383,8 @@ write_nginx_proxy nginx_plugins "access_log off;" "" "" 'proxy_set_header X-Requ
             add_header X-Served-By portico always;'
 # A path rewrite: every request goes upstream under /api/ (the origin answers any path).
 write_nginx_proxy nginx_rewrite "access_log off;" "" "" 'rewrite ^/(.*)$ /api/$1 break;'
+# Compression: the 2.6 KB page, gzip level 1 (nginx's default level), for a client sending Accept-Encoding: gzip.
+write_nginx_proxy nginx_gzip "access_log off; gzip on; gzip_comp_level 1; gzip_proxied any; gzip_vary on;" "" "" 'rewrite ^ /page break;'
 write_nginx_proxy nginx_tls "access_log off;" " ssl" "ssl_certificate $SCRATCH/tls.crt; ssl_certificate_key $SCRATCH/tls.key; ssl_protocols TLSv1.2 TLSv1.3;"
 
 # TCP (layer 4) balancing: nginx's stream module passing the same HTTP
@@ -435,6 +444,8 @@ write_portico portico_lc least_conn off
 write_portico portico_sticky sticky off 'sticky: { secret: "0123456789abcdef0123" }'
 write_portico portico_tls round_robin off '' '' "    tls: { certificates: [{ cert: $SCRATCH/tls.crt, key: $SCRATCH/tls.key }], http2: false }"
 write_portico portico_rewrite round_robin off '' '' '' 'rewrite: { from: "^/(.*)$", to: "/api/$1" }'
+write_portico portico_gzip round_robin off '' '' '' 'rewrite: { from: "^/.*$", to: "/page" }
+        compression: { gzip: 1, types: [text/html] }'
 write_portico portico_plugins round_robin off '' 'plugins:
   - request_id: {}
   - ip_access: { allow: [127.0.0.0/8] }
@@ -459,7 +470,7 @@ EOF
 # Contenders in run order: id, label, and the nginx contender its ratios use.
 # BENCH_CONTENDERS="direct nginx_tls portico_tls" runs a subset (keep each
 # portico contender's nginx one, and direct, for the ratios).
-CONTENDERS=(direct nginx_off portico_off nginx_log portico_log portico_lc portico_sticky nginx_plugins portico_plugins nginx_rewrite portico_rewrite nginx_tls portico_tls nginx_tcp portico_tcp)
+CONTENDERS=(direct nginx_off portico_off nginx_log portico_log portico_lc portico_sticky nginx_plugins portico_plugins nginx_rewrite portico_rewrite nginx_gzip portico_gzip nginx_tls portico_tls nginx_tcp portico_tcp)
 if [ -n "${BENCH_CONTENDERS:-}" ]; then
   read -r -a CONTENDERS <<<"$BENCH_CONTENDERS"
 fi
@@ -475,6 +486,8 @@ fi
   printf 'portico_plugins\tportico + 3 plugins (request_id, ip_access, headers), access log off\tnginx_plugins\n'
   printf 'nginx_rewrite\tnginx proxy + rewrite ^/(.*)$ /api/$1 break, access log off\t-\n'
   printf 'portico_rewrite\tportico + rewrite of the path to /api/..., access log off\tnginx_rewrite\n'
+  printf 'nginx_gzip\tnginx proxy, a 2.6 KB page gzipped (level 1), access log off\t-\n'
+  printf 'portico_gzip\tportico, the same page gzipped (compression gzip: 1), access log off\tnginx_gzip\n'
   printf 'nginx_tls\tnginx HTTPS (TLS 1.3, HTTP/1.1), access log off\t-\n'
   printf 'portico_tls\tportico HTTPS (TLS 1.3, HTTP/1.1), access log off\tnginx_tls\n'
   printf 'nginx_tcp\tnginx stream (TCP, layer 4) round robin, no log\t-\n'
@@ -492,7 +505,7 @@ if [ -z "${BENCH_NO_BUILD:-}" ]; then
   cargo build --profile "$PROFILE" --bin portico || die "build failed (if src/ is being edited, retry in a minute)"
 fi
 [ -x "$PORTICO_BIN" ] || die "$PORTICO_BIN missing after the build"
-for c in portico_off portico_log portico_lc portico_sticky portico_plugins portico_rewrite portico_tls portico_tcp; do
+for c in portico_off portico_log portico_lc portico_sticky portico_plugins portico_rewrite portico_gzip portico_tls portico_tcp; do
   "$PORTICO_BIN" -t -c "$SCRATCH/$c.yaml" >/dev/null 2>"$SCRATCH/$c.check" \
     || die "portico rejected $SCRATCH/$c.yaml: $(cat "$SCRATCH/$c.check")"
 done
@@ -538,6 +551,7 @@ measure() {
     close64) conns=64; extra=(-H 'Connection: close') ;;
     paced64) conns=64; paced=1 ;;
   esac
+  case "$cid" in *_gzip) extra+=(-H 'Accept-Encoding: gzip') ;; esac
 
   reset_hwm "${pids[@]}"
   local p0="-" pu0=0 o0 a0 w0
@@ -617,6 +631,11 @@ run_contender() {
       resp=$(http_get "$port" / | tr -d '\r')
       grep -qi '^x-served-by: portico$' <<<"$resp" && grep -Eqi '^x-request-id: [0-9a-f]{32}$' <<<"$resp" ||
         die "$cid does not answer with X-Served-By and a 32-digit X-Request-Id: $(head -c 400 <<<"$resp")" ;;
+    *_gzip) # Both must compress the page.
+      local resp
+      resp=$(curl -s -m 2 -D - -o /dev/null -H 'Accept-Encoding: gzip' "http://127.0.0.1:$port/" | tr -d '\r')
+      grep -qi '^content-encoding: gzip$' <<<"$resp" ||
+        die "$cid does not gzip the page: $(head -c 400 <<<"$resp")" ;;
   esac
   # Warm-up (connection pools, allocator, caches); not measured.
   run_wrk "$SCRATCH/wrk-r$round-$cid-warmup.txt" 1 64 "$port"

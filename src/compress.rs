@@ -149,14 +149,29 @@ impl Compression {
     /// its header then edited for the coding. `h1`: the client's connection
     /// is HTTP/1 (the body then goes chunked).
     pub fn begin(&self, req: &RequestHeader, resp: &mut ResponseHeader, h1: bool) -> Option<Encoder> {
-        if req.method == Method::HEAD || !self.compressible(resp) {
+        let accept = req.headers.get_all(ACCEPT_ENCODING).iter().map(|v| v.as_bytes());
+        self.begin_for(&req.method, req.version, accept, resp, h1)
+    }
+
+    /// [`Compression::begin`] for a request known by its method, version and
+    /// `Accept-Encoding` values.
+    pub fn begin_for<'a>(
+        &self,
+        method: &Method,
+        version: Version,
+        accept: impl Iterator<Item = &'a [u8]>,
+        resp: &mut ResponseHeader,
+        h1: bool,
+    ) -> Option<Encoder> {
+        if *method == Method::HEAD || !self.compressible(resp) {
             return None;
         }
         add_vary(resp);
-        if req.version < Version::HTTP_11 {
+        if version < Version::HTTP_11 {
             return None;
         }
-        let (coding, level) = self.choose(req.headers.get_all(ACCEPT_ENCODING).iter().map(|v| v.as_bytes()))?;
+        let (coding, level) = self.choose(accept)?;
+        let encoder = Encoder::new(coding, level)?;
         resp.insert_header("Content-Encoding", coding.token()).ok()?;
         resp.remove_header(&CONTENT_LENGTH);
         resp.remove_header(&ACCEPT_RANGES);
@@ -164,7 +179,7 @@ impl Compression {
             resp.insert_header("Transfer-Encoding", "chunked").ok()?;
         }
         weaken_etag(resp);
-        Some(Encoder::new(coding, level))
+        Some(encoder)
     }
 
     /// Whether the response itself is one to compress, whoever asks.
@@ -312,28 +327,23 @@ fn weaken_etag(resp: &mut ResponseHeader) {
 pub struct Encoder(Mutex<Inner>);
 
 enum Inner {
-    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Gzip(Gzip),
     Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
     Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
 }
 
 impl Encoder {
-    pub fn new(coding: Coding, level: u32) -> Encoder {
+    /// `None` if the coding's library refuses the level (never for levels
+    /// [`Compression::new`] lets through).
+    pub fn new(coding: Coding, level: u32) -> Option<Encoder> {
         let inner = match coding {
-            Coding::Gzip => Inner::Gzip(flate2::write::GzEncoder::new(
-                Vec::new(),
-                flate2::Compression::new(level),
-            )),
+            Coding::Gzip => Inner::Gzip(Gzip::new(level)),
             // A 512 KiB window (as Pingora's): a long response still compresses well
             // without each one holding the default 4 MiB.
             Coding::Brotli => Inner::Brotli(Box::new(brotli::CompressorWriter::new(Vec::new(), 4096, level, 19))),
-            Coding::Zstd => match zstd::stream::write::Encoder::new(Vec::new(), level as i32) {
-                Ok(z) => Inner::Zstd(z),
-                // Only a level zstd refuses (checked at load); gzip then, as every client takes it.
-                Err(_) => Inner::Gzip(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast())),
-            },
+            Coding::Zstd => Inner::Zstd(zstd::stream::write::Encoder::new(Vec::new(), level as i32).ok()?),
         };
-        Encoder(Mutex::new(inner))
+        Some(Encoder(Mutex::new(inner)))
     }
 
     fn inner(&mut self) -> &mut Inner {
@@ -351,10 +361,7 @@ impl Encoder {
             w.flush()
         }
         let out = match self.inner() {
-            Inner::Gzip(g) => {
-                run(g, data)?;
-                g.get_mut()
-            }
+            Inner::Gzip(g) => return g.feed(data).map(Bytes::from),
             Inner::Brotli(b) => {
                 run(b.as_mut(), data)?;
                 b.get_mut()
@@ -368,17 +375,120 @@ impl Encoder {
     }
 
     /// The coding's last bytes (its end marker and checksum).
-    pub fn finish(mut self) -> std::io::Result<Bytes> {
-        let inner = std::mem::replace(
-            self.inner(),
-            Inner::Gzip(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none())),
-        );
+    pub fn finish(self) -> std::io::Result<Bytes> {
+        let inner = self.0.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
         let out = match inner {
-            Inner::Gzip(g) => g.finish()?,
+            Inner::Gzip(mut g) => g.finish()?,
             Inner::Brotli(b) => b.into_inner(),
             Inner::Zstd(z) => z.finish()?,
         };
         Ok(out.into())
+    }
+}
+
+/// A gzip stream (RFC 1952) around a raw deflate stream whose state comes
+/// from, and goes back to, its thread's [`IDLE_DEFLATE`]: zlib's state for
+/// one stream is about 270 KiB, allocated and zeroed, which cost more
+/// than compressing a small page.
+struct Gzip {
+    deflate: Option<flate2::Compress>,
+    level: u32,
+    crc: flate2::Crc,
+    /// The 10-byte header went out.
+    started: bool,
+}
+
+thread_local! {
+    /// Deflate states of finished responses, by level, ready for the next.
+    static IDLE_DEFLATE: std::cell::RefCell<Vec<(u32, flate2::Compress)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Idle deflate states kept per thread (about 270 KiB each).
+const IDLE_DEFLATE_MAX: usize = 4;
+
+impl Gzip {
+    fn new(level: u32) -> Gzip {
+        let idle = IDLE_DEFLATE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let at = idle.iter().position(|(l, _)| *l == level)?;
+            Some(idle.swap_remove(at).1)
+        });
+        let deflate = idle.unwrap_or_else(|| flate2::Compress::new(flate2::Compression::new(level), false));
+        Gzip {
+            deflate: Some(deflate),
+            level,
+            crc: flate2::Crc::new(),
+            started: false,
+        }
+    }
+
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if !std::mem::replace(&mut self.started, true) {
+            // No name, no time; XFL as zlib sets it for the level; OS unknown.
+            let xfl = match self.level {
+                1 => 4,
+                9 => 2,
+                _ => 0,
+            };
+            out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255]);
+        }
+    }
+
+    fn feed(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(data.len() / 2 + 64);
+        self.start(&mut out);
+        self.crc.update(data);
+        self.deflate(data, &mut out, flate2::FlushCompress::Sync)?;
+        Ok(out)
+    }
+
+    fn finish(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(64);
+        self.start(&mut out);
+        self.deflate(&[], &mut out, flate2::FlushCompress::Finish)?;
+        out.extend_from_slice(&self.crc.sum().to_le_bytes());
+        out.extend_from_slice(&self.crc.amount().to_le_bytes());
+        Ok(out)
+    }
+
+    /// All of `input` through the deflate stream into `out`, and the flush
+    /// done: zlib is done when it leaves output room unused.
+    fn deflate(&mut self, mut input: &[u8], out: &mut Vec<u8>, flush: flate2::FlushCompress) -> std::io::Result<()> {
+        let d = self
+            .deflate
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("deflate stream already ended"))?;
+        loop {
+            if out.capacity() - out.len() < 64 {
+                out.reserve(input.len() / 2 + 256);
+            }
+            let before = d.total_in();
+            let status = d.compress_vec(input, out, flush).map_err(std::io::Error::other)?;
+            input = &input[(d.total_in() - before) as usize..];
+            match status {
+                flate2::Status::StreamEnd => return Ok(()),
+                _ if flush == flate2::FlushCompress::Sync && input.is_empty() && out.len() < out.capacity() => {
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Drop for Gzip {
+    fn drop(&mut self) {
+        let Some(mut deflate) = self.deflate.take() else {
+            return;
+        };
+        deflate.reset();
+        let level = self.level;
+        let _ = IDLE_DEFLATE.try_with(|idle| {
+            let mut idle = idle.borrow_mut();
+            if idle.len() < IDLE_DEFLATE_MAX {
+                idle.push((level, deflate));
+            }
+        });
     }
 }
 
@@ -544,12 +654,40 @@ mod tests {
     }
 
     #[test]
+    fn a_deflate_state_used_before_makes_the_same_stream_as_a_new_one() {
+        let page: Vec<u8> = (0..500)
+            .flat_map(|i| format!("<li>item {i}</li>").into_bytes())
+            .collect();
+        let whole = |level| {
+            let mut e = Encoder::new(Coding::Gzip, level).unwrap();
+            let mut out = e.feed(&page).unwrap().to_vec();
+            out.extend_from_slice(&e.finish().unwrap());
+            out
+        };
+        let first = whole(1);
+        // One left unfinished (a client gone mid-answer), its state then reused.
+        let mut gone = Encoder::new(Coding::Gzip, 1).unwrap();
+        gone.feed(b"half an answer").unwrap();
+        drop(gone);
+        for _ in 0..3 {
+            assert_eq!(whole(1), first, "byte for byte");
+        }
+        let best = whole(9);
+        assert!(best.len() < first.len(), "level 9 got a state of its own level");
+        for out in [first, best] {
+            let mut plain = Vec::new();
+            decoder(Coding::Gzip, &out).read_to_end(&mut plain).unwrap();
+            assert_eq!(plain, page);
+        }
+    }
+
+    #[test]
     fn every_coding_streams_what_it_was_given_so_far() {
         let text: Vec<u8> = (0..20_000)
             .flat_map(|i| format!("line {i} of the page\n").into_bytes())
             .collect();
         for coding in Coding::ALL {
-            let mut e = Encoder::new(coding, 3);
+            let mut e = Encoder::new(coding, 3).unwrap();
             let mut sent = Vec::new();
             for (i, piece) in text.chunks(16 * 1024).enumerate() {
                 sent.extend_from_slice(&e.feed(piece).unwrap());

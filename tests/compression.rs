@@ -44,6 +44,7 @@ fn serve(s: TcpStream, release: &Mutex<mpsc::Receiver<()>>) {
             return;
         }
         let mut accept = String::from("-");
+        let mut length = 0;
         loop {
             let mut h = String::new();
             if r.read_line(&mut h).unwrap_or(0) == 0 {
@@ -55,8 +56,14 @@ fn serve(s: TcpStream, release: &Mutex<mpsc::Receiver<()>>) {
             if let Some((k, v)) = h.split_once(':') {
                 if k.eq_ignore_ascii_case("accept-encoding") {
                     accept = v.trim().to_string();
+                } else if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
                 }
             }
+        }
+        let mut body = vec![0; length];
+        if r.read_exact(&mut body).is_err() {
+            return;
         }
         let head_only = line.starts_with("HEAD ");
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
@@ -121,11 +128,17 @@ fn decode(coding: &str, bytes: &[u8]) -> Vec<u8> {
 
 /// A gateway compressing under `/` (gzip 5, brotli 4, zstd 3) and not under `/plain/`.
 fn gateway(origin: SocketAddr, listener: &str) -> Gateway {
+    gateway_with(origin, listener, &[])
+}
+
+/// The same with these `server:` settings.
+fn gateway_with(origin: SocketAddr, listener: &str, server: &[&str]) -> Gateway {
     Gateway::start(&format!(
-        "listeners:\n  - {listener}\nupstreams:\n  app: {{ servers: [{{ address: \"{origin}\" }}] }}\n\
+        "{}listeners:\n  - {listener}\nupstreams:\n  app: {{ servers: [{{ address: \"{origin}\" }}] }}\n\
          virtual_hosts:\n  - default: true\n    locations:\n\
          \x20     - {{ path: /, proxy_pass: app, compression: {{ gzip: 5, brotli: 4, zstd: 3 }} }}\n\
-         \x20     - {{ path: /plain/, proxy_pass: app }}\naccess_log: stdout\n"
+         \x20     - {{ path: /plain/, proxy_pass: app }}\naccess_log: stdout\n",
+        server_section(server)
     ))
 }
 
@@ -133,11 +146,22 @@ fn plain_listener() -> &'static str {
     "{ listen: \"127.0.0.1:{PORT}\" }"
 }
 
+/// Through the lean loop (GET) and through Pingora's (a POST; and every
+/// request with `lean_proxy: false`).
 #[test]
 fn responses_are_compressed_in_the_coding_the_client_prefers() {
+    for settings in [&[][..], &["lean_proxy: false"]] {
+        for method in ["GET", "POST"] {
+            compressed_by_preference(settings, method);
+        }
+    }
+}
+
+fn compressed_by_preference(settings: &[&str], method: &str) {
     let (_keep, rx) = mpsc::channel();
-    let g = gateway(origin(rx), plain_listener());
+    let g = gateway_with(origin(rx), plain_listener(), settings);
     let mut c = Client::connect(g.port).unwrap();
+    let body: &[u8] = if method == "POST" { b"form=1" } else { b"" };
     // One kept-alive connection throughout: the chunked framing must end each answer right.
     for (accept, coding) in [
         ("gzip", "gzip"),
@@ -147,7 +171,7 @@ fn responses_are_compressed_in_the_coding_the_client_prefers() {
         ("br;q=1, zstd;q=0.5, gzip;q=0.9", "br"),
         ("identity;q=1, *;q=0.2", "zstd"),
     ] {
-        let r = c.send("GET", "/page", &[("Accept-Encoding", accept)], b"").unwrap();
+        let r = c.send(method, "/page", &[("Accept-Encoding", accept)], body).unwrap();
         assert_eq!(r.status, 200, "{accept}");
         assert_eq!(r.header("content-encoding"), Some(coding), "{accept}");
         assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{accept}");
@@ -166,7 +190,7 @@ fn responses_are_compressed_in_the_coding_the_client_prefers() {
     // Refused codings, and no field at all: the page as it came, still varying.
     for accept in [Some("gzip;q=0, br;q=0, zstd;q=0"), Some("deflate"), None] {
         let fields: Vec<(&str, &str)> = accept.iter().map(|a| ("Accept-Encoding", *a)).collect();
-        let r = c.send("GET", "/page", &fields, b"").unwrap();
+        let r = c.send(method, "/page", &fields, body).unwrap();
         assert_eq!(r.header("content-encoding"), None, "{accept:?}");
         assert_eq!(r.header("content-length"), Some(page().len().to_string().as_str()));
         assert_eq!(r.header("etag"), Some("\"v1\""));
@@ -174,7 +198,9 @@ fn responses_are_compressed_in_the_coding_the_client_prefers() {
         assert_eq!(r.raw, page());
     }
     // nginx compresses a 404 page too.
-    let r = c.send("GET", "/missing", &[("Accept-Encoding", "gzip")], b"").unwrap();
+    let r = c
+        .send(method, "/missing", &[("Accept-Encoding", "gzip")], body)
+        .unwrap();
     assert_eq!((r.status, r.header("content-encoding")), (404, Some("gzip")));
     assert_eq!(decode("gzip", &r.raw), page());
 }
@@ -219,8 +245,14 @@ fn responses_nginx_leaves_alone_pass_as_they_came() {
 
 #[test]
 fn a_streamed_response_is_compressed_piece_by_piece() {
+    for settings in [&[][..], &["lean_proxy: false"]] {
+        streamed(settings);
+    }
+}
+
+fn streamed(settings: &[&str]) {
     let (go, rx) = mpsc::channel();
-    let g = gateway(origin(rx), plain_listener());
+    let g = gateway_with(origin(rx), plain_listener(), settings);
     let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
@@ -278,15 +310,19 @@ fn unchunk(mut b: &[u8]) -> Vec<u8> {
 fn the_access_log_counts_the_bytes_sent() {
     let (_keep, rx) = mpsc::channel();
     let g = gateway(origin(rx), plain_listener());
-    let r = request(g.port, "GET", "/page?logged", &[("Accept-Encoding", "gzip")], b"");
-    assert_eq!(r.header("content-encoding"), Some("gzip"));
-    let line = g.access_log_line("/page?logged").expect("a line");
-    let sent: usize = line
-        .split("\" 200 ")
-        .nth(1)
-        .and_then(|t| t.split(' ').next()?.parse().ok())
-        .unwrap();
-    assert_eq!(sent, r.raw.len(), "{line}");
+    // GET takes the lean loop, POST Pingora's.
+    for (method, body) in [("GET", &b""[..]), ("POST", b"x=1")] {
+        let target = format!("/page?logged-{method}");
+        let r = request(g.port, method, &target, &[("Accept-Encoding", "gzip")], body);
+        assert_eq!(r.header("content-encoding"), Some("gzip"));
+        let line = g.access_log_line(&target).expect("a line");
+        let sent: usize = line
+            .split("\" 200 ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next()?.parse().ok())
+            .unwrap();
+        assert_eq!(sent, r.raw.len(), "{line}");
+    }
 }
 
 #[test]

@@ -298,7 +298,11 @@ fn location(y: &mut String, l: &Location) {
         let _ = writeln!(y, "{p}upgrade: {}", q(u));
     }
     if let Some(c) = &l.compression {
-        let types = c.types.as_deref().map(|t| format!(", types: {}", list(t))).unwrap_or_default();
+        let types = c
+            .types
+            .as_deref()
+            .map(|t| format!(", types: {}", list(t)))
+            .unwrap_or_default();
         let _ = writeln!(
             y,
             "{p}compression: {{ gzip: {}, min_length: {}{types} }}",

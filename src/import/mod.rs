@@ -570,7 +570,9 @@ mod tests {
         );
         let comp = |path: &str| {
             let l = cfg.virtual_hosts[0].locations.iter().find(|l| l.path == path).unwrap();
-            l.compression.as_ref().map(|c| (c.gzip, c.min_length.0, c.types.clone().unwrap_or_default()))
+            l.compression
+                .as_ref()
+                .map(|c| (c.gzip, c.min_length.0, c.types.clone().unwrap_or_default()))
         };
         let types = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(

@@ -21,8 +21,8 @@
 //! exists, so a request it declines goes to Pingora untouched. It declines
 //! anything Pingora would have to rewrite beyond dropping a plain
 //! `Connection: keep-alive|close`: hop-by-hop headers, bodies, absolute-form
-//! targets, unusual Host values, routes to HTTP/2
-//! pools and locations that compress; upgrades other than a WebSocket handshake to a location that
+//! targets, unusual Host values, and routes to HTTP/2
+//! pools; upgrades other than a WebSocket handshake to a location that
 //! passes WebSockets the standard way (`upgrade: websocket`, the default).
 //! A request it takes is parsed there, once.
 
@@ -36,7 +36,6 @@ use super::downstream::Downstream;
 use super::Gateway;
 use crate::live::{Action, Snapshot, Upgrade};
 use crate::plugins::RespHeaders;
-use bytes::Bytes;
 pub use edits::ClientFields;
 use edits::{FieldEdits, RequestEdits};
 use idle::IdlePool;
@@ -218,14 +217,21 @@ fn routable(req: &httparse::Request, snap: &Snapshot, listener: usize, websocket
         .and_then(|h| h.paths.lookup(&path));
     match loc {
         Some(l) => match &l.action {
-            // Responses that may be compressed, or vary by the client's codings:
-            // Pingora's loop, which has the body hooks.
-            Action::Proxy(_) if l.compression.is_some() => false,
             Action::Proxy(p) => !p.http2 && (!websocket || l.upgrade == Upgrade::WebSocket),
             Action::Return { .. } => !websocket,
         },
         None => !websocket,
     }
+}
+
+/// The client's `Accept-Encoding` values.
+fn accepted(s: &LeanSession) -> smallvec::SmallVec<[&[u8]; 2]> {
+    let mut all = smallvec::SmallVec::new();
+    s.find_field("accept-encoding", &mut |v| {
+        all.push(v.as_bytes());
+        None
+    });
+    all
 }
 
 /// One listener's lean path: its gateway hooks and its own upstream pool.
@@ -468,10 +474,23 @@ impl LeanPath {
                     if let Err(e) = gw.upstream_status(s, head.status.as_u16(), ctx) {
                         return (false, false, Some(e));
                     }
-                    if up.close_delimited() || !head.passes_as_is() {
-                        // Reframed or normalized: through a built header, as Pingora's loop.
+                    let compresses = ctx.loc.as_ref().is_some_and(|l| l.compression.is_some());
+                    if up.close_delimited() || !head.passes_as_is() || compresses {
+                        // Reframed, normalized or perhaps compressed: through a built header, as
+                        // Pingora's loop.
                         match self.edited(&head, up.close_delimited(), ctx) {
-                            Ok(resp) => s.send_header(resp, end).await,
+                            Ok(mut resp) => {
+                                let c = ctx.loc.as_ref().and_then(|l| l.compression.as_ref());
+                                let accept = accepted(s);
+                                ctx.encoder = c.and_then(|c| {
+                                    c.begin_for(s.method(), s.version(), accept.into_iter(), &mut resp, true)
+                                });
+                                if ctx.encoder.is_some() && head.length.is_some() {
+                                    // Its body is here or on its way: the head goes with its first piece.
+                                    s.defer_head();
+                                }
+                                s.send_header(resp, end).await
+                            }
                             Err(e) => return (false, false, Some(e)),
                         }
                     } else if Gateway::edits_response(ctx) {
@@ -492,11 +511,24 @@ impl LeanPath {
                             .await
                     }
                 }
-                Part::Body(body, end) => {
+                Part::Body(mut body, end) => {
+                    if ctx.encoder.is_some() {
+                        if let Err(e) = super::compress_body(&mut body, end, ctx) {
+                            return (false, false, Some(e));
+                        }
+                    }
                     gw.response_body_filter(&body, ctx);
                     s.send_body(body, end).await
                 }
-                Part::Done => s.send_body(None::<Bytes>, true).await,
+                Part::Done => {
+                    // A compressed body's last bytes, if its end came apart from its data.
+                    let mut last = None;
+                    if let Err(e) = super::compress_body(&mut last, true, ctx) {
+                        return (false, false, Some(e));
+                    }
+                    gw.response_body_filter(&last, ctx);
+                    s.send_body(last, true).await
+                }
             };
             if let Err(e) = sent {
                 // The client could not take it: the upstream connection has unread bytes unless done.

@@ -93,7 +93,7 @@ fn http1_framing(s: &mut Session, resp: &mut ResponseHeader) {
 
 /// A piece of the response body through the location's compressor; at the
 /// end, the coding's last bytes follow.
-fn compress_body(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> Result<()> {
+pub(crate) fn compress_body(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> Result<()> {
     let Some(e) = ctx.encoder.as_mut() else {
         return Ok(());
     };

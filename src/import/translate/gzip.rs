@@ -60,7 +60,6 @@ impl Translator {
         Some(c)
     }
 
-
     /// A `gzip*` directive at any level. `true` if `d` was one.
     pub(super) fn gzip_setting(&mut self, d: &Directive, into: &mut Inherited) -> bool {
         let arg = d.args.first().map(String::as_str).unwrap_or("");

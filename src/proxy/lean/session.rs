@@ -341,6 +341,8 @@ pub struct LeanSession {
     held: Option<BytesMut>,
     /// The connection is TLS (pieces are gathered into records).
     tls: bool,
+    /// The next response head waits to go with its body's first piece.
+    defer_head: bool,
     /// Longest wait for a write to the client to go through
     /// (`send_timeout`, ms; 0: none). A write that does not have to wait
     /// sets no timer.
@@ -375,6 +377,7 @@ impl LeanSession {
             complete: false,
             held: None,
             tls,
+            defer_head: false,
             send_timeout_ms: 0,
         }
     }
@@ -572,12 +575,20 @@ impl LeanSession {
         (self.out != Out::Switched).then(|| self.will_keepalive())
     }
 
+    /// The next response head goes out with its body's first piece, not on
+    /// its own: a body about to follow at once, reframed (a compressed one).
+    pub fn defer_head(&mut self) {
+        self.defer_head = true;
+    }
+
     /// Write the response header and note what was sent.
     async fn send_head(&mut self, buf: BytesMut, status: u16, end: bool) -> Result<()> {
         // Flushed now unless a Content-Length body follows (as Pingora does).
         let flush = end || !matches!(self.out, Out::Length(n) if n > 0);
         if flush {
-            self.write(&buf, true).await?;
+            // Deferred: gathered, to be sent with what follows.
+            let defer = std::mem::take(&mut self.defer_head) && !end;
+            self.write(&buf, !defer).await?;
         } else {
             self.hold(buf); // goes with the first body piece
         }
@@ -814,7 +825,13 @@ impl Downstream for LeanSession {
                     let size = format!("{:X}\r\n", b.len());
                     self.write(size.as_bytes(), false).await?;
                     self.write(&b, false).await?;
-                    self.write(b"\r\n", true).await?;
+                    if end && !self.complete {
+                        // The last piece and the end of the body go together.
+                        self.write(b"\r\n0\r\n\r\n", true).await?;
+                        self.complete = true;
+                    } else {
+                        self.write(b"\r\n", true).await?;
+                    }
                 }
                 Out::Close => self.write(&b, true).await?,
                 Out::Header | Out::Empty | Out::Switched => {}
