@@ -252,6 +252,7 @@ pub fn run(args: Args) -> i32 {
             live: live.clone(),
             index: i,
             proxy_protocol: l.accept_proxy_protocol,
+            open: crate::listener::open::Open::new(&l.listen, l.max_connections),
             stop: Default::default(),
             lot: match crate::listener::Lot::new() {
                 Ok(lot) => lot,

@@ -53,6 +53,7 @@ mod chunks;
 pub(crate) mod conn;
 pub mod head;
 mod held;
+pub mod open;
 mod park;
 mod rewound;
 pub use accept::{Accepting, Tls};
@@ -148,6 +149,8 @@ pub struct Listener {
     /// Connections start with a PROXY protocol header (`accept_proxy_protocol`).
     /// They are not parked: the lot keeps no client address.
     pub proxy_protocol: bool,
+    /// Its open connections, and their bound (`max_connections`).
+    pub open: Arc<open::Open>,
 }
 
 /// The server's shutdown as connections waiting for a request see it: one
@@ -531,15 +534,16 @@ impl Listener {
     /// parking lot; it comes back if it still holds bytes.
     fn park(&self, conn: Box<Conn>, served: u32, left_ms: u32) -> Option<Box<Conn>> {
         match conn.into_parked() {
-            Ok(Ok(tcp)) => {
+            Ok((Ok(tcp), counted)) => {
                 let deadline_ms = crate::clock::coarse_ms() + u64::from(left_ms);
                 self.lot.park(park::Parked {
                     tcp,
                     served,
                     deadline_ms,
+                    counted,
                 });
             }
-            Ok(Err(e)) => log::info!("cannot park an idle connection: {e}"),
+            Ok((Err(e), _)) => log::info!("cannot park an idle connection: {e}"),
             Err(conn) => return Some(conn),
         }
         None

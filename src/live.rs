@@ -267,7 +267,11 @@ fn listener_keys(c: &config::Config) -> Vec<String> {
             Some(t) => format!(", tls{}", if t.http2 { ", h2" } else { "" }),
             None => String::new(),
         };
-        match format!("{tls}{}", proxied(l.accept_proxy_protocol)) {
+        let bound = match l.max_connections {
+            0 => String::new(),
+            n => format!(", max_connections {n}"),
+        };
+        match format!("{tls}{}{bound}", proxied(l.accept_proxy_protocol)) {
             k if k.is_empty() => l.listen.clone(),
             k => format!("{} ({})", l.listen, &k[2..]),
         }

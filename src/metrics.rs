@@ -22,6 +22,8 @@ pub struct Metrics {
     pub upgrades: IntCounter,
     pub lean_requests: IntCounter,
     pub parked: IntGauge,
+    /// HTTP listeners: client connections open, by listener.
+    pub client_connections: IntGaugeVec,
     pub reloads: IntCounterVec,
     pub request_time: Histogram,
     /// TCP listeners: connections by outcome, bytes, connections open.
@@ -76,6 +78,15 @@ pub fn get() -> &'static Metrics {
             "Idle keep-alive connections waiting in the listeners' parking lots (server.idle_park_after)",
         )
         .unwrap();
+        let client_connections = IntGaugeVec::new(
+            Opts::new(
+                "client_connections_open",
+                "Client connections open on each HTTP listener (idle, parked and upgraded ones included)",
+            ),
+            &["listener"],
+        )
+        .unwrap();
+        reg(Box::new(client_connections.clone()));
         let reloads = IntCounterVec::new(Opts::new("reloads_total", "Configuration reloads"), &["result"]).unwrap();
         let request_time = Histogram::with_opts(
             HistogramOpts::new("request_seconds", "Total request time")
@@ -128,6 +139,7 @@ pub fn get() -> &'static Metrics {
             upgrades,
             lean_requests,
             parked,
+            client_connections,
             reloads,
             request_time,
             tcp_connections,

@@ -167,6 +167,12 @@ pub struct Listener {
     /// `real_ip_header proxy_protocol`; HAProxy `accept-proxy`).
     #[serde(default)]
     pub accept_proxy_protocol: bool,
+    /// Most client connections open at once (0: no bound). At the bound,
+    /// new connections wait in the kernel's backlog until others close,
+    /// idle keep-alive connections being closed first (HAProxy `maxconn`,
+    /// nginx `worker_connections`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_connections: usize,
 }
 
 /// A TCP listener (nginx's `stream { server { listen; proxy_pass; } }`).

@@ -232,7 +232,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<Listening>, mut shutdown
     // listener and the shutdown watch: those already waiting when one is.
     let mut more = 0;
     loop {
-        let next = (more > 0).then(|| listener.try_io(tokio::io::Interest::READABLE, accept_now));
+        let open = &shared.app.open;
+        let next = (more > 0 && !open.full()).then(|| listener.try_io(tokio::io::Interest::READABLE, accept_now));
         let accepted = match next {
             Some(Ok(accepted)) => {
                 more -= 1;
@@ -240,7 +241,15 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<Listening>, mut shutdown
             }
             // None left (or an error, for the wait to meet again and report).
             _ => tokio::select! {
-                a = accept(&listener) => {
+                a = async {
+                    let a = accept(&listener).await;
+                    if a.is_ok() && open.full() {
+                        // At the bound: this connection waits here (the next ones in the
+                        // backlog) until there is room; idle ones are closed to make it.
+                        open.room(&shared.app.lot).await;
+                    }
+                    a
+                } => {
                     more = if shared.tls.is_none() { ACCEPT_BATCH - 1 } else { 0 };
                     a
                 }
@@ -254,7 +263,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<Listening>, mut shutdown
         match accepted {
             Ok((tcp, peer)) => {
                 // (`TCP_NODELAY` is set before the connection's second write: `Conn::sending`.)
-                let (rt, conn) = take_in(&shared, tcp, peer);
+                let (rt, conn) = take_in(&shared, tcp, peer, shared.app.open.count());
                 rt.spawn(connection(shared.clone(), conn, shutdown.clone()));
                 if shared.tls.is_some() {
                     // One TLS connection per turn of the scheduler, like nginx's one accept
@@ -316,8 +325,14 @@ fn worker(shared: &Shared) -> Handle {
 /// that will serve it. Its socket goes on that worker's reactor only if the
 /// connection has to wait (`Conn`), so its readiness wakes that thread and
 /// no other.
-fn take_in(shared: &Shared, tcp: std::net::TcpStream, peer: SocketAddr) -> (Handle, Box<Conn>) {
-    (worker(shared), Box::new(Conn::new(tcp, peer, shared.read_ahead)))
+fn take_in(
+    shared: &Shared,
+    tcp: std::net::TcpStream,
+    peer: SocketAddr,
+    counted: super::open::Counted,
+) -> (Handle, Box<Conn>) {
+    let conn = Conn::new(tcp, peer, shared.read_ahead).counted(Some(counted));
+    (worker(shared), Box::new(conn))
 }
 
 /// One client connection, for its whole life. Its future is the task's
@@ -367,7 +382,8 @@ async fn parking_lot(shared: Arc<Shared>, shutdown: ShutdownWatch) {
         let Ok(peer) = p.tcp.peer_addr() else {
             return; // the client is gone
         };
-        let (rt, conn) = take_in(&shared, p.tcp, peer);
+        let counted = p.counted.unwrap_or_else(|| shared.app.open.count());
+        let (rt, conn) = take_in(&shared, p.tcp, peer, counted);
         let left = p.deadline_ms.saturating_sub(crate::clock::coarse_ms());
         // Its request is here (or the client closed): a short wait is enough to read it.
         let wait_ms = left.clamp(100, u32::MAX.into()) as u32;

@@ -68,6 +68,8 @@ pub struct Conn {
     slot: Option<OwnedSemaphorePermit>,
     /// How far writes to the socket have come ([`Conn::sending`]).
     sent: Sent,
+    /// Its place in the listener's count of open connections.
+    counted: Option<super::open::Counted>,
 }
 
 /// The client's socket, on tokio's reactor only once something waits for it.
@@ -121,7 +123,14 @@ impl Conn {
             digest: OnceLock::new(),
             slot: None,
             sent: Sent::Nothing,
+            counted: None,
         }
+    }
+
+    /// Count the connection among its listener's open ones until it drops.
+    pub fn counted(mut self, counted: Option<super::open::Counted>) -> Conn {
+        self.counted = counted;
+        self
     }
 
     /// Hold `slot` until a read finds nothing to read: a TLS handshake
@@ -256,18 +265,23 @@ impl Conn {
         }
     }
 
-    /// The socket, off tokio's reactor, for the parking lot; `Err` with the
-    /// connection when it still holds bytes (read ahead, or not sent yet).
-    /// `Ok(Err)`: the socket could not be taken off the reactor (it is closed).
-    pub fn into_parked(mut self: Box<Self>) -> Result<io::Result<std::net::TcpStream>, Box<Conn>> {
+    /// The socket, off tokio's reactor, for the parking lot, with the
+    /// connection's place in the count; `Err` with the connection when it
+    /// still holds bytes (read ahead, or not sent yet). `Ok((Err, _))`: the
+    /// socket could not be taken off the reactor (it is closed).
+    #[allow(clippy::type_complexity)]
+    pub fn into_parked(
+        mut self: Box<Self>,
+    ) -> Result<(io::Result<std::net::TcpStream>, Option<super::open::Counted>), Box<Conn>> {
         if self.pending() || !self.out.is_empty() {
             return Err(self);
         }
-        Ok(match std::mem::replace(&mut self.socket, Socket::Lost) {
+        let tcp = match std::mem::replace(&mut self.socket, Socket::Lost) {
             Socket::Off(s) => Ok(s),
             Socket::On(t) => t.into_std(),
             Socket::Lost => Err(lost()),
-        })
+        };
+        Ok((tcp, self.counted.take()))
     }
 
     /// Called before each write to the socket. The first goes out at once

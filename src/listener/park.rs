@@ -53,6 +53,8 @@ pub struct Parked {
     pub served: u32,
     /// When its keep-alive time runs out (`crate::clock::coarse_ms`).
     pub deadline_ms: u64,
+    /// Its place in the listener's count of open connections.
+    pub counted: Option<super::open::Counted>,
 }
 
 /// One place in the lot; `gen` tells a reused place from its previous
@@ -167,6 +169,29 @@ impl Lot {
             log::warn!("cannot park an idle connection: {e}");
             slots.take(token);
         }
+    }
+
+    /// Close up to `n` of the connections parked longest (the earliest
+    /// deadlines): the listener needs room for new ones. Returns how many.
+    pub fn close_longest_idle(&self, n: usize) -> usize {
+        let mut slots = self.slots.lock().unwrap();
+        let mut parked: Vec<(u64, u32)> = (0..slots.list.len() as u32)
+            .filter_map(|i| slots.list[i as usize].parked.as_ref().map(|p| (p.deadline_ms, i)))
+            .collect();
+        let n = n.min(parked.len());
+        if n < parked.len() {
+            parked.select_nth_unstable(n);
+        }
+        let closing: Vec<Parked> = parked[..n]
+            .iter()
+            .filter_map(|&(_, i)| {
+                let token = slots.token(i);
+                slots.take(token)
+            })
+            .collect();
+        drop(slots);
+        // Closing the sockets takes them out of the lot's epoll as well.
+        closing.len()
     }
 
     /// The lot's task: resume each parked connection whose socket turns
@@ -331,16 +356,19 @@ mod tests {
             tcp: s1,
             served: 3,
             deadline_ms: far,
+            counted: None,
         });
         lot.park(Parked {
             tcp: s2,
             served: 1,
             deadline_ms: far,
+            counted: None,
         });
         lot.park(Parked {
             tcp: s3,
             served: 1,
             deadline_ms: crate::clock::coarse_ms() + 100,
+            counted: None,
         });
         assert_eq!(lot.len(), 3);
 
@@ -378,8 +406,40 @@ mod tests {
             tcp: s4,
             served: 1,
             deadline_ms: far,
+            counted: None,
         });
         assert_eq!(lot.len(), 0, "nothing parks after shutdown");
+    }
+
+    #[test]
+    fn at_the_bound_the_connections_parked_longest_close_first() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let lot = Lot::new().unwrap();
+        let now = crate::clock::coarse_ms();
+        // Deadlines say how long each has waited: the earliest, the longest.
+        let clients: Vec<TcpStream> = [30_000, 10_000, 50_000, 20_000]
+            .into_iter()
+            .map(|left| {
+                let (client, server) = pair(&l);
+                lot.park(Parked {
+                    tcp: server,
+                    served: 1,
+                    deadline_ms: now + left,
+                    counted: None,
+                });
+                client
+            })
+            .collect();
+        assert_eq!(lot.close_longest_idle(2), 2);
+        assert_eq!(lot.len(), 2);
+        let closed = |c: &TcpStream| {
+            c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+            std::io::Read::read(&mut &*c, &mut [0; 8]).is_ok_and(|n| n == 0)
+        };
+        let which: Vec<bool> = clients.iter().map(closed).collect();
+        assert_eq!(which, [false, true, false, true]);
+        assert_eq!(lot.close_longest_idle(5), 2, "no more than are parked");
+        assert_eq!(lot.len(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,6 +465,7 @@ mod tests {
                 tcp: server,
                 served: 1,
                 deadline_ms,
+                counted: None,
             });
             client
         };

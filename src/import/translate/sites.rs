@@ -516,6 +516,7 @@ impl Translator {
                             tls: None,
                             h2c: false,
                             accept_proxy_protocol: false,
+                            max_connections: 0,
                         });
                         listeners.len() - 1
                     }
