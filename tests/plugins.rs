@@ -114,6 +114,46 @@ fn rate_limit_answers_429_with_retry_after() {
     assert_eq!((get("a"), get("a"), get("b")), (200, 429, 200));
 }
 
+/// `delay: 0` (nginx's `limit_req` without `nodelay`): requests over the
+/// rate are held back and spaced by it; past the burst, `status` at once.
+#[test]
+fn rate_limit_with_delay_spaces_requests_to_the_rate() {
+    let b = Backend::start("b");
+    let g = gw(
+        &b,
+        "plugins:\n  - rate_limit: { rate: 5, burst: 3, delay: 0, status: 503 }",
+        ROOT,
+    );
+    let port = g.port;
+    let start = Instant::now();
+    let answers: Vec<(u16, Duration)> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let s = request(port, "GET", "/", &[], b"").status;
+                (s, start.elapsed())
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let mut served: Vec<Duration> = answers.iter().filter(|a| a.0 == 200).map(|a| a.1).collect();
+    served.sort();
+    let refused: Vec<&(u16, Duration)> = answers.iter().filter(|a| a.0 != 200).collect();
+    assert_eq!((served.len(), refused.len()), (3, 1), "{answers:?}");
+    assert_eq!(refused[0].0, 503);
+    assert!(
+        refused[0].1 < Duration::from_millis(150),
+        "refused at once: {answers:?}"
+    );
+    // One at once, then one per 200 ms.
+    assert!(served[0] < Duration::from_millis(150), "{answers:?}");
+    assert!(served[1] >= Duration::from_millis(190), "{answers:?}");
+    assert!(served[2] >= Duration::from_millis(390), "{answers:?}");
+    assert!(served[2] < Duration::from_secs(2), "{answers:?}");
+    assert_eq!(b.hits(), 3);
+}
+
 #[test]
 fn ip_access_allows_and_denies_by_cidr() {
     let b = Backend::start("b");

@@ -1,10 +1,19 @@
 //! Token-bucket rate limiting per key (client IP by default, or a request
 //! header): `rate` tokens per second, up to `burst`; an empty bucket answers
-//! 429 with `Retry-After`. Memory is bounded: at most `max_keys` buckets are
-//! kept (full, i.e. idle, buckets are dropped first when the table fills).
+//! `status` (429) with `Retry-After`. Memory is bounded: at most `max_keys`
+//! buckets are kept (full, i.e. idle, buckets are dropped first when the
+//! table fills).
+//!
+//! With `delay: N`, requests over the rate are held back instead of
+//! passing at once, as nginx's `limit_req` does without `nodelay`: once
+//! more than `N` requests beyond the rate are in the bucket, each waits
+//! until the rate lets it through (`delay: 0`: every one over the rate
+//! waits; nginx's `delay=N`). Without `delay`, they all pass at once while
+//! the bucket has tokens (nginx's `nodelay`).
 //!
 //! ```yaml
 //! - rate_limit: { rate: 10, burst: 20, key: "$remote_addr", max_keys: 100000 }
+//! - rate_limit: { rate: 5, burst: 11, delay: 0, status: 503 }   # nginx: limit_req burst=10 (no nodelay)
 //! ```
 
 use crate::api::{self, Ctx, Flow, Headers, Hooks, Plugin, Reply};
@@ -13,7 +22,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +35,14 @@ struct Settings {
     key: String,
     #[serde(default = "default_max_keys")]
     max_keys: usize,
+    /// Requests over the rate that pass at once; the ones beyond wait.
+    delay: Option<u32>,
+    #[serde(default = "default_status")]
+    status: u16,
+}
+
+fn default_status() -> u16 {
+    429
 }
 
 fn default_max_keys() -> usize {
@@ -42,6 +59,8 @@ const SHARDS: usize = 16;
 struct RateLimit {
     rate: f64,
     burst: f64,
+    delay: Option<f64>,
+    status: u16,
     key: Key,
     max_per_shard: usize,
     shards: Vec<Mutex<HashMap<String, Bucket>>>,
@@ -59,10 +78,15 @@ pub fn build(v: &serde_yaml::Value) -> Result<Box<dyn Plugin>, String> {
     if s.max_keys < SHARDS {
         return Err(format!("max_keys: must be at least {SHARDS}"));
     }
+    if !(400..=599).contains(&s.status) {
+        return Err(format!("status: {} is not an error status (400-599)", s.status));
+    }
     let key = Key::parse(&s.key, false)?;
     Ok(Box::new(RateLimit {
         rate: s.rate,
         burst,
+        delay: s.delay.map(f64::from),
+        status: s.status,
         key,
         max_per_shard: s.max_keys / SHARDS,
         shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -70,8 +94,10 @@ pub fn build(v: &serde_yaml::Value) -> Result<Box<dyn Plugin>, String> {
 }
 
 impl RateLimit {
-    /// Take a token for `key`; `Err(seconds)` until the next token otherwise.
-    fn take(&self, key: &str, now: Instant) -> Result<(), u64> {
+    /// Take a token for `key`: `Ok` with how long the request waits first
+    /// (zero unless `delay` holds it back); `Err(seconds)` until the next
+    /// token otherwise.
+    fn take(&self, key: &str, now: Instant) -> Result<Duration, u64> {
         let shard = key.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % SHARDS;
         let mut m = self.shards[shard].lock().unwrap();
         if m.len() >= self.max_per_shard && !m.contains_key(key) {
@@ -85,7 +111,13 @@ impl RateLimit {
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
-            Ok(())
+            // nginx's "excess": requests taken beyond what the rate has refilled.
+            let excess = self.burst - 1.0 - b.tokens;
+            let wait = match self.delay {
+                Some(free) if excess > free => Duration::from_secs_f64((excess - free) / self.rate),
+                _ => Duration::ZERO,
+            };
+            Ok(wait)
         } else {
             Err(((1.0 - b.tokens) / self.rate).ceil().max(1.0) as u64)
         }
@@ -113,9 +145,15 @@ impl Plugin for RateLimit {
 
     async fn request(&self, ctx: &mut Ctx, h: &mut dyn Headers) -> Flow {
         match self.take(&self.key.of(ctx, h), Instant::now()) {
-            Ok(()) => Flow::Continue,
+            Ok(wait) => {
+                if !wait.is_zero() {
+                    // Held back to the rate (its token is already taken).
+                    tokio::time::sleep(wait).await;
+                }
+                Flow::Continue
+            }
             Err(secs) => Flow::Respond(
-                Reply::new(429, "429 Too Many Requests\n")
+                Reply::new(self.status, format!("{} Too Many Requests\n", self.status))
                     .header("retry-after", secs.to_string())
                     .header("content-type", "text/plain"),
             ),
@@ -135,13 +173,15 @@ mod tests {
         let rl = RateLimit {
             rate: 10.0,
             burst: 2.0,
+            delay: None,
+            status: 429,
             key: Key::ClientIp,
             max_per_shard: 4,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         };
         let t = Instant::now();
-        assert!(rl.take("a", t).is_ok());
-        assert!(rl.take("a", t).is_ok());
+        assert_eq!(rl.take("a", t), Ok(Duration::ZERO));
+        assert_eq!(rl.take("a", t), Ok(Duration::ZERO));
         assert_eq!(rl.take("a", t), Err(1));
         assert!(rl.take("a", t + std::time::Duration::from_millis(150)).is_ok());
         for i in 0..100_000 {
@@ -149,5 +189,29 @@ mod tests {
         }
         let total: usize = rl.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(total <= 4 * SHARDS, "bounded: {total}");
+    }
+
+    #[test]
+    fn with_delay_requests_over_the_rate_wait_as_nginx_spaces_them() {
+        // nginx `limit_req rate=10r/s burst=4 delay=1`: a bucket of 5.
+        let rl = RateLimit {
+            rate: 10.0,
+            burst: 5.0,
+            delay: Some(1.0),
+            status: 503,
+            key: Key::ClientIp,
+            max_per_shard: 4,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        };
+        let t = Instant::now();
+        let ms = |r: Result<Duration, u64>| r.map(|d| d.as_millis());
+        assert_eq!(ms(rl.take("a", t)), Ok(0), "within the rate");
+        assert_eq!(ms(rl.take("a", t)), Ok(0), "the one free excess request");
+        assert_eq!(ms(rl.take("a", t)), Ok(100));
+        assert_eq!(ms(rl.take("a", t)), Ok(200));
+        assert_eq!(ms(rl.take("a", t)), Ok(300));
+        assert_eq!(rl.take("a", t), Err(1), "over the burst");
+        // 100 ms later one token is back: the next waits as long as the last did.
+        assert_eq!(ms(rl.take("a", t + Duration::from_millis(100))), Ok(300));
     }
 }

@@ -555,7 +555,9 @@ mod tests {
             "{open}"
         );
         assert!(notes.iter().any(|n| n.contains("no zone nowhere")), "{notes:?}");
-        assert!(notes.iter().any(|n| n.contains("delays up to `burst`")), "{notes:?}");
+        // nodelay: no delay; without it, every request over the rate waits; nginx's 503.
+        assert!(!root.contains("delay") && root.contains("status: 503"), "{root}");
+        assert!(api.contains("delay: 0") && api.contains("status: 503"), "{api}");
     }
 
     #[test]

@@ -64,7 +64,7 @@ impl Translator {
     pub(super) fn limits(&mut self, i: &Inherited) -> Vec<PluginEntry> {
         let mut out = Vec::new();
         for d in i.limit_req.iter().flatten() {
-            out.extend(self.limit_req(d));
+            out.extend(self.limit_req(d, i.limit_req_status));
         }
         for d in i.limit_conn.iter().flatten() {
             out.extend(self.limit_conn(d, i.limit_conn_status));
@@ -94,8 +94,9 @@ impl Translator {
         }
     }
 
-    /// `limit_req zone=NAME [burst=N] [nodelay | delay=N]` as `rate_limit`.
-    fn limit_req(&mut self, d: &Directive) -> Option<PluginEntry> {
+    /// `limit_req zone=NAME [burst=N] [nodelay | delay=N]` as `rate_limit`,
+    /// answering `status` (nginx's `limit_req_status`, default 503).
+    fn limit_req(&mut self, d: &Directive, status: Option<u16>) -> Option<PluginEntry> {
         let arg = |p: &str| d.args.iter().find_map(|a| a.strip_prefix(p));
         let Some(name) = arg("zone=") else {
             self.not_translated(d, "expected zone=NAME");
@@ -111,6 +112,11 @@ impl Translator {
         }
         let burst: u64 = arg("burst=").and_then(|b| b.parse().ok()).unwrap_or(0);
         let nodelay = d.args.iter().any(|a| a == "nodelay");
+        // Without nodelay, requests over the rate wait (all, or those past `delay=N`).
+        let delay: Option<u64> = match nodelay {
+            true => None,
+            false => Some(arg("delay=").and_then(|n| n.parse().ok()).unwrap_or(0)),
+        };
         // nginx lets `burst` requests over the rate through; a bucket of `burst + 1` does.
         let mut settings = serde_yaml::Mapping::new();
         settings.insert("rate".into(), zone.rate.unwrap_or(1.0).into());
@@ -118,13 +124,11 @@ impl Translator {
         if key != "$remote_addr" {
             settings.insert("key".into(), key.into());
         }
-        let why = match nodelay {
-            true => "rate_limit: requests over the rate and burst are answered 429 (nginx: limit_req_status, 503)",
-            false => {
-                "rate_limit: requests over the rate are answered 429 at once, where nginx delays up to `burst` of them"
-            }
-        };
-        self.notes.push(note(d, format!("{why}; {APART}")));
+        if let Some(n) = delay.filter(|&n| n < burst) {
+            settings.insert("delay".into(), n.into());
+        }
+        settings.insert("status".into(), u64::from(status.unwrap_or(503)).into());
+        self.notes.push(note(d, format!("rate_limit: {APART}")));
         Some([("rate_limit".to_string(), serde_yaml::Value::Mapping(settings))].into())
     }
 

@@ -48,6 +48,7 @@ struct Inherited {
     limit_req: Option<Vec<Directive>>,
     limit_conn: Option<Vec<Directive>>,
     limit_conn_status: Option<u16>,
+    limit_req_status: Option<u16>,
     /// An access check Portico cannot translate (`auth_basic`, `auth_request`):
     /// the directive and its line. Its locations refuse everyone (fail closed).
     guard: Option<(String, usize)>,
@@ -447,10 +448,12 @@ impl Translator {
                 Ok(s) => into.limit_conn_status = Some(s),
                 Err(_) => self.not_translated(d, "expected a status"),
             },
+            "limit_req_status" => match arg.parse() {
+                Ok(s) => into.limit_req_status = Some(s),
+                Err(_) => self.not_translated(d, "expected a status"),
+            },
             "limit_req_log_level" | "limit_conn_log_level" => {}
-            "limit_req_status" | "limit_req_dry_run" | "limit_conn_dry_run" => {
-                self.not_translated(d, "the rate_limit plugin answers 429; limits are never dry runs")
-            }
+            "limit_req_dry_run" | "limit_conn_dry_run" => self.not_translated(d, "limits are never dry runs"),
             "include" => self.not_translated(d, "not followed: import the included file on its own"),
             "set_real_ip_from" => self.trusted.push(arg.to_string()),
             "real_ip_header" | "real_ip_recursive" => {}
