@@ -479,9 +479,13 @@ fn build_pool(l: &Loaded, name: &str, u: &config::Upstream, states: &StateRegist
                 sni: u.tls_sni.clone().unwrap_or_default(),
                 verify: u.tls_verify,
                 ca,
+                client: client_cert(l, &p, u)?,
             })
         }
     };
+    if !u.tls && (u.tls_cert.is_some() || u.tls_key.is_some()) {
+        return Err(l.err(&format!("{p}.tls_cert"), "a client certificate goes with tls: true"));
+    }
     let retry = retry_policy(
         l,
         &p,
@@ -510,6 +514,24 @@ fn build_pool(l: &Loaded, name: &str, u: &config::Upstream, states: &StateRegist
         tls,
         http2: u.http2,
     }))
+}
+
+/// A pool's client certificate and key (`tls_cert`, `tls_key`): both or
+/// neither, readable, matching and within their dates.
+fn client_cert(
+    l: &Loaded,
+    p: &str,
+    u: &config::Upstream,
+) -> Result<Option<Arc<pingora_core::utils::tls::CertKey>>, ConfigError> {
+    match (&u.tls_cert, &u.tls_key) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(l.err(&format!("{p}.tls_cert"), "tls_cert needs tls_key")),
+        (None, Some(_)) => Err(l.err(&format!("{p}.tls_key"), "tls_key needs tls_cert")),
+        (Some(cert), Some(key)) => {
+            let ck = crate::tls::load(cert, key).map_err(|e| l.err(&format!("{p}.tls_cert"), e))?;
+            Ok(Some(Arc::new(pingora_core::utils::tls::CertKey::new(ck.chain, ck.key))))
+        }
+    }
 }
 
 fn template(l: &Loaded, path: &str, s: &str) -> Result<Template, ConfigError> {

@@ -137,6 +137,25 @@ fn bad_configs_are_located_precisely() {
             "FILE:12:9: virtual_hosts[0].locations[0].rewrite: to: $2, but from has 1 group(s)",
             "",
         ),
+        // A client certificate: half of one, on a pool without TLS, a file not there
+        (
+            &GOOD.replace("    servers:\n", "    tls: true\n    tls_cert: c.pem\n    servers:\n"),
+            "FILE:6:5: upstreams.app.tls_cert: tls_cert needs tls_key",
+            "",
+        ),
+        (
+            &GOOD.replace("    servers:\n", "    tls_cert: c.pem\n    tls_key: c.key\n    servers:\n"),
+            "FILE:5:5: upstreams.app.tls_cert: a client certificate goes with tls: true",
+            "",
+        ),
+        (
+            &GOOD.replace(
+                "    servers:\n",
+                "    tls: true\n    tls_cert: /nonexistent/c.pem\n    tls_key: /nonexistent/c.key\n    servers:\n",
+            ),
+            "FILE:6:5: upstreams.app.tls_cert: cannot read certificate /nonexistent/c.pem",
+            "",
+        ),
         // Compression: a level out of range, a type that is none, every coding off
         (
             &GOOD.replace("proxy_pass: app\n", "proxy_pass: app\n        compression:\n          brotli: 12\n"),

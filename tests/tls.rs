@@ -907,3 +907,109 @@ fn a_tcp_listener_routes_tls_by_server_name_without_decrypting() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// A server that asks for a client certificate signed by `ca` and refuses
+/// a handshake without one; it answers each request with the client
+/// certificate's name, then closes.
+fn mtls_server(dir: &Path, ca: &Issued) -> std::net::SocketAddr {
+    use openssl::ssl::SslAcceptor;
+    let leaf = issue(&["upstream.test"], Some(ca), -1, 30, false);
+    let (cert, key) = write(dir, "mtls-server", &leaf);
+    let ca_file = dir.join("mtls-ca.pem");
+    std::fs::write(&ca_file, ca.cert.to_pem().unwrap()).unwrap();
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+    b.set_certificate_chain_file(&cert).unwrap();
+    b.set_private_key_file(&key, openssl::ssl::SslFiletype::PEM).unwrap();
+    b.set_ca_file(&ca_file).unwrap();
+    b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    let acceptor = std::sync::Arc::new(b.build());
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in l.incoming().flatten() {
+            let acceptor = acceptor.clone();
+            std::thread::spawn(move || {
+                let _ = tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                let Ok(mut s) = acceptor.accept(tcp) else { return };
+                let client = s.ssl().peer_certificate().map(|c| {
+                    let cn = c.subject_name().entries_by_nid(Nid::COMMONNAME).next().unwrap();
+                    String::from_utf8_lossy(cn.data().as_slice()).into_owned()
+                });
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                let body = format!("client={}\n", client.unwrap_or_default());
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes());
+                let _ = s.shutdown();
+            });
+        }
+    });
+    addr
+}
+
+/// `tls_cert`/`tls_key` on a pool (nginx `proxy_ssl_certificate`): the
+/// certificate is shown to servers that ask for one, from HTTP locations
+/// and TCP listeners alike; without it such a server refuses the gateway.
+#[test]
+fn pools_show_their_client_certificate_to_servers_that_ask() {
+    let dir = temp_dir();
+    let ca = issue(&["Test CA"], None, -1, 30, true);
+    let server = mtls_server(&dir, &ca);
+    let (cc, ck) = write(&dir, "client", &issue(&["gateway.client"], Some(&ca), -1, 30, false));
+    let rogue_ca = issue(&["Other CA"], None, -1, 30, true);
+    let (rc, rk) = write(&dir, "rogue", &issue(&["rogue.client"], Some(&rogue_ca), -1, 30, false));
+    let ca_file = dir.join("mtls-ca.pem");
+    let pool = |client: Option<(&PathBuf, &PathBuf)>| {
+        let mut p = format!(
+            "    tls: true\n    tls_sni: upstream.test\n    tls_ca_file: {}\n    servers: [{{ address: \"{server}\" }}]\n",
+            ca_file.display()
+        );
+        if let Some((c, k)) = client {
+            p.push_str(&format!(
+                "    tls_cert: {}\n    tls_key: {}\n",
+                c.display(),
+                k.display()
+            ));
+        }
+        p
+    };
+    let tcp = free_port();
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\ntcp:\n  - {{ listen: \"127.0.0.1:{tcp}\", proxy_pass: signed }}\n\
+         upstreams:\n  signed:\n{}  unsigned:\n{}  rogue:\n{}\
+         virtual_hosts:\n  - default: true\n    locations:\n\
+         \x20     - {{ path: /, proxy_pass: signed }}\n\
+         \x20     - {{ path: /none/, proxy_pass: unsigned }}\n\
+         \x20     - {{ path: /rogue/, proxy_pass: rogue }}\n",
+        pool(Some((&cc, &ck))),
+        pool(None),
+        pool(Some((&rc, &rk)))
+    ));
+    let r = g.get("/mtls");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "client=gateway.client\n"),
+        "{}",
+        g.stderr()
+    );
+    assert_eq!(g.get("/none/x").status, 502, "no certificate: refused");
+    assert_eq!(g.get("/rogue/x").status, 502, "a certificate the server does not trust");
+    // Through the TCP listener: the plain request goes on over TLS with the certificate.
+    g.wait_listening(tcp);
+    let mut s = tcp_to(tcp);
+    s.write_all(b"GET /via-tcp HTTP/1.1\r\nHost: upstream.test\r\n\r\n")
+        .unwrap();
+    let (status, body) = read_response(&mut std::io::BufReader::new(s));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "client=gateway.client\n"),
+        "{}",
+        g.stderr()
+    );
+}

@@ -324,6 +324,10 @@ pub struct Upstream {
     #[serde(default = "yes")]
     pub tls_verify: bool,
     pub tls_ca_file: Option<String>,
+    /// A client certificate (PEM, leaf first) and its key, for servers that
+    /// ask for one (nginx `proxy_ssl_certificate`, `proxy_ssl_certificate_key`).
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
     /// Speak HTTP/2 to the servers (h2 over TLS, h2c in plain text).
     #[serde(default)]
     pub http2: bool,

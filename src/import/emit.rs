@@ -207,6 +207,12 @@ fn upstream(y: &mut String, u: &Upstream) {
     if let Some(ca) = &u.tls_ca_file {
         let _ = writeln!(y, "    tls_ca_file: {}", q(ca));
     }
+    if let Some(cert) = &u.tls_cert {
+        let _ = writeln!(y, "    tls_cert: {}", q(cert));
+    }
+    if let Some(key) = &u.tls_key {
+        let _ = writeln!(y, "    tls_key: {}", q(key));
+    }
     y.push_str("    servers:\n");
     for s in &u.servers {
         let _ = writeln!(y, "      - address: {}", q(&s.address));

@@ -629,7 +629,10 @@ mod tests {
             "stream {\n upstream db { server db1.internal:5432; }\n\
              server { listen 5432; proxy_pass db; proxy_ssl on; proxy_ssl_verify on; proxy_ssl_trusted_certificate ca.pem; }\n\
              server { listen 6379; proxy_pass 10.0.0.7:6380; proxy_ssl on; }\n\
-             server { listen 7000; proxy_pass 10.0.0.8:7000; proxy_ssl on; proxy_ssl_certificate c.pem; } }\n",
+             server { listen 7000; proxy_pass 10.0.0.8:7000; proxy_ssl on; proxy_ssl_certificate c.pem;\n\
+              proxy_ssl_certificate_key c.key; } }\n\
+             http { server { listen 80; location / { proxy_pass https://10.0.0.9; proxy_ssl_certificate h.pem;\n\
+              proxy_ssl_certificate_key h.key; } } }\n",
         );
         let db = &cfg.upstreams["db"];
         assert!(db.tls && db.tls_verify, "verified as proxy_ssl_verify says");
@@ -642,9 +645,18 @@ mod tests {
             redis.tls && !redis.tls_verify && redis.tls_sni.is_none(),
             "nginx's defaults"
         );
-        assert_eq!(cfg.tcp.len(), 2, "the server with a client certificate is left out");
+        // Client certificates towards the servers, from stream and http alike.
+        let client = |pool: &str| {
+            let u = &cfg.upstreams[pool];
+            (
+                u.tls_cert.clone().unwrap_or_default(),
+                u.tls_key.clone().unwrap_or_default(),
+            )
+        };
+        assert_eq!(cfg.tcp.len(), 3);
+        assert_eq!(client("10_0_0_8_7000"), ("c.pem".into(), "c.key".into()));
+        assert_eq!(client("10_0_0_9_443"), ("h.pem".into(), "h.key".into()));
         assert!(notes.iter().any(|n| n.contains("tls_verify: false")), "{notes:?}");
-        assert!(notes.iter().any(|n| n.contains("client certificate")), "{notes:?}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! TLS from a TCP listener to the servers of a pool with `tls: true`
 //! (nginx stream `proxy_ssl on`): the connection is encrypted again
 //! towards the server, with the pool's `tls_sni`, `tls_verify` and
-//! `tls_ca_file`, as HTTP traffic to that pool is. No ALPN is offered: the
+//! `tls_ca_file` (and client certificate, `tls_cert`), as HTTP traffic to
+//! that pool is. No ALPN is offered: the
 //! bytes are not necessarily HTTP.
 
 use crate::upstream::UpstreamTls;
@@ -28,6 +29,13 @@ impl ToServers {
                 store.add_cert(ca.clone()).map_err(|e| e.to_string())?;
             }
             b.set_verify_cert_store(store.build()).map_err(|e| e.to_string())?;
+        }
+        if let Some(ck) = &tls.client {
+            b.set_certificate(ck.leaf()).map_err(|e| e.to_string())?;
+            for c in ck.intermediates() {
+                b.add_extra_chain_cert(c.clone()).map_err(|e| e.to_string())?;
+            }
+            b.set_private_key(ck.key()).map_err(|e| e.to_string())?;
         }
         b.set_verify(if tls.verify {
             SslVerifyMode::PEER

@@ -256,6 +256,8 @@ pub struct UpstreamTls {
     pub verify: bool,
     /// Trusted CAs; the system store when `None`.
     pub ca: Option<Arc<Box<[openssl::x509::X509]>>>,
+    /// The certificate (and key) shown to servers that ask for one.
+    pub client: Option<Arc<pingora_core::utils::tls::CertKey>>,
 }
 
 /// Pingora's transport connector (TCP, TLS), built off the serving threads
@@ -277,6 +279,7 @@ impl UpstreamTls {
         p.options.verify_cert = self.verify;
         p.options.verify_hostname = self.verify && !self.sni.is_empty();
         p.options.ca = self.ca.clone();
+        p.client_cert_key = self.client.clone();
         p
     }
 }

@@ -56,6 +56,9 @@ struct Inherited {
     ssl_verify: bool,
     ssl_sni: bool,
     ssl_ca: Option<String>,
+    /// `proxy_ssl_certificate`, `proxy_ssl_certificate_key`.
+    ssl_cert: Option<String>,
+    ssl_key: Option<String>,
     /// `gzip`, `gzip_comp_level`, `gzip_min_length`, `gzip_types`, `gzip_proxied`.
     gzip: gzip::Gzip,
 }
@@ -437,6 +440,8 @@ impl Translator {
             "proxy_ssl_verify" => into.ssl_verify = arg == "on",
             "proxy_ssl_server_name" => into.ssl_sni = arg == "on",
             "proxy_ssl_trusted_certificate" => into.ssl_ca = Some(arg.to_string()),
+            "proxy_ssl_certificate" => into.ssl_cert = Some(arg.to_string()),
+            "proxy_ssl_certificate_key" => into.ssl_key = Some(arg.to_string()),
             "proxy_redirect" if !matches!(arg, "default" | "off") => {
                 self.not_translated(d, "Portico passes a server's Location field as it came")
             }

@@ -177,6 +177,8 @@ impl Translator {
         let Some(u) = self.upstreams.get_mut(pool) else { return };
         u.tls_verify = i.ssl_verify;
         u.tls_ca_file = i.ssl_ca.clone();
+        u.tls_cert = i.ssl_cert.clone();
+        u.tls_key = i.ssl_key.clone();
         u.tls_sni = named_host(u).filter(|_| i.ssl_sni);
         if !i.ssl_verify {
             self.not_translated(
@@ -243,6 +245,8 @@ pub(super) fn pool(tls: bool, servers: Vec<Server>) -> Upstream {
         tls_sni: None,
         tls_verify: true,
         tls_ca_file: None,
+        tls_cert: None,
+        tls_key: None,
         http2: false,
         servers,
     }

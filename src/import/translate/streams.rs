@@ -38,6 +38,8 @@ pub(super) struct StreamSsl {
     /// `proxy_ssl_name`.
     name: Option<String>,
     ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 impl StreamSsl {
@@ -50,6 +52,8 @@ impl StreamSsl {
             "proxy_ssl_server_name" => self.sni = arg == "on",
             "proxy_ssl_name" => self.name = Some(arg.to_string()),
             "proxy_ssl_trusted_certificate" => self.ca = Some(arg.to_string()),
+            "proxy_ssl_certificate" => self.cert = Some(arg.to_string()),
+            "proxy_ssl_certificate_key" => self.key = Some(arg.to_string()),
             // Portico's OpenSSL defaults.
             "proxy_ssl_protocols" | "proxy_ssl_ciphers" | "proxy_ssl_session_reuse" | "proxy_ssl_verify_depth" => {}
             _ => return false,
@@ -187,6 +191,8 @@ impl Translator {
         u.tls = true;
         u.tls_verify = ssl.verify;
         u.tls_ca_file = ssl.ca.clone();
+        u.tls_cert = ssl.cert.clone();
+        u.tls_key = ssl.key.clone();
         let name = ssl.name.clone().or_else(|| pools::named_host(u));
         u.tls_sni = name.filter(|_| ssl.sni || ssl.verify);
         if !ssl.verify {
@@ -228,7 +234,6 @@ impl Translator {
         let mut rules = Rules::new();
         let mut listens = Vec::new();
         let mut pass = None;
-        let mut left_out = None;
         let mut cert = self.stream_cert.clone();
         let mut ssl = self.stream_ssl.clone();
         for e in block {
@@ -243,16 +248,10 @@ impl Translator {
                 "ssl_certificate" => cert.0 = e.args.first().cloned(),
                 "ssl_certificate_key" => cert.1 = e.args.first().cloned(),
                 "ssl_preread" => preread = e.args.first().is_some_and(|a| a == "on"),
-                "proxy_ssl_certificate" | "proxy_ssl_certificate_key" => {
-                    left_out.get_or_insert("a client certificate towards the servers is not translated");
-                }
                 _ if ssl.read(e) => {}
                 _ if self.stream_setting(e, &mut t) => {}
                 _ => self.not_translated(e, "no equivalent in Portico"),
             }
-        }
-        if let Some(why) = left_out {
-            return self.not_translated(d, format!("{why}: this server is left out"));
         }
         if listens.is_empty() {
             return; // each listen left out is named
