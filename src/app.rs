@@ -120,6 +120,32 @@ impl BackgroundService for HealthChecks {
     }
 }
 
+/// Resolves the `resolve: true` servers again every `server.resolver_valid`.
+struct NameRefresh(Arc<Live>);
+
+#[async_trait]
+impl BackgroundService for NameRefresh {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let every = self
+                .0
+                .snapshot()
+                .cfg
+                .server
+                .resolver_valid
+                .0
+                .max(std::time::Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+            let live = self.0.clone();
+            // DNS answers are waited for on a thread of their own.
+            let _ = tokio::task::spawn_blocking(move || live.refresh_names()).await;
+        }
+    }
+}
+
 /// Graceful upgrade: once this (new) process listens on the upgrade socket,
 /// tell the old one (from the pid file) to hand over its sockets (SIGQUIT).
 fn signal_old_process(pid_file: &str) {
@@ -293,6 +319,10 @@ pub fn run(args: Args) -> i32 {
         HealthChecks(live.clone(), transport.clone()),
     ));
     server.add_service(background_service("reload on SIGHUP", ReloadOnHup(live.clone())));
+    server.add_service(background_service(
+        "server names resolved again",
+        NameRefresh(live.clone()),
+    ));
     server.add_service(background_service("exit when idle", ExitWhenIdle));
     if let Some(a) = &cfg.admin {
         let admin = crate::admin::Admin {

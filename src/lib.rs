@@ -25,6 +25,7 @@ pub mod clock;
 pub mod compress;
 pub mod config;
 pub mod demo;
+pub mod dns;
 pub mod import;
 pub mod listener;
 pub mod live;

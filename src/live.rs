@@ -96,6 +96,8 @@ pub struct Snapshot {
     /// The configuration as the file says, before runtime changes.
     pub base: config::Config,
     pub file: String,
+    /// The `resolve: true` servers, as resolved for this snapshot.
+    pub names: ResolvedNames,
 }
 
 impl Snapshot {
@@ -248,6 +250,49 @@ impl Live {
         Ok(())
     }
 
+    /// Resolve the `resolve: true` servers again; if any name's addresses
+    /// changed, rebuild the pools from the running configuration (servers
+    /// that stay keep their state). A name that does not resolve keeps
+    /// its addresses.
+    pub fn refresh_names(&self) {
+        let snap = self.snapshot();
+        if snap.names.is_empty() {
+            return;
+        }
+        let resolver = snap.cfg.server.resolver.as_deref().and_then(|r| {
+            r.parse::<SocketAddr>()
+                .ok()
+                .or_else(|| r.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+        });
+        let asked: Vec<&str> = snap.names.iter().map(|(_, n, _)| n.as_str()).collect();
+        let now = crate::dns::lookup_all(resolver, &asked);
+        let mut changed = Vec::new();
+        for ((pool, name, was), now) in snap.names.iter().zip(now) {
+            match now {
+                Ok(addrs) if addrs != *was => changed.push(format!("{pool}: {name} {was:?} -> {addrs:?}")),
+                Ok(_) => {}
+                Err(e) => log::warn!("upstream {pool}: {e}; keeping its last addresses {was:?}"),
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let _g = self.change.lock().unwrap();
+        let cur = self.snapshot();
+        let l = Loaded {
+            file: cur.file.clone(),
+            cfg: cur.base.clone(),
+            pos: Default::default(),
+        };
+        match self.install(l) {
+            Ok(()) => log::warn!("servers resolved again: {}", changed.join("; ")),
+            Err(e) => log::error!(
+                "servers resolved again ({}), but the pools stay: {e}",
+                changed.join("; ")
+            ),
+        }
+    }
+
     /// Remove a server from a pool at runtime (after draining).
     pub fn remove_server(&self, pool: &str, addr: SocketAddr) -> Result<(), String> {
         self.change_overlay(|o| {
@@ -336,7 +381,17 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("address {addr:?} resolves to nothing"))
 }
 
-fn build_pool(l: &Loaded, name: &str, u: &config::Upstream, states: &StateRegistry) -> Result<Pool, ConfigError> {
+/// A pool's `resolve: true` servers as resolved: pool, name, addresses.
+pub type ResolvedNames = Vec<(String, String, Vec<SocketAddr>)>;
+
+fn build_pool(
+    l: &Loaded,
+    name: &str,
+    u: &config::Upstream,
+    states: &StateRegistry,
+    names: &mut ResolvedNames,
+) -> Result<Pool, ConfigError> {
+    let resolver = resolver(l)?;
     let p = format!("upstreams.{name}");
     if u.servers.is_empty() {
         return Err(l.err(&format!("{p}.servers"), "upstream has no servers"));
@@ -380,27 +435,40 @@ fn build_pool(l: &Loaded, name: &str, u: &config::Upstream, states: &StateRegist
     let mut servers = Vec::new();
     for (i, s) in u.servers.iter().enumerate() {
         let sp = format!("{p}.servers[{i}]");
-        let addr = resolve(&s.address).map_err(|e| l.err(&format!("{sp}.address"), e))?;
-        if !seen.insert(addr) {
-            return Err(l.err(&format!("{sp}.address"), format!("duplicate server {addr}")));
-        }
         if s.weight == 0 {
             return Err(l.err(&format!("{sp}.weight"), "weight must be at least 1"));
         }
-        let addr_s = addr.to_string();
-        let backend =
-            Backend::new_with_weight(&addr_s, s.weight).map_err(|e| l.err(&format!("{sp}.address"), e.to_string()))?;
-        servers.push(PoolServer {
-            histogram: crate::metrics::upstream_histogram(name, &addr_s),
-            state: states.get(name, &addr_s, start_healthy),
-            addr: addr_s,
-            backend,
-            weight: s.weight,
-            max_fails: s.max_fails,
-            fail_timeout: dur(&s.fail_timeout).unwrap_or(Duration::from_secs(10)),
-            backup: s.backup,
-            down: s.down,
-        });
+        if s.resolve && crate::dns::is_literal(&s.address) {
+            return Err(l.err(&format!("{sp}.resolve"), "resolve needs a host name, not an address"));
+        }
+        // Every address of the name is a server (nginx's way).
+        let addrs = match s.resolve {
+            true => states.resolved(&s.address, crate::dns::lookup(resolver, &s.address)),
+            false => crate::dns::lookup(None, &s.address),
+        };
+        let addrs = addrs.map_err(|e| l.err(&format!("{sp}.address"), e))?;
+        if s.resolve {
+            names.push((name.to_string(), s.address.clone(), addrs.clone()));
+        }
+        for addr in addrs {
+            if !seen.insert(addr) {
+                return Err(l.err(&format!("{sp}.address"), format!("duplicate server {addr}")));
+            }
+            let addr_s = addr.to_string();
+            let backend = Backend::new_with_weight(&addr_s, s.weight)
+                .map_err(|e| l.err(&format!("{sp}.address"), e.to_string()))?;
+            servers.push(PoolServer {
+                histogram: crate::metrics::upstream_histogram(name, &addr_s),
+                state: states.get(name, &addr_s, start_healthy),
+                addr: addr_s,
+                backend,
+                weight: s.weight,
+                max_fails: s.max_fails,
+                fail_timeout: dur(&s.fail_timeout).unwrap_or(Duration::from_secs(10)),
+                backup: s.backup,
+                down: s.down,
+            });
+        }
     }
     if servers.iter().all(|s| s.backup) {
         return Err(l.err(&format!("{p}.servers"), "upstream needs at least one non-backup server"));
@@ -763,8 +831,9 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
         None
     };
     let mut pools = BTreeMap::new();
+    let mut names = Vec::new();
     for (name, u) in &c.upstreams {
-        pools.insert(name.clone(), Arc::new(build_pool(l, name, u, states)?));
+        pools.insert(name.clone(), Arc::new(build_pool(l, name, u, states, &mut names)?));
     }
     let addrs: Vec<String> = c.listeners.iter().map(|li| li.listen.clone()).collect();
     let global_plugins = crate::plugins::build(l, "plugins", &c.plugins)?;
@@ -875,6 +944,23 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
         cfg: c.clone(),
         base: c.clone(),
         file: l.file.clone(),
+        names,
+    })
+}
+
+/// `server.resolver` as an address (port 53 unless given).
+fn resolver(l: &Loaded) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(r) = &l.cfg.server.resolver else {
+        return Ok(None);
+    };
+    let addr = r
+        .parse::<SocketAddr>()
+        .or_else(|_| r.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+    addr.map(Some).map_err(|_| {
+        l.err(
+            "server.resolver",
+            format!("{r:?} is not an IP address (or address:port)"),
+        )
     })
 }
 

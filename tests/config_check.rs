@@ -137,6 +137,17 @@ fn bad_configs_are_located_precisely() {
             "FILE:12:9: virtual_hosts[0].locations[0].rewrite: to: $2, but from has 1 group(s)",
             "",
         ),
+        // resolve: an address has no name to resolve; a resolver that is no address
+        (
+            &GOOD.replace("      - address: 127.0.0.1:9001\n", "      - address: 127.0.0.1:9001\n        resolve: true\n"),
+            "FILE:7:9: upstreams.app.servers[0].resolve: resolve needs a host name, not an address",
+            "",
+        ),
+        (
+            &format!("server:\n  resolver: dns.example\n{}", GOOD.replace("127.0.0.1:9001", "app.internal:9001")).replace("9001\n", "9001\n        resolve: true\n"),
+            "FILE:2:3: server.resolver: \"dns.example\" is not an IP address (or address:port)",
+            "",
+        ),
         // A client certificate: half of one, on a pool without TLS, a file not there
         (
             &GOOD.replace("    servers:\n", "    tls: true\n    tls_cert: c.pem\n    servers:\n"),

@@ -124,6 +124,12 @@ pub struct ServerSection {
     /// nginx ignores them, so `X_Forwarded_For` cannot stand in for
     /// `X-Forwarded-For` at a server that reads `_` and `-` alike, as CGI does).
     pub underscores_in_headers: bool,
+    /// The DNS server (`ip` or `ip:port`) that resolves servers with
+    /// `resolve: true` (nginx `resolver`); unset: the system's resolver.
+    pub resolver: Option<String>,
+    /// How often servers with `resolve: true` are resolved again (nginx
+    /// `resolver ... valid=`; default 30s).
+    pub resolver_valid: Dur,
 }
 
 impl Default for ServerSection {
@@ -147,6 +153,8 @@ impl Default for ServerSection {
             idle_park_after: Dur(std::time::Duration::from_secs(1)),
             lean_proxy: true,
             underscores_in_headers: false,
+            resolver: None,
+            resolver_valid: Dur(std::time::Duration::from_secs(30)),
         }
     }
 }
@@ -353,6 +361,11 @@ pub struct Server {
     /// keys where they were) but sent nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub down: bool,
+    /// Resolve the address's host name again while running (every
+    /// `server.resolver_valid`): its addresses are the servers (nginx
+    /// `server ... resolve`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resolve: bool,
 }
 
 fn one() -> usize {

@@ -148,6 +148,12 @@ fn server(y: &mut String, s: &ServerSection) {
     if s.underscores_in_headers {
         lines.push("underscores_in_headers: true".into());
     }
+    if let Some(r) = &s.resolver {
+        lines.push(format!("resolver: {}", q(r)));
+    }
+    if s.resolver_valid != d.resolver_valid {
+        lines.push(format!("resolver_valid: {}", dur(s.resolver_valid)));
+    }
     if let Some(e) = &s.error_log {
         lines.push(format!("error_log: {}", q(e)));
     }
@@ -230,6 +236,9 @@ fn upstream(y: &mut String, u: &Upstream) {
         }
         if s.down {
             y.push_str("        down: true\n");
+        }
+        if s.resolve {
+            y.push_str("        resolve: true\n");
         }
     }
 }

@@ -561,6 +561,20 @@ mod tests {
     }
 
     #[test]
+    fn resolver_and_server_resolve_carry_over() {
+        let (cfg, notes) = import(
+            "http {\n resolver 10.0.0.2:5353 10.0.0.3 valid=10s ipv6=off;\n\
+             upstream app { server app.internal:8080 resolve; server 10.0.0.9; }\n\
+             server { listen 80; location / { proxy_pass http://app; } } }\n",
+        );
+        assert_eq!(cfg.server.resolver.as_deref(), Some("10.0.0.2:5353"));
+        assert_eq!(cfg.server.resolver_valid.0, std::time::Duration::from_secs(10));
+        let s = &cfg.upstreams["app"].servers;
+        assert!(s[0].resolve && !s[1].resolve);
+        assert!(notes.iter().any(|n| n.contains("asks one resolver")), "{notes:?}");
+    }
+
+    #[test]
     fn gzip_settings_inherit_one_by_one_into_compression() {
         let (cfg, notes) = import(
             "http {\n gzip on;\n gzip_types application/json text/css;\n gzip_min_length 1k;\n\

@@ -253,6 +253,9 @@ pub struct StateRegistry {
     map: Mutex<HashMap<(String, String), Arc<ServerState>>>,
     /// Counter arenas per pool name.
     arenas: Mutex<HashMap<String, Vec<Arc<Counters>>>>,
+    /// The last addresses each `resolve: true` server name resolved to:
+    /// used while the name does not resolve.
+    names: Mutex<HashMap<String, Vec<std::net::SocketAddr>>>,
 }
 
 impl StateRegistry {
@@ -275,6 +278,29 @@ impl StateRegistry {
         let c = a.take().expect("a new arena has free slots");
         list.push(a);
         c
+    }
+
+    /// `name`'s addresses now, remembered; when it does not resolve, the
+    /// ones it had last (with a warning), else the error.
+    pub fn resolved(
+        &self,
+        name: &str,
+        now: Result<Vec<std::net::SocketAddr>, String>,
+    ) -> Result<Vec<std::net::SocketAddr>, String> {
+        let mut names = self.names.lock().unwrap();
+        match now {
+            Ok(addrs) => {
+                names.insert(name.to_string(), addrs.clone());
+                Ok(addrs)
+            }
+            Err(e) => match names.get(name) {
+                Some(last) => {
+                    log::warn!("{e}; keeping its last addresses {last:?}");
+                    Ok(last.clone())
+                }
+                None => Err(e),
+            },
+        }
     }
 
     /// Forget servers that are no longer in any pool (after a reload).

@@ -352,6 +352,23 @@ impl Translator {
                 }
                 "max_request_header_size"
             }
+            "resolver" => {
+                // Its first address (nginx asks them in turn), and `valid=`.
+                let first = d.args.iter().find(|a| !a.contains('='));
+                match first {
+                    Some(a) => self.server.resolver = Some(a.to_string()),
+                    None => self.not_translated(d, "expected an address"),
+                }
+                if let Some(v) = d.args.iter().find_map(|a| a.strip_prefix("valid=")) {
+                    if let Some(t) = nginx_time(v) {
+                        self.server.resolver_valid = t;
+                    }
+                }
+                if d.args.iter().filter(|a| !a.contains('=')).count() > 1 {
+                    self.not_translated(d, "Portico asks one resolver: the first");
+                }
+                "resolver"
+            }
             "underscores_in_headers" => {
                 self.server.underscores_in_headers = arg == "on";
                 "underscores_in_headers"
@@ -389,7 +406,6 @@ impl Translator {
             | "ssl_prefer_server_ciphers"
             | "ssl_session_cache"
             | "ssl_session_timeout"
-            | "resolver"
             | "server_names_hash_bucket_size" => {
                 let why = match d.name.as_str() {
                     "ssl_protocols" | "ssl_ciphers" | "ssl_prefer_server_ciphers" => {

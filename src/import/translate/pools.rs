@@ -80,6 +80,7 @@ impl Translator {
                 "fail_timeout" => s.fail_timeout = nginx_time(v),
                 "backup" => s.backup = true,
                 "down" => s.down = true,
+                "resolve" => s.resolve = true,
                 _ => self.not_translated(e, format!("`{p}` is not translated")),
             }
         }
@@ -222,6 +223,7 @@ pub(super) fn server_at(address: String) -> Server {
         fail_timeout: None,
         backup: false,
         down: false,
+        resolve: false,
     }
 }
 
