@@ -95,11 +95,17 @@ fn status(live: &Live) -> Value {
         .iter()
         .map(|t| json!({ "listen": &*t.listen, "pool": t.pool.as_ref().map(|p| &*p.name) }))
         .collect();
+    let client_connections: i64 = snap
+        .listeners
+        .iter()
+        .map(|l| m.client_connections.with_label_values(&[l.addr.as_str()]).get())
+        .sum();
     json!({
         "config_file": snap.file,
         "gateway": {
             "requests_total": m.request_time.get_sample_count(),
             "requests_in_flight": m.requests_in_flight.get(),
+            "client_connections_open": client_connections,
             "tcp_connections_active": m.tcp_active.get(),
             "listeners": snap.listeners.iter().map(|l| l.addr.as_str()).collect::<Vec<_>>(),
             "tcp_listeners": tcp,

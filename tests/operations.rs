@@ -431,6 +431,10 @@ fn the_status_page_is_served_and_the_status_it_draws_follows_traffic() {
     };
     assert_eq!(status["gateway"]["requests_in_flight"], 1, "{status}");
     assert_eq!(status["pools"][0]["servers"][0]["in_flight"], 1, "{status}");
+    assert!(
+        status["gateway"]["client_connections_open"].as_i64() >= Some(1),
+        "{status}"
+    );
     assert_eq!(pending.join().unwrap(), 200);
     std::thread::sleep(Duration::from_millis(100));
     let status: serde_json::Value = serde_json::from_str(&admin(ap, "GET", "/status", "").body).unwrap();
@@ -444,6 +448,7 @@ fn the_status_page_is_served_and_the_status_it_draws_follows_traffic() {
         "config_file",
         "requests_total",
         "requests_in_flight",
+        "client_connections_open",
         "tcp_connections_active",
         "tcp_listeners",
         "algorithm",

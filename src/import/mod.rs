@@ -582,7 +582,8 @@ mod tests {
               location / { proxy_pass http://10.0.0.1; }\n\
               location /raw/ { gzip off; proxy_pass http://10.0.0.1; }\n\
               location /all/ { gzip_types *; gzip_proxied expired any; proxy_pass http://10.0.0.1; }\n\
-              location /r/ { return 204; } } }\n",
+              location /r/ { return 204; }\n\
+              location /br/ { gzip off; brotli on; brotli_comp_level 4; brotli_types text/css; proxy_pass http://10.0.0.1; } } }\n",
         );
         let comp = |path: &str| {
             let l = cfg.virtual_hosts[0].locations.iter().find(|l| l.path == path).unwrap();
@@ -598,6 +599,15 @@ mod tests {
         assert_eq!(comp("/raw/"), None);
         assert_eq!(comp("/all/"), Some((5, 1024, types(&["*"]))));
         assert_eq!(comp("/r/"), None, "a return compresses nothing");
+        // ngx_brotli: its level, its types; gzip off there.
+        let br = cfg.virtual_hosts[0]
+            .locations
+            .iter()
+            .find(|l| l.path == "/br/")
+            .unwrap();
+        let br = br.compression.as_ref().unwrap();
+        assert_eq!((br.gzip, br.brotli), (0, 4));
+        assert_eq!(br.types.as_deref().unwrap(), ["text/html", "text/css"]);
         // The Via difference is named once, on the `gzip on` line; not for /all/.
         let via: Vec<_> = notes.iter().filter(|n| n.contains("gzip_proxied any")).collect();
         assert_eq!(via.len(), 1, "{notes:?}");

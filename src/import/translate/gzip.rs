@@ -1,6 +1,7 @@
-//! nginx's `gzip` directives into a location's `compression` block. Each of
-//! them inherits on its own, as in nginx (`gzip on` in `http`, a level in a
-//! `server`); a proxying location with `gzip on` gets the block.
+//! nginx's `gzip` directives (and those of the ngx_brotli module) into a
+//! location's `compression` block. Each of them inherits on its own, as in
+//! nginx (`gzip on` in `http`, a level in a `server`); a proxying location
+//! with `gzip on` or `brotli on` gets the block.
 
 use super::{note, Inherited, Translator};
 use crate::config::schema::CompressionConf;
@@ -18,14 +19,23 @@ pub(super) struct Gzip {
     types: Option<Vec<String>>,
     /// `gzip_proxied any`.
     proxied_any: bool,
+    /// `brotli on` (ngx_brotli), `brotli_comp_level`, `brotli_types`.
+    brotli: bool,
+    brotli_level: Option<u32>,
+    brotli_types: Option<Vec<String>>,
 }
 
 impl Gzip {
-    /// The block a proxying location gets: `None` with gzip off.
+    /// The block a proxying location gets: `None` with gzip and brotli off.
+    /// (Portico has one list of types: the two modules' lists together.)
     pub(super) fn compression(&self) -> Option<CompressionConf> {
-        self.on.as_ref()?;
+        let gzip = self.on.is_some();
+        if !gzip && !self.brotli {
+            return None;
+        }
         let mut types = vec!["text/html".to_string()];
-        for t in self.types.iter().flatten() {
+        let listed = [gzip.then_some(&self.types), self.brotli.then_some(&self.brotli_types)];
+        for t in listed.into_iter().flatten().flatten().flatten() {
             if !types.contains(t) {
                 types.push(t.clone());
             }
@@ -34,8 +44,9 @@ impl Gzip {
             types = vec!["*".into()];
         }
         Some(CompressionConf {
-            gzip: self.level.unwrap_or(1),
-            brotli: 0,
+            gzip: if gzip { self.level.unwrap_or(1) } else { 0 },
+            // ngx_brotli's default level is 6.
+            brotli: if self.brotli { self.brotli_level.unwrap_or(6) } else { 0 },
             zstd: 0,
             min_length: Size(self.min_length.unwrap_or(20)),
             types: Some(types),
@@ -94,6 +105,15 @@ impl Translator {
             }
             "gzip_http_version" | "gzip_buffers" => {}
             "gzip_disable" => self.not_translated(d, "Portico compresses for every client that accepts a coding"),
+            "brotli" => g.brotli = arg == "on",
+            "brotli_comp_level" => match arg.parse::<u32>() {
+                Ok(n) if (1..=11).contains(&n) => g.brotli_level = Some(n),
+                Ok(0) => g.brotli_level = Some(1), // Portico's lowest level
+                _ => self.not_translated(d, "expected a level from 0 to 11"),
+            },
+            "brotli_types" => g.brotli_types = Some(d.args.clone()),
+            "brotli_min_length" | "brotli_window" | "brotli_buffers" => {}
+            "brotli_static" => self.not_translated(d, "Portico serves no files"),
             "gzip_static" | "gunzip" => {
                 self.not_translated(d, "Portico serves no files and does not decompress answers")
             }
