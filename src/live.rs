@@ -858,6 +858,8 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
             unrouted: RouteMetrics::new(a, "-", "-"),
         })
         .collect();
+    // Each listener's first virtual host: its default unless one is marked.
+    let mut first: Vec<Option<Arc<VHost>>> = vec![None; listeners.len()];
     for (vi, vh) in c.virtual_hosts.iter().enumerate() {
         let vp = format!("virtual_hosts[{vi}]");
         let label = vh.server_names.first().cloned().unwrap_or_else(|| "_".into());
@@ -888,12 +890,17 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
                 "a virtual host needs server_names or default: true",
             ));
         }
-        for lis in listeners.iter_mut() {
+        for (li, lis) in listeners.iter_mut().enumerate() {
             if !vh.listen.is_empty() && !vh.listen.contains(&lis.addr) {
                 continue;
             }
+            first[li].get_or_insert_with(|| host.clone());
             for (ni, n) in vh.server_names.iter().enumerate() {
                 let np = format!("{vp}.server_names[{ni}]");
+                if n.starts_with('~') {
+                    lis.hosts.add_regex(n, host.clone()).map_err(|e| l.err(&np, e))?;
+                    continue;
+                }
                 if n.is_empty() || (n.contains('*') && !n.starts_with("*.")) || n.bytes().skip(1).any(|b| b == b'*') {
                     return Err(l.err(&np, format!("invalid server name {n:?} (exact or *.suffix)")));
                 }
@@ -915,20 +922,9 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
         }
     }
     // As in nginx, the first virtual host of a listener is its default unless one is marked.
-    for lis in listeners.iter_mut() {
-        if lis.hosts.has_default() {
-            continue;
-        }
-        if let Some(vi) = c
-            .virtual_hosts
-            .iter()
-            .position(|vh| vh.listen.is_empty() || vh.listen.contains(&lis.addr))
-        {
-            let name = &c.virtual_hosts[vi].server_names[0];
-            let h = lis.hosts.lookup(&name.replace('*', "x")).cloned();
-            if let Some(h) = h {
-                lis.hosts.set_default(h);
-            }
+    for (lis, first) in listeners.iter_mut().zip(first) {
+        if let Some(h) = first.filter(|_| !lis.hosts.has_default()) {
+            lis.hosts.set_default(h);
         }
     }
     if c.access_log.is_empty() {

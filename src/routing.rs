@@ -103,6 +103,8 @@ pub struct HostTable<H> {
     exact: HashMap<String, H>,
     /// (".example.com", host) longest first.
     wildcards: Vec<(String, H)>,
+    /// `~regex` names, tried in the order they were added, after the others.
+    regexes: Vec<(Regex, H)>,
     default: Option<H>,
 }
 
@@ -111,6 +113,7 @@ impl<H: Clone> HostTable<H> {
         HostTable {
             exact: HashMap::default(),
             wildcards: Vec::new(),
+            regexes: Vec::new(),
             default: None,
         }
     }
@@ -136,6 +139,15 @@ impl<H: Clone> HostTable<H> {
         }
     }
 
+    /// A `~regex` name (nginx's `server_name ~^...$`), matched against the
+    /// lower-case host without its port, after exact and wildcard names.
+    pub fn add_regex(&mut self, name: &str, h: H) -> Result<(), String> {
+        let pattern = name.strip_prefix('~').unwrap_or(name);
+        let r = Regex::new(pattern).map_err(|e| format!("invalid regex: {e}"))?;
+        self.regexes.push((r, h));
+        Ok(())
+    }
+
     /// Returns false if a default is already set.
     pub fn set_default(&mut self, h: H) -> bool {
         self.default.replace(h).is_none()
@@ -147,7 +159,7 @@ impl<H: Clone> HostTable<H> {
 
     /// `host` is the Host header value, possibly with a port and any case.
     pub fn lookup(&self, host: &str) -> Option<&H> {
-        if self.exact.is_empty() && self.wildcards.is_empty() {
+        if self.exact.is_empty() && self.wildcards.is_empty() && self.regexes.is_empty() {
             return self.default.as_ref();
         }
         let host = strip_port(host);
@@ -163,10 +175,14 @@ impl<H: Clone> HostTable<H> {
         if let Some(h) = self.exact.get(host) {
             return Some(h);
         }
-        self.wildcards
-            .iter()
-            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
-            .map(|(_, h)| h)
+        let wild = self.wildcards.iter();
+        if let Some((_, h)) = wild
+            .clone()
+            .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
+        {
+            return Some(h);
+        }
+        self.regexes.iter().find(|(r, _)| r.is_match(host)).map(|(_, h)| h)
     }
 }
 
@@ -412,5 +428,12 @@ mod tests {
         h.set_default(0);
         assert_eq!(h.lookup("other.org"), Some(&0));
         assert_eq!(strip_port("[::1]:80"), "[::1]");
+        // Regexes after exact and wildcard names, first match in the order added.
+        h.add_regex("~^www\\d+\\.", 4).unwrap();
+        h.add_regex("~^www", 5).unwrap();
+        assert_eq!(h.lookup("www1.other.org"), Some(&4));
+        assert_eq!(h.lookup("wwwx.other.org"), Some(&5));
+        assert_eq!(h.lookup("www1.example.com"), Some(&2), "a wildcard first");
+        assert!(h.add_regex("~(", 6).unwrap_err().contains("invalid regex"));
     }
 }

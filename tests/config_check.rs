@@ -137,6 +137,17 @@ fn bad_configs_are_located_precisely() {
             "FILE:12:9: virtual_hosts[0].locations[0].rewrite: to: $2, but from has 1 group(s)",
             "",
         ),
+        // A regex name that does not compile (virtual host; TCP sni rule)
+        (
+            &GOOD.replace("  - default: true\n", "  - server_names: ['~^(a']\n"),
+            "FILE:8:20: virtual_hosts[0].server_names[0]: invalid regex",
+            "",
+        ),
+        (
+            &format!("{GOOD}tcp:\n  - listen: 127.0.0.1:2\n    sni: {{ '~^(a': app }}\n"),
+            "tcp[0].sni.~^(a: invalid regex",
+            "",
+        ),
         // resolve: an address has no name to resolve; a resolver that is no address
         (
             &GOOD.replace("      - address: 127.0.0.1:9001\n", "      - address: 127.0.0.1:9001\n        resolve: true\n"),

@@ -18,6 +18,7 @@ fn routes_by_host_with_exact_wildcard_and_default() {
         Backend::start("wild"),
         Backend::start("default"),
     );
+    let r = Backend::start("regex");
     let g = Gateway::start(&format!(
         r#"
 listeners:
@@ -25,22 +26,49 @@ listeners:
 upstreams:
   a: {{ servers: [{{ address: "{}" }}] }}
   b: {{ servers: [{{ address: "{}" }}] }}
+  r: {{ servers: [{{ address: "{}" }}] }}
   c: {{ servers: [{{ address: "{}" }}] }}
 virtual_hosts:
   - server_names: [example.com]
     locations: [{{ path: /, proxy_pass: a }}]
   - server_names: ["*.example.com"]
     locations: [{{ path: /, proxy_pass: b }}]
+  - server_names: ['~^api-\d+\.example\.(com|org)$']
+    locations: [{{ path: /, proxy_pass: r }}]
   - default: true
     locations: [{{ path: /, proxy_pass: c }}]
 "#,
-        a.addr, b.addr, c.addr
+        a.addr, b.addr, r.addr, c.addr
     ));
     assert_eq!(g.get_host("example.com", "/").backend(), "exact");
     assert_eq!(g.get_host("EXAMPLE.com:8080", "/").backend(), "exact");
     assert_eq!(g.get_host("www.example.com", "/").backend(), "wild");
     assert_eq!(g.get_host("a.b.example.com", "/").backend(), "wild");
     assert_eq!(g.get_host("other.org", "/").backend(), "default");
+    // A regex name (nginx `server_name ~...`) after exact and wildcard names.
+    assert_eq!(g.get_host("API-12.example.org", "/").backend(), "regex");
+    assert_eq!(
+        g.get_host("api-12.example.com", "/").backend(),
+        "wild",
+        "a wildcard first"
+    );
+    assert_eq!(g.get_host("api-x.example.org", "/").backend(), "default");
+}
+
+/// Without `default: true`, a listener's first virtual host is its default,
+/// whatever its first name is (nginx's rule).
+#[test]
+fn the_first_virtual_host_is_the_default_even_when_named_by_a_regex() {
+    let (first, second) = (Backend::start("first"), Backend::start("second"));
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  a: {{ servers: [{{ address: \"{}\" }}] }}\n  b: {{ servers: [{{ address: \"{}\" }}] }}\n\
+         virtual_hosts:\n  - server_names: ['~^www\\d*\\.first\\.test$']\n    locations: [{{ path: /, proxy_pass: a }}]\n\
+         \x20 - server_names: [second.test]\n    locations: [{{ path: /, proxy_pass: b }}]\n",
+        first.addr, second.addr
+    ));
+    assert_eq!(g.get_host("www2.first.test", "/").backend(), "first");
+    assert_eq!(g.get_host("second.test", "/").backend(), "second");
+    assert_eq!(g.get_host("unknown.test", "/").backend(), "first");
 }
 
 #[test]

@@ -878,7 +878,7 @@ fn a_tcp_listener_routes_tls_by_server_name_without_decrypting() {
     let (lb, vb) = site(pb, &cb, &kb, "site b");
     // The HTTPS sites are the gateway's own listeners: the TCP listeners pass TLS to them untouched.
     let g = Gateway::start(&format!(
-        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\n{la}{lb}tcp:\n  - listen: 127.0.0.1:{routed}\n    sni: {{ a.test: a, \"*.b.test\": b }}\n  - listen: 127.0.0.1:{with_default}\n    sni: {{ a.test: a }}\n    proxy_pass: b\nupstreams:\n  a: {{ servers: [{{ address: \"127.0.0.1:{pa}\" }}] }}\n  b: {{ servers: [{{ address: \"127.0.0.1:{pb}\" }}] }}\nvirtual_hosts:\n{va}{vb}  - {{ default: true, listen: [\"127.0.0.1:{{PORT}}\"], locations: [{{ path: /, return: {{ status: 200 }} }}] }}\n"
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\n{la}{lb}tcp:\n  - listen: 127.0.0.1:{routed}\n    sni: {{ a.test: a, \"*.b.test\": b, '~^(api|www)\\.c\\.test$': a, '~\\.test$': b }}\n  - listen: 127.0.0.1:{with_default}\n    sni: {{ a.test: a }}\n    proxy_pass: b\nupstreams:\n  a: {{ servers: [{{ address: \"127.0.0.1:{pa}\" }}] }}\n  b: {{ servers: [{{ address: \"127.0.0.1:{pb}\" }}] }}\nvirtual_hosts:\n{va}{vb}  - {{ default: true, listen: [\"127.0.0.1:{{PORT}}\"], locations: [{{ path: /, return: {{ status: 200 }} }}] }}\n"
     ));
     for p in [routed, with_default, pa, pb] {
         g.wait_listening(p);
@@ -889,19 +889,22 @@ fn a_tcp_listener_routes_tls_by_server_name_without_decrypting() {
     };
     assert_eq!(get(routed, "a.test"), ("a.test".into(), "site a".into()));
     assert_eq!(get(routed, "www.b.test"), ("*.b.test".into(), "site b".into()));
+    // Regex names after the others, in the order written.
+    assert_eq!(get(routed, "www.c.test"), ("a.test".into(), "site a".into()));
+    assert_eq!(get(routed, "zz.c.test"), ("*.b.test".into(), "site b".into()));
     assert_eq!(get(with_default, "A.TEST"), ("a.test".into(), "site a".into()));
     assert_eq!(get(with_default, "other.test"), ("*.b.test".into(), "site b".into()));
     // No rule for the name and no proxy_pass: the connection is closed, logged 400.
     let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
     b.set_verify(SslVerifyMode::NONE);
     let c = b.build().configure().unwrap().verify_hostname(false);
-    assert!(c.connect("other.test", tcp_to(routed)).is_err());
+    assert!(c.connect("other.example", tcp_to(routed)).is_err());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     let want = format!("\"TCP 127.0.0.1:{routed}\" 400 0 \"-\" \"-\" - - ");
     while !g
         .access_log()
         .lines()
-        .any(|l| l.contains(&want) && l.ends_with(" sni=other.test"))
+        .any(|l| l.contains(&want) && l.ends_with(" sni=other.example"))
     {
         assert!(std::time::Instant::now() < deadline, "{}", g.access_log());
         std::thread::sleep(std::time::Duration::from_millis(20));

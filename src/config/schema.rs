@@ -195,8 +195,10 @@ pub struct TcpListener {
     /// Pools by the server name a TLS client asks for (exact or `*.suffix`),
     /// read from its ClientHello; the connection is passed through, still
     /// encrypted (nginx's `ssl_preread` with a `map`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub sni: BTreeMap<String, String>,
+    /// `~regex` names (nginx map regex keys) are tried after the exact
+    /// and wildcard ones, in the order written.
+    #[serde(default, skip_serializing_if = "indexmap::IndexMap::is_empty")]
+    pub sni: indexmap::IndexMap<String, String>,
     /// Longest wait for a server to accept a connection (default: the
     /// pool's `connect_timeout`, else 60s, nginx's `proxy_connect_timeout`).
     pub connect_timeout: Option<Dur>,

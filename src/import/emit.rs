@@ -318,7 +318,11 @@ fn location(y: &mut String, l: &Location) {
             .as_deref()
             .map(|t| format!(", types: {}", list(t)))
             .unwrap_or_default();
-        let brotli = if c.brotli > 0 { format!(", brotli: {}", c.brotli) } else { String::new() };
+        let brotli = if c.brotli > 0 {
+            format!(", brotli: {}", c.brotli)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             y,
             "{p}compression: {{ gzip: {}{brotli}, min_length: {}{types} }}",

@@ -164,13 +164,21 @@ pub fn compile(l: &Loaded, pools: &BTreeMap<String, Arc<Pool>>) -> Result<Vec<Ar
                 let mut table = HostTable::new();
                 for (name, pool) in &t.sni {
                     let field = at(&format!("sni.{name}"));
+                    if name.starts_with('~') {
+                        let pool = tcp_pool(l, &field, pool, pools)?;
+                        table.add_regex(name, pool).map_err(|e| l.err(&field, e))?;
+                        continue;
+                    }
                     // ASCII first: the slice below must not cut a character.
                     let ok = name.is_ascii()
                         && !name.is_empty()
                         && !name[1..].contains('*')
                         && (!name.contains('*') || name.starts_with("*."));
                     if !ok {
-                        return Err(l.err(&field, format!("invalid server name {name:?} (exact or *.suffix)")));
+                        return Err(l.err(
+                            &field,
+                            format!("invalid server name {name:?} (exact, *.suffix or ~regex)"),
+                        ));
                     }
                     if !table.add_name(name, tcp_pool(l, &field, pool, pools)?) {
                         return Err(l.err(&field, format!("duplicate server name {name:?}")));

@@ -95,20 +95,22 @@ impl Translator {
     }
 
     fn server_names(&mut self, e: &Directive, site: &mut Site) {
+        // (Names keep nginx's order: exact, then wildcards, then regexes in file order.)
         for n in &e.args {
             match n.as_str() {
                 "_" | "" => {}
                 n if n.starts_with('~') => {
-                    self.not_translated(e, format!("regular-expression name {n} is not translated"))
+                    if n.contains("(?<") || n.contains("(?P<") {
+                        self.not_translated(e, format!("{n}: matched, but its named captures set no variables"));
+                    }
+                    site.names.push(n.to_string());
                 }
                 n if !n.is_ascii() => self.not_translated(e, format!("{n}: write an IDN as punycode (xn--...)")),
                 n if n.starts_with('.') => {
                     site.names.push(n[1..].to_string());
                     site.names.push(format!("*{n}"));
                 }
-                n if n.ends_with(".*") => {
-                    self.not_translated(e, format!("Portico has no trailing wildcard names ({n})"))
-                }
+                n if n.ends_with(".*") => site.names.push(trailing_wildcard(n)),
                 n => site.names.push(n.to_string()),
             }
         }
@@ -701,4 +703,10 @@ fn portico_sets(name: &str, value: &str) -> bool {
         ),
         _ => false,
     }
+}
+
+/// nginx's trailing wildcard (`www.example.*`) as the regex name it stands for.
+pub(super) fn trailing_wildcard(name: &str) -> String {
+    let stem = name.strip_suffix(".*").unwrap_or(name).to_ascii_lowercase();
+    format!("~^{}\\..+$", regex::escape(&stem))
 }

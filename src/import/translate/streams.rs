@@ -364,16 +364,15 @@ impl Translator {
             };
             // nginx `hostnames`: `.example.com` is the name and every name under it.
             let names = match key.as_str() {
-                k if k.starts_with('~') || k.ends_with(".*") => {
-                    self.not_translated(&entry, "only exact names and *.suffix are translated");
-                    continue;
-                }
-                k if k.starts_with('.') => vec![k[1..].to_string(), format!("*{k}")],
-                k => vec![k.to_string()],
+                // Regexes as they are (tried in order, after the names); `www.example.*` as one.
+                k if k.starts_with('~') => vec![k.to_string()],
+                k if k.ends_with(".*") => vec![super::sites::trailing_wildcard(k)],
+                k if k.starts_with('.') => vec![k[1..].to_ascii_lowercase(), format!("*{}", k.to_ascii_lowercase())],
+                k => vec![k.to_ascii_lowercase()],
             };
             if let Some(pool) = self.stream_target(&entry, value, renamed) {
                 for n in names {
-                    t.sni.insert(n.to_ascii_lowercase(), pool.clone());
+                    t.sni.insert(n, pool.clone());
                 }
             }
         }
