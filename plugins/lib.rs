@@ -4,6 +4,9 @@
 //! config name is the module name.
 
 pub use portico_plugin_api as api;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 
 macro_rules! plugins {
     ($($name:ident),* $(,)?) => {
@@ -66,4 +69,48 @@ impl Key {
 
 fn default_key() -> String {
     "$remote_addr".into()
+}
+
+/// State that instances naming the same `zone` share, as nginx's shared
+/// memory zones are shared by the locations using them: one for `kind`,
+/// `name` and `version` (what must match to share, e.g. a rate) while any
+/// instance holds it, so it also outlives a reload that keeps it.
+pub(crate) fn zone<T: Send + Sync + 'static>(
+    kind: &str,
+    name: &str,
+    version: &str,
+    make: impl FnOnce() -> T,
+) -> Arc<T> {
+    type Zones = HashMap<(String, String, String), Weak<dyn Any + Send + Sync>>;
+    static ZONES: Mutex<Option<Zones>> = Mutex::new(None);
+    let mut zones = ZONES.lock().unwrap_or_else(|e| e.into_inner());
+    let zones = zones.get_or_insert_with(HashMap::new);
+    zones.retain(|_, z| z.strong_count() > 0);
+    let id = (kind.to_string(), name.to_string(), version.to_string());
+    if let Some(Ok(z)) = zones.get(&id).and_then(Weak::upgrade).map(|z| z.downcast::<T>()) {
+        return z;
+    }
+    let z = Arc::new(make());
+    let shared: Arc<dyn Any + Send + Sync> = z.clone();
+    zones.insert(id, Arc::downgrade(&shared));
+    z
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn instances_naming_a_zone_share_it_while_any_holds_it() {
+        let a = super::zone("t", "one", "1", || std::sync::atomic::AtomicUsize::new(7));
+        let b = super::zone("t", "one", "1", || std::sync::atomic::AtomicUsize::new(0));
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        let other = super::zone("t", "one", "2", || std::sync::atomic::AtomicUsize::new(0));
+        assert!(!std::sync::Arc::ptr_eq(&a, &other), "another version: its own");
+        drop((a, b));
+        let again = super::zone("t", "one", "1", || std::sync::atomic::AtomicUsize::new(3));
+        assert_eq!(
+            again.load(std::sync::atomic::Ordering::Relaxed),
+            3,
+            "made anew once unused"
+        );
+    }
 }

@@ -15,7 +15,8 @@
 //! failed, or left by its client (its slot is held by the request's plugin
 //! context, and given back when the gateway drops that context). A
 //! WebSocket counts for as long as it stays open. Only keys with requests
-//! in flight take memory.
+//! in flight take memory. Instances naming the same `zone` share their
+//! counts (nginx's `limit_conn_zone`), each with its own `max`.
 
 use crate::api::{self, Ctx, Flow, Headers, Hooks, Plugin, Reply};
 use crate::Key;
@@ -35,6 +36,9 @@ struct Settings {
     /// The answer to a request over the limit.
     #[serde(default = "default_status")]
     status: u16,
+    /// Counts shared with every `limit_conn` naming the same zone (nginx's
+    /// `limit_conn_zone`); unset: this instance counts on its own.
+    zone: Option<String>,
 }
 
 fn default_status() -> u16 {
@@ -66,8 +70,15 @@ pub fn build(v: &serde_yaml::Value) -> Result<Box<dyn Plugin>, String> {
         max: s.max,
         key,
         status: s.status,
-        counts: Arc::new(std::array::from_fn(|_| Mutex::new(HashMap::new()))),
+        counts: match &s.zone {
+            Some(name) => crate::zone("limit_conn", name, "", new_counts),
+            None => Arc::new(new_counts()),
+        },
     }))
+}
+
+fn new_counts() -> Counts {
+    std::array::from_fn(|_| Mutex::new(HashMap::new()))
 }
 
 /// One request's place under a limit, given back when dropped.

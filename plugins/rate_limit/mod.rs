@@ -11,6 +11,10 @@
 //! waits; nginx's `delay=N`). Without `delay`, they all pass at once while
 //! the bucket has tokens (nginx's `nodelay`).
 //!
+//! Instances naming the same `zone` (with the same `rate`) share their
+//! buckets, as the locations using one nginx `limit_req_zone` do: a client
+//! has one budget across them, each instance applying its own `burst`.
+//!
 //! ```yaml
 //! - rate_limit: { rate: 10, burst: 20, key: "$remote_addr", max_keys: 100000 }
 //! - rate_limit: { rate: 5, burst: 11, delay: 0, status: 503 }   # nginx: limit_req burst=10 (no nodelay)
@@ -21,7 +25,7 @@ use crate::Key;
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Deserialize)]
@@ -39,6 +43,9 @@ struct Settings {
     delay: Option<u32>,
     #[serde(default = "default_status")]
     status: u16,
+    /// Buckets shared with every `rate_limit` naming the same zone and
+    /// rate (nginx's `limit_req_zone`); unset: this instance's own.
+    zone: Option<String>,
 }
 
 fn default_status() -> u16 {
@@ -49,12 +56,17 @@ fn default_max_keys() -> usize {
     100_000
 }
 
+/// One key's requests taken and not yet paid back by the rate (nginx's
+/// "excess" plus the one in hand): independent of any instance's `burst`,
+/// so instances sharing a zone can each apply their own.
 struct Bucket {
-    tokens: f64,
+    used: f64,
     at: Instant,
 }
 
 const SHARDS: usize = 16;
+
+type Shards = Vec<Mutex<HashMap<String, Bucket>>>;
 
 struct RateLimit {
     rate: f64,
@@ -63,7 +75,7 @@ struct RateLimit {
     status: u16,
     key: Key,
     max_per_shard: usize,
-    shards: Vec<Mutex<HashMap<String, Bucket>>>,
+    shards: Arc<Shards>,
 }
 
 pub fn build(v: &serde_yaml::Value) -> Result<Box<dyn Plugin>, String> {
@@ -82,14 +94,20 @@ pub fn build(v: &serde_yaml::Value) -> Result<Box<dyn Plugin>, String> {
         return Err(format!("status: {} is not an error status (400-599)", s.status));
     }
     let key = Key::parse(&s.key, false)?;
+    let shards = || (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
     Ok(Box::new(RateLimit {
+        // A zone is shared by the instances naming it with the same rate (a new
+        // rate makes a new zone: what was counted at the old one no longer applies).
+        shards: match &s.zone {
+            Some(name) => crate::zone("rate_limit", name, &s.rate.to_string(), shards),
+            None => Arc::new(shards()),
+        },
         rate: s.rate,
         burst,
         delay: s.delay.map(f64::from),
         status: s.status,
         key,
         max_per_shard: s.max_keys / SHARDS,
-        shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
     }))
 }
 
@@ -103,31 +121,28 @@ impl RateLimit {
         if m.len() >= self.max_per_shard && !m.contains_key(key) {
             self.evict(&mut m, now);
         }
-        let b = m.entry(key.to_string()).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
-        });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.burst);
+        let b = m.entry(key.to_string()).or_insert(Bucket { used: 0.0, at: now });
+        b.used = (b.used - now.duration_since(b.at).as_secs_f64() * self.rate).max(0.0);
         b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            // nginx's "excess": requests taken beyond what the rate has refilled.
-            let excess = self.burst - 1.0 - b.tokens;
+        if b.used + 1.0 <= self.burst {
+            b.used += 1.0;
+            // nginx's "excess": requests taken beyond what the rate has paid back.
+            let excess = b.used - 1.0;
             let wait = match self.delay {
                 Some(free) if excess > free => Duration::from_secs_f64((excess - free) / self.rate),
                 _ => Duration::ZERO,
             };
             Ok(wait)
         } else {
-            Err(((1.0 - b.tokens) / self.rate).ceil().max(1.0) as u64)
+            Err(((b.used + 1.0 - self.burst) / self.rate).ceil().max(1.0) as u64)
         }
     }
 
     /// Make room: drop buckets that have refilled (idle clients); if none
     /// have, drop half the table (bounded memory wins over exactness).
     fn evict(&self, m: &mut HashMap<String, Bucket>, now: Instant) {
-        let (rate, burst) = (self.rate, self.burst);
-        m.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+        let rate = self.rate;
+        m.retain(|_, b| b.used - now.duration_since(b.at).as_secs_f64() * rate > 0.0);
         if m.len() >= self.max_per_shard {
             let drop: Vec<String> = m.keys().take(m.len() / 2 + 1).cloned().collect();
             for k in drop {
@@ -177,7 +192,7 @@ mod tests {
             status: 429,
             key: Key::ClientIp,
             max_per_shard: 4,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: Arc::new((0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect()),
         };
         let t = Instant::now();
         assert_eq!(rl.take("a", t), Ok(Duration::ZERO));
@@ -201,7 +216,7 @@ mod tests {
             status: 503,
             key: Key::ClientIp,
             max_per_shard: 4,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: Arc::new((0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect()),
         };
         let t = Instant::now();
         let ms = |r: Result<Duration, u64>| r.map(|d| d.as_millis());

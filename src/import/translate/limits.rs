@@ -2,14 +2,12 @@
 //! `limit_conn` plugins: the zones (`limit_req_zone`, `limit_conn_zone`)
 //! give the key and the rate, the directives of a level (inherited as
 //! nginx inherits them: a level with any of its own inherits none) the
-//! burst and the limit.
+//! burst and the limit. Each plugin names its nginx zone (`zone:`), so the
+//! locations using one zone share its counts, as in nginx.
 
-use super::{note, Inherited, Translator};
+use super::{Inherited, Translator};
 use crate::config::schema::PluginEntry;
 use crate::import::lex::Directive;
-
-/// How the plugins count, next to nginx's zones.
-const APART: &str = "each location counts on its own, where nginx counts a zone across the locations using it";
 
 /// A zone: its key, and (`limit_req_zone`) its rate per second.
 #[derive(Clone)]
@@ -128,7 +126,7 @@ impl Translator {
             settings.insert("delay".into(), n.into());
         }
         settings.insert("status".into(), u64::from(status.unwrap_or(503)).into());
-        self.notes.push(note(d, format!("rate_limit: {APART}")));
+        settings.insert("zone".into(), name.into());
         Some([("rate_limit".to_string(), serde_yaml::Value::Mapping(settings))].into())
     }
 
@@ -151,7 +149,7 @@ impl Translator {
         if let Some(s) = status.filter(|&s| s != 503) {
             settings.insert("status".into(), u64::from(s).into());
         }
-        self.notes.push(note(d, format!("limit_conn: {APART}")));
+        settings.insert("zone".into(), name.as_str().into());
         Some([("limit_conn".to_string(), serde_yaml::Value::Mapping(settings))].into())
     }
 }
