@@ -99,13 +99,14 @@ pub struct Compression {
 }
 
 impl Compression {
-    /// Settings from a location's block. An error names the field at fault
-    /// (`gzip`, `types[2]`...) and what is wrong with it.
+    /// Settings from a `compression` block; `None` when every coding is off
+    /// (a location turning off what it would inherit). An error names the
+    /// field at fault (`gzip`, `types[2]`...) and what is wrong with it.
     pub fn new(
         (gzip, brotli, zstd): (u32, u32, u32),
         min_length: u64,
         types: Option<&[String]>,
-    ) -> Result<Compression, (String, String)> {
+    ) -> Result<Option<Compression>, (String, String)> {
         let levels = [zstd, brotli, gzip];
         for (c, &level) in Coding::ALL.iter().zip(&levels) {
             let (least, most) = c.levels();
@@ -115,10 +116,7 @@ impl Compression {
             }
         }
         if levels == [0; 3] {
-            return Err((
-                String::new(),
-                "every coding is off (gzip, brotli, zstd are all 0)".into(),
-            ));
+            return Ok(None);
         }
         let types = match types {
             None => Some(DEFAULT_TYPES.iter().map(|&t| t.into()).collect()),
@@ -138,11 +136,11 @@ impl Compression {
                 Some(out)
             }
         };
-        Ok(Compression {
+        Ok(Some(Compression {
             levels,
             min_length,
             types,
-        })
+        }))
     }
 
     /// Decide for this response to `req`: `Some` when it is to be compressed,
@@ -498,7 +496,7 @@ mod tests {
     use std::io::Read;
 
     fn conf(gzip: u32, brotli: u32, zstd: u32) -> Compression {
-        Compression::new((gzip, brotli, zstd), 20, None).unwrap()
+        Compression::new((gzip, brotli, zstd), 20, None).unwrap().unwrap()
     }
 
     fn choose(c: &Compression, accept: &[&str]) -> Option<&'static str> {
@@ -614,7 +612,9 @@ mod tests {
         }
         // No Content-Type: not compressed unless any type is.
         assert!(c.begin(&req("gzip"), &mut resp(200, &[]), true).is_none());
-        let any = Compression::new((1, 0, 0), 20, Some(&["*".to_string()])).unwrap();
+        let any = Compression::new((1, 0, 0), 20, Some(&["*".to_string()]))
+            .unwrap()
+            .unwrap();
         assert!(any.begin(&req("gzip"), &mut resp(200, &[]), true).is_some());
         // HEAD, and HTTP/1.0 (which still learns that the answer varies).
         let mut head = req("gzip");
@@ -637,11 +637,16 @@ mod tests {
         assert_eq!(err(10, 0, 0, None).0, "gzip");
         assert_eq!(err(1, 12, 0, None).0, "brotli");
         assert_eq!(err(1, 0, 20, None).0, "zstd");
-        assert!(err(0, 0, 0, None).1.contains("every coding is off"));
+        assert!(
+            Compression::new((0, 0, 0), 20, None).unwrap().is_none(),
+            "all off: none"
+        );
         let (field, why) = err(1, 0, 0, Some(&["text/html", "json"]));
         assert_eq!(field, "types[1]");
         assert!(why.contains("\"json\""), "{why}");
-        let c = Compression::new((1, 0, 0), 20, Some(&["Application/JSON".to_string()])).unwrap();
+        let c = Compression::new((1, 0, 0), 20, Some(&["Application/JSON".to_string()]))
+            .unwrap()
+            .unwrap();
         assert!(c.compressible(&resp(200, &[("content-type", "application/json")])));
     }
 

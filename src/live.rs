@@ -54,7 +54,7 @@ pub struct Location {
     /// The path the request goes upstream with.
     pub rewrite: Option<crate::rewrite::Rewrite>,
     /// Compression of the responses proxied here.
-    pub compression: Option<crate::compress::Compression>,
+    pub compression: Option<Arc<crate::compress::Compression>>,
     /// Request counters, one set per listener (by listener index).
     pub metrics: Vec<RouteMetrics>,
     /// Filter plugins in run order: global, host, location.
@@ -602,6 +602,17 @@ fn client_cert(
     }
 }
 
+/// A `compression` block at `path`; `None` when it turns every coding off.
+fn compression(
+    l: &Loaded,
+    path: &str,
+    c: &config::CompressionConf,
+) -> Result<Option<Arc<crate::compress::Compression>>, ConfigError> {
+    let built = crate::compress::Compression::new((c.gzip, c.brotli, c.zstd), c.min_length.0, c.types.as_deref());
+    let built = built.map_err(|(field, why)| l.err(&format!("{path}.{field}"), why))?;
+    Ok(built.map(Arc::new))
+}
+
 fn template(l: &Loaded, path: &str, s: &str) -> Result<Template, ConfigError> {
     Template::parse(s).map_err(|e| l.err(path, e))
 }
@@ -614,6 +625,7 @@ fn build_location(
     pools: &BTreeMap<String, Arc<Pool>>,
     listener_addrs: &[String],
     inherited: &PluginList,
+    inherited_compression: &Option<Arc<crate::compress::Compression>>,
 ) -> Result<(PathMatch, Arc<Location>), ConfigError> {
     let plugins = inherited.then(&crate::plugins::build(l, &format!("{path}.plugins"), &loc.plugins)?);
     let m = PathMatch::parse(&loc.path).map_err(|e| l.err(&format!("{path}.path"), e))?;
@@ -703,22 +715,13 @@ fn build_location(
         }
         None => None,
     };
+    // Its own block, else the virtual host's, else the top level's; for proxied answers only.
     let compression = match &loc.compression {
         Some(_) if pool.is_none() => {
             return Err(l.err(&format!("{path}.compression"), "compression goes with proxy_pass"))
         }
-        Some(c) => {
-            let levels = (c.gzip, c.brotli, c.zstd);
-            let built = crate::compress::Compression::new(levels, c.min_length.0, c.types.as_deref());
-            Some(built.map_err(|(field, why)| {
-                let at = if field.is_empty() {
-                    String::new()
-                } else {
-                    format!(".{field}")
-                };
-                l.err(&format!("{path}.compression{at}"), why)
-            })?)
-        }
+        Some(c) => compression(l, &format!("{path}.compression"), c)?,
+        None if pool.is_some() => inherited_compression.clone(),
         None => None,
     };
     let name = format!("{host_label} {}", loc.path);
@@ -837,6 +840,10 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
     }
     let addrs: Vec<String> = c.listeners.iter().map(|li| li.listen.clone()).collect();
     let global_plugins = crate::plugins::build(l, "plugins", &c.plugins)?;
+    let global_compression = match &c.compression {
+        Some(gc) => compression(l, "compression", gc)?,
+        None => None,
+    };
     let mut certs = Vec::new();
     for (i, li) in c.listeners.iter().enumerate() {
         certs.push(match &li.tls {
@@ -864,6 +871,10 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
         let vp = format!("virtual_hosts[{vi}]");
         let label = vh.server_names.first().cloned().unwrap_or_else(|| "_".into());
         let host_plugins = global_plugins.then(&crate::plugins::build(l, &format!("{vp}.plugins"), &vh.plugins)?);
+        let host_compression = match &vh.compression {
+            Some(hc) => compression(l, &format!("{vp}.compression"), hc)?,
+            None => global_compression.clone(),
+        };
         let mut entries = Vec::new();
         for (li, loc) in vh.locations.iter().enumerate() {
             entries.push(build_location(
@@ -874,6 +885,7 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
                 &pools,
                 &addrs,
                 &host_plugins,
+                &host_compression,
             )?);
         }
         let host = Arc::new(VHost {

@@ -359,3 +359,37 @@ fn http2_clients_get_compressed_answers_without_chunked_framing() {
         assert_eq!(decode("br", &got), page());
     });
 }
+
+/// `compression` at the top level and on a virtual host applies to their
+/// proxying locations that set none; all codings 0 turns it off.
+#[test]
+fn compression_is_inherited_from_the_top_level_and_the_host() {
+    let (_keep, rx) = mpsc::channel();
+    let origin = origin(rx);
+    let g = Gateway::start(&format!(
+        "listeners:\n  - listen: 127.0.0.1:{{PORT}}\nupstreams:\n  app: {{ servers: [{{ address: \"{origin}\" }}] }}\n\
+         compression: {{ gzip: 1 }}\n\
+         virtual_hosts:\n\
+         \x20 - server_names: [brotli.test]\n    compression: {{ gzip: 0, brotli: 5 }}\n    locations:\n\
+         \x20     - {{ path: /, proxy_pass: app }}\n\
+         \x20     - {{ path: /raw/, proxy_pass: app, compression: {{ gzip: 0 }} }}\n\
+         \x20 - default: true\n    locations: [{{ path: /, proxy_pass: app }}]\n"
+    ));
+    let coding = |host: &str, path: &str| {
+        let r = request(
+            g.port,
+            "GET",
+            path,
+            &[("Host", host), ("Accept-Encoding", "gzip, br")],
+            b"",
+        );
+        r.header("content-encoding").map(str::to_string)
+    };
+    assert_eq!(
+        coding("other.test", "/page").as_deref(),
+        Some("gzip"),
+        "the top level's"
+    );
+    assert_eq!(coding("brotli.test", "/page").as_deref(), Some("br"), "the host's");
+    assert_eq!(coding("brotli.test", "/raw/page"), None, "turned off");
+}

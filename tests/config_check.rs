@@ -190,8 +190,8 @@ fn bad_configs_are_located_precisely() {
             "",
         ),
         (
-            &GOOD.replace("proxy_pass: app\n", "proxy_pass: app\n        compression: { gzip: 0 }\n"),
-            "FILE:12:9: virtual_hosts[0].locations[0].compression: every coding is off",
+            &format!("compression: {{ gzip: 12 }}\n{GOOD}"),
+            "FILE:1:16: compression.gzip: level 12: 1..9, or 0 for off",
             "",
         ),
         // TCP listeners: a pool that is not there, or one that needs HTTP

@@ -35,6 +35,8 @@ pub struct Config {
     /// Plugins for every request, in order: `- name: { settings }`.
     #[serde(default)]
     pub plugins: Vec<PluginEntry>,
+    /// Compression for every proxying location that sets none.
+    pub compression: Option<CompressionConf>,
 }
 
 /// One enabled plugin: a map with exactly one key, the plugin's name.
@@ -458,6 +460,8 @@ pub struct VirtualHost {
     /// Plugins for this host's requests, after the global ones.
     #[serde(default)]
     pub plugins: Vec<PluginEntry>,
+    /// Compression for this host's proxying locations that set none.
+    pub compression: Option<CompressionConf>,
     pub locations: Vec<Location>,
 }
 
@@ -491,7 +495,8 @@ pub struct Location {
     pub upgrade: Option<String>,
     /// Idle timeout of an upgraded (WebSocket) connection; default 1h.
     pub websocket_idle_timeout: Option<Dur>,
-    /// Compress the responses proxied here (nginx `gzip`).
+    /// Compress the responses proxied here (nginx `gzip`); all codings 0:
+    /// none, whatever the host or top level say.
     pub compression: Option<CompressionConf>,
     /// Plugins for this location, after the global and host ones.
     #[serde(default)]

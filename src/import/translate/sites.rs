@@ -589,6 +589,8 @@ impl Translator {
                     default: is_default,
                     listen,
                     plugins: Vec::new(),
+                    // (The importer writes each location's own block, as nginx inherits them.)
+                    compression: None,
                     locations: site.locations.clone(),
                 });
             }
@@ -604,6 +606,7 @@ impl Translator {
             access_log: self.access_log.unwrap_or_else(|| "stdout".into()),
             admin: None,
             plugins: Vec::new(),
+            compression: None,
         };
         (cfg, self.notes)
     }
