@@ -617,17 +617,25 @@ fn template(l: &Loaded, path: &str, s: &str) -> Result<Template, ConfigError> {
     Template::parse(s).map_err(|e| l.err(path, e))
 }
 
+/// What a location takes from its virtual host (and, through it, the top level).
+struct HostPart<'a> {
+    /// Its first name, for logs and metrics.
+    label: &'a str,
+    plugins: &'a PluginList,
+    compression: &'a Option<Arc<crate::compress::Compression>>,
+}
+
 fn build_location(
     l: &Loaded,
     path: &str,
-    host_label: &str,
+    host: &HostPart,
     loc: &config::Location,
     pools: &BTreeMap<String, Arc<Pool>>,
     listener_addrs: &[String],
-    inherited: &PluginList,
-    inherited_compression: &Option<Arc<crate::compress::Compression>>,
 ) -> Result<(PathMatch, Arc<Location>), ConfigError> {
-    let plugins = inherited.then(&crate::plugins::build(l, &format!("{path}.plugins"), &loc.plugins)?);
+    let plugins = host
+        .plugins
+        .then(&crate::plugins::build(l, &format!("{path}.plugins"), &loc.plugins)?);
     let m = PathMatch::parse(&loc.path).map_err(|e| l.err(&format!("{path}.path"), e))?;
     let (action, pool) = match (&loc.proxy_pass, &loc.ret) {
         (Some(_), Some(_)) => return Err(l.err(path, "a location has either proxy_pass or return, not both")),
@@ -721,10 +729,10 @@ fn build_location(
             return Err(l.err(&format!("{path}.compression"), "compression goes with proxy_pass"))
         }
         Some(c) => compression(l, &format!("{path}.compression"), c)?,
-        None if pool.is_some() => inherited_compression.clone(),
+        None if pool.is_some() => host.compression.clone(),
         None => None,
     };
-    let name = format!("{host_label} {}", loc.path);
+    let name = format!("{} {}", host.label, loc.path);
     let pool_name = pool.map(|p| p.name.to_string()).unwrap_or_else(|| "-".into());
     let metrics = listener_addrs
         .iter()
@@ -877,15 +885,18 @@ pub fn build(l: &Loaded, states: &StateRegistry) -> Result<Snapshot, ConfigError
         };
         let mut entries = Vec::new();
         for (li, loc) in vh.locations.iter().enumerate() {
+            let host = HostPart {
+                label: &label,
+                plugins: &host_plugins,
+                compression: &host_compression,
+            };
             entries.push(build_location(
                 l,
                 &format!("{vp}.locations[{li}]"),
-                &label,
+                &host,
                 loc,
                 &pools,
                 &addrs,
-                &host_plugins,
-                &host_compression,
             )?);
         }
         let host = Arc::new(VHost {
