@@ -350,12 +350,7 @@ fn http2_clients_get_compressed_answers_without_chunked_framing() {
         assert!(resp.headers().get("transfer-encoding").is_none());
         assert!(resp.headers().get("content-length").is_none());
         let mut body = resp.into_body();
-        let mut got = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.unwrap();
-            let _ = body.flow_control().release_capacity(chunk.len());
-            got.extend_from_slice(&chunk);
-        }
+        let got = h2_body(&mut body).await;
         assert_eq!(decode("br", &got), page());
     });
 }

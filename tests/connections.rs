@@ -97,11 +97,7 @@ fn at_max_connections_a_new_connection_waits_until_one_closes() {
     let conf = std::fs::read_to_string(&g.conf).unwrap();
     std::fs::write(&g.conf, conf.replace("max_connections: 2", "max_connections: 3")).unwrap();
     g.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !g.stderr().contains("listeners changed") {
-        assert!(Instant::now() < deadline, "{}", g.stderr());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    g.wait_stderr("listeners changed");
     assert!(g.stderr().contains("(max_connections 2)\"] ->"), "{}", g.stderr());
 }
 

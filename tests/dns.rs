@@ -118,11 +118,7 @@ fn a_resolved_server_follows_its_name_s_addresses() {
 
     // The resolver fails: the last addresses stay.
     *answers.lock().unwrap() = None;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !g.stderr().contains("keeping its last addresses") {
-        assert!(Instant::now() < deadline, "{}", g.stderr());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    g.wait_stderr("keeping its last addresses");
     assert_eq!(answering(&g, 6), ["two"]);
     drop(two);
 }

@@ -227,11 +227,7 @@ fn a_proxy_protocol_listener_takes_the_client_from_the_header() {
     )
     .unwrap();
     g.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !g.stderr().contains("listeners changed") {
-        assert!(Instant::now() < deadline, "{}", g.stderr());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    g.wait_stderr("listeners changed");
     assert!(g.stderr().contains("PROXY protocol)\"] ->"), "{}", g.stderr());
     let out = raw_exchange(pp, &[b"PROXY TCP4 203.0.113.8 127.0.0.1 1 80\r\n", req], Duration::ZERO);
     assert!(out.contains("header=x-real-ip: 203.0.113.8"), "{out}");

@@ -81,12 +81,7 @@ fn grpc_trailers_pass_through_h2c_both_ways() {
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers().get("content-type").unwrap(), "application/grpc");
         let mut body = resp.into_body();
-        let mut got = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.unwrap();
-            let _ = body.flow_control().release_capacity(chunk.len());
-            got.extend_from_slice(&chunk);
-        }
+        let got = h2_body(&mut body).await;
         assert_eq!(got, msg.to_vec(), "message echoed");
         let trailers = body.trailers().await.unwrap().expect("trailers reach the client");
         assert_eq!(trailers.get("grpc-status").unwrap(), "0");

@@ -489,11 +489,7 @@ fn a_reload_moves_new_tcp_connections_and_a_shutdown_lets_open_ones_finish() {
     let extra = format!("tcp:\n  - listen: 127.0.0.1:{}\n    proxy_pass: one\n", free_port());
     std::fs::write(&g.conf, conf.replacen("tcp:\n", &extra, 1)).unwrap();
     g.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !g.stderr().contains("listeners changed") {
-        assert!(Instant::now() < deadline, "{}", g.stderr());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    g.wait_stderr("listeners changed");
     assert_eq!(exchange(tp, b"").0, "b");
 
     // SIGTERM: no new connection is taken, the open one goes on until it ends.

@@ -500,7 +500,19 @@ impl Gateway {
         std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
     }
 
-    /// The first access-log line containing `needle`.
+    /// Wait (5 s at most) until the error log says `needle`; panics with the log otherwise.
+    pub fn wait_stderr(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.stderr().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the error log:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The first access-log line with `needle`, waiting (3 s at most) for
     /// the log's writer thread, which writes lines in batches.
     pub fn access_log_line(&self, needle: &str) -> Option<String> {
@@ -760,6 +772,17 @@ pub fn spread(g: &Gateway, path: &str, n: usize) -> HashMap<String, usize> {
 }
 
 /// A pool of servers as YAML lines.
+/// An HTTP/2 body, whole (its flow-control window given back as it comes).
+pub async fn h2_body(body: &mut h2::RecvStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    got
+}
+
 pub fn servers_yaml(backends: &[&Backend], extra: &str) -> String {
     backends
         .iter()
