@@ -22,6 +22,13 @@ fn split(name: &str) -> Result<(&str, u16), String> {
     Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
 }
 
+/// A `resolver` setting (`ip` or `ip:port`, port 53 unless given) as an address.
+pub fn resolver_addr(r: &str) -> Option<SocketAddr> {
+    r.parse::<SocketAddr>()
+        .ok()
+        .or_else(|| r.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+}
+
 /// Is `name` (`host:port`) an address already, with nothing to resolve?
 pub fn is_literal(name: &str) -> bool {
     name.parse::<SocketAddr>().is_ok()

@@ -259,11 +259,7 @@ impl Live {
         if snap.names.is_empty() {
             return;
         }
-        let resolver = snap.cfg.server.resolver.as_deref().and_then(|r| {
-            r.parse::<SocketAddr>()
-                .ok()
-                .or_else(|| r.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
-        });
+        let resolver = snap.cfg.server.resolver.as_deref().and_then(crate::dns::resolver_addr);
         let asked: Vec<&str> = snap.names.iter().map(|(_, n, _)| n.as_str()).collect();
         let now = crate::dns::lookup_all(resolver, &asked);
         let mut changed = Vec::new();
@@ -972,15 +968,13 @@ fn resolver(l: &Loaded) -> Result<Option<SocketAddr>, ConfigError> {
     let Some(r) = &l.cfg.server.resolver else {
         return Ok(None);
     };
-    let addr = r
-        .parse::<SocketAddr>()
-        .or_else(|_| r.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
-    addr.map(Some).map_err(|_| {
-        l.err(
+    match crate::dns::resolver_addr(r) {
+        Some(a) => Ok(Some(a)),
+        None => Err(l.err(
             "server.resolver",
             format!("{r:?} is not an IP address (or address:port)"),
-        )
-    })
+        )),
+    }
 }
 
 /// The networks of a list of CIDRs (or single addresses) at `path`.
