@@ -374,11 +374,23 @@ impl Encoder {
 
     /// The coding's last bytes (its end marker and checksum).
     pub fn finish(self) -> std::io::Result<Bytes> {
+        self.finish_with(&[])
+    }
+
+    /// The coded bytes for the body's last piece, `data`, and the coding's
+    /// end, together (a body that came whole is compressed in one go).
+    pub fn finish_with(self, data: &[u8]) -> std::io::Result<Bytes> {
         let inner = self.0.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
         let out = match inner {
-            Inner::Gzip(mut g) => g.finish()?,
-            Inner::Brotli(b) => b.into_inner(),
-            Inner::Zstd(z) => z.finish()?,
+            Inner::Gzip(mut g) => g.finish(data)?,
+            Inner::Brotli(mut b) => {
+                b.write_all(data)?;
+                b.into_inner()
+            }
+            Inner::Zstd(mut z) => {
+                z.write_all(data)?;
+                z.finish()?
+            }
         };
         Ok(out.into())
     }
@@ -440,10 +452,11 @@ impl Gzip {
         Ok(out)
     }
 
-    fn finish(&mut self) -> std::io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(64);
+    fn finish(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(data.len() / 2 + 64);
         self.start(&mut out);
-        self.deflate(&[], &mut out, flate2::FlushCompress::Finish)?;
+        self.crc.update(data);
+        self.deflate(data, &mut out, flate2::FlushCompress::Finish)?;
         out.extend_from_slice(&self.crc.sum().to_le_bytes());
         out.extend_from_slice(&self.crc.amount().to_le_bytes());
         Ok(out)
@@ -710,6 +723,13 @@ mod tests {
                 .read_to_end(&mut whole)
                 .expect("a complete stream");
             assert_eq!(whole, text, "{coding:?}");
+            // A body that came whole: compressed and ended in one go.
+            let once = Encoder::new(coding, 3).unwrap().finish_with(&text).unwrap();
+            let mut whole = Vec::new();
+            decoder(coding, &once)
+                .read_to_end(&mut whole)
+                .expect("a complete stream");
+            assert_eq!(whole, text, "{coding:?} in one go");
         }
     }
 }

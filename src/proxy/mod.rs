@@ -97,22 +97,16 @@ pub(crate) fn compress_body(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) 
     let Some(e) = ctx.encoder.as_mut() else {
         return Ok(());
     };
-    let mut out = match body.as_deref() {
-        Some(piece) => e.feed(piece).or_err(ErrorType::InternalError, "compressing the body")?,
-        None => Bytes::new(),
+    let piece = body.as_deref().unwrap_or_default();
+    let out = match eos {
+        false => e.feed(piece).or_err(ErrorType::InternalError, "compressing the body")?,
+        true => match ctx.encoder.take() {
+            Some(e) => e
+                .finish_with(piece)
+                .or_err(ErrorType::InternalError, "compressing the body")?,
+            None => Bytes::new(),
+        },
     };
-    if eos {
-        if let Some(e) = ctx.encoder.take() {
-            let last = e
-                .finish()
-                .or_err(ErrorType::InternalError, "finishing the compressed body")?;
-            out = if out.is_empty() {
-                last
-            } else {
-                [out, last].concat().into()
-            };
-        }
-    }
     *body = (!out.is_empty()).then_some(out);
     Ok(())
 }
