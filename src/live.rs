@@ -210,20 +210,25 @@ impl Live {
         let _g = self.change.lock().unwrap();
         let before = self.overlay.lock().unwrap().clone();
         f(&mut self.overlay.lock().unwrap());
-        let cur = self.snapshot();
-        let l = Loaded {
-            file: match cur.file.ends_with(RUNTIME) {
-                true => cur.file.clone(),
-                false => format!("{}{RUNTIME}", cur.file),
-            },
-            cfg: cur.base.clone(),
-            pos: Default::default(),
-        };
-        let r = self.install(l);
+        let r = self.reinstall(|file| match file.ends_with(RUNTIME) {
+            true => file.to_string(),
+            false => format!("{file}{RUNTIME}"),
+        });
         if r.is_err() {
             *self.overlay.lock().unwrap() = before;
         }
         r
+    }
+
+    /// Build the running file configuration again (with the overlay) and
+    /// swap it in, named `name(running name)`. The caller holds `change`.
+    fn reinstall(&self, name: impl FnOnce(&str) -> String) -> Result<(), String> {
+        let cur = self.snapshot();
+        self.install(Loaded {
+            file: name(&cur.file),
+            cfg: cur.base.clone(),
+            pos: Default::default(),
+        })
     }
 
     /// Register a server into a pool at runtime.
@@ -274,13 +279,7 @@ impl Live {
             return;
         }
         let _g = self.change.lock().unwrap();
-        let cur = self.snapshot();
-        let l = Loaded {
-            file: cur.file.clone(),
-            cfg: cur.base.clone(),
-            pos: Default::default(),
-        };
-        match self.install(l) {
+        match self.reinstall(str::to_string) {
             Ok(()) => log::warn!("servers resolved again: {}", changed.join("; ")),
             Err(e) => log::error!(
                 "servers resolved again ({}), but the pools stay: {e}",
